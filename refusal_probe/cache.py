@@ -1,0 +1,103 @@
+"""A content-addressed disk cache for tensors.
+
+Entries are safetensors files named by the SHA-256 of their key. A write goes to a temporary file
+that is renamed into place, so a reader never sees half a file; each entry carries a checksum of
+its bytes, and an entry that fails to open or to verify is reported, deleted and recomputed —
+never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+#: Bump when a change to the engine changes what a cached entry would contain.
+ENGINE_VERSION = "1"
+
+
+class CacheCorruptionWarning(UserWarning):
+    """A cache entry was unreadable or failed its checksum and will be recomputed."""
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    """Stable SHA-256 of a JSON-able key (sorted keys, the engine version included)."""
+    payload = json.dumps({"engine": ENGINE_VERSION, **key}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class TensorCache:
+    """Tensors on disk under ``root/<namespace>/<digest>.safetensors``."""
+
+    def __init__(self, root: str | os.PathLike[str], namespace: str = "activations") -> None:
+        """Create a cache rooted at ``root`` (created on first write)."""
+        self.dir = Path(root) / namespace
+
+    def path(self, digest: str) -> Path:
+        """The file an entry lives in."""
+        return self.dir / f"{digest}.safetensors"
+
+    def get(self, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """Return the entry for ``key``, or ``None`` on a miss or a corrupted entry."""
+        path = self.path(key_digest(key))
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            self._discard(path, f"unreadable ({type(exc).__name__}: {exc})")
+            return None
+        if meta.get("checksum") != _checksum(tensors):
+            self._discard(path, "checksum mismatch")
+            return None
+        return tensors
+
+    def put(self, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+        """Write an entry atomically (temporary file, then rename)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = {"checksum": _checksum(tensors), "key": json.dumps(key, sort_keys=True, default=str)}
+        path = self.path(key_digest(key))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.dir)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def _discard(self, path: Path, why: str) -> None:
+        warnings.warn(
+            f"activation cache entry {path} is {why}; deleting it and recomputing",
+            CacheCorruptionWarning,
+            stacklevel=3,
+        )
+        try:
+            path.unlink()
+        except OSError:
+            log.warning("could not delete corrupted cache entry %s", path)

@@ -1,0 +1,185 @@
+"""Activation capture: prompts × sites × positions → one float tensor, optionally cached on disk.
+
+Axes: ``prompt`` (input order), ``site`` (the requested sites, in order), ``pos`` (the requested
+positions of each prompt), ``head`` (per-head sites only), ``d`` (d_model).
+
+Only the requested slices are kept: each hook gathers its positions and copies them into a
+preallocated result, so memory is ``prompts × sites × positions × d`` floats whatever the model
+size. The forward pass ends right after the deepest requested site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from refusal_probe.cache import TensorCache
+from refusal_probe.errors import CaptureError
+from refusal_probe.models import LoadedModel
+from refusal_probe.runner import StopForward, batched, forward
+from refusal_probe.sites import POST_INSTRUCTION, Positions, Site, hook_name
+
+# Order of sites inside one block, so the pass can stop after the deepest one.
+_ORDER_IN_BLOCK = {"resid_pre": 0, "head_out": 1, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5}
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Captured activations and what they are.
+
+    Attributes:
+        values: ``[prompt, site, pos, d]``, or ``[prompt, site, pos, head, d]`` for per-head
+            sites; float32 on the CPU.
+        sites: The sites, in the order of the ``site`` axis.
+        positions: The positions that were read.
+        prompts_sha256: Fingerprint of the prompt texts, in order.
+        model_fingerprint: The model's identity fingerprint.
+    """
+
+    values: Tensor
+    sites: tuple[Site, ...]
+    positions: Positions
+    prompts_sha256: str
+    model_fingerprint: str
+
+    @property
+    def n_prompts(self) -> int:
+        """Number of prompts."""
+        return int(self.values.shape[0])
+
+    def at(self, site: Site) -> Tensor:
+        """Values at one site: ``[prompt, pos, d]`` (or with the head axis)."""
+        try:
+            return self.values[:, self.sites.index(site)]
+        except ValueError:
+            raise CaptureError(f"{site} was not captured; captured: {[str(s) for s in self.sites]}") from None
+
+    def mean(self) -> Float[Tensor, "site pos d"]:
+        """Mean over prompts, accumulated in float64."""
+        return self.values.double().mean(0)
+
+
+def prompts_fingerprint(prompts: Sequence[str]) -> str:
+    """SHA-256 over the prompt texts, in order."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def capture(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    sites: Sequence[Site],
+    positions: Positions = POST_INSTRUCTION,
+    *,
+    batch_size: int = 32,
+    cache: TensorCache | None = None,
+    progress: bool | None = None,
+) -> Activations:
+    """Read activations at ``sites`` × ``positions`` for every prompt.
+
+    Args:
+        model: The loaded model.
+        prompts: User instructions (the chat template is applied here).
+        sites: Where to read; per-head sites (``head_out``) cannot be mixed with others.
+        positions: Which positions of each prompt; default the post-instruction span.
+        batch_size: Prompts per forward pass (prompts are grouped by length to limit padding).
+        cache: A disk cache; on a hit the model is not run at all.
+        progress: Show a progress bar (default: only on a terminal and for more than 4 batches).
+
+    Returns:
+        The activations, float32 on the CPU.
+
+    Raises:
+        CaptureError: Empty prompts or sites, a layer out of range, or mixed per-head sites.
+    """
+    sites = tuple(sites)
+    _validate(model, prompts, sites)
+    key = _key(model, prompts, sites, positions)
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return _wrap(hit["values"], model, prompts, sites, positions)
+    values = _run(model, list(prompts), sites, positions, batch_size, progress)
+    if cache is not None:
+        cache.put(key, {"values": values})
+    return _wrap(values, model, prompts, sites, positions)
+
+
+def _wrap(values: Tensor, model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...], positions: Positions) -> Activations:
+    return Activations(values, sites, positions, prompts_fingerprint(prompts), model.identity.fingerprint)
+
+
+def _validate(model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...]) -> None:
+    if not prompts:
+        raise CaptureError("no prompts to capture; pass at least one prompt")
+    if not sites:
+        raise CaptureError("no sites to capture; pass at least one Site")
+    bad = [s for s in sites if s.layer >= model.n_layers]
+    if bad:
+        raise CaptureError(f"sites {[str(s) for s in bad]} are beyond the model's {model.n_layers} layers")
+    heads = {s.per_head for s in sites}
+    if len(heads) > 1:
+        raise CaptureError("per-head sites (head_out) have an extra axis; capture them in a separate call")
+    if len(set(sites)) != len(sites):
+        raise CaptureError("duplicate sites requested")
+
+
+def _key(model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...], positions: Positions) -> dict[str, Any]:
+    return {
+        "model": model.identity.fingerprint,
+        "weights": model.identity.weights_sha256,
+        "prompts": prompts_fingerprint(prompts),
+        "template": model.chat.template_sha256,
+        "sites": [str(s) for s in sites],
+        "positions": str(positions),
+        "dtype": str(model.dtype),
+    }
+
+
+@torch.no_grad()
+def _run(
+    model: LoadedModel,
+    prompts: list[str],
+    sites: tuple[Site, ...],
+    positions: Positions,
+    batch_size: int,
+    progress: bool | None,
+) -> Tensor:
+    n_pos = positions.count(model.chat.n_post)
+    per_head = sites[0].per_head
+    shape: tuple[int, ...] = (len(prompts), len(sites), n_pos)
+    shape += (model.n_heads, model.d_model) if per_head else (model.d_model,)
+    out = torch.empty(shape, dtype=torch.float32)
+    w_o = {s.layer: model.bridge.blocks[s.layer].attn.W_O.detach() for s in sites} if per_head else {}
+    deepest = max(sites, key=lambda s: (s.layer, _ORDER_IN_BLOCK[s.kind]))
+    # Group prompts of similar length so batches carry little padding; results go back in order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    chunks = batched(order, batch_size)
+    show = progress if progress is not None else len(chunks) > 4
+    for rows in tqdm(chunks, desc="capture", unit="batch", disable=not show or None, leave=False):
+        batch = model.chat.encode([prompts[i] for i in rows])
+        index = positions.index(batch).to(model.device)
+        row_idx = torch.tensor(rows)
+
+        def read(act: Tensor, hook: Any, j: int, site: Site) -> None:
+            # act: [batch, pos, d] or, for hook_z, [batch, pos, head, d_head]
+            ar = torch.arange(act.shape[0], device=act.device).unsqueeze(1)
+            picked = act[ar, index]  # [batch, n_pos, ...]
+            if site.per_head:
+                picked = torch.einsum("bnhk,hkd->bnhd", picked, w_o[site.layer].to(picked.dtype))
+            out[row_idx, j] = picked.float().cpu()
+            if site == deepest:
+                raise StopForward
+
+        hooks = [(hook_name(s), partial(read, j=j, site=s)) for j, s in enumerate(sites)]
+        forward(model, batch, hooks, stoppable=True)
+    return out

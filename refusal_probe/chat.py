@@ -1,0 +1,179 @@
+"""Chat formatting and the token positions the methods read from.
+
+Axes: ``batch`` prompts, ``pos`` token positions of the left-padded batch.
+
+A user instruction is wrapped in the model's chat template. The template tokens that follow the
+user's text (for example ``<|end|>\\n<|assistant|>\\n``) form the *post-instruction* span, where
+the refusal direction is read; the last token of the user's text is the *last instruction token*,
+where harmfulness is read best. Batches are left-padded, so the post-instruction span sits at the
+same negative offsets for every prompt.
+
+Models without a chat template (base models) use :data:`PLAIN_TEMPLATE`, and their identity says
+so (``chat_template == "plain"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from refusal_probe.errors import ChatFormatError
+
+log = logging.getLogger(__name__)
+
+#: The documented fallback for models without a chat template.
+PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+_SENTINEL = "Hello there"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized, left-padded batch of formatted prompts.
+
+    Attributes:
+        input_ids: Token ids, ``[batch, pos]``, left-padded.
+        attention_mask: 1 for real tokens, 0 for padding, ``[batch, pos]``.
+        position_ids: Rotary/absolute positions counted from each prompt's first real token.
+        last_instruction: Index of each prompt's last instruction token, ``[batch]``.
+        n_post: Length of the post-instruction span (the same for every prompt).
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    position_ids: Int[Tensor, "batch pos"]
+    last_instruction: Int[Tensor, " batch"]
+    n_post: int
+
+    def to(self, device: torch.device | str) -> Encoded:
+        """Return the batch on ``device``."""
+        return Encoded(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.last_instruction.to(device),
+            self.n_post,
+        )
+
+    @property
+    def seq_len(self) -> int:
+        """Padded length of the batch."""
+        return int(self.input_ids.shape[1])
+
+
+class ChatFormat:
+    """Formats instructions for one tokenizer and locates the post-instruction span."""
+
+    def __init__(self, tokenizer: Any, template: str | None = None) -> None:
+        """Build the format.
+
+        Args:
+            tokenizer: A Hugging Face tokenizer (fast tokenizers give exact spans).
+            template: Override of the chat template (Jinja text); default: the tokenizer's own,
+                or :data:`PLAIN_TEMPLATE` when it has none.
+        """
+        self.tokenizer = tokenizer
+        self._template = template or getattr(tokenizer, "chat_template", None)
+        self.kind = "model" if self._template else "plain"
+        text = self._template or PLAIN_TEMPLATE
+        self.template_sha256 = hashlib.sha256(text.encode()).hexdigest()
+        self.prefix, self.suffix = self._split(_SENTINEL)
+        self.n_post = self._count_post(_SENTINEL)
+        if self.n_post < 1:
+            raise ChatFormatError(
+                "the chat template adds no tokens after the user's text, so there is no "
+                "post-instruction span; pass a template with an assistant header"
+            )
+
+    def __repr__(self) -> str:
+        return f"ChatFormat(kind={self.kind!r}, suffix={self.suffix!r}, n_post={self.n_post})"
+
+    def format(self, instruction: str) -> str:
+        """Return the full prompt text for one user instruction, ending with the assistant header."""
+        if self.kind == "plain":
+            bos = self.tokenizer.bos_token or ""
+            return bos + PLAIN_TEMPLATE.format(instruction=instruction)
+        return str(
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": instruction}],
+                chat_template=self._template,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        )
+
+    def encode(self, instructions: list[str]) -> Encoded:
+        """Format, tokenize and left-pad a batch, and locate each prompt's spans.
+
+        Raises:
+            ChatFormatError: An instruction is empty, or the template does not end with the
+                suffix found for the sentinel (a template that varies with content).
+        """
+        if not instructions:
+            raise ChatFormatError("no instructions to encode; pass at least one prompt")
+        rows: list[list[int]] = []
+        last_instr: list[int] = []
+        for text in instructions:
+            if not text.strip():
+                raise ChatFormatError("an instruction is empty; remove it from the prompt set")
+            ids, boundary_tok = self._tokenize(text)
+            rows.append(ids)
+            last_instr.append(boundary_tok)
+        width = max(len(r) for r in rows)
+        pad = int(self.tokenizer.pad_token_id)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        offsets = torch.tensor([width - len(r) for r in rows])
+        last_instruction = offsets + torch.tensor(last_instr)
+        return Encoded(input_ids, mask, position_ids, last_instruction, self.n_post)
+
+    # -----------------------------------------------------------------------------------------
+
+    def _split(self, sentinel: str) -> tuple[str, str]:
+        full = self.format(sentinel)
+        at = full.rfind(sentinel)
+        if at < 0:
+            raise ChatFormatError("the chat template drops the user's text; it cannot be used")
+        return full[:at], full[at + len(sentinel):]
+
+    def _tokenize(self, instruction: str) -> tuple[list[int], int]:
+        """Token ids of the formatted prompt and the index of its last instruction token."""
+        full = self.format(instruction)
+        if not full.endswith(self.suffix):
+            raise ChatFormatError(
+                f"the chat template's ending changed for {instruction[:40]!r}; post-instruction "
+                "positions cannot be located. Pass an explicit template"
+            )
+        boundary = len(full) - len(self.suffix)
+        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        starts = [s for s, _ in enc["offset_mapping"]]
+        n_suffix = sum(1 for s in starts if s >= boundary)
+        if n_suffix < self.n_post:
+            log.warning(
+                "prompt %r: its last characters merge with the template's tokens; the "
+                "post-instruction span is taken as the last %d tokens", instruction[:40], self.n_post
+            )
+        last = len(ids) - max(n_suffix, self.n_post) - 1
+        return ids, max(last, 0)
+
+    def _count_post(self, sentinel: str) -> int:
+        full = self.format(sentinel)
+        boundary = len(full) - len(self.suffix)
+        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        return sum(1 for s, _ in enc["offset_mapping"] if s >= boundary)
+
+
+def chat_format_for(tokenizer: Any, template: str | None = None) -> ChatFormat:
+    """Return the chat format of a tokenizer (its own template, or the documented plain one)."""
+    return ChatFormat(tokenizer, template)

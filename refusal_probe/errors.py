@@ -1,0 +1,47 @@
+"""Exception types. Every message names the object at fault and says what to do."""
+
+from __future__ import annotations
+
+
+class RefusalProbeError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelLoadError(RefusalProbeError):
+    """A model spec could not be resolved or loaded safely."""
+
+
+class UnsafeCheckpointError(ModelLoadError):
+    """The checkpoint needs pickle or remote code, which the user has not allowed."""
+
+
+class PromptFileError(RefusalProbeError):
+    """A prompt fixture file is malformed; the message lists ``file:line: problem`` entries."""
+
+
+class ChatFormatError(RefusalProbeError):
+    """A prompt could not be formatted, or its post-instruction span could not be found."""
+
+
+class CaptureError(RefusalProbeError):
+    """An activation capture request is inconsistent (bad sites, positions or prompts)."""
+
+
+class DirectionError(RefusalProbeError):
+    """A direction does not fit the model or activations it is applied to."""
+
+
+class ScoringError(RefusalProbeError):
+    """Refusal scoring cannot proceed (no refusal tokens, no prompts left after filtering)."""
+
+
+class PatchingError(RefusalProbeError):
+    """Activation patching inputs are inconsistent (for example unmatched pair lengths)."""
+
+
+class PolicyError(RefusalProbeError):
+    """The audit policy file has an unknown key or a bad value."""
+
+
+class ReportError(RefusalProbeError):
+    """An audit record could not be read, validated or written."""
