@@ -25,10 +25,12 @@ from refusal_probe.cache import TensorCache
 from refusal_probe.errors import CaptureError
 from refusal_probe.models import LoadedModel
 from refusal_probe.runner import StopForward, batched, forward
-from refusal_probe.sites import POST_INSTRUCTION, Positions, Site, hook_name
+from refusal_probe.sites import POST_INSTRUCTION, SITE_KINDS, Positions, Site, hook_name
 
 # Order of sites inside one block, so the pass can stop after the deepest one.
-_ORDER_IN_BLOCK = {"resid_pre": 0, "head_out": 1, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5}
+_ORDER_IN_BLOCK = {
+    "resid_pre": 0, "head_out": 1, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5,
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class Activations:
         try:
             return self.values[:, self.sites.index(site)]
         except ValueError:
-            raise CaptureError(f"{site} was not captured; captured: {[str(s) for s in self.sites]}") from None
+            captured = [str(s) for s in self.sites]
+            raise CaptureError(f"{site} was not captured; captured: {captured}") from None
 
     def mean(self) -> Float[Tensor, "site pos d"]:
         """Mean over prompts, accumulated in float64."""
@@ -114,8 +117,15 @@ def capture(
     return _wrap(values, model, prompts, sites, positions)
 
 
-def _wrap(values: Tensor, model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...], positions: Positions) -> Activations:
-    return Activations(values, sites, positions, prompts_fingerprint(prompts), model.identity.fingerprint)
+def _wrap(
+    values: Tensor,
+    model: LoadedModel,
+    prompts: Sequence[str],
+    sites: tuple[Site, ...],
+    positions: Positions,
+) -> Activations:
+    fingerprint = prompts_fingerprint(prompts)
+    return Activations(values, sites, positions, fingerprint, model.identity.fingerprint)
 
 
 def _validate(model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...]) -> None:
@@ -125,24 +135,69 @@ def _validate(model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...
         raise CaptureError("no sites to capture; pass at least one Site")
     bad = [s for s in sites if s.layer >= model.n_layers]
     if bad:
-        raise CaptureError(f"sites {[str(s) for s in bad]} are beyond the model's {model.n_layers} layers")
+        raise CaptureError(
+            f"sites {[str(s) for s in bad]} are beyond the model's {model.n_layers} layers"
+        )
     heads = {s.per_head for s in sites}
     if len(heads) > 1:
-        raise CaptureError("per-head sites (head_out) have an extra axis; capture them in a separate call")
+        raise CaptureError(
+            "per-head sites (head_out) have an extra axis; capture them in a separate call"
+        )
     if len(set(sites)) != len(sites):
         raise CaptureError("duplicate sites requested")
+    absent = [s for s in sites if hook_name(s) not in model.hook_names]
+    if absent:
+        kinds = sorted({s.kind for s in absent})
+        offered = sorted(k for k in SITE_KINDS if hook_name(Site(0, k)) in model.hook_names)
+        why = (
+            "; its blocks run attention and MLP in parallel, so there is no resid_mid"
+            if kinds == ["resid_mid"] else ""
+        )
+        raise CaptureError(
+            f"{model.identity.architecture} has no {', '.join(kinds)} site{why}; "
+            f"use one of {offered}"
+        )
 
 
-def _key(model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...], positions: Positions) -> dict[str, Any]:
+def _key(
+    model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...], positions: Positions
+) -> dict[str, Any]:
     return {
         "model": model.identity.fingerprint,
         "weights": model.identity.weights_sha256,
         "prompts": prompts_fingerprint(prompts),
         "template": model.chat.template_sha256,
+        "rendered": model.chat.rendered_sha256,
         "sites": [str(s) for s in sites],
         "positions": str(positions),
         "dtype": str(model.dtype),
     }
+
+
+class _Reader:
+    """The hooks of one batch: each copies its site's requested positions into ``out``."""
+
+    def __init__(
+        self, out: Tensor, rows: Tensor, index: Tensor, w_o: dict[int, Tensor], deepest: Site
+    ) -> None:
+        self.out, self.rows, self.index, self.w_o, self.deepest = out, rows, index, w_o, deepest
+        self.filled: set[int] = set()
+
+    def hook(self, j: int, site: Site) -> Any:
+        """The hook function for the ``j``-th requested site."""
+        return partial(self._read, j=j, site=site)
+
+    def _read(self, act: Tensor, hook: Any, *, j: int, site: Site) -> None:
+        # act: [batch, pos, d] or, for hook_z, [batch, pos, head, d_head]
+        ar = torch.arange(act.shape[0], device=act.device).unsqueeze(1)
+        picked = act[ar, self.index]  # [batch, n_pos, ...]
+        if site.per_head:
+            w_o = self.w_o[site.layer].to(picked.dtype)  # [head, d_head, d]
+            picked = torch.einsum("bnhk,hkd->bnhd", picked, w_o)
+        self.out[self.rows, j] = picked.float().cpu()
+        self.filled.add(j)
+        if site == self.deepest:
+            raise StopForward
 
 
 @torch.no_grad()
@@ -159,7 +214,7 @@ def _run(
     shape: tuple[int, ...] = (len(prompts), len(sites), n_pos)
     shape += (model.n_heads, model.d_model) if per_head else (model.d_model,)
     out = torch.empty(shape, dtype=torch.float32)
-    w_o = {s.layer: model.bridge.blocks[s.layer].attn.W_O.detach() for s in sites} if per_head else {}
+    w_o = {s.layer: model.bridge.blocks[s.layer].attn.W_O.detach() for s in sites if per_head}
     deepest = max(sites, key=lambda s: (s.layer, _ORDER_IN_BLOCK[s.kind]))
     # Group prompts of similar length so batches carry little padding; results go back in order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -168,18 +223,13 @@ def _run(
     for rows in tqdm(chunks, desc="capture", unit="batch", disable=not show or None, leave=False):
         batch = model.chat.encode([prompts[i] for i in rows])
         index = positions.index(batch).to(model.device)
-        row_idx = torch.tensor(rows)
-
-        def read(act: Tensor, hook: Any, j: int, site: Site) -> None:
-            # act: [batch, pos, d] or, for hook_z, [batch, pos, head, d_head]
-            ar = torch.arange(act.shape[0], device=act.device).unsqueeze(1)
-            picked = act[ar, index]  # [batch, n_pos, ...]
-            if site.per_head:
-                picked = torch.einsum("bnhk,hkd->bnhd", picked, w_o[site.layer].to(picked.dtype))
-            out[row_idx, j] = picked.float().cpu()
-            if site == deepest:
-                raise StopForward
-
-        hooks = [(hook_name(s), partial(read, j=j, site=s)) for j, s in enumerate(sites)]
+        reader = _Reader(out, torch.tensor(rows), index, w_o, deepest)
+        hooks = [(hook_name(s), reader.hook(j, s)) for j, s in enumerate(sites)]
         forward(model, batch, hooks, stoppable=True)
+        if len(reader.filled) != len(sites):
+            silent = [str(s) for j, s in enumerate(sites) if j not in reader.filled]
+            raise CaptureError(
+                f"the hooks of {silent} never ran on {model.identity.architecture}; these sites "
+                "cannot be captured on this model"
+            )
     return out

@@ -1,9 +1,9 @@
-"""Chat formatting and the token positions the methods read from.
+r"""Chat formatting and the token positions the methods read from.
 
 Axes: ``batch`` prompts, ``pos`` token positions of the left-padded batch.
 
 A user instruction is wrapped in the model's chat template. The template tokens that follow the
-user's text (for example ``<|end|>\\n<|assistant|>\\n``) form the *post-instruction* span, where
+user's text (for example ``<|end|>\n<|assistant|>\n``) form the *post-instruction* span, where
 the refusal direction is read; the last token of the user's text is the *last instruction token*,
 where harmfulness is read best. Batches are left-padded, so the post-instruction span sits at the
 same negative offsets for every prompt.
@@ -79,11 +79,17 @@ class ChatFormat:
                 or :data:`PLAIN_TEMPLATE` when it has none.
         """
         self.tokenizer = tokenizer
-        self._template = template or getattr(tokenizer, "chat_template", None)
+        chosen = template or getattr(tokenizer, "chat_template", None)
+        if isinstance(chosen, dict):  # several named templates: the default one formats chats
+            chosen = chosen.get("default") or next(iter(chosen.values()), None)
+        self._template: str | None = chosen
         self.kind = "model" if self._template else "plain"
         text = self._template or PLAIN_TEMPLATE
         self.template_sha256 = hashlib.sha256(text.encode()).hexdigest()
         self.prefix, self.suffix = self._split(_SENTINEL)
+        # What the template renders around the instruction, which can depend on more than the
+        # template text (Llama 3's templates write today's date into the system prompt).
+        self.rendered_sha256 = hashlib.sha256(f"{self.prefix}\0{self.suffix}".encode()).hexdigest()
         self.n_post = self._count_post(_SENTINEL)
         if self.n_post < 1:
             raise ChatFormatError(
@@ -95,7 +101,7 @@ class ChatFormat:
         return f"ChatFormat(kind={self.kind!r}, suffix={self.suffix!r}, n_post={self.n_post})"
 
     def format(self, instruction: str) -> str:
-        """Return the full prompt text for one user instruction, ending with the assistant header."""
+        """Return the full prompt for one user instruction, ending with the assistant header."""
         if self.kind == "plain":
             bos = self.tokenizer.bos_token or ""
             return bos + PLAIN_TEMPLATE.format(instruction=instruction)
@@ -126,7 +132,7 @@ class ChatFormat:
             rows.append(ids)
             last_instr.append(boundary_tok)
         width = max(len(r) for r in rows)
-        pad = int(self.tokenizer.pad_token_id)
+        pad = _pad_id(self.tokenizer)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
@@ -155,23 +161,48 @@ class ChatFormat:
                 "positions cannot be located. Pass an explicit template"
             )
         boundary = len(full) - len(self.suffix)
-        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        starts = [s for s, _ in enc["offset_mapping"]]
-        n_suffix = sum(1 for s in starts if s >= boundary)
+        ids, n_suffix = self._ids_after(full, boundary)
         if n_suffix < self.n_post:
             log.warning(
                 "prompt %r: its last characters merge with the template's tokens; the "
-                "post-instruction span is taken as the last %d tokens", instruction[:40], self.n_post
+                "post-instruction span is taken as the last %d tokens",
+                instruction[:40],
+                self.n_post,
             )
         last = len(ids) - max(n_suffix, self.n_post) - 1
         return ids, max(last, 0)
 
     def _count_post(self, sentinel: str) -> int:
         full = self.format(sentinel)
-        boundary = len(full) - len(self.suffix)
-        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        return sum(1 for s, _ in enc["offset_mapping"] if s >= boundary)
+        return self._ids_after(full, len(full) - len(self.suffix))[1]
+
+    def _ids_after(self, full: str, boundary: int) -> tuple[list[int], int]:
+        """Token ids of ``full`` and how many of them start at or after character ``boundary``."""
+        if getattr(self.tokenizer, "is_fast", False):
+            enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+            ids = list(enc["input_ids"])
+            return ids, sum(1 for s, _ in enc["offset_mapping"] if s >= boundary)
+        # Slow tokenizers have no offsets: the tokens past the longest common prefix with the
+        # tokenized head are the tail's (exact unless a token spans the boundary).
+        ids = list(self.tokenizer(full, add_special_tokens=False)["input_ids"])
+        head = list(self.tokenizer(full[:boundary], add_special_tokens=False)["input_ids"])
+        common = 0
+        for a, b in zip(ids, head, strict=False):
+            if a != b:
+                break
+            common += 1
+        return ids, len(ids) - common
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The id to pad with: the pad token, else EOS, else 0 (padding is masked out anyway)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0
 
 
 def chat_format_for(tokenizer: Any, template: str | None = None) -> ChatFormat:

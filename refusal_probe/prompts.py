@@ -119,7 +119,9 @@ class Fixtures:
             "harmful": self.harmful.counts(),
             "harmless": self.harmless.counts(),
             "pairs": len(self.pairs),
-            "jailbreaks": {f: sum(1 for j in self.jailbreaks if j.family == f) for f in JAILBREAK_FAMILIES},
+            "jailbreaks": {
+                f: sum(1 for j in self.jailbreaks if j.family == f) for f in JAILBREAK_FAMILIES
+            },
             "sha256": dict(self.fingerprints),
         }
 
@@ -139,23 +141,40 @@ def load_fixtures(root: str | Path | None = None) -> Fixtures:
     """
     root = Path(root) if root is not None else default_prompts_dir()
     if not root.is_dir():
-        raise PromptFileError(f"prompt folder {root} does not exist; pass a folder with harmful.jsonl and harmless.jsonl")
+        raise PromptFileError(
+            f"prompt folder {root} does not exist; pass a folder with harmful.jsonl and "
+            "harmless.jsonl"
+        )
     errors: list[str] = []
     harmful = _load_set(root / "harmful.jsonl", errors, harmful=True)
     harmless = _load_set(root / "harmless.jsonl", errors, harmful=False)
     pairs = _load_pairs(root / "pairs.jsonl", errors)
-    jailbreaks = _load_jailbreaks(root / "jailbreaks.jsonl", errors, {p.id for p in harmful.prompts})
+    harmful_ids = {p.id for p in harmful.prompts}
+    jailbreaks = _load_jailbreaks(root / "jailbreaks.jsonl", errors, harmful_ids)
     if errors:
-        raise PromptFileError("invalid prompt fixtures:\n" + "\n".join(errors))
+        raise PromptFileError("invalid prompt fixtures:\n" + "\n".join(_in_file_order(errors)))
     fps = {p.name: _sha_file(p) for p in sorted(root.glob("*.jsonl"))}
     return Fixtures(root, harmful, harmless, tuple(pairs), tuple(jailbreaks), fps)
+
+
+def _in_file_order(errors: list[str]) -> list[str]:
+    """Sort ``file:line: problem`` entries by line within a file, files in order of first report."""
+    files: dict[str, int] = {}
+    keyed = []
+    for i, err in enumerate(errors):
+        where, _, line = err.partition(": ")[0].rpartition(":")
+        files.setdefault(where, len(files))
+        keyed.append((files[where], int(line) if line.isdigit() else 0, i, err))
+    return [err for *_, err in sorted(keyed)]
 
 
 def _sha_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _records(path: Path, errors: list[str], required: Iterable[str]) -> list[tuple[int, dict[str, Any]]]:
+def _records(
+    path: Path, errors: list[str], required: Iterable[str]
+) -> list[tuple[int, dict[str, Any]]]:
     """Parse JSON Lines, checking that each record is an object with non-empty string fields."""
     out: list[tuple[int, dict[str, Any]]] = []
     required = tuple(required)
@@ -211,10 +230,11 @@ def _load_set(path: Path, errors: list[str], *, harmful: bool) -> PromptSet:
         _check_split(path, lineno, rec["split"], errors)
         if harmful and rec["category"] not in HARM_CATEGORIES:
             errors.append(
-                f"{path}:{lineno}: unknown harm category {rec['category']!r}; use one of {', '.join(HARM_CATEGORIES)}"
+                f"{path}:{lineno}: unknown harm category {rec['category']!r}; use one of "
+                f"{', '.join(HARM_CATEGORIES)}"
             )
         prompts.append(Prompt(rec["id"], rec["text"], rec["category"], rec["split"]))
-    if not recs and path.is_file():
+    if not path.read_text(encoding="utf-8").strip():
         errors.append(f"{path}:0: no prompts in file")
     return PromptSet(path.stem, tuple(prompts), _sha_file(path))
 
@@ -239,9 +259,14 @@ def _load_jailbreaks(path: Path, errors: list[str], harmful_ids: set[str]) -> li
     out = []
     for lineno, rec in recs:
         if rec["family"] not in JAILBREAK_FAMILIES:
-            errors.append(f"{path}:{lineno}: unknown family {rec['family']!r}; use one of {', '.join(JAILBREAK_FAMILIES)}")
+            errors.append(
+                f"{path}:{lineno}: unknown family {rec['family']!r}; use one of "
+                f"{', '.join(JAILBREAK_FAMILIES)}"
+            )
         if harmful_ids and rec["base_id"] not in harmful_ids:
-            errors.append(f"{path}:{lineno}: base_id {rec['base_id']!r} is not an id in harmful.jsonl")
+            errors.append(
+                f"{path}:{lineno}: base_id {rec['base_id']!r} is not an id in harmful.jsonl"
+            )
         out.append(Jailbreak(rec["id"], rec["base_id"], rec["family"], rec["text"]))
     return out
 

@@ -30,6 +30,7 @@ def forward(
     hooks: Sequence[Hook] = (),
     *,
     stoppable: bool = False,
+    **model_kwargs: Any,
 ) -> Float[Tensor, "batch pos vocab"] | None:
     """Run the model on a batch with ``hooks`` installed for this call only.
 
@@ -39,6 +40,9 @@ def forward(
         hooks: ``(hook_name, fn)`` pairs; ``fn(activation, hook)`` may return a replacement.
         stoppable: If true, a hook may raise :class:`StopForward` to end the pass early; the
             function then returns ``None``.
+        **model_kwargs: Passed on to the bridge's forward (for example ``logits_to_keep=1``, or
+            ``past_key_values`` with a batch holding only the tokens after the cached prefix: the
+            mask then spans prefix and new tokens, ``input_ids``/``position_ids`` the new ones).
 
     Returns:
         Logits ``[batch, pos, vocab]``, or ``None`` when stopped early.
@@ -50,6 +54,7 @@ def forward(
                 batch.input_ids,
                 attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids,
+                **model_kwargs,
             )
     except StopForward:
         if not stoppable:
@@ -57,7 +62,9 @@ def forward(
         return None
 
 
-def last_logits(model: LoadedModel, batch: Encoded, hooks: Sequence[Hook] = ()) -> Float[Tensor, "batch vocab"]:
+def last_logits(
+    model: LoadedModel, batch: Encoded, hooks: Sequence[Hook] = ()
+) -> Float[Tensor, "batch vocab"]:
     """Logits of the next token after each prompt (left padding puts it at ``-1``)."""
     logits = forward(model, batch, hooks)
     assert logits is not None  # not stoppable: forward returns logits or raises
