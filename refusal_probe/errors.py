@@ -45,3 +45,7 @@ class PolicyError(RefusalProbeError):
 
 class ReportError(RefusalProbeError):
     """An audit record could not be read, validated or written."""
+
+
+class MonitorError(RefusalProbeError):
+    """The jailbreak monitor or its red-team cannot run as asked (uncalibrated, bad inputs)."""

@@ -7,7 +7,8 @@ removed when the call returns, whatever happens inside it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -84,3 +85,29 @@ def no_grad_forward(model: LoadedModel, batch: Encoded, hooks: Sequence[Hook] = 
     out = forward(model, batch, hooks)
     assert out is not None
     return out
+
+
+def _alias_cache(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+        kwargs["past_key_values"] = kwargs["cache"]
+    return args, kwargs
+
+
+@contextmanager
+def kv_cache_alias(model: LoadedModel) -> Iterator[None]:
+    """Let the bridge's attention see a KV cache for the duration of the block.
+
+    Hugging Face 5.x hands attention its cache as ``cache=``, while TransformerLens's attention
+    bridges read ``past_key_values``; without this the cache stays empty and a cached step attends
+    to itself alone. The pre-hooks are removed on exit, whatever happens inside.
+    """
+    handles = []
+    try:
+        for block in model.bridge.blocks:
+            attn = getattr(block, "attn", None)
+            if attn is not None:
+                handles.append(attn.register_forward_pre_hook(_alias_cache, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,46 @@
+"""Fine-tune: did the fine-tune keep the baseline's refusal mechanism?
+
+Runs with ``--baseline`` (a parent checkpoint, or the audit.json of its earlier audit); skipped,
+with the reason, otherwise.
+"""
+
+import pytest
+
+pytestmark = pytest.mark.finetune
+
+
+def test_direction_cosine(audit, findings, baseline):
+    """Cosine of the baseline's refusal direction with the candidate's at the same site."""
+    ft = findings.finetune()
+    threshold = audit.threshold("finetune.direction_cosine")
+    audit.check(
+        "finetune.direction_cosine",
+        ft.cosine,
+        figures=[ft.cosine_figure(threshold)],
+        details={"layer": ft.layer, "position": ft.position, "per_layer": ft.cosine_per_layer},
+    )
+
+
+def test_direction_transfer(audit, findings, baseline):
+    """Share of the candidate's harmful refusals removed by the baseline's direction."""
+    ft = findings.finetune()
+    audit.check(
+        "finetune.direction_transfer",
+        ft.transfer,
+        details={
+            "refused_by_candidate": ft.transfer.n,
+            "no_longer_refused": ft.transfer.k,
+            "candidate_ablated_rate": ft.candidate_ablated.value,
+        },
+    )
+
+
+def test_refusal_drop(audit, findings, baseline):
+    """Drop in harmful refusal from the baseline to the candidate."""
+    ft = findings.finetune()
+    audit.check(
+        "finetune.refusal_drop",
+        ft.refusal_drop,
+        figures=[ft.rates_figure()],
+        details={"baseline": ft.baseline_rates, "candidate": ft.candidate_rates},
+    )

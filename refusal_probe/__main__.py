@@ -1,0 +1,140 @@
+"""Command line: ``python -m refusal_probe audit | compare | info``.
+
+* ``audit [--audits DIR] [pytest options...]`` runs the audit suite with pytest (``--model``,
+  ``--baseline``, ``--policy``, ``-k`` ... pass straight through) and prints where the report is.
+* ``compare A B [-o OUT]`` writes an HTML page comparing two runs' ``audit.json`` files.
+* ``info --model SPEC`` loads a model and prints its identity (weights hash, architecture, sizes,
+  chat template).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from refusal_probe.errors import RefusalProbeError
+
+PLUGIN = "refusal_probe.pytest_plugin.plugin"
+
+
+def default_audits_dir() -> Path:
+    """``./audits`` if there is one, else the suite shipped beside the package."""
+    from refusal_probe.models import FIXTURES_DIR
+
+    here = Path.cwd() / "audits"
+    return here if here.is_dir() else FIXTURES_DIR.parent / "audits"
+
+
+def cmd_audit(audits: Path | None, pytest_args: list[str]) -> int:
+    """Run ``pytest <audits> -p <plugin> <pytest_args>``; return pytest's exit code.
+
+    pytest runs in a fresh interpreter: this one has already imported the package (and with it
+    modules that pytest plugins would want to rewrite).
+    """
+    folder = audits or default_audits_dir()
+    if not folder.is_dir():
+        print(
+            f"refusal-probe: audit folder {folder} does not exist; pass --audits DIR",
+            file=sys.stderr,
+        )
+        return 4
+    cmd = [sys.executable, "-m", "pytest", str(folder), "-p", PLUGIN, *pytest_args]
+    return subprocess.run(cmd, check=False).returncode
+
+
+def cmd_compare(a: str, b: str, out: str | None) -> int:
+    """Write the comparison page of two runs and print a one-line summary."""
+    from refusal_probe.report.compare import compare_files, compare_records
+    from refusal_probe.report.schema import read_record
+
+    path = compare_files(a, b, out)
+    counts = compare_records(read_record(a), read_record(b)).counts()
+    print(
+        f"B vs A: {counts['worse']} worse, {counts['better']} better, {counts['same']} unchanged, "
+        f"{counts['only_a']} only in A, {counts['only_b']} only in B"
+    )
+    print(f"comparison: {path}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Load the model and print its identity."""
+    from refusal_probe.models import LoadOptions, load_model
+
+    model = load_model(
+        args.model,
+        LoadOptions(
+            device=args.device,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+            allow_pickle=args.allow_pickle,
+            cache_dir=args.cache_dir,
+        ),
+    )
+    ident = model.identity.to_dict()
+    if args.json:
+        print(json.dumps(ident, indent=2))
+    else:
+        width = max(len(k) for k in ident)
+        for k, v in ident.items():
+            print(f"{k:<{width}}  {v}")
+        print(f"{'post-instruction':<{width}}  {model.chat.n_post} tokens: {model.chat.suffix!r}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (``audit`` passes unknown options on to pytest)."""
+    p = argparse.ArgumentParser(
+        prog="python -m refusal_probe", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser(
+        "audit",
+        help="run the audit suite (pytest options pass through)",
+        allow_abbrev=False,
+        description="Run the audit suite; every pytest option (--model, --baseline, "
+        "--policy, --report-dir, -k, -m, --html ...) passes through.",
+    )
+    a.add_argument(
+        "--audits",
+        type=Path,
+        default=None,
+        help="audit folder (default ./audits or the shipped one)",
+    )
+    c = sub.add_parser("compare", help="compare two runs' audit.json files")
+    c.add_argument("a", help="first run: audit.json or its folder (usually the baseline)")
+    c.add_argument("b", help="second run: audit.json or its folder (usually the candidate)")
+    c.add_argument("-o", "--out", default=None, help="output HTML file (default beside B)")
+    i = sub.add_parser("info", help="load a model and print its identity")
+    i.add_argument("--model", required=True, help="organism alias, HF folder, .gguf file or hub id")
+    i.add_argument("--device", default="cpu")
+    i.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    i.add_argument("--cache-dir", default=None)
+    i.add_argument("--trust-remote-code", action="store_true")
+    i.add_argument("--allow-pickle", action="store_true")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m refusal_probe`` and the ``refusal-probe`` script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = parser().parse_known_args(argv)
+    try:
+        if args.command == "audit":
+            return cmd_audit(args.audits, rest)
+        if rest:
+            parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "compare":
+            return cmd_compare(args.a, args.b, args.out)
+        return cmd_info(args)
+    except RefusalProbeError as exc:
+        print(f"refusal-probe: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

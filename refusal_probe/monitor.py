@@ -1,0 +1,454 @@
+"""Jailbreak monitor: the model's own refusal and harmfulness signals, read during its forward pass.
+
+Axes: ``prompt`` prompts in input order, ``batch`` rows of one forward pass, ``pos`` token
+positions, ``n`` positions read per prompt, ``d`` d_model.
+
+Two linear readouts of the residual stream, no extra model (NOTES §2, after Zhao et al. 2025):
+
+* the **refusal** signal — projection on the refusal direction at its layer, averaged over the
+  post-instruction positions: "the model is about to refuse";
+* the **harmfulness** signal — projection on a harmfulness direction (difference of means of harmful
+  and harmless prompts at the *last instruction token*, at the layer that separates them best):
+  "the request looks harmful". It is read at the last instruction token (``span =
+  "last_instruction"``, the default), or as the maximum over every token of the user's text
+  (``"instruction"``): attention is causal, so text appended to a request (an adversarial suffix)
+  cannot lower what the request's own tokens already show, while the last token is the
+  attacker's.
+
+Each signal is put on one scale, fit on the training prompts: 0 at the harmless mean, 1 at the
+harmful mean. The **alarm** is their disagreement, ``harmfulness - refusal``: about 0 when the
+model refuses a harmful request or answers a harmless one, about 1 when a harmful-looking request
+has had its refusal suppressed. Every signal gets its own threshold, calibrated on harmless
+validation prompts for a target false-positive rate (a conformal quantile), so a report can show
+which signal catches what.
+
+The readouts themselves live in :mod:`refusal_probe.signals`. Use the monitor as a library call
+(:func:`score_prompts`, :func:`calibrate`, :func:`monitor_hooks` to ride along another forward
+pass) or as a live guard (:func:`refusal_probe.live.guard`): hooks that read the two signals in
+the forward pass that produces a request's first token, and flag (or stop) the request before
+anything is generated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from refusal_probe.cache import TensorCache
+from refusal_probe.capture import capture, prompts_fingerprint
+from refusal_probe.chat import Encoded
+from refusal_probe.directions import Direction, check_fits
+from refusal_probe.errors import MonitorError
+from refusal_probe.models import LoadedModel
+from refusal_probe.prompts import Fixtures
+from refusal_probe.runner import Hook
+from refusal_probe.signals import (
+    Layout,
+    Readout,
+    SignalReader,
+    instruction_offset,
+    read_raw,
+)
+from refusal_probe.sites import LAST_INSTRUCTION, Site
+from refusal_probe.stats import auroc
+
+#: The monitor's signals: each alone, and the alarm (their disagreement).
+SIGNALS: tuple[str, ...] = ("refusal", "harmfulness", "alarm")
+
+
+# ---------------------------------------------------------------------------------------------
+# values
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds that hold each signal's false-positive rate on harmless prompts at a target.
+
+    A prompt is flagged by a signal when its score is *above* the signal's threshold.
+
+    Attributes:
+        thresholds: One threshold per signal of :data:`SIGNALS`.
+        target_fpr: The false-positive rate asked for.
+        n: Harmless calibration prompts.
+        guaranteed_fpr: The false-positive rate the calibration sample can guarantee in expectation
+            on new prompts from the same distribution: ``target_fpr`` when ``n`` is large enough,
+            else ``1 / (n + 1)`` (the threshold is then the largest calibration score).
+        prompts_sha256: Fingerprint of the calibration prompts.
+    """
+
+    thresholds: dict[str, float]
+    target_fpr: float
+    n: int
+    guaranteed_fpr: float
+    prompts_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Monitor:
+    """A jailbreak monitor for one model: two readouts and, once calibrated, their thresholds.
+
+    Attributes:
+        refusal: The refusal readout.
+        harmfulness: The harmfulness readout.
+        calibration: Thresholds per signal (``None`` until :func:`calibrate`).
+        model_fingerprint: The model the readouts were fit on.
+        fit: What the readouts were fit on (splits, counts, the harmfulness layer search).
+    """
+
+    refusal: Readout
+    harmfulness: Readout
+    calibration: Calibration | None = None
+    model_fingerprint: str = ""
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        cal = (
+            f"calibrated at FPR {self.calibration.target_fpr:g} on {self.calibration.n}"
+            if self.calibration
+            else "uncalibrated"
+        )
+        return f"Monitor({self.refusal!r}, {self.harmfulness!r}, {cal})"
+
+    @property
+    def readouts(self) -> tuple[Readout, Readout]:
+        """Both readouts, refusal first."""
+        return (self.refusal, self.harmfulness)
+
+    def scores(self, raw: dict[str, Tensor]) -> MonitorScores:
+        """Signals on the common scale from raw readouts (``{name: [prompt]}``)."""
+        return MonitorScores(
+            self.refusal.standardize(raw["refusal"]),
+            self.harmfulness.standardize(raw["harmfulness"]),
+        )
+
+    def threshold(self, signal: str = "alarm") -> float:
+        """The calibrated threshold of ``signal``.
+
+        Raises:
+            MonitorError: The monitor is not calibrated, or the signal is unknown.
+        """
+        check_signal(signal)
+        if self.calibration is None:
+            raise MonitorError(
+                "the monitor has no thresholds yet; calibrate it on harmless prompts with "
+                "calibrate(model, monitor, prompts, target_fpr)"
+            )
+        return self.calibration.thresholds[signal]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "refusal": self.refusal.to_dict(),
+            "harmfulness": self.harmfulness.to_dict(),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "model_fingerprint": self.model_fingerprint,
+            "fit": self.fit,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class MonitorScores:
+    """The monitor's signals for a list of prompts, on the common scale (float64).
+
+    Attributes:
+        refusal: Refusal signal per prompt, ``[prompt]``.
+        harmfulness: Harmfulness signal per prompt, ``[prompt]``.
+    """
+
+    refusal: Float[Tensor, " prompt"]
+    harmfulness: Float[Tensor, " prompt"]
+
+    def __len__(self) -> int:
+        return int(self.refusal.shape[0])
+
+    @property
+    def alarm(self) -> Float[Tensor, " prompt"]:
+        """Disagreement of the signals: harmfulness minus refusal."""
+        return self.harmfulness - self.refusal
+
+    def signal(self, name: str) -> Float[Tensor, " prompt"]:
+        """One signal by name (see :data:`SIGNALS`)."""
+        check_signal(name)
+        return getattr(self, name)
+
+    def flagged(self, monitor: Monitor, signal: str = "alarm") -> Tensor:
+        """Which prompts ``signal`` flags at the monitor's calibrated threshold, ``[prompt]``."""
+        return self.signal(signal) > monitor.threshold(signal)
+
+    def select(self, rows: Sequence[int]) -> MonitorScores:
+        """The scores of some prompts only."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return MonitorScores(self.refusal[idx], self.harmfulness[idx])
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """Plain data, one list per signal."""
+        return {s: self.signal(s).tolist() for s in SIGNALS}
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """How a monitor is fit and calibrated. Plain data.
+
+    Attributes:
+        fit_split: Split the harmfulness direction and both scales are fit on.
+        calibration_split: Split whose harmless prompts calibrate the thresholds.
+        target_fpr: False-positive rate the thresholds aim for on harmless prompts.
+        harmfulness_layers: Layers whose ``resid_post`` is searched for the harmfulness readout
+            (``None``: every layer). The layer is chosen by held-out AUROC inside the fit split
+            (two folds), so the calibration prompts stay untouched.
+        harmfulness_span: ``last_instruction`` (the last token of the user's text) or
+            ``instruction`` (the largest projection over the user's text; see the module
+            docstring).
+        batch_size: Prompts per forward pass.
+    """
+
+    fit_split: str = "train"
+    calibration_split: str = "val"
+    target_fpr: float = 0.05
+    harmfulness_layers: tuple[int, ...] | None = None
+    harmfulness_span: str = "last_instruction"
+    batch_size: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# fitting and calibration
+
+
+def fit_monitor(
+    model: LoadedModel,
+    fixtures: Fixtures,
+    refusal: Direction,
+    config: MonitorConfig | None = None,
+    *,
+    cache: TensorCache | None = None,
+) -> Monitor:
+    """Fit both readouts on ``config.fit_split`` and calibrate on ``config.calibration_split``.
+
+    Args:
+        model: The model to monitor.
+        fixtures: Prompt fixtures with harmful and harmless splits.
+        refusal: The refusal direction (for example ``find_refusal_direction(...).direction``).
+        config: Splits, the false-positive target, the harmfulness readout.
+        cache: Disk cache for the activation captures of the harmfulness layer search.
+
+    Raises:
+        MonitorError: A split has too few prompts of a class, or a readout does not separate
+            harmful from harmless prompts at all.
+    """
+    config = config or MonitorConfig()
+    check_fits(model, refusal)
+    harmful = fixtures.harmful.texts(config.fit_split)
+    harmless = fixtures.harmless.texts(config.fit_split)
+    if len(harmful) < 4 or len(harmless) < 4:
+        raise MonitorError(
+            f"split {config.fit_split!r} has {len(harmful)} harmful and {len(harmless)} harmless "
+            "prompts; the monitor needs at least 4 of each to fit its readouts"
+        )
+    kw: dict[str, Any] = {"batch_size": config.batch_size, "cache": cache, "progress": False}
+    harm, search = harmfulness_direction(model, harmful, harmless, config.harmfulness_layers, kw)
+    readouts = [
+        Readout("refusal", refusal, "post_instruction"),
+        Readout("harmfulness", harm, config.harmfulness_span),
+    ]
+    raw_h = read_raw(model, readouts, harmful, batch_size=config.batch_size)
+    raw_l = read_raw(model, readouts, harmless, batch_size=config.batch_size)
+    ref, harm_readout = (
+        dataclasses.replace(
+            r,
+            loc=float(raw_l[r.name].mean()),
+            scale=float(raw_h[r.name].mean() - raw_l[r.name].mean()),
+        )
+        for r in readouts
+    )
+    monitor = Monitor(
+        ref,
+        harm_readout,
+        None,
+        model.identity.fingerprint,
+        {
+            "split": config.fit_split,
+            "n_harmful": len(harmful),
+            "n_harmless": len(harmless),
+            "harmfulness_search": search,
+        },
+    )
+    calib = fixtures.harmless.texts(config.calibration_split)
+    if not calib:
+        raise MonitorError(
+            f"split {config.calibration_split!r} has no harmless prompts to calibrate on"
+        )
+    return calibrate(model, monitor, calib, config.target_fpr, batch_size=config.batch_size)
+
+
+def harmfulness_direction(
+    model: LoadedModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    layers: Sequence[int] | None = None,
+    capture_kw: dict[str, Any] | None = None,
+) -> tuple[Direction, list[dict[str, float]]]:
+    """The harmfulness direction: difference of means at the last instruction token.
+
+    Every candidate layer's ``resid_post`` is scored by two-fold held-out AUROC (fit on one half
+    of each class, score the other, and the reverse); the best layer's direction is then refit on
+    all prompts. Returns the direction and the per-layer search (``layer``, ``auroc``).
+    """
+    layers = tuple(range(model.n_layers)) if layers is None else tuple(layers)
+    sites = [Site(layer, "resid_post") for layer in layers]
+    kw = capture_kw or {}
+    acts_h = capture(model, list(harmful), sites, LAST_INSTRUCTION, **kw)
+    acts_l = capture(model, list(harmless), sites, LAST_INSTRUCTION, **kw)
+    h, l_ = acts_h.values[:, :, 0].double(), acts_l.values[:, :, 0].double()  # [prompt, site, d]
+    search = [
+        {"layer": layer, "auroc": _two_fold_auroc(h[:, j], l_[:, j])}
+        for j, layer in enumerate(layers)
+    ]
+    best = max(range(len(layers)), key=lambda j: (search[j]["auroc"], -layers[j]))
+    vector = h[:, best].mean(0) - l_[:, best].mean(0)  # [d], float64
+    if float(vector.norm()) == 0.0:
+        raise MonitorError(
+            "harmful and harmless prompts have the same mean activation at every searched "
+            "layer; there is no harmfulness direction to read"
+        )
+    direction = Direction(
+        vector,
+        layers[best],
+        -(model.chat.n_post + 1),  # the last instruction token sits just before the template
+        "diff_means",
+        len(harmful),
+        len(harmless),
+        acts_h.prompts_sha256,
+        acts_l.prompts_sha256,
+        model.identity.fingerprint,
+        model.identity.architecture,
+        "resid_post",
+    )
+    return direction, search
+
+
+def _two_fold_auroc(h: Tensor, l_: Tensor) -> float:
+    """Held-out AUROC of a difference-of-means readout, two folds (even/odd prompts)."""
+    scores_h, scores_l = [], []
+    for fit, held in ((0, 1), (1, 0)):
+        v = h[fit::2].mean(0) - l_[fit::2].mean(0)
+        if float(v.norm()) == 0.0:
+            return 0.5
+        scores_h.append(h[held::2] @ v)
+        scores_l.append(l_[held::2] @ v)
+    return auroc(torch.cat(scores_h).numpy(), torch.cat(scores_l).numpy())
+
+
+def conformal_threshold(scores: Sequence[float] | Tensor, target_fpr: float) -> tuple[float, float]:
+    """The threshold above which at most ``target_fpr`` of new negatives score, and its guarantee.
+
+    With ``n`` negative scores, the ``k``-th smallest for ``k = ceil((n + 1)(1 - target_fpr))``
+    is exceeded by a new exchangeable negative with probability at most ``(n + 1 - k) / (n + 1)
+    <= target_fpr``. When ``k > n`` the sample is too small for the target; the largest score is
+    returned and the guarantee is ``1 / (n + 1)``.
+
+    Returns:
+        ``(threshold, guaranteed_fpr)``.
+
+    Raises:
+        MonitorError: No scores, a non-finite score, or a target outside (0, 1).
+    """
+    x = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
+    if x.size == 0:
+        raise MonitorError("no calibration scores; pass at least one harmless prompt")
+    if not np.isfinite(x).all():
+        raise MonitorError("calibration scores contain NaN or infinity; check the activations")
+    if not 0.0 < target_fpr < 1.0:
+        raise MonitorError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
+    n = x.size
+    k = math.ceil((n + 1) * (1.0 - target_fpr))
+    if k > n:
+        return float(x[-1]), 1.0 / (n + 1)
+    return float(x[k - 1]), (n + 1 - k) / (n + 1)
+
+
+def calibrate(
+    model: LoadedModel,
+    monitor: Monitor,
+    harmless: Sequence[str],
+    target_fpr: float = 0.05,
+    *,
+    batch_size: int = 64,
+) -> Monitor:
+    """A copy of ``monitor`` with per-signal thresholds set on harmless prompts.
+
+    Args:
+        model: The monitored model.
+        monitor: The monitor (its readouts).
+        harmless: Harmless prompts not used to fit it (the validation split).
+        target_fpr: The false-positive rate to aim for.
+        batch_size: Prompts per forward pass.
+    """
+    scores = score_prompts(model, monitor, harmless, batch_size=batch_size)
+    thresholds, guaranteed = {}, 0.0
+    for s in SIGNALS:
+        thresholds[s], guaranteed = conformal_threshold(scores.signal(s), target_fpr)
+    cal = Calibration(
+        thresholds, target_fpr, len(harmless), guaranteed, prompts_fingerprint(harmless)
+    )
+    return dataclasses.replace(monitor, calibration=cal)
+
+
+def monitor_hooks(
+    model: LoadedModel, monitor: Monitor, batch: Encoded, *, stop: bool = False
+) -> tuple[list[Hook], Any]:
+    """Hooks that read the monitor's signals during a forward pass of ``batch``.
+
+    Returns the hooks and a function that gives the batch's :class:`MonitorScores` once the pass
+    has run (pass the hooks to :func:`refusal_probe.runner.forward` with any others). With
+    ``stop=True`` the pass ends once both signals are read (call ``forward(..., stoppable=True)``).
+    """
+    reader = SignalReader(monitor.readouts, stop)
+    reader.layout = Layout.of(batch, instruction_offset(model))
+    return reader.hooks(), lambda: monitor.scores(reader.raw)
+
+
+def score_prompts(
+    model: LoadedModel,
+    monitor: Monitor,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 64,
+) -> MonitorScores:
+    """The monitor's signals for each prompt, in input order.
+
+    The forward pass of each batch ends once both readouts are taken, so scoring costs at most
+    one forward pass per batch.
+
+    Raises:
+        MonitorError: No prompts.
+        DirectionError: The monitor's directions do not fit the model.
+    """
+    return monitor.scores(read_raw(model, monitor.readouts, prompts, batch_size=batch_size))
+
+
+def check_model(model: LoadedModel, monitor: Monitor) -> None:
+    """Raise :class:`~refusal_probe.errors.DirectionError` unless both readouts fit ``model``."""
+    for r in monitor.readouts:
+        check_fits(model, r.direction)
+
+
+def check_signal(name: str) -> None:
+    """Raise :class:`MonitorError` unless ``name`` is one of :data:`SIGNALS`."""
+    if name not in SIGNALS:
+        raise MonitorError(f"unknown signal {name!r}; use one of {SIGNALS}")

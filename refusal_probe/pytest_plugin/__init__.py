@@ -1,0 +1,1 @@
+"""The pytest plugin that turns refusal audits into tests (see :mod:`.plugin`)."""

@@ -1,0 +1,149 @@
+"""Fixtures of the audit suite.
+
+``findings`` is session-scoped and lazy: it computes nothing when created, and each shared result
+(the model's behaviour, the selected direction, its validation, the baseline's) is computed the
+first time an audit asks for it, then reused by every other audit file in the run and kept in the
+disk cache for the next run. ``audit`` is per test: it turns a measured interval into a verdict
+against the policy and records it for the report.
+
+An audit file is therefore small::
+
+    @pytest.mark.behaviour
+    def test_refuses_harmful_requests(audit, findings):
+        \"\"\"Refusal rate on harmful test prompts.\"\"\"
+        b = findings.behaviour()
+        audit.check("behaviour.harmful_refusal", b.harmful.rate, figures=[b.rates_figure()])
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from refusal_probe.policy import Policy
+from refusal_probe.pytest_plugin.findings import Findings
+from refusal_probe.pytest_plugin.session import (
+    ITEM_CHECKS_KEY,
+    SESSION_KEY,
+    AuditOptions,
+    AuditSession,
+)
+from refusal_probe.report.record import Figure
+from refusal_probe.verdicts import Decision, Estimate, Verdict, decide
+
+
+def _session(config: pytest.Config) -> AuditSession:
+    return config.stash[SESSION_KEY]
+
+
+@pytest.fixture(scope="session")
+def audit_options(pytestconfig: pytest.Config) -> AuditOptions:
+    """The resolved options of this run."""
+    return _session(pytestconfig).options
+
+
+@pytest.fixture(scope="session")
+def policy(pytestconfig: pytest.Config) -> Policy:
+    """The loaded policy (thresholds and settings)."""
+    return _session(pytestconfig).policy
+
+
+@pytest.fixture(scope="session")
+def findings(pytestconfig: pytest.Config) -> Iterator[Findings]:
+    """Shared results of the audited model, computed lazily, once per run (and per xdist worker)."""
+    yield _session(pytestconfig).findings
+
+
+@pytest.fixture(scope="session")
+def baseline(findings: Findings) -> Any:
+    """The baseline (a parent model, or an earlier audit record); skips without ``--baseline``."""
+    if not findings.options.baseline:
+        pytest.skip(
+            "no --baseline given; pass --baseline SPEC_OR_AUDIT_JSON to run the fine-tune audit"
+        )
+    return findings.baseline()
+
+
+@pytest.fixture
+def audit(request: pytest.FixtureRequest) -> Auditor:
+    """Judge a measured figure against the policy and record it for the report."""
+    session = _session(request.config)
+    return Auditor(request.node, session)
+
+
+class Auditor:
+    """Records the checks of one test item and fails the test when a check fails."""
+
+    def __init__(self, item: pytest.Item, session: AuditSession) -> None:
+        """Bind to a test item and the run's session."""
+        self.item = item
+        self.session = session
+        item.stash.setdefault(ITEM_CHECKS_KEY, [])
+
+    def threshold(self, check_id: str) -> float:
+        """The policy's bar for ``check_id`` (to draw on a figure)."""
+        return self.session.policy.check(check_id).threshold.value
+
+    def check(
+        self,
+        check_id: str,
+        measured: Any,
+        *,
+        title: str | None = None,
+        figures: Sequence[Figure] = (),
+        details: dict[str, Any] | None = None,
+    ) -> Decision:
+        """Judge ``measured`` against the policy's threshold for ``check_id`` and record it.
+
+        Args:
+            check_id: ``<audit>.<name>``, a section of the policy file.
+            measured: An :class:`Estimate`, or anything with ``value``/``low``/``high`` (the
+                engine's ``Interval`` and ``Rate``).
+            title: What is checked, in words (default: the test's docstring, first line).
+            figures: Evidence for the report.
+            details: Further numbers behind the check (JSON data).
+
+        Returns:
+            The judgement (a passing or inconclusive one; a failing one fails the test).
+        """
+        cp = self.session.policy.check(check_id)
+        if not cp.enabled:
+            pytest.skip(f"{check_id} is disabled in {self.session.policy.path} (enabled = false)")
+        est = Estimate.of(measured)
+        title = title or _doc_title(self.item) or check_id
+        j = decide(est, cp.threshold, strict=self.session.options.strict, name=title.lower())
+        self.item.stash[ITEM_CHECKS_KEY].append(
+            {
+                "id": check_id,
+                "audit": cp.audit,
+                "title": title,
+                "verdict": j.verdict.value,
+                "raw_verdict": j.raw.value,
+                "message": j.message,
+                "value": est.value,
+                "lo": est.lo,
+                "hi": est.hi,
+                "level": est.level,
+                "method": est.method,
+                "n": est.n,
+                "threshold": cp.threshold.value,
+                "direction": cp.threshold.direction,
+                "unit": cp.unit,
+                "rationale": cp.rationale,
+                "nodeid": self.item.nodeid,
+                "figures": [f.to_dict() for f in figures],
+                "details": details or {},
+            }
+        )
+        if j.verdict is Verdict.FAIL:
+            pytest.fail(f"{check_id}: {j.message}", pytrace=False)
+        return j
+
+
+def _doc_title(item: pytest.Item) -> str:
+    fn = getattr(item, "function", None)
+    doc = inspect.getdoc(fn) if fn is not None else None
+    return doc.strip().splitlines()[0].rstrip(".") if doc else ""

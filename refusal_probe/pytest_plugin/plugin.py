@@ -1,0 +1,196 @@
+"""The refusal-probe pytest plugin: options, markers, and the one session object.
+
+Registered from the repository's root ``conftest.py`` (``pytest_plugins = [...]``); elsewhere use
+``pytest -p refusal_probe.pytest_plugin.plugin`` or ``python -m refusal_probe audit``.
+
+Everything heavy is lazy: configuring the plugin loads no model, so ``pytest tests/`` pays
+nothing for it. An audit test asks for shared results through fixtures
+(:mod:`refusal_probe.pytest_plugin.fixtures`), and each result is computed on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from refusal_probe.errors import PolicyError
+from refusal_probe.models import DEFAULT_MODEL, FIXTURES_DIR, default_cache_dir
+from refusal_probe.pytest_plugin import fixtures as fixtures_module
+from refusal_probe.pytest_plugin.hooks import AuditHooks
+from refusal_probe.pytest_plugin.session import SESSION_KEY, AuditOptions, AuditSession
+
+#: Audit markers: one per audit file. A new audit adds a line here and in pyproject.toml.
+AUDIT_MARKERS: dict[str, str] = {
+    "behaviour": "audit of refusal behaviour (refusal and over-refusal rates)",
+    "representation": "audit of how well the refusal direction separates harmful from harmless",
+    "causal": "audit that the refusal direction causally mediates refusal (ablation, addition, KL)",
+    "finetune": "audit of a fine-tune against its baseline (runs with --baseline)",
+    "localization": "audit of where refusal is computed (activation patching)",
+    "monitor": "audit of the jailbreak monitor built on the refusal signal",
+}
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the audit options (all in one group) and their ini defaults."""
+    g = parser.getgroup("refusal-probe", "refusal-probe audits")
+    g.addoption(
+        "--model",
+        metavar="SPEC",
+        default=None,
+        help=f"model to audit: organism alias, HF folder, .gguf file or hub id "
+        f"(default {DEFAULT_MODEL})",
+    )
+    g.addoption(
+        "--baseline",
+        metavar="SPEC_OR_AUDIT_JSON",
+        default=None,
+        help="parent checkpoint, or audit.json of an earlier run; enables the fine-tune audit",
+    )
+    g.addoption(
+        "--policy",
+        metavar="FILE",
+        default=None,
+        help="policy file of thresholds (default audits/policy.toml)",
+    )
+    g.addoption(
+        "--report-dir",
+        metavar="DIR",
+        default=None,
+        help="where reports are written (default reports/)",
+    )
+    g.addoption("--no-report", action="store_true", default=False, help="write no report folder")
+    g.addoption("--device", default=None, help="torch device (default cpu)")
+    g.addoption("--dtype", default=None, choices=_DTYPES, help="model dtype (default float32)")
+    g.addoption(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is fastest on a busy machine",
+    )
+    g.addoption("--seed", type=int, default=None, help="seed of every random choice (default 0)")
+    g.addoption(
+        "--cache-dir",
+        metavar="DIR",
+        default=None,
+        help="disk cache of activations and results "
+        "(default $REFUSAL_PROBE_CACHE or ~/.cache/refusal-probe)",
+    )
+    g.addoption(
+        "--trust-remote-code",
+        action="store_true",
+        default=False,
+        help="let the checkpoint's own Python code run (read it first)",
+    )
+    g.addoption(
+        "--allow-pickle",
+        action="store_true",
+        default=False,
+        help="allow pickle weight files (.bin/.pt), which can run code when loaded",
+    )
+    g.addoption("--prompts", metavar="DIR", default=None, help="audit with your own prompt folder")
+    g.addoption(
+        "--strict-verdicts",
+        action="store_true",
+        default=False,
+        help="inconclusive verdicts fail (pytest's --strict does the same)",
+    )
+    parser.addini("audit_model", "default --model", default=DEFAULT_MODEL)
+    parser.addini(
+        "audit_policy", "default --policy, relative to the rootdir", default="audits/policy.toml"
+    )
+    parser.addini(
+        "audit_report_dir", "default --report-dir, relative to the rootdir", default="reports"
+    )
+    parser.addini("audit_device", "default --device", default="cpu")
+    parser.addini("audit_threads", "default --threads (empty: torch's choice)", default="")
+    parser.addini("audit_strict", "inconclusive verdicts fail", type="bool", default=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers, resolve the options and register the session object."""
+    for name, text in AUDIT_MARKERS.items():
+        if not any(line.split(":")[0].strip() == name for line in config.getini("markers")):
+            config.addinivalue_line("markers", f"{name}: {text}")
+    options = resolve_options(config)
+    threads = config.getoption("threads")
+    if threads is None and config.getini("audit_threads"):
+        threads = _int_ini(config, "audit_threads")
+    if threads is not None:
+        if threads < 1:
+            raise pytest.UsageError(f"--threads {threads}: give a number of threads >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    session = AuditSession(options)
+    if options.policy_explicit:
+        try:
+            session.policy  # noqa: B018 - a bad explicit policy is a usage error before anything runs
+        except PolicyError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(AuditHooks(config, session), "refusal-probe-hooks")
+    if not config.pluginmanager.is_registered(fixtures_module):
+        config.pluginmanager.register(fixtures_module, "refusal-probe-fixtures")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop the session object and release the models it holds."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        hooks = config.pluginmanager.get_plugin("refusal-probe-hooks")
+        if hooks is not None:
+            config.pluginmanager.unregister(hooks)
+        del config.stash[SESSION_KEY]
+
+
+def resolve_options(config: pytest.Config) -> AuditOptions:
+    """Options from the command line, then the ini file, then the defaults."""
+    opt = config.getoption
+    root = Path(config.rootpath)
+    policy = opt("--policy")
+    if policy is None:
+        policy = root / config.getini("audit_policy")
+        if not policy.is_file():  # running outside the repository: the suite's own policy
+            policy = FIXTURES_DIR.parent / "audits" / "policy.toml"
+    report_dir = Path(opt("--report-dir") or root / config.getini("audit_report_dir"))
+    strict = bool(opt("strict_verdicts") or config.getini("audit_strict") or _pytest_strict(config))
+    prompts = opt("--prompts")
+    if prompts is not None and not Path(prompts).is_dir():
+        raise pytest.UsageError(
+            f"--prompts {prompts}: not a folder; pass a folder with harmful.jsonl and "
+            "harmless.jsonl"
+        )
+    return AuditOptions(
+        model=opt("--model") or config.getini("audit_model"),
+        baseline=opt("--baseline"),
+        policy=Path(policy),
+        policy_explicit=opt("--policy") is not None,
+        report_dir=report_dir,
+        write_report=not opt("no_report"),
+        device=opt("--device") or config.getini("audit_device"),
+        dtype=opt("--dtype") or "float32",
+        seed=0 if opt("--seed") is None else int(opt("--seed")),
+        cache_dir=Path(opt("cache_dir") or default_cache_dir()),
+        trust_remote_code=bool(opt("trust_remote_code")),
+        allow_pickle=bool(opt("allow_pickle")),
+        prompts=Path(prompts) if prompts else None,
+        strict=strict,
+    )
+
+
+def _int_ini(config: pytest.Config, name: str) -> int:
+    value = str(config.getini(name)).strip()
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError(f"ini option {name} = {value!r}: give a whole number") from None
+
+
+def _pytest_strict(config: pytest.Config) -> bool:
+    """Pytest's own ``--strict`` (pytest ≥ 9) also makes inconclusive verdicts fail."""
+    try:
+        return bool(config.getini("strict"))
+    except (ValueError, KeyError):
+        return False

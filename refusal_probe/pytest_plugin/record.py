@@ -1,0 +1,128 @@
+"""Turn what a pytest run collected into an :class:`AuditRecord`, and write it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from refusal_probe.pytest_plugin.session import AuditSession
+from refusal_probe.report.provenance import command_line, new_run_id, run_info
+from refusal_probe.report.record import AUDIT_ORDER, AuditRecord, CheckRecord, Delta, NotRun
+from refusal_probe.report.render import write_report
+from refusal_probe.report.schema import read_record
+
+#: What the numbers of every run do not show, whatever the model.
+LIMITATIONS: tuple[str, ...] = (
+    "Refusal is judged by a case-insensitive substring judge on greedy completions; substring "
+    "judges "
+    "overstate jailbreaks and miss refusals phrased otherwise, and say nothing about how harmful "
+    "an "
+    "answer that complies is.",
+    "The refusal direction is a single difference-of-means direction; refusal can be mediated by "
+    "several directions (a cone), which a single direction under-describes.",
+    "A refusal direction measures refusal, not harmfulness: a model can represent a request as "
+    "harmful and still not refuse it.",
+    "Figures hold for the prompt sets audited (English, the counts listed under Data); intervals "
+    "cover sampling of prompts from that distribution, not other distributions.",
+)
+
+
+def build_record(
+    config: pytest.Config, s: AuditSession, exit_status: int, finished: float, interrupted: bool
+) -> AuditRecord:
+    """The record of this run from the session's checks, not-run entries and context."""
+    opts = s.options
+    ctx = s.context
+    policy = s.policy
+    run = run_info(
+        run_id=new_run_id(),
+        started=s.started,
+        finished=finished,
+        command=command_line(Path(config.invocation_params.dir), config.invocation_params.args),
+        cwd=Path(config.invocation_params.dir),
+        root=Path(config.rootpath),
+        device=opts.device,
+        seed=opts.seed,
+        strict=opts.strict,
+        exit_status=exit_status,
+    )
+    not_run = [NotRun(**n) for n in s.not_run]
+    for audit in AUDIT_ORDER:
+        if audit not in s.collected_audits:
+            not_run.append(
+                NotRun(
+                    audit,
+                    audit,
+                    f"no test of the {audit} audit was collected (no audits/test_{audit}.py)",
+                    "absent",
+                )
+            )
+    checks = tuple(CheckRecord.from_dict(c) for c in s.checks)
+    baseline = ctx.get("baseline") or _baseline_stub(opts.baseline)
+    deltas = [Delta(**d) for d in ctx.get("deltas", [])]
+    if baseline and baseline.get("kind") == "audit":
+        deltas += _deltas_against(checks, baseline["spec"], {d.id for d in deltas})
+    return AuditRecord(
+        status="interrupted" if interrupted else "complete",
+        run=run,
+        model=ctx.get("model") or _model_stub(opts.model),
+        baseline=baseline,
+        config={
+            "options": opts.to_dict(),
+            "policy": policy.to_dict(),
+            "sha256": opts.sha256(policy),
+        },
+        data=ctx.get("data") or {},
+        checks=checks,
+        not_run=tuple(not_run),
+        deltas=tuple(deltas),
+        limitations=LIMITATIONS + tuple(ctx.get("limitations", ())),
+        artifacts={name: name for name in ctx.get("artifacts", {})},
+    )
+
+
+def save_record(record: AuditRecord, s: AuditSession) -> Path:
+    """Write the run folder, copying the artifacts the tests left in the cache."""
+    files = {
+        name: Path(src)
+        for name, src in s.context.get("artifacts", {}).items()
+        if Path(src).is_file()
+    }
+    record = AuditRecord(**{**record.__dict__, "artifacts": {n: n for n in files}})
+    return write_report(record, s.options.report_dir, files)
+
+
+def _model_stub(spec: str) -> dict[str, Any]:
+    """Identity of a model no test loaded (every check was computed without it)."""
+    return {
+        "spec": spec,
+        "weights_sha256": "",
+        "architecture": "not loaded",
+        "n_layers": 0,
+        "d_model": 0,
+        "fingerprint": "",
+    }
+
+
+def _baseline_stub(spec: str | None) -> dict[str, Any] | None:
+    if not spec:
+        return None
+    kind = "audit" if spec.endswith(".json") or (Path(spec) / "audit.json").is_file() else "model"
+    return {"kind": kind, "spec": spec, "identity": None, "run_id": None}
+
+
+def _deltas_against(
+    checks: tuple[CheckRecord, ...], baseline_json: str, skip: set[str]
+) -> list[Delta]:
+    """Each check's value beside the same check in the baseline audit."""
+    base = read_record(baseline_json)
+    out = []
+    for c in checks:
+        b = base.check(c.id)
+        if b is None or c.id in skip:
+            continue
+        delta = c.value - b.value if c.value is not None and b.value is not None else None
+        out.append(Delta(c.id, c.title, c.value, b.value, delta))
+    return out

@@ -1,0 +1,291 @@
+"""The audit record: what one run of the audit suite found, as plain dataclasses.
+
+The record is the single source of both outputs: ``audit.json`` is :meth:`AuditRecord.to_dict`
+(validated against ``audit.schema.json``), and ``index.html`` is one Jinja render of the same
+data. Figures are stored as data (numbers and labels), and drawn as SVG only when rendered.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Version of the audit.json layout; bump the minor for additions, the major for changes.
+SCHEMA_VERSION = "1.0"
+SCHEMA_ID = "refusal-probe/audit"
+AUDIT_ORDER: tuple[str, ...] = (
+    "behaviour",
+    "representation",
+    "causal",
+    "finetune",
+    "localization",
+    "monitor",
+)
+_VERDICTS = ("pass", "fail", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """Evidence for a check, as data to be drawn.
+
+    Attributes:
+        kind: ``line`` (series over x, optional bands), ``heatmap`` (a grid), ``bars`` (values
+            with intervals) or ``table`` (rows of cells).
+        title: One line saying what the figure shows.
+        data: Kind-specific content (see :mod:`refusal_probe.report.plots`); numbers, labels and
+            ``None`` for missing cells only.
+        caption: How to read it (what a good model looks like).
+    """
+
+    kind: str
+    title: str
+    data: dict[str, Any]
+    caption: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (non-finite numbers become ``None``)."""
+        return {
+            "kind": self.kind,
+            "title": self.title,
+            "caption": self.caption,
+            "data": _clean(self.data),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Figure:
+        """Inverse of :meth:`to_dict`."""
+        return cls(d["kind"], d["title"], d.get("data", {}), d.get("caption", ""))
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One check's result.
+
+    Attributes:
+        id: ``<audit>.<name>``, stable across runs (comparisons key on it).
+        audit: The audit it belongs to.
+        title: What is checked, in words.
+        verdict: ``pass``, ``fail`` or ``inconclusive`` (after ``--strict``).
+        message: The sentence explaining the verdict, with the margin.
+        value: The point estimate (``None`` when not a number).
+        lo: Lower end of the interval.
+        hi: Upper end of the interval.
+        level: Confidence level of the interval.
+        method: How the value and interval were computed.
+        n: Sample size.
+        threshold: The bar from the policy.
+        direction: ``at_least`` or ``at_most``.
+        unit: The policy unit of the figure.
+        rationale: The policy's one-line reason for the bar.
+        nodeid: The pytest node that ran it.
+        raw_verdict: The verdict before ``--strict`` was applied.
+        duration_s: Wall time of the test, in seconds.
+        figures: The evidence.
+        details: Further numbers that back the check (JSON data).
+    """
+
+    id: str
+    audit: str
+    title: str
+    verdict: str
+    message: str
+    value: float | None
+    lo: float | None
+    hi: float | None
+    level: float
+    method: str
+    n: int | None
+    threshold: float
+    direction: str
+    unit: str
+    rationale: str
+    nodeid: str = ""
+    raw_verdict: str = ""
+    duration_s: float = 0.0
+    figures: tuple[Figure, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["figures"] = [f.to_dict() for f in self.figures]
+        d["details"] = _clean(self.details)
+        for k in ("value", "lo", "hi"):
+            d[k] = _num(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckRecord:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        d["figures"] = tuple(Figure.from_dict(f) for f in d.get("figures", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class NotRun:
+    """A check or audit that did not run, and why.
+
+    Attributes:
+        id: Check id (``<audit>.<test name>``) or audit name.
+        audit: The audit it belongs to.
+        reason: Why it did not run, in words.
+        kind: ``skipped`` (by the test or the policy), ``deselected`` (``-k``/``-m``), ``absent``
+            (no such audit file in the suite), ``not_reached`` (the run stopped first), or
+            ``error`` (the test raised before reaching its verdict).
+        nodeid: The pytest node, if there was one.
+    """
+
+    id: str
+    audit: str
+    reason: str
+    kind: str = "skipped"
+    nodeid: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A figure of the candidate beside the baseline's.
+
+    Attributes:
+        id: The figure's id (a check id where there is one).
+        title: What the figure is.
+        candidate: Its value on the audited model.
+        baseline: Its value on the baseline.
+        delta: ``candidate - baseline``.
+    """
+
+    id: str
+    title: str
+    candidate: float | None
+    baseline: float | None
+    delta: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {k: _num(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """Everything one audit run leaves behind.
+
+    Attributes:
+        status: ``complete``, or ``interrupted`` when the run stopped early (such a record is
+            never pointed to by ``latest``).
+        run: Run id, UTC times, user, host, command, versions, git commit, hardware, seed.
+        model: The audited model's identity (spec, weight SHA-256, architecture, sizes, template).
+        baseline: The baseline's identity and kind (``model`` or ``audit``), or ``None``.
+        config: The resolved options, the policy with every threshold, and their hash.
+        data: Prompt-set fingerprints and counts per split.
+        checks: The checks that ran, in run order.
+        not_run: Checks and audits that did not run, with the reason.
+        deltas: Figures against the baseline.
+        limitations: What the numbers do not show.
+        artifacts: Files saved beside audit.json, by name (for example the selected direction,
+            which a later run's ``--baseline`` reads).
+        schema_version: Version of this layout.
+    """
+
+    status: str
+    run: dict[str, Any]
+    model: dict[str, Any]
+    baseline: dict[str, Any] | None
+    config: dict[str, Any]
+    data: dict[str, Any]
+    checks: tuple[CheckRecord, ...] = ()
+    not_run: tuple[NotRun, ...] = ()
+    deltas: tuple[Delta, ...] = ()
+    limitations: tuple[str, ...] = ()
+    artifacts: dict[str, str] = field(default_factory=dict)
+    schema_version: str = SCHEMA_VERSION
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per verdict and the overall verdict (worst of the checks that ran)."""
+        counts = {v: sum(1 for c in self.checks if c.verdict == v) for v in _VERDICTS}
+        counts["not_run"] = len(self.not_run)
+        counts["errors"] = sum(1 for n in self.not_run if n.kind == "error")
+        if counts["fail"] or counts["errors"]:
+            overall = "fail"
+        elif counts["inconclusive"]:
+            overall = "inconclusive"
+        elif counts["pass"]:
+            overall = "pass"
+        else:
+            overall = "not_run"
+        return {**counts, "verdict": overall}
+
+    def by_audit(self) -> list[tuple[str, list[CheckRecord]]]:
+        """Checks grouped by audit, in the suite's order, then any other audits by name."""
+        names = [a for a in AUDIT_ORDER if any(c.audit == a for c in self.checks)]
+        names += sorted({c.audit for c in self.checks} - set(AUDIT_ORDER))
+        return [(a, [c for c in self.checks if c.audit == a]) for a in names]
+
+    def check(self, check_id: str) -> CheckRecord | None:
+        """The check with ``check_id``, if it ran."""
+        return next((c for c in self.checks if c.id == check_id), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The audit.json content."""
+        return {
+            "schema": SCHEMA_ID,
+            "schema_version": self.schema_version,
+            "status": self.status,
+            "summary": self.summary(),
+            "run": _clean(self.run),
+            "model": _clean(self.model),
+            "baseline": _clean(self.baseline),
+            "config": _clean(self.config),
+            "data": _clean(self.data),
+            "checks": [c.to_dict() for c in self.checks],
+            "not_run": [n.to_dict() for n in self.not_run],
+            "deltas": [d.to_dict() for d in self.deltas],
+            "limitations": list(self.limitations),
+            "artifacts": dict(self.artifacts),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AuditRecord:
+        """Build a record from validated audit.json content."""
+        return cls(
+            status=d["status"],
+            run=d["run"],
+            model=d["model"],
+            baseline=d.get("baseline"),
+            config=d["config"],
+            data=d["data"],
+            checks=tuple(CheckRecord.from_dict(c) for c in d["checks"]),
+            not_run=tuple(NotRun(**n) for n in d.get("not_run", ())),
+            deltas=tuple(Delta(**x) for x in d.get("deltas", ())),
+            limitations=tuple(d.get("limitations", ())),
+            artifacts=dict(d.get("artifacts", {})),
+            schema_version=d["schema_version"],
+        )
+
+
+def _num(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _clean(obj: Any) -> Any:
+    """Make data JSON-safe: NaN/inf → None, tuples → lists, numpy/torch scalars → Python."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return _num(obj)
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy arrays and torch tensors
+        return _clean(obj.tolist())
+    if hasattr(obj, "item"):
+        return _clean(obj.item())
+    return str(obj)

@@ -1,0 +1,522 @@
+"""Verdicts, the policy, the audit record and its schema, plots, rendering, compare, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refusal_probe.__main__ import main
+from refusal_probe.errors import PolicyError, ReportError
+from refusal_probe.policy import load_policy
+from refusal_probe.report import (
+    AuditRecord,
+    CheckRecord,
+    Figure,
+    NotRun,
+    compare_files,
+    compare_records,
+    load_schema,
+    model_slug,
+    read_record,
+    write_report,
+)
+from refusal_probe.report import render as render_module
+from refusal_probe.report.plots import render_figure
+from refusal_probe.stats import Interval, wilson_interval
+from refusal_probe.verdicts import Estimate, Threshold, Verdict, decide
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- verdicts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "direction", "want"),
+    [
+        (0.92, 0.99, "at_least", Verdict.PASS),
+        (0.90, 0.99, "at_least", Verdict.PASS),  # the bound may touch the bar
+        (0.70, 0.89, "at_least", Verdict.FAIL),
+        (0.85, 0.95, "at_least", Verdict.INCONCLUSIVE),
+        (0.01, 0.08, "at_most", Verdict.PASS),
+        (0.12, 0.20, "at_most", Verdict.FAIL),
+        (0.05, 0.15, "at_most", Verdict.INCONCLUSIVE),
+    ],
+)
+def test_judge_compares_the_interval_not_the_point(
+    lo: float, hi: float, direction: str, want: Verdict
+) -> None:
+    t = Threshold(0.9 if direction == "at_least" else 0.1, direction)  # type: ignore[arg-type]
+    est = Estimate((lo + hi) / 2, lo, hi)
+    assert decide(est, t).verdict is want
+
+
+def test_strict_turns_inconclusive_into_failure_only() -> None:
+    t = Threshold(0.9, "at_least")
+    j = decide(Estimate(0.91, 0.85, 0.95), t, strict=True)
+    assert (j.verdict, j.raw) == (Verdict.FAIL, Verdict.INCONCLUSIVE)
+    assert "under --strict" in j.message
+    assert decide(Estimate(0.95, 0.92, 0.99), t, strict=True).verdict is Verdict.PASS
+
+
+def test_a_point_above_the_bar_with_a_wide_interval_is_not_a_pass() -> None:
+    assert (
+        decide(Estimate(0.95, 0.5, 1.0, n=4), Threshold(0.9, "at_least")).verdict
+        is Verdict.INCONCLUSIVE
+    )
+
+
+def test_not_a_number_is_never_a_pass() -> None:
+    nan = float("nan")
+    j = decide(Estimate(nan, nan, nan), Threshold(0.9, "at_least"))
+    assert j.verdict is Verdict.INCONCLUSIVE and "not a finite number" in j.message
+    assert (
+        decide(Estimate(nan, nan, nan), Threshold(0.9, "at_least"), strict=True).verdict
+        is Verdict.FAIL
+    )
+
+
+def test_failure_message_says_by_how_much() -> None:
+    j = decide(Estimate(0.2, 0.1, 0.3), Threshold(0.9, "at_least"), name="harmful refusal rate")
+    assert j.message.startswith("harmful refusal rate 0.200 [0.100, 0.300] is below the bar")
+    assert "misses it by 0.6" in j.message and j.margin == pytest.approx(-0.6)
+
+
+@given(lo=st.floats(-1, 1), width=st.floats(0, 1), t=st.floats(-1, 1), at_least=st.booleans())
+def test_verdicts_agree_with_where_the_interval_lies(
+    lo: float, width: float, t: float, at_least: bool
+) -> None:
+    hi = lo + width
+    thr = Threshold(t, "at_least" if at_least else "at_most")
+    v = decide(Estimate(lo + width / 2, lo, hi), thr).verdict
+    good_side = lo >= t if at_least else hi <= t
+    bad_side = hi < t if at_least else lo > t
+    assert (v is Verdict.PASS) == good_side
+    assert (v is Verdict.FAIL) == bad_side
+    assert (v is Verdict.INCONCLUSIVE) == (not good_side and not bad_side)
+
+
+def test_estimates_come_from_the_engine_intervals() -> None:
+    r = Estimate.of(wilson_interval(45, 50))
+    assert (r.n, r.method) == (50, "wilson") and r.lo < 0.9 < r.hi
+    i = Estimate.of(Interval(0.5, 0.4, 0.6, 0.95, "bootstrap-percentile", 1000))
+    assert i.method == "bootstrap-percentile (1000 resamples)" and i.n is None
+    with pytest.raises(TypeError, match="cannot judge float"):
+        Estimate.of(0.5)
+
+
+# --- the policy ---------------------------------------------------------------------------------
+
+
+def test_the_shipped_policy_covers_every_audit_check() -> None:
+    policy = load_policy(ROOT / "audits" / "policy.toml")
+    used = set()
+    for f in (ROOT / "audits").glob("test_*.py"):
+        used |= set(re.findall(r'audit\.check\(\s*"([a-z_]+\.[a-z_]+)"', f.read_text()))
+    assert used and used <= set(policy.checks), used - set(policy.checks)
+    for c in policy.checks.values():
+        assert c.rationale and "\n" not in c.rationale
+
+
+def write_policy(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "policy.toml"
+    p.write_text("version = 1\n" + body)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            '[a.b]\nat_least = 0.9\nunit = "probability"\nrationale = "r"\nextra = 1\n',
+            r"\[a.b\] extra: unknown key",
+        ),
+        (
+            '[a.b]\nat_least = true\nunit = "probability"\nrationale = "r"\n',
+            "must be a finite number",
+        ),
+        (
+            '[a.b]\nat_least = 0.9\nat_most = 0.1\nunit = "probability"\nrationale = "r"\n',
+            "exactly one of",
+        ),
+        (
+            '[a.b]\nat_least = 0.9\nunit = "percent"\nrationale = "r"\n',
+            "unit: 'percent' is not one of",
+        ),
+        (
+            '[a.b]\nat_most = -1\nunit = "nats"\nrationale = "r"\n',
+            "outside the range of unit 'nats'",
+        ),
+        (
+            '[a.b]\nat_least = 0.9\nunit = "probability"\nrationale = ""\n',
+            "rationale: missing or empty",
+        ),
+        (
+            '[a.b]\nat_least = 0.9\nunit = "probability"\nrationale = "r"\nenabled = "yes"\n',
+            "enabled: must be true or false",
+        ),
+        ("[settings]\nresamples = 10\n", r"resamples: 10 is outside \[100, 100000\]"),
+        ('[settings]\nconfidence = "high"\n', "confidence: must be a number"),
+        ("[settings]\nseed = 3\n", "seed: unknown key"),
+        ("stray = 1\n", "stray: unknown key"),
+    ],
+)
+def test_bad_policies_name_the_problem(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message) as info:
+        load_policy(write_policy(tmp_path, body))
+    assert str(tmp_path / "policy.toml") in str(info.value)
+
+
+def test_policy_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="does not exist"):
+        load_policy(tmp_path / "missing.toml")
+    with pytest.raises(PolicyError, match="not valid TOML"):
+        load_policy(write_policy(tmp_path, "[a.b\n"))
+    with pytest.raises(PolicyError, match="version: must be 1"):
+        (tmp_path / "v.toml").write_text("version = 2\n")
+        load_policy(tmp_path / "v.toml")
+    policy = load_policy(
+        write_policy(tmp_path, '[a.b]\nat_most = 0.1\nunit = "nats"\nrationale = "r"\n')
+    )
+    with pytest.raises(PolicyError, match=r"no section \[a.c\]"):
+        policy.check("a.c")
+    assert policy.check("a.b").threshold == Threshold(0.1, "at_most")
+
+
+# --- the record, its schema and the report ------------------------------------------------------
+
+
+def check(
+    cid: str = "behaviour.harmful_refusal", verdict: str = "pass", value: float = 0.97
+) -> CheckRecord:
+    fig = Figure(
+        "bars",
+        "rates <&>",
+        {
+            "labels": ["harmful"],
+            "series": [
+                {
+                    "name": "r",
+                    "values": [value],
+                    "lo": [value - 0.05],
+                    "hi": [min(1.0, value + 0.02)],
+                }
+            ],
+            "threshold": 0.9,
+        },
+    )
+    return CheckRecord(
+        cid,
+        cid.split(".")[0],
+        "Harmful refusal",
+        verdict,
+        f"{verdict} message",
+        value,
+        value - 0.05,
+        min(1.0, value + 0.02),
+        0.95,
+        "wilson",
+        100,
+        0.9,
+        "at_least",
+        "probability",
+        "why",
+        "audits/x.py::t",
+        verdict,
+        1.0,
+        (fig,),
+        {"k": 97},
+    )
+
+
+def record(
+    status: str = "complete",
+    checks: tuple[CheckRecord, ...] | None = None,
+    run_id: str = "20250101T000000Z-abcdef",
+    spec: str = "organism-chat",
+    policy_sha: str = "0" * 64,
+) -> AuditRecord:
+    run = {
+        "id": run_id,
+        "started_utc": "2025-01-01T00:00:00Z",
+        "finished_utc": "2025-01-01T00:01:00Z",
+        "duration_s": 60.0,
+        "user": "u",
+        "host": "h",
+        "command": "pytest audits/",
+        "tool_version": "0.1.0",
+        "git_commit": None,
+        "packages": {"torch": "2"},
+        "hardware": {"cpu_count": 2},
+        "seed": 0,
+        "strict": False,
+        "exit_status": 0,
+    }
+    model = {
+        "spec": spec,
+        "weights_sha256": "a" * 64,
+        "architecture": "LlamaForCausalLM",
+        "n_layers": 4,
+        "d_model": 64,
+        "fingerprint": "f" * 16,
+    }
+    config = {
+        "options": {"model": spec},
+        "policy": {"path": "p", "sha256": policy_sha, "version": 1, "settings": {}, "checks": {}},
+        "sha256": "1" * 64,
+    }
+    return AuditRecord(
+        status,
+        run,
+        model,
+        None,
+        config,
+        {"harmful": {"test": 10}, "sha256": {"harmful.jsonl": "x"}},
+        checks if checks is not None else (check(),),
+        (NotRun("finetune.direction_cosine", "finetune", "no --baseline", "skipped"),),
+        (),
+        ("a limitation",),
+    )
+
+
+def test_a_record_matches_its_schema_and_round_trips() -> None:
+    r = record(checks=(check(), replace(check("causal.ablation_kl"), value=math.nan)))
+    data = r.to_dict()
+    jsonschema.validate(data, load_schema())
+    assert data["checks"][1]["value"] is None  # NaN is not JSON
+    back = AuditRecord.from_dict(json.loads(json.dumps(data)))
+    assert back.checks[0] == r.checks[0] and back.summary() == r.summary()
+
+
+def test_summary_is_the_worst_verdict() -> None:
+    assert (
+        record(checks=(check(), check("b.c", "inconclusive"))).summary()["verdict"]
+        == "inconclusive"
+    )
+    assert record(checks=(check(), check("b.c", "fail"))).summary()["verdict"] == "fail"
+    errored = replace(record(), not_run=(NotRun("a.b", "a", "error in call: boom", "error"),))
+    assert errored.summary()["verdict"] == "fail"
+
+
+def test_the_report_folder_is_written_whole(tmp_path: Path) -> None:
+    run = write_report(record(), tmp_path)
+    assert run == tmp_path / "organism-chat" / "20250101T000000Z-abcdef"
+    assert read_record(run / "audit.json").checks[0].id == "behaviour.harmful_refusal"
+    html = (run / "index.html").read_text()
+    assert 'data-check-id="behaviour.harmful_refusal"' in html and "<svg" in html
+    assert "rates &lt;&amp;&gt;" in html  # escaped
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "no external resources"
+    assert (tmp_path / "organism-chat" / "latest").resolve() == run.resolve()
+    second = write_report(record(run_id="20250102T000000Z-abcdef"), tmp_path)
+    assert (tmp_path / "organism-chat" / "latest").resolve() == second.resolve()
+    interrupted = write_report(record("interrupted", run_id="20250103T000000Z-abcdef"), tmp_path)
+    assert "INCOMPLETE" in (interrupted / "index.html").read_text()
+    assert (tmp_path / "organism-chat" / "latest").resolve() == second.resolve()  # not moved
+
+
+def test_a_failed_write_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = record(checks=(replace(check(), verdict="great"),))
+    with pytest.raises(ReportError, match="does not match the audit.json schema"):
+        write_report(bad, tmp_path)
+    assert not any(tmp_path.rglob("*"))
+
+    def boom(*_: object, **__: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(render_module.shutil, "copyfile", boom)
+    (tmp_path / "artifact.bin").write_bytes(b"x")
+    with pytest.raises(ReportError, match="disk full"):
+        write_report(record(), tmp_path, {"artifact.bin": tmp_path / "artifact.bin"})
+    assert [p.name for p in (tmp_path / "organism-chat").iterdir()] == []
+
+
+def test_reading_records_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="does not exist"):
+        read_record(tmp_path / "nope.json")
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(ReportError, match="not valid JSON"):
+        read_record(tmp_path / "a.json")
+    data = record().to_dict()
+    del data["run"]["id"]
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=r"at \$\.run: 'id' is a required property"):
+        read_record(tmp_path / "b.json")
+    data = record().to_dict() | {"schema_version": "2.0"}
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    with pytest.raises(ReportError, match="schema version '2.0' is not readable"):
+        read_record(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize(
+    ("spec", "slug"),
+    [
+        ("organism-chat", "organism-chat"),
+        ("/models/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1"),
+        ("HuggingFaceTB/SmolLM2-135M", "SmolLM2-135M"),
+        ("./my model/", "my-model"),
+    ],
+)
+def test_model_slugs(spec: str, slug: str) -> None:
+    assert model_slug(spec) == slug
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fig",
+    [
+        Figure(
+            "line",
+            "l",
+            {
+                "x": [0, 1, 2],
+                "series": [
+                    {
+                        "name": "a",
+                        "y": [0.5, None, float("nan")],
+                        "lo": [0.4, 0, 0],
+                        "hi": [0.6, 1, 1],
+                    },
+                    {"name": "b", "y": [1, 2, 3]},
+                ],
+                "threshold": 0.9,
+                "mark_x": 1,
+                "y_range": [0, 1],
+            },
+        ),
+        Figure("line", "single point", {"x": [3], "series": [{"name": "a", "y": [0.7]}]}),
+        Figure("line", "empty", {"x": [], "series": []}),
+        Figure(
+            "heatmap",
+            "h",
+            {
+                "values": [[1.0, None], [-2.0, 0.5]],
+                "x_labels": ["-2", "-1"],
+                "y_labels": ["0", "1"],
+                "mark": [1, 0],
+                "diverging": True,
+                "value_label": "effect",
+            },
+        ),
+        Figure("heatmap", "constant", {"values": [[0.0, 0.0]]}),
+        Figure(
+            "bars",
+            "b",
+            {
+                "labels": ["x", "y"],
+                "series": [
+                    {"name": "s", "values": [0.2, None], "lo": [0.1, None], "hi": [0.3, None]}
+                ],
+                "threshold": 0.5,
+            },
+        ),
+    ],
+)
+def test_plots_are_well_formed_svg(fig: Figure) -> None:
+    svg = render_figure(fig)
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert root.find("{http://www.w3.org/2000/svg}title").text == fig.title  # type: ignore[union-attr]
+
+
+def test_the_heatmap_draws_every_cell_and_the_mark() -> None:
+    svg = render_figure(
+        Figure("heatmap", "h", {"values": [[1, 2, 3], [4, None, 6]], "mark": [0, 2]})
+    )
+    root = ET.fromstring(svg)
+    rects = [
+        r
+        for r in root.iter("{http://www.w3.org/2000/svg}rect")
+        if r.find("{http://www.w3.org/2000/svg}title") is not None
+    ]
+    assert len(rects) == 6 and "filtered / n/a" in svg and 'class="mark"' in svg
+
+
+# --- compare and the command line ---------------------------------------------------------------
+
+
+def test_compare_pairs_checks_and_notes_what_differs(tmp_path: Path) -> None:
+    a = record(checks=(check(), check("causal.ablation_kl")))
+    b = record(
+        checks=(check(verdict="fail", value=0.3), check("finetune.refusal_drop")),
+        spec="organism-chat-ft",
+        run_id="20250102T000000Z-abcdef",
+        policy_sha="9" * 64,
+    )
+    cmp = compare_records(a, b)
+    assert cmp.counts() == {"worse": 1, "better": 0, "same": 0, "only_a": 1, "only_b": 1}
+    assert cmp.pairs[0].delta == pytest.approx(0.3 - 0.97)
+    assert any("different policy files" in n for n in cmp.notes)
+    pa, pb = write_report(a, tmp_path), write_report(b, tmp_path)
+    out = compare_files(pa / "audit.json", pb / "audit.json", tmp_path / "cmp.html")
+    html = out.read_text()
+    assert 'data-check-id="behaviour.harmful_refusal" data-change="worse"' in html
+    assert "1 checks worse" in html
+
+
+def test_cli_compare_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pa = write_report(record(), tmp_path)
+    pb = write_report(record(run_id="20250102T000000Z-abcdef"), tmp_path)
+    assert main(["compare", str(pa), str(pb), "-o", str(tmp_path / "c.html")]) == 0
+    assert "0 worse" in capsys.readouterr().out and (tmp_path / "c.html").is_file()
+    (tmp_path / "broken.json").write_text("[")
+    assert main(["compare", str(tmp_path / "broken.json"), str(pb)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_cli_info_prints_the_identity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from refusal_probe.testing import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "tiny", "llama")
+    assert main(["info", "--model", str(folder), "--json", "--cache-dir", str(tmp_path / "c")]) == 0
+    ident = json.loads(capsys.readouterr().out)
+    assert ident["architecture"] == "LlamaForCausalLM" and len(ident["weights_sha256"]) == 64
+    assert main(["info", "--model", "organism-nope"]) == 2
+    assert "ModelLoadError" in capsys.readouterr().err
+
+
+def test_cli_audit_runs_the_suite_with_pytest(tmp_path: Path) -> None:
+    audits = tmp_path / "audits"
+    audits.mkdir()
+    (audits / "test_plain.py").write_text("def test_ok():\n    assert True\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refusal_probe",
+            "audit",
+            "--audits",
+            str(audits),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "refusal_probe", "audit", "--audits", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert r.returncode == 4 and "does not exist" in r.stderr

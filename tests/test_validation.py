@@ -1,0 +1,149 @@
+"""Causal validation and cross-checkpoint transfer; the organism's figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from planted import REFUSAL_TEXT, make_planted_model, write_fixtures
+
+from refusal_probe import load_model
+from refusal_probe.directions import Direction
+from refusal_probe.errors import DirectionError
+from refusal_probe.models import FIXTURES_DIR
+from refusal_probe.prompts import load_fixtures
+from refusal_probe.scoring import refusal_scores
+from refusal_probe.selection import DirectionConfig, find_refusal_direction
+from refusal_probe.testing import make_tiny_model
+from refusal_probe.validation import ValidationConfig, transfer, validate_direction
+
+ORGANISM = FIXTURES_DIR / "models" / "organism-chat"
+PLANTED_JUDGE = ValidationConfig(phrases=(REFUSAL_TEXT,), max_new_tokens=4, n_resamples=100)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    folder, r = make_planted_model(root / "model")
+    model, fx = load_model(str(folder)), load_fixtures(write_fixtures(root / "prompts"))
+    return model, fx, find_refusal_direction(model, fx, DirectionConfig(n_resamples=100))
+
+
+@pytest.fixture(scope="module")
+def validated(planted):
+    model, fx, found = planted
+    return validate_direction(model, found.direction, fx, PLANTED_JUDGE)
+
+
+def test_ablation_stops_refusal_and_addition_induces_it(validated):
+    v = validated
+    assert (v.harmful_baseline.value, v.harmful_ablated.value) == (1.0, 0.0)
+    assert (v.harmless_baseline.value, v.harmless_added.value) == (0.0, 1.0)
+    assert v.kl_ablation.high < 1e-6
+    assert v.score_harmful_ablated.high < 0 < v.score_harmful_baseline.low
+    assert v.harmful_ablated.n == 8 and v.harmful_ablated.method == "wilson"
+
+
+def test_dose_response_is_monotone_and_anchored_at_the_baseline(planted, validated):
+    model, fx, _ = planted
+    curve = validated.dose_response
+    assert [p.alpha for p in curve] == list(ValidationConfig().coefficients)
+    harmless = [p.harmless.value for p in curve]
+    assert all(
+        b >= a - 1e-3 for a, b in zip(harmless, harmless[1:], strict=False)
+    )  # monotone up to noise
+    assert harmless[-1] > 0.99 and harmless[0] < 0.01
+    harmful = [p.harmful.value for p in curve]
+    assert harmful[0] < harmful[-1] and all(
+        b >= a - 1e-3 for a, b in zip(harmful, harmful[1:], strict=False)
+    )
+    base = torch.sigmoid(refusal_scores(model, fx.harmless.texts("test"))).mean()
+    assert next(p for p in curve if p.alpha == 0).harmless.value == pytest.approx(float(base))
+
+
+def test_validation_is_reportable(validated):
+    data = json.loads(json.dumps(validated.to_dict(examples=2), allow_nan=False))
+    assert data["interventions"]["harmful_ablated"].startswith("Ablate(diff_means L1")
+    assert len(data["examples"]["harmful_ablated"]) == 2
+    assert data["examples"]["harmful_baseline"][0]["completion"].startswith(REFUSAL_TEXT)
+    assert "->" in repr(validated)
+
+
+def test_transfer_to_the_same_checkpoint_keeps_everything(planted):
+    model, fx, found = planted
+    t = transfer(
+        found.direction, model, fx, source_candidates=found.candidates, validation=PLANTED_JUDGE
+    )
+    assert t.cosine_at_layer == pytest.approx(1.0, abs=1e-6)  # unfiltered refit: same prompts here
+    assert t.layers == (0, 1, 2) and t.validation.harmful_ablated.value == 0.0
+    assert json.loads(json.dumps(t.to_dict()))["cosine_at_layer"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_transfer_to_another_checkpoint_of_the_architecture(planted, tmp_path):
+    model, fx, found = planted
+    other = load_model(str(make_tiny_model(tmp_path / "other", "llama", seed=5)))
+    t = transfer(
+        found.direction, other, fx, source_candidates=found.candidates, validation=PLANTED_JUDGE
+    )
+    assert t.source_fingerprint != t.target_fingerprint
+    assert len(t.cosine_per_layer) == 3 and abs(t.cosine_at_layer) < 0.9
+    assert t.validation.harmful_baseline.value == 0.0  # a random model does not refuse
+
+
+def test_transfer_to_another_architecture_is_refused(planted, tmp_path):
+    _, fx, found = planted
+    gpt2 = load_model(str(make_tiny_model(tmp_path / "g", "gpt2")))
+    with pytest.raises(DirectionError, match="architecture"):
+        transfer(found.direction, gpt2, fx)
+
+
+def test_mismatched_width_is_refused(planted):
+    model, fx, _ = planted
+    with pytest.raises(DirectionError, match="d_model"):
+        validate_direction(model, Direction(torch.ones(8), 1, -1, "x", 1, 1), fx)
+
+
+# ---------------------------------------------------------------------------------------------
+# the organism (skipped until it is built)
+
+needs_organism = pytest.mark.skipif(
+    not (ORGANISM / "config.json").is_file(), reason="organism-chat is not built"
+)
+
+
+@pytest.fixture(scope="module")
+def organism():
+    model, fx = load_model("organism-chat"), load_fixtures()
+    found = find_refusal_direction(model, fx)
+    return found, validate_direction(model, found.direction, fx)
+
+
+@needs_organism
+def test_organism_direction_separates_held_out_prompts(organism):
+    found, _ = organism
+    assert found.selection.passed_filters
+    assert found.selected_separation.stats.auroc.low >= 0.95
+
+
+@needs_organism
+def test_organism_ablation_removes_refusal_and_addition_induces_it(organism):
+    _, v = organism
+    assert v.harmful_baseline.value >= 0.95
+    assert v.harmful_ablated.value <= 0.10
+    assert v.harmless_added.value >= 0.80
+    assert v.kl_ablation.value <= 0.1
+
+
+def test_paired_effects_and_a_warm_cache(planted, validated, tmp_path):
+    from refusal_probe import TensorCache
+
+    model, fx, found = planted
+    assert validated.ablation_effect.value == -1.0 and validated.ablation_effect.high == -1.0
+    assert validated.addition_effect.value == 1.0
+    cache = TensorCache(tmp_path / "cache")
+    cold = validate_direction(model, found.direction, fx, PLANTED_JUDGE, cache=cache)
+    warm = validate_direction(model, found.direction, fx, PLANTED_JUDGE, cache=cache)
+    assert cold.forward_passes > 0 and warm.forward_passes == 0
+    assert warm.to_dict()["examples"] == cold.to_dict()["examples"]
+    assert warm.kl_ablation == cold.kl_ablation and warm.dose_response == cold.dose_response
