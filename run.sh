@@ -36,7 +36,7 @@ case "$cmd" in
     test)
         setup
         set +e
-        "$PY" -m pytest tests audits "$@"
+        "$PY" -m pytest tests "$@"
         rc=$?
         # pytest exits 5 when a selection ran no test; that is not a failure of the code.
         if [ "$rc" -eq 5 ]; then rc=0; fi

@@ -1,8 +1,8 @@
 """Typed activation sites and positions, and the one function that names their hooks.
 
-A :class:`Site` is a place in the network (``Site(3, "resid_pre")``); a :class:`Positions` says which
-token positions of each prompt to read there. :func:`hook_name` is the only place in the package
-that turns a site into a TransformerLens hook name.
+A :class:`Site` is a place in the network (``Site(3, "resid_pre")``); a :class:`Positions` says
+which token positions of each prompt to read there. :func:`hook_name` is the only place in the
+package that turns a site into a TransformerLens hook name.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from refusal_probe.chat import Encoded
 from refusal_probe.errors import CaptureError
 
 SiteKind = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
-SITE_KINDS: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
+SITE_KINDS: tuple[str, ...] = (
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out",
+)
 
 _HOOKS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -118,8 +120,11 @@ class Positions:
             offsets = self.offsets
         lengths = batch.attention_mask.sum(-1)
         if min(offsets) < -int(lengths.min()):
-            raise CaptureError(f"offset {min(offsets)} reaches before the start of the shortest prompt")
-        idx = torch.tensor([width + o for o in offsets], dtype=torch.long, device=batch.input_ids.device)
+            raise CaptureError(
+                f"offset {min(offsets)} reaches before the start of the shortest prompt"
+            )
+        device = batch.input_ids.device
+        idx = torch.tensor([width + o for o in offsets], dtype=torch.long, device=device)
         return idx.view(1, -1).expand(b, -1)
 
 
