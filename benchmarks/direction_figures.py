@@ -275,6 +275,7 @@ def main() -> int:
     fixtures = load_fixtures()
     results: list[dict] = []
     source = None
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for spec in sorted(args.models, key=lambda s: s != SOURCE):  # the source first
             try:
@@ -295,7 +296,8 @@ def main() -> int:
         "utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit or "unknown",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+                   f"{torch.get_num_threads()} threads; load average {load_before:.1f} at the "
+                   f"start and {os.getloadavg()[0]:.1f} at the end (other jobs slow it)",
     }
     Path(args.out).write_text(report(results, header))
     payload = {"header": header, "results": [
