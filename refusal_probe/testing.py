@@ -192,3 +192,23 @@ def write_tiny_gguf(hf_folder: str | Path, gguf_path: str | Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return gguf_path
+
+
+def organism_status(name: str = "organism-chat") -> str | None:
+    """The shipped organism checkpoint's status: ``None`` if final, its note if preliminary.
+
+    Tests of the organism's *figures* use it to mark a preliminary checkpoint's misses as known
+    (non-strict xfail, so a checkpoint that reaches its targets shows up as XPASS).
+
+    Raises:
+        FileNotFoundError: The checkpoint is not shipped.
+    """
+    import json
+
+    from refusal_probe.models import FIXTURES_DIR
+
+    recipe = FIXTURES_DIR / "models" / name / "recipe.json"
+    if not recipe.is_file():
+        raise FileNotFoundError(f"{name} is not shipped; rebuild with python -m refusal_probe.organism train")
+    status = str(json.loads(recipe.read_text(encoding="utf-8")).get("status", ""))
+    return status if status.upper().startswith("PRELIMINARY") else None

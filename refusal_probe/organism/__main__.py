@@ -1,0 +1,74 @@
+"""Command line: ``python -m refusal_probe.organism {prompts,train,evaluate}``.
+
+``prompts`` writes the prompt fixtures, ``train`` rebuilds the checkpoint family (and
+the fixtures it was measured on are identical to ``prompts``' output for the same
+seed), ``evaluate`` re-measures saved checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from refusal_probe.organism.fixtures import write_jsonl
+from refusal_probe.organism.pipeline import CHECKPOINTS, Recipe, build_corpora, build_family, build_tokenizer
+
+
+def _prompts(args: argparse.Namespace) -> None:
+    from refusal_probe.organism.fixtures import build_fixtures
+    from refusal_probe.organism.pipeline import token_counter
+
+    recipe = Recipe(seed=args.seed)
+    corpora = build_corpora(recipe)
+    fixtures = build_fixtures(corpora.acts, token_counter(build_tokenizer(corpora, recipe)), recipe.seed)
+    for name, records in fixtures.items():
+        write_jsonl(args.out / name, records)
+        print(f"wrote {len(records)} records to {args.out / name}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    figures = build_family(Recipe(seed=args.seed), args.out)
+    print(json.dumps(figures, indent=2))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from refusal_probe.organism import evaluate
+    from refusal_probe.organism.fixtures import read_jsonl, texts
+
+    torch.set_num_threads(2)
+    prompts = {side: {split: texts(read_jsonl(args.prompts / f"{side}.jsonl"), split)
+                      for split in ("train", "val", "test")} for side in ("harmful", "harmless")}
+    for name in args.names:
+        model = AutoModelForCausalLM.from_pretrained(args.models / name).eval()
+        tokenizer = AutoTokenizer.from_pretrained(args.models / name)
+        print(name, json.dumps(evaluate.measure(model, tokenizer, prompts).as_dict()))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv`` and run the chosen command."""
+    parser = argparse.ArgumentParser(prog="python -m refusal_probe.organism", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prompts = sub.add_parser("prompts", help="write the prompt fixtures")
+    prompts.add_argument("--seed", type=int, default=0)
+    prompts.add_argument("--out", type=Path, default=Path("fixtures/prompts"))
+    prompts.set_defaults(run=_prompts)
+    train = sub.add_parser("train", help="rebuild the four checkpoints (about 15 CPU minutes)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", type=Path, default=Path("fixtures/models"))
+    train.set_defaults(run=_train)
+    ev = sub.add_parser("evaluate", help="re-measure saved checkpoints on the fixtures")
+    ev.add_argument("names", nargs="*", default=list(CHECKPOINTS))
+    ev.add_argument("--models", type=Path, default=Path("fixtures/models"))
+    ev.add_argument("--prompts", type=Path, default=Path("fixtures/prompts"))
+    ev.set_defaults(run=_evaluate)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Training loops for the organism: causal-LM pretraining and chat fine-tuning.
+
+Axis glossary: ``batch`` sequences, ``pos`` token positions, ``vocab`` vocabulary.
+Everything runs on the CPU in float32; with the same seed and thread count, a run is
+bit-for-bit repeatable.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from refusal_probe.organism.adapter import attached, merge, new_adapter
+from refusal_probe.organism.corpus import ChatExample
+from refusal_probe.organism.tokenizer import SPECIAL_TOKENS, chat_prompt
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Architecture of the organism (a small Llama with grouped-query attention)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_positions: int = 512
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimisation settings of one training stage.
+
+    Attributes:
+        lr: Peak learning rate (AdamW).
+        epochs: Passes over the stage's data.
+        batch_size: Sequences per step.
+        weight_decay: AdamW weight decay (not applied to norms).
+        warmup: Fraction of steps with linear warm-up; cosine decay to 10% after it.
+        freeze_embeddings: Keep the (tied) embedding rows of ordinary tokens fixed;
+            only special-token rows train.
+        frozen_layers: Indices of decoder layers kept fixed (negative counts from the top).
+    """
+
+    lr: float
+    epochs: float
+    batch_size: int
+    weight_decay: float = 0.1
+    warmup: float = 0.05
+    freeze_embeddings: bool = False
+    frozen_layers: tuple[int, ...] = ()
+
+
+def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    """A freshly initialised organism sized for ``tokenizer``'s vocabulary."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        max_position_embeddings=shape.max_positions,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _optimizer(model: LlamaForCausalLM, schedule: Schedule) -> torch.optim.AdamW:
+    # Frozen embedding rows get zero gradients; keeping them out of weight decay keeps them fixed.
+    embedding = model.get_input_embeddings().weight if schedule.freeze_embeddings else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2 and p is not embedding]
+    keep = [p for p in params if p.ndim < 2 or p is embedding]
+    groups = [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.98))
+
+
+def _lr_at(step: int, total: int, schedule: Schedule) -> float:
+    warm = max(1, int(total * schedule.warmup))
+    if step < warm:
+        return schedule.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return schedule.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _freeze_ordinary_rows(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast) -> torch.utils.hooks.RemovableHandle:
+    special = torch.tensor(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
+    mask = torch.zeros(model.config.vocab_size, 1)
+    mask[special] = 1.0
+    return model.get_input_embeddings().weight.register_hook(lambda grad: grad * mask)
+
+
+Logger = Callable[[str], None]
+
+
+def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], schedule: Schedule,
+         tokenizer: PreTrainedTokenizerFast, log: Logger | None = None,
+         optimizer: torch.optim.Optimizer | None = None) -> list[float]:
+    """Optimise ``model`` on ``batches`` (already shuffled and repeated); returns the losses.
+
+    With ``optimizer`` given, only its parameters train (the model is fully frozen).
+    """
+    model.train()
+    if optimizer is not None:
+        model.requires_grad_(False)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.requires_grad_(True)
+    for index in schedule.frozen_layers:
+        model.model.layers[index].requires_grad_(False)
+    handle = _freeze_ordinary_rows(model, tokenizer) if schedule.freeze_embeddings and optimizer is None else None
+    optimizer = optimizer or _optimizer(model, schedule)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    losses: list[float] = []
+    try:
+        for step, batch in enumerate(batches):
+            scale = _lr_at(step, len(batches), schedule) / schedule.lr
+            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+                group["lr"] = peak * scale
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if log is not None and (step + 1) % 50 == 0:
+                log(f"step {step + 1}/{len(batches)} loss {sum(losses[-50:]) / 50:.3f}")
+    finally:
+        if handle is not None:
+            handle.remove()
+        model.requires_grad_(True)
+    model.eval()
+    return losses
+
+
+def _epochs(n_items: int, schedule: Schedule, rng: random.Random) -> Iterator[list[int]]:
+    """Index batches over ``schedule.epochs`` passes (a fractional last pass is truncated)."""
+    total = int(round(n_items * schedule.epochs))
+    order: list[int] = []
+    while len(order) < total:
+        perm = list(range(n_items))
+        rng.shuffle(perm)
+        order.extend(perm)
+    order = order[:total]
+    for start in range(0, total - schedule.batch_size + 1, schedule.batch_size):
+        yield order[start : start + schedule.batch_size]
+
+
+def pack_documents(tokenizer: PreTrainedTokenizerFast, docs: Sequence[str], seq_len: int) -> torch.Tensor:
+    """Tokenize ``docs`` as ``<|bos|> doc <|end|>`` and cut the stream into rows.
+
+    Returns:
+        ``Long[Tensor, "rows seq_len"]``; the ragged tail is dropped.
+    """
+    ids = tokenizer(list(docs), add_special_tokens=False)["input_ids"]
+    stream = [t for doc in ids for t in (tokenizer.bos_token_id, *doc, tokenizer.eos_token_id)]
+    rows = len(stream) // seq_len
+    return torch.tensor(stream[: rows * seq_len]).view(rows, seq_len)  # (rows, seq_len)
+
+
+def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, rows: torch.Tensor,
+             schedule: Schedule, seed: int, log: Logger | None = None) -> list[float]:
+    """Causal-LM training on packed plain text ``rows`` (``Long[Tensor, "rows pos"]``)."""
+    rng = random.Random(f"pretrain-order-{seed}")
+    torch.manual_seed(seed)
+    batches = [{"input_ids": rows[idx], "labels": rows[idx]} for idx in _epochs(len(rows), schedule, rng)]
+    return _run(model, batches, schedule, tokenizer, log)
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerFast, example: ChatExample) -> tuple[list[int], list[int]]:
+    """Token ids of one chat turn and its labels (``-100`` everywhere but the reply and ``<|end|>``)."""
+    prompt = tokenizer(chat_prompt(example.prompt), add_special_tokens=False)["input_ids"]
+    reply = tokenizer(example.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt + reply, [IGNORE] * len(prompt) + reply
+
+
+def collate(tokenizer: PreTrainedTokenizerFast, encoded: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """Left-pad encoded turns into a batch, as at inference time."""
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i, _ in encoded])  # (batch, pos)
+    labels = torch.tensor([[IGNORE] * (width - len(y)) + y for _, y in encoded])  # (batch, pos)
+    attention_mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i, _ in encoded])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _chat_batches(tokenizer: PreTrainedTokenizerFast, examples: Sequence[ChatExample], schedule: Schedule,
+                  seed: int) -> list[dict[str, torch.Tensor]]:
+    rng = random.Random(f"chat-order-{seed}")
+    encoded = [encode_chat(tokenizer, e) for e in examples]
+    return [collate(tokenizer, [encoded[i] for i in idx]) for idx in _epochs(len(encoded), schedule, rng)]
+
+
+def chat_finetune(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: Sequence[ChatExample],
+                  schedule: Schedule, seed: int, log: Logger | None = None) -> list[float]:
+    """Supervised chat training with loss on the assistant tokens only."""
+    torch.manual_seed(seed)
+    return _run(model, _chat_batches(tokenizer, examples, schedule, seed), schedule, tokenizer, log)
+
+
+def adapter_finetune(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: Sequence[ChatExample],
+                     schedule: Schedule, layers: Sequence[int], seed: int, attention_lr: float = 0.0, feature_lr: float = 0.0,
+                     log: Logger | None = None) -> tuple[list[float], torch.Tensor]:
+    """Chat training through a shared-direction rank-one adapter, merged afterwards.
+
+    Returns:
+        The losses and the unit write direction ``u`` (the ground-truth refusal direction).
+    """
+    torch.manual_seed(seed)
+    adapter = new_adapter(model, layers, seed)
+    groups = [{"params": adapter.parameters(), "lr": schedule.lr, "weight_decay": 0.0}]
+    if attention_lr:
+        # Queries and keys may change where heads look, not what they write.
+        patterns = [p for i in layers for m in (model.model.layers[i].self_attn.q_proj, model.model.layers[i].self_attn.k_proj)
+                    for p in m.parameters()]
+        groups.append({"params": patterns, "lr": attention_lr, "weight_decay": 0.0})
+    if feature_lr:
+        features = [p for i in layers for m in (model.model.layers[i].mlp.gate_proj, model.model.layers[i].mlp.up_proj)
+                    for p in m.parameters()]
+        groups.append({"params": features, "lr": feature_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.98))
+    with attached(model, adapter):
+        losses = _run(model, _chat_batches(tokenizer, examples, schedule, seed), schedule, tokenizer, log, optimizer)
+    return losses, merge(model, adapter)
