@@ -17,8 +17,8 @@ suffix that holds its patches. Only the last position's logits are computed.
 ``TransformerBridge.forward(start_at_layer=k)`` would be the other way to skip work, but in
 TransformerLens 4.3 it still runs blocks ``0..k-1`` and discards their output, so it saves nothing.
 The KV cache needs one adapter: Hugging Face 5.x hands attention its cache as ``cache=``, while the
-bridge's attention components read ``past_key_values``; :func:`_kv_cache_alias` forwards it, for
-one call only. Whether the cached path reproduces the full forward is checked on every run (an
+bridge's attention components read ``past_key_values``;
+:func:`refusal_probe.runner.kv_cache_alias` forwards it, for one call only. Whether the cached path reproduces the full forward is checked on every run (an
 unpatched suffix pass must give the base metric); if it does not, the engine falls back to running
 whole sequences and logs why.
 
@@ -32,8 +32,7 @@ import inspect
 import logging
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +43,7 @@ from refusal_probe.chat import Encoded
 from refusal_probe.models import LoadedModel
 from refusal_probe.patching.components import Component
 from refusal_probe.patching.pairs import Metric, PairBatch, as_float64, check_metric
-from refusal_probe.runner import Hook, forward
+from refusal_probe.runner import Hook, forward, kv_cache_alias
 from refusal_probe.sites import Site, hook_name
 
 log = logging.getLogger(__name__)
@@ -170,7 +169,7 @@ def full_run(
     kwargs = _last_only(model)
     if want_kv:
         kwargs.update(return_type="logits_and_cache", use_cache=True)
-        with _kv_cache_alias(model):
+        with kv_cache_alias(model):
             logits, cache = forward(model, batch, hooks, **kwargs)  # type: ignore[misc]
         kv = _cache_tensors(cache, model.n_layers)
     else:
@@ -257,7 +256,7 @@ def suffix_logits(
             base.last_instruction.repeat(copies),
             base.n_post,
         )
-        with _kv_cache_alias(model), warnings.catch_warnings():
+        with kv_cache_alias(model), warnings.catch_warnings():
             # Hugging Face 5.x renames the argument ``cache``; the bridge passes the old name.
             warnings.filterwarnings(
                 "ignore", message=".*past_key_values.*deprecated", category=FutureWarning
@@ -390,29 +389,6 @@ def _cache_tensors(cache: Any, n_layers: int) -> list[tuple[Tensor, Tensor]] | N
             return None
         out.append((k.detach(), v.detach()))
     return out
-
-
-def _alias_cache(
-    module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
-        kwargs["past_key_values"] = kwargs["cache"]
-    return args, kwargs
-
-
-@contextmanager
-def _kv_cache_alias(model: LoadedModel) -> Iterator[None]:
-    """Let the bridge's attention see the KV cache Hugging Face 5.x passes as ``cache=``."""
-    handles = []
-    try:
-        for block in model.bridge.blocks:
-            attn = getattr(block, "attn", None)
-            if attn is not None:
-                handles.append(attn.register_forward_pre_hook(_alias_cache, with_kwargs=True))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def stack_outcomes(parts: Sequence[Outcome], order: Tensor) -> Outcome:
