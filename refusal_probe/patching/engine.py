@@ -18,9 +18,9 @@ suffix that holds its patches. Only the last position's logits are computed.
 TransformerLens 4.3 it still runs blocks ``0..k-1`` and discards their output, so it saves nothing.
 The KV cache needs one adapter: Hugging Face 5.x hands attention its cache as ``cache=``, while the
 bridge's attention components read ``past_key_values``;
-:func:`refusal_probe.runner.kv_cache_alias` forwards it, for one call only. Whether the cached path reproduces the full forward is checked on every run (an
-unpatched suffix pass must give the base metric); if it does not, the engine falls back to running
-whole sequences and logs why.
+:func:`refusal_probe.runner.kv_cache_alias` forwards it, for one call only. Whether the cached
+path reproduces the full forward is checked on every run (an unpatched suffix pass must give the
+base metric); if it does not, the engine falls back to running whole sequences and logs why.
 
 The cached-suffix forward and the unpatched runs are shared with
 :mod:`refusal_probe.patching.attribution`.
