@@ -3,6 +3,7 @@
 from refusal_probe.cache import TensorCache
 from refusal_probe.capture import Activations, capture
 from refusal_probe.chat import PLAIN_TEMPLATE, ChatFormat, Encoded
+from refusal_probe.devices import auto_batch_size, parse_device_map
 from refusal_probe.directions import (
     Candidates,
     Direction,
@@ -57,7 +58,7 @@ from refusal_probe.patching import (
 )
 from refusal_probe.policy import Policy, load_policy
 from refusal_probe.redteam import RedTeamConfig, RedTeamResult, search_suffixes
-from refusal_probe.report import AuditRecord, compare_files, read_record, write_report
+from refusal_probe.report import AuditRecord, compare_files, read_record, trend_files, write_report
 from refusal_probe.scoring import (
     REFUSAL_PHRASES,
     Judgement,
@@ -160,6 +161,7 @@ __all__ = [
     "ValidationResult",
     "Verdict",
     "attribution_patching",
+    "auto_batch_size",
     "calibrate",
     "candidate_directions",
     "capture",
@@ -182,6 +184,7 @@ __all__ = [
     "localize",
     "measure_hardening",
     "orthogonalized",
+    "parse_device_map",
     "pca_of_differences",
     "read_record",
     "refusal_rate",
@@ -193,6 +196,7 @@ __all__ = [
     "separation",
     "separation_curve",
     "transfer",
+    "trend_files",
     "validate_direction",
     "wilson_interval",
     "write_report",

@@ -1,8 +1,10 @@
-"""Command line: ``python -m refusal_probe audit | compare | info``.
+"""Command line: ``python -m refusal_probe audit | compare | trend | info``.
 
 * ``audit [--audits DIR] [pytest options...]`` runs the audit suite with pytest (``--model``,
   ``--baseline``, ``--policy``, ``-k`` ... pass straight through) and prints where the report is.
 * ``compare A B [-o OUT]`` writes an HTML page comparing two runs' ``audit.json`` files.
+* ``trend A B C ... [--report-dir DIR]`` writes the trend page of a series of runs' ``audit.json``
+  files, in the order given (``DIR/trend/<run-id>/index.html`` and ``trend.json``).
 * ``info --model SPEC`` loads a model and prints its identity (weights hash, architecture, sizes,
   chat template).
 """
@@ -60,8 +62,18 @@ def cmd_compare(a: str, b: str, out: str | None) -> int:
     return 0
 
 
+def cmd_trend(paths: list[str], report_dir: str) -> int:
+    """Write the trend page of a series of runs and print where it is."""
+    from refusal_probe.report.trend import trend_files
+
+    folder = trend_files(paths, report_dir)
+    print(f"trend of {len(paths)} checkpoints: {folder / 'index.html'}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Load the model and print its identity."""
+    from refusal_probe.devices import devices_of, parse_device_map
     from refusal_probe.models import LoadOptions, load_model
 
     model = load_model(
@@ -72,6 +84,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
             allow_pickle=args.allow_pickle,
             cache_dir=args.cache_dir,
+            device_map=parse_device_map(args.device_map) if args.device_map else None,
         ),
     )
     ident = model.identity.to_dict()
@@ -82,6 +95,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         for k, v in ident.items():
             print(f"{k:<{width}}  {v}")
         print(f"{'post-instruction':<{width}}  {model.chat.n_post} tokens: {model.chat.suffix!r}")
+        print(f"{'devices':<{width}}  {', '.join(str(d) for d in devices_of(model))}")
     return 0
 
 
@@ -108,9 +122,27 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("a", help="first run: audit.json or its folder (usually the baseline)")
     c.add_argument("b", help="second run: audit.json or its folder (usually the candidate)")
     c.add_argument("-o", "--out", default=None, help="output HTML file (default beside B)")
+    t = sub.add_parser(
+        "trend",
+        help="plot every check against a series of runs (checkpoints)",
+        description="Write the trend page of a series of runs: their audit.json files (or run "
+        "folders), in series order.",
+    )
+    t.add_argument("runs", nargs="+", help="audit.json files or run folders, in series order")
+    t.add_argument(
+        "--report-dir",
+        default="reports",
+        help="where trend/<run-id>/ is written (default reports)",
+    )
     i = sub.add_parser("info", help="load a model and print its identity")
     i.add_argument("--model", required=True, help="organism alias, HF folder, .gguf file or hub id")
     i.add_argument("--device", default="cpu")
+    i.add_argument(
+        "--device-map",
+        default=None,
+        metavar="auto|balanced|FILE.json",
+        help="spread the model over several devices (replaces --device)",
+    )
     i.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     i.add_argument("--cache-dir", default=None)
     i.add_argument("--trust-remote-code", action="store_true")
@@ -130,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             parser().error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "compare":
             return cmd_compare(args.a, args.b, args.out)
+        if args.command == "trend":
+            return cmd_trend(args.runs, args.report_dir)
         return cmd_info(args)
     except RefusalProbeError as exc:
         print(f"refusal-probe: {type(exc).__name__}: {exc}", file=sys.stderr)

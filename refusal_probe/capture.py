@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from refusal_probe.cache import TensorCache
+from refusal_probe.devices import PerDevice, auto_batch_size
 from refusal_probe.errors import CaptureError
 from refusal_probe.models import LoadedModel
 from refusal_probe.runner import StopForward, batched, forward
@@ -85,7 +86,7 @@ def capture(
     sites: Sequence[Site],
     positions: Positions = POST_INSTRUCTION,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     cache: TensorCache | None = None,
     progress: bool | None = None,
 ) -> Activations:
@@ -96,7 +97,8 @@ def capture(
         prompts: User instructions (the chat template is applied here).
         sites: Where to read; per-head sites (``head_out``) cannot be mixed with others.
         positions: Which positions of each prompt; default the post-instruction span.
-        batch_size: Prompts per forward pass (prompts are grouped by length to limit padding).
+        batch_size: Prompts per forward pass (prompts are grouped by length to limit padding);
+            ``None`` chooses it from free memory (:func:`refusal_probe.devices.auto_batch_size`).
         cache: A disk cache; on a hit the model is not run at all.
         progress: Show a progress bar (default: only on a terminal and for more than 4 batches).
 
@@ -175,12 +177,19 @@ def _key(
 
 
 class _Reader:
-    """The hooks of one batch: each copies its site's requested positions into ``out``."""
+    """The hooks of one batch: each copies its site's requested positions into ``buf``.
+
+    ``buf`` (``[batch, site, pos, ...]``, float32) lives on the model's input device, so a batch
+    costs one device-to-host copy (:meth:`rows_on_cpu`), not one per site; a site on another
+    device (a model split over GPUs) is moved to it, and the positions to read are moved to each
+    site's device once.
+    """
 
     def __init__(
-        self, out: Tensor, rows: Tensor, index: Tensor, w_o: dict[int, Tensor], deepest: Site
+        self, buf: Tensor, index: Tensor, w_o: dict[int, Tensor], deepest: Site
     ) -> None:
-        self.out, self.rows, self.index, self.w_o, self.deepest = out, rows, index, w_o, deepest
+        self.buf, self.w_o, self.deepest = buf, w_o, deepest
+        self.index = PerDevice(index)
         self.filled: set[int] = set()
 
     def hook(self, j: int, site: Site) -> Any:
@@ -190,14 +199,18 @@ class _Reader:
     def _read(self, act: Tensor, hook: Any, *, j: int, site: Site) -> None:
         # act: [batch, pos, d] or, for hook_z, [batch, pos, head, d_head]
         ar = torch.arange(act.shape[0], device=act.device).unsqueeze(1)
-        picked = act[ar, self.index]  # [batch, n_pos, ...]
+        picked = act[ar, self.index.on(act.device)]  # [batch, n_pos, ...]
         if site.per_head:
             w_o = self.w_o[site.layer].to(picked.dtype)  # [head, d_head, d]
             picked = torch.einsum("bnhk,hkd->bnhd", picked, w_o)
-        self.out[self.rows, j] = picked.float().cpu()
+        self.buf[:, j] = picked.to(device=self.buf.device, dtype=self.buf.dtype)
         self.filled.add(j)
         if site == self.deepest:
             raise StopForward
+
+    def rows_on_cpu(self) -> Tensor:
+        """The batch's values, ``[batch, site, pos, ...]`` float32 on the CPU (one copy)."""
+        return self.buf.cpu()
 
 
 @torch.no_grad()
@@ -206,7 +219,7 @@ def _run(
     prompts: list[str],
     sites: tuple[Site, ...],
     positions: Positions,
-    batch_size: int,
+    batch_size: int | None,
     progress: bool | None,
 ) -> Tensor:
     n_pos = positions.count(model.chat.n_post)
@@ -218,12 +231,12 @@ def _run(
     deepest = max(sites, key=lambda s: (s.layer, _ORDER_IN_BLOCK[s.kind]))
     # Group prompts of similar length so batches carry little padding; results go back in order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    chunks = batched(order, batch_size)
+    chunks = batched(order, auto_batch_size(model, prompts, batch_size))
     show = progress if progress is not None else len(chunks) > 4
     for rows in tqdm(chunks, desc="capture", unit="batch", disable=not show or None, leave=False):
-        batch = model.chat.encode([prompts[i] for i in rows])
-        index = positions.index(batch).to(model.device)
-        reader = _Reader(out, torch.tensor(rows), index, w_o, deepest)
+        batch = model.chat.encode([prompts[i] for i in rows]).to(model.device)
+        buf = torch.empty((len(rows), *shape[1:]), dtype=torch.float32, device=model.device)
+        reader = _Reader(buf, positions.index(batch), w_o, deepest)
         hooks = [(hook_name(s), reader.hook(j, s)) for j, s in enumerate(sites)]
         forward(model, batch, hooks, stoppable=True)
         if len(reader.filled) != len(sites):
@@ -232,4 +245,5 @@ def _run(
                 f"the hooks of {silent} never ran on {model.identity.architecture}; these sites "
                 "cannot be captured on this model"
             )
+        out[torch.tensor(rows)] = reader.rows_on_cpu()
     return out

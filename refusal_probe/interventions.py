@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from refusal_probe.devices import PerDevice
 from refusal_probe.directions import Direction, check_fits
 from refusal_probe.errors import DirectionError
 from refusal_probe.models import LoadedModel
@@ -70,7 +71,7 @@ class Ablate:
     def hooks(self, model: LoadedModel, rows: Sequence[int] | None = None) -> list[Hook]:
         """Hooks for one forward pass (``rows`` is ignored: every row is ablated)."""
         check_fits(model, self.direction)
-        fn = partial(_ablate_hook, unit=self.direction.unit.float())
+        fn = partial(_ablate_hook, unit=PerDevice(self.direction.unit.float()))
         return [
             (hook_name(Site(layer, kind)), fn)
             for layer in range(model.n_layers)
@@ -108,7 +109,7 @@ class Add:
             raise DirectionError(
                 f"{self!r}: layer {self.at} is outside the model's {model.n_layers} layers"
             )
-        fn = partial(_add_hook, vector=self.direction.vector.float() * self.alpha)
+        fn = partial(_add_hook, vector=PerDevice(self.direction.vector.float() * self.alpha))
         return [(hook_name(Site(self.at, "resid_pre")), fn)]
 
 
@@ -157,7 +158,7 @@ class PerRow:
                     )
         hooks: list[Hook] = []
         if units.abs().sum() > 0:
-            fn = partial(_ablate_hook, unit=units[:, None, :])  # [batch, 1, d]
+            fn = partial(_ablate_hook, unit=PerDevice(units[:, None, :]))  # [batch, 1, d]
             hooks += [
                 (hook_name(Site(layer, kind)), fn)
                 for layer in range(model.n_layers)
@@ -165,7 +166,10 @@ class PerRow:
             ]
         for layer, vecs in sorted(adds.items()):
             hooks.append(
-                (hook_name(Site(layer, "resid_pre")), partial(_add_hook, vector=vecs[:, None, :]))
+                (
+                    hook_name(Site(layer, "resid_pre")),
+                    partial(_add_hook, vector=PerDevice(vecs[:, None, :])),
+                )
             )
         return hooks
 
@@ -185,12 +189,15 @@ def hooks_for(
     return hooks
 
 
-def _ablate_hook(act: Tensor, hook: Any, unit: Tensor) -> Tensor:
-    return project_out(act, unit)
+# The vectors are moved to each activation's device and dtype once per pass (PerDevice), not on
+# every call: a generation step calls every ablation hook, and a model split over GPUs has its
+# layers, and so its activations, on several devices.
+def _ablate_hook(act: Tensor, hook: Any, unit: PerDevice) -> Tensor:
+    return project_out(act, unit.like(act))
 
 
-def _add_hook(act: Tensor, hook: Any, vector: Tensor) -> Tensor:
-    return add_vector(act, vector)
+def _add_hook(act: Tensor, hook: Any, vector: PerDevice) -> Tensor:
+    return add_vector(act, vector.like(act))
 
 
 # ---------------------------------------------------------------------------------------------

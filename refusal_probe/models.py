@@ -436,6 +436,15 @@ def _load_hf(folder: Path, options: LoadOptions, spec: str) -> tuple[Any, Any]:
                 f"{spec!r}: architecture {arch!r} could not be loaded as a causal language "
                 f"model ({exc})"
             ) from exc
+        except (OSError, RuntimeError, ImportError) as exc:
+            raise ModelLoadError(f"{spec!r}: cannot load its weights ({exc})") from exc
+        except Exception as exc:  # safetensors raises its own type for a damaged file
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise ModelLoadError(
+                f"{spec!r}: a weight file is damaged ({exc}); re-download or re-save the "
+                "checkpoint"
+            ) from exc
         model, info = loaded  # (model, loading info) with output_loading_info=True
         _check_complete(info, arch, spec)
         try:

@@ -211,7 +211,7 @@ class MonitorConfig:
         harmfulness_span: ``last_instruction`` (the last token of the user's text) or
             ``instruction`` (the largest projection over the user's text; see the module
             docstring).
-        batch_size: Prompts per forward pass.
+        batch_size: Prompts per forward pass (``None``: chosen from free memory).
     """
 
     fit_split: str = "train"
@@ -219,7 +219,7 @@ class MonitorConfig:
     target_fpr: float = 0.05
     harmfulness_layers: tuple[int, ...] | None = None
     harmfulness_span: str = "last_instruction"
-    batch_size: int = 64
+    batch_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -388,7 +388,7 @@ def calibrate(
     harmless: Sequence[str],
     target_fpr: float = 0.05,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> Monitor:
     """A copy of ``monitor`` with per-signal thresholds set on harmless prompts.
 
@@ -428,7 +428,7 @@ def score_prompts(
     monitor: Monitor,
     prompts: Sequence[str],
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MonitorScores:
     """The monitor's signals for each prompt, in input order.
 

@@ -52,7 +52,7 @@ class EvalConfig:
         tpr_fpr: False-positive rate at which the true-positive rate is read off the ROC curve.
         max_new_tokens: Generation bound of the judge.
         phrases: The judge's refusal phrases.
-        batch_size: Prompts per forward pass.
+        batch_size: Prompts per forward pass (``None``: chosen from free memory).
         n_resamples: Bootstrap resamples.
         seed: Bootstrap seed.
         level: Confidence level.
@@ -62,7 +62,7 @@ class EvalConfig:
     tpr_fpr: float = 0.01
     max_new_tokens: int = MAX_NEW_TOKENS
     phrases: tuple[str, ...] = REFUSAL_PHRASES
-    batch_size: int = 64
+    batch_size: int | None = None
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
     level: float = LEVEL

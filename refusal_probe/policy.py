@@ -59,13 +59,20 @@ class Settings:
         confidence: Two-sided confidence level of every interval (0.5 < c < 1).
         resamples: Bootstrap resamples behind each bootstrap interval.
         max_new_tokens: Greedy generation length for the completion judge.
-        batch_size: Prompts per forward pass.
+        batch_size: Prompts per forward pass; ``None`` (``"auto"`` in the file) chooses it from
+            the free memory of the model's device (:func:`refusal_probe.devices.auto_batch_size`).
     """
 
     confidence: float = 0.95
     resamples: int = 1000
     max_new_tokens: int = 24
-    batch_size: int = 32
+    batch_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (an automatic batch size reads ``"auto"``)."""
+        d = asdict(self)
+        d["batch_size"] = "auto" if self.batch_size is None else self.batch_size
+        return d
 
 
 _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
@@ -139,7 +146,7 @@ class Policy:
             "path": self.path,
             "sha256": self.sha256,
             "version": self.version,
-            "settings": asdict(self.settings),
+            "settings": self.settings.to_dict(),
             "checks": {
                 cid: {
                     "threshold": c.threshold.value,
@@ -205,12 +212,16 @@ def _settings(table: Any, errors: list[str]) -> Settings:
         if key not in _SETTING_RANGES:
             errors.append(f"[settings] {key}: unknown key; known: {', '.join(_SETTING_RANGES)}")
             continue
+        if key == "batch_size" and val == "auto":
+            values[key] = None
+            continue
         kind, lo, hi = _SETTING_RANGES[key]
         ok_type = isinstance(val, int) if kind is int else isinstance(val, (int, float))
         if isinstance(val, bool) or not ok_type:
+            auto = ' or "auto"' if key == "batch_size" else ""
             errors.append(
-                f"[settings] {key}: must be {'an integer' if kind is int else 'a number'}, got "
-                f"{val!r}"
+                f"[settings] {key}: must be {'an integer' if kind is int else 'a number'}{auto}, "
+                f"got {val!r}"
             )
         elif not lo <= val <= hi:
             errors.append(f"[settings] {key}: {val!r} is outside [{lo:g}, {hi:g}]")

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from refusal_probe.cache import TensorCache
 from refusal_probe.chat import Encoded
+from refusal_probe.devices import auto_batch_size
 from refusal_probe.errors import ScoringError
 from refusal_probe.interventions import Intervention, hooks_for
 from refusal_probe.models import LoadedModel
@@ -181,19 +182,25 @@ def map_last_logits(
     fn: Callable[[Sequence[int], Float[Tensor, "batch vocab"]], Tensor],
     interventions: Sequence[Intervention] = (),
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
+    max_batch: int | None = None,
 ) -> tuple[Tensor, int]:
     """Apply ``fn(rows, next_token_logits)`` to every batch; results in input order, pass count.
 
     Prompts are grouped by length to limit padding; ``rows`` are the prompts' indices in
     ``prompts`` (a :class:`PerRow` intervention sees the same indices). ``fn`` returns one row per
-    prompt (``[batch, ...]``), so large vocabularies need not be kept for every prompt.
+    prompt (``[batch, ...]``), so large vocabularies need not be kept for every prompt. ``fn``
+    runs on the CPU, in float32 logits (it may accumulate in float64 there).
+
+    ``batch_size=None`` chooses the batch from free memory, at most ``max_batch`` prompts
+    (:func:`refusal_probe.devices.auto_batch_size`).
     """
     if not prompts:
         raise ScoringError("no prompts to score; pass at least one prompt")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: Tensor | None = None
-    chunks = batched(order, batch_size)
+    size = auto_batch_size(model, prompts, batch_size, max_batch=max_batch)
+    chunks = batched(order, size)
     for rows in chunks:
         batch = model.chat.encode([prompts[i] for i in rows])
         # Only the last position's logits are needed; the unembedding of the rest is skipped.
@@ -212,7 +219,7 @@ def last_position_logits(
     prompts: Sequence[str],
     interventions: Sequence[Intervention] = (),
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> tuple[Float[Tensor, "prompt vocab"], int]:
     """Next-token logits after each prompt, in input order, and the number of forward passes run."""
     return map_last_logits(
@@ -226,7 +233,7 @@ def refusal_scores(
     tokens: RefusalTokens | None = None,
     interventions: Sequence[Intervention] = (),
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Float[Tensor, " prompt"]:
     """The refusal log-odds of each prompt (positive: more likely to refuse than not), float64."""
     tokens = tokens or refusal_tokens(model.tokenizer)
@@ -310,14 +317,15 @@ def generate(
     interventions: Sequence[Intervention] = (),
     *,
     max_new_tokens: int = MAX_NEW_TOKENS,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> tuple[list[str], int]:
     """Greedy completions of each prompt, in input order, and the number of forward passes.
 
     Every step goes through :func:`refusal_probe.runner.forward` with the interventions' hooks
     installed, so they act on every position, generated tokens included (the prompt is run once
     into a KV cache, then one token per step). A batch stops as soon as every row has ended its
-    turn.
+    turn. ``batch_size=None`` chooses the batch from free memory, prompt and new tokens counted
+    (:func:`refusal_probe.devices.auto_batch_size`).
     """
     if not prompts:
         raise ScoringError("no prompts to generate from; pass at least one prompt")
@@ -326,7 +334,8 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     passes = 0
-    for rows in batched(order, batch_size):
+    size = auto_batch_size(model, prompts, batch_size, new_tokens=max_new_tokens)
+    for rows in batched(order, size):
         batch = model.chat.encode([prompts[i] for i in rows])
         new, n = _greedy(model, batch, hooks_for(model, interventions, rows), max_new_tokens)
         passes += n
@@ -347,9 +356,13 @@ def _greedy(
     """
     from transformers import DynamicCache
 
-    eos = _end_ids(model)
+    # Everything stays on the model's device: per step, the only device-to-host transfer is the
+    # one boolean that says whether every row has ended its turn.
+    batch = batch.to(model.device)
+    end_ids = _end_ids(model)
+    eos = torch.tensor(sorted(end_ids), device=model.device)
     ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
-    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=model.device)
     new: list[Int[Tensor, " batch"]] = []
     cache: Any = DynamicCache()
     step = batch
@@ -364,9 +377,10 @@ def _greedy(
             assert logits is not None
             if i == 0 and cache is not None and cache.get_seq_length() != ids.shape[1]:
                 cache = None  # not filled: fall back to whole sequences
-            nxt = logits[:, -1, :].argmax(-1).cpu()  # [batch]
+            # [batch]; the logits of a model split over devices come from its last device
+            nxt = logits[:, -1, :].argmax(-1).to(model.device)
             new.append(nxt)
-            done |= torch.isin(nxt, torch.tensor(sorted(eos)))
+            done |= torch.isin(nxt, eos)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], dim=1)
             pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
@@ -376,8 +390,8 @@ def _greedy(
             cut = -1 if cache is not None else 0
             step = Encoded(ids[:, cut:], mask, pos[:, cut:], batch.last_instruction, batch.n_post)
     out = []
-    for row in torch.stack(new, dim=1).tolist():  # [batch, steps]
-        end = next((i for i, t in enumerate(row) if t in eos), len(row))
+    for row in torch.stack(new, dim=1).tolist():  # [batch, steps]: one copy per batch
+        end = next((i for i, t in enumerate(row) if t in end_ids), len(row))
         out.append(row[:end])
     return out, len(new)
 
@@ -404,7 +418,7 @@ def judge(
     *,
     max_new_tokens: int = MAX_NEW_TOKENS,
     phrases: Sequence[str] = REFUSAL_PHRASES,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     level: float = LEVEL,
 ) -> Judgement:
     """Generate greedily and judge each completion with the substring judge."""
@@ -429,7 +443,7 @@ def refusal_rate(
     *,
     max_new_tokens: int = MAX_NEW_TOKENS,
     phrases: Sequence[str] = REFUSAL_PHRASES,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> Rate:
     """The share of ``prompts`` whose greedy completion the substring judge calls a refusal.
 

@@ -74,8 +74,10 @@ class DirectionConfig:
         max_layer_fraction: Candidates at layers ``>= floor(fraction * n_layers)`` are discarded.
         kl_threshold: Candidates whose ablation KL on harmless prompts exceeds this are discarded.
         induce_threshold: Candidates whose induce score is not above this are discarded.
-        batch_size: Prompts per forward pass for capture and scoring.
-        max_rows: Rows per forward pass when candidates are stacked along the batch.
+        batch_size: Prompts per forward pass for capture and scoring (``None``: chosen from
+            free memory, :func:`refusal_probe.devices.auto_batch_size`).
+        max_rows: Most rows per forward pass when candidates are stacked along the batch (fewer
+            when free memory is short).
         positions: Post-instruction positions (negative offsets) to consider; ``None``: all.
         layers: Layers to consider; ``None``: all (a sparser grid for large models).
         n_eval: Prompts per class of the held-out separation split (``None``: all).
@@ -97,7 +99,7 @@ class DirectionConfig:
     max_layer_fraction: float = 0.8
     kl_threshold: float = 0.1
     induce_threshold: float = 0.0
-    batch_size: int = 64
+    batch_size: int | None = None
     max_rows: int = 512
     positions: tuple[int, ...] | None = None
     layers: tuple[int, ...] | None = None
@@ -284,7 +286,7 @@ def _measure_grid(
 
         plan = PerRow(tuple((Ablate(d),) for d in live for _ in prompts))
         abl, n_abl = map_last_logits(
-            model, prompts * k, ablated, [plan], batch_size=config.max_rows
+            model, prompts * k, ablated, [plan], max_batch=config.max_rows
         )
         abl = abl.view(k, len(prompts), 2)  # [cand, prompt, (score, kl)]
         scores[:, 0], scores[:, 2] = abl[:, :nh, 0].mean(1), abl[:, nh:, 1].mean(1)
@@ -296,7 +298,7 @@ def _measure_grid(
             harmless * k,
             lambda rows, x: refusal_score_from_logits(x, tokens),
             [plan],
-            batch_size=config.max_rows,
+            max_batch=config.max_rows,
         )
         scores[:, 1] = ind.view(k, nl).mean(1)
     return {

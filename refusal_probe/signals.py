@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from refusal_probe.chat import Encoded
+from refusal_probe.devices import PerDevice, auto_batch_size
 from refusal_probe.directions import Direction, check_fits
 from refusal_probe.errors import MonitorError
 from refusal_probe.models import LoadedModel
@@ -158,7 +159,7 @@ class SignalReader:
         self.readouts, self.stop = tuple(readouts), stop
         self.layout: Layout | None = None
         self.raw: dict[str, Tensor] = {}
-        self.units = {r.name: r.direction.unit.float() for r in self.readouts}
+        self.units = {r.name: PerDevice(r.direction.unit.float()) for r in self.readouts}
         self.on_complete: Any = None
         self.enabled = True
 
@@ -178,21 +179,27 @@ class SignalReader:
                 raise StopForward
 
 
-def _span(act: Tensor, unit: Tensor, span: str, lay: Layout) -> Tensor:
-    """One readout per row: ``act [batch, pos, d]`` projected on ``unit``, reduced over the span."""
+def _span(act: Tensor, unit: PerDevice, span: str, lay: Layout) -> Tensor:
+    """One readout per row: ``act [batch, pos, d]`` projected on ``unit``, reduced over the span.
+
+    The projection runs on the activation's device in float32; the float64 reduction runs on the
+    CPU (some accelerators have no float64), after one small copy of ``[batch]`` or
+    ``[batch, n_post]`` values.
+    """
     dev = act.device
+    u = unit.on(dev)  # float32 [d]
     if span == "post_instruction":
-        proj = act[:, lay.width - lay.n_post :].float() @ unit.to(dev)  # [batch, n_post]
-        return proj.double().mean(-1).cpu()
+        proj = act[:, lay.width - lay.n_post :].float() @ u  # [batch, n_post]
+        return proj.cpu().double().mean(-1)
     last = lay.last_instruction.to(dev)
     if span == "last_instruction":
         rows = torch.arange(act.shape[0], device=dev)
-        return (act[rows, last].float() @ unit.to(dev)).double().cpu()
-    proj = act.float() @ unit.to(dev)  # [batch, pos]
+        return (act[rows, last].float() @ u).cpu().double()
+    proj = act.float() @ u  # [batch, pos]
     start = torch.minimum(lay.width - lay.lengths.to(dev) + lay.offset, last)  # [batch]
     pos = torch.arange(act.shape[1], device=dev)[None, :]
     inside = (pos >= start[:, None]) & (pos <= last[:, None])  # the user's text
-    return proj.masked_fill(~inside, float("-inf")).amax(-1).double().cpu()
+    return proj.masked_fill(~inside, float("-inf")).amax(-1).cpu().double()
 
 
 def read_raw(
@@ -200,9 +207,13 @@ def read_raw(
     readouts: Sequence[Readout],
     prompts: Sequence[str],
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> dict[str, Tensor]:
-    """Raw readouts (before standardizing) of each prompt, in input order: ``{name: [prompt]}``."""
+    """Raw readouts (before standardizing) of each prompt, in input order: ``{name: [prompt]}``.
+
+    ``batch_size=None`` chooses the batch from free memory
+    (:func:`refusal_probe.devices.auto_batch_size`).
+    """
     if not prompts:
         raise MonitorError("no prompts to score; pass at least one prompt")
     for r in readouts:
@@ -211,7 +222,7 @@ def read_raw(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = {r.name: torch.empty(len(prompts), dtype=torch.float64) for r in readouts}
     with torch.no_grad():
-        for rows in batched(order, batch_size):
+        for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
             batch = model.chat.encode([prompts[i] for i in rows])
             reader = SignalReader(readouts, stop=True)
             reader.layout = Layout.of(batch, offset)

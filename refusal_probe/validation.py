@@ -74,7 +74,7 @@ class ValidationConfig:
         token_phrases: Phrases the refusal tokens of the logit proxy are derived from.
         coefficients: Addition coefficients of the dose-response curve.
         alpha: Coefficient of the addition test.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass (``None``: chosen from free memory).
         n_resamples: Bootstrap resamples for mean-score and KL intervals.
         seed: Bootstrap seed.
         level: Confidence level.
@@ -88,7 +88,7 @@ class ValidationConfig:
     token_phrases: tuple[str, ...] = REFUSAL_PHRASES
     coefficients: tuple[float, ...] = COEFFICIENTS
     alpha: float = 1.0
-    batch_size: int = 128
+    batch_size: int | None = None
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
     level: float = LEVEL

@@ -12,6 +12,7 @@ recomputing it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -25,16 +26,18 @@ from typing import Any
 import torch
 
 from refusal_probe.cache import key_digest
-from refusal_probe.errors import ModelLoadError, PromptFileError, ReportError, ScoringError
-from refusal_probe.models import LoadedModel, LoadOptions
+from refusal_probe.devices import devices_of
+from refusal_probe.errors import ModelLoadError, ReportError, ScoringError
+from refusal_probe.models import LoadedModel
 from refusal_probe.policy import Policy
+from refusal_probe.pytest_plugin.inputs import RunInputs, load_options
 from refusal_probe.pytest_plugin.measures import (
     MEASURES_VERSION,
     Behaviour,
     Causal,
     DirectionSummary,
 )
-from refusal_probe.pytest_plugin.session import AuditOptions, AuditSession
+from refusal_probe.pytest_plugin.session import AuditOptions
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +87,26 @@ class Findings:
         policy: The policy (its settings decide generation length, intervals, batch size).
         on_fatal: Called with a message when the model or the prompts cannot be loaded at all
             (the plugin stops the run there); without it the error is raised.
+        inputs: What this checkpoint shares with the others of the run (default: its own).
     """
 
     def __init__(
-        self, options: AuditOptions, policy: Policy, on_fatal: Callable[[str], None] | None = None
+        self,
+        options: AuditOptions,
+        policy: Policy,
+        on_fatal: Callable[[str], None] | None = None,
+        *,
+        inputs: RunInputs | None = None,
     ) -> None:
         self.options = options
         self.policy = policy
         self.settings = policy.settings
         self.store = ResultStore(options.cache_dir)
+        self.inputs = inputs or RunInputs(options, on_fatal)
         self._on_fatal = on_fatal
         self._model: LoadedModel | None = None
-        self._fixtures: Any = None
+        self._identity: Any = None
+        self._load_error: ModelLoadError | None = None
         self._memo: dict[str, Any] = {}
         #: The audits selected in this run (set by the plugin); lets results share work.
         self.wanted: set[str] = set()
@@ -108,39 +119,45 @@ class Findings:
 
     @property
     def model(self) -> LoadedModel:
-        """The audited model, loaded on first use."""
+        """The audited model, loaded on first use (a failed load fails every later use at once)."""
+        if self._load_error is not None:
+            raise self._load_error
         if self._model is None:
             from refusal_probe.models import load_model
 
             o = self.options
             try:
-                self._model = load_model(
-                    o.model,
-                    LoadOptions(
-                        device=o.device,
-                        dtype=o.dtype,
-                        trust_remote_code=o.trust_remote_code,
-                        allow_pickle=o.allow_pickle,
-                        cache_dir=str(o.cache_dir),
-                    ),
-                )
+                self._model = load_model(o.model, load_options(o))
             except ModelLoadError as exc:
+                self._load_error = exc
                 self._fatal(f"--model {o.model}: {exc}")
                 raise
+            self._identity = self._model.identity
         return self._model
 
     @property
-    def fixtures(self) -> Any:
-        """The prompt sets (``--prompts`` or the shipped fixtures)."""
-        if self._fixtures is None:
-            from refusal_probe.prompts import load_fixtures
+    def identity(self) -> Any:
+        """The model's identity (known without reloading a released model)."""
+        return self._identity if self._identity is not None else self.model.identity
 
-            try:
-                self._fixtures = load_fixtures(self.options.prompts)
-            except PromptFileError as exc:
-                self._fatal(str(exc))
-                raise
-        return self._fixtures
+    def release(self) -> None:
+        """Drop the loaded model (its results and identity stay); the next use loads it again.
+
+        A series releases each checkpoint when its tests are done, so one model is in memory at
+        a time.
+        """
+        if self._model is None:
+            return
+        device_types = {d.type for d in devices_of(self._model)}
+        self._model = None
+        gc.collect()
+        if "cuda" in device_types:
+            torch.cuda.empty_cache()
+
+    @property
+    def fixtures(self) -> Any:
+        """The prompt sets (``--prompts`` or the shipped fixtures), shared by the run."""
+        return self.inputs.fixtures
 
     def _fatal(self, message: str) -> None:
         if self._on_fatal is not None:
@@ -159,13 +176,20 @@ class Findings:
 
     def _key(self, what: str, **extra: Any) -> dict[str, Any]:
         m = self.model.identity
+        # The kind of device, not its index: the same GPU model gives the same figures whichever
+        # of a machine's GPUs (or xdist worker) ran it.
+        placement = (
+            {"device_map": self.options.device_map}
+            if self.options.device_map
+            else {"device": torch.device(self.options.device).type}
+        )
         return {
             "what": what,
             "measures": MEASURES_VERSION,
             "model": m.fingerprint,
             "weights": m.weights_sha256,
             "template": m.chat_template_sha256,
-            "device": self.options.device,
+            **placement,
             "dtype": self.options.dtype,
             "prompts": self._prompt_hashes(what),
             "seed": self.options.seed,
@@ -393,9 +417,7 @@ class Findings:
     def baseline(self) -> Any:
         """The baseline of the fine-tune audit (see :mod:`refusal_probe.pytest_plugin.finetune`)."""
         if "baseline" not in self._memo:
-            from refusal_probe.pytest_plugin.finetune import open_baseline
-
-            self._memo["baseline"] = open_baseline(self)
+            self._memo["baseline"] = self.inputs.baseline(self)
         return self._memo["baseline"]
 
     def finetune(self) -> Any:
@@ -418,10 +440,10 @@ class Findings:
     def context(self) -> dict[str, Any]:
         """What the report needs beyond the checks: identities, data, artifacts, deltas."""
         ctx: dict[str, Any] = {}
-        if self._model is not None:
-            ctx["model"] = self._model.identity.to_dict()
-        if self._fixtures is not None:
-            ctx["data"] = self._fixtures.summary()
+        if self._identity is not None:
+            ctx["model"] = self._identity.to_dict()
+        if self.inputs.fixtures_loaded:
+            ctx["data"] = self.fixtures.summary()
         if "artifact" in self._memo and Path(self._memo["artifact"]).is_file():
             ctx["artifacts"] = {"direction.safetensors": str(self._memo["artifact"])}
         if "direction" in self._memo:
@@ -506,65 +528,18 @@ def load_direction(path: Path) -> tuple[Any, torch.Tensor, tuple[int, ...]]:
     return Direction(vector=vector, **fields), per_layer, layers
 
 
-# ---------------------------------------------------------------------------------------------
-# preflight: cheap checks before any test runs
-
-
-def preflight(session: AuditSession) -> None:
-    """Check the policy, the model spec, the baseline and the prompts without loading a model.
-
-    Raises:
-        RefusalProbeError: Naming the problem (the plugin turns it into a usage error).
-    """
-    from refusal_probe.pytest_plugin.finetune import check_baseline_compatible
-
-    o = session.options
-    session.findings.wanted = set(session.audit_items.values())
-    session.policy  # noqa: B018 - raises PolicyError naming the bad key
-    config = spec_config(o.model, "--model")
-    session.findings.fixtures  # noqa: B018 - raises PromptFileError listing file:line problems
-    if o.baseline:
-        check_baseline_compatible(o.model, config, o.baseline)
-
-
-def spec_config(spec: str, what: str) -> dict[str, Any] | None:
-    """The ``config.json`` of a local spec (``None`` for hub ids and GGUF files), or a clear error.
-
-    Resolution is the loader's own (:func:`refusal_probe.models._resolve`), so an alias or a
-    path is judged here exactly as ``load_model`` will judge it; only hub ids are left for load
-    time, since resolving one may download it.
-
-    Raises:
-        ModelLoadError: The spec names nothing loadable (the loader's message, naming the option).
-    """
-    from refusal_probe import models
-
-    path = Path(spec).expanduser()
-    hub_like = (
-        spec.count("/") == 1
-        and not spec.startswith((".", "/", "~"))
-        and not path.exists()
-        and spec not in models.ORGANISM_ALIASES
-    )
-    if hub_like:
-        return None
-    try:
-        source, folder, _ = models._resolve(spec, LoadOptions())
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"{what} {spec}: {exc}") from None
-    return None if source == "gguf" else _read_config(Path(folder) / "config.json")
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not a readable config.json ({exc})") from None
-
-
 def baseline_findings(findings: Findings) -> Findings:
-    """Findings of the baseline model, sharing the run's settings and cache."""
+    """Findings of the baseline model, sharing the run's settings, cache and prompt sets.
+
+    A baseline that is also a checkpoint of the run shares that checkpoint's findings.
+    """
     o = findings.options
-    return Findings(
-        replace(o, model=str(o.baseline), baseline=None), findings.policy, findings._on_fatal
-    )
+    spec = str(o.baseline)
+    if spec not in findings.inputs.known:
+        findings.inputs.known[spec] = Findings(
+            replace(o, model=spec, baseline=None),
+            findings.policy,
+            findings._on_fatal,
+            inputs=findings.inputs,
+        )
+    return findings.inputs.known[spec]

@@ -21,12 +21,8 @@ import numpy as np
 import torch
 
 from refusal_probe.errors import DirectionError, ModelLoadError, ReportError
-from refusal_probe.pytest_plugin.findings import (
-    Findings,
-    baseline_findings,
-    load_direction,
-    spec_config,
-)
+from refusal_probe.pytest_plugin.findings import Findings, baseline_findings, load_direction
+from refusal_probe.pytest_plugin.inputs import spec_config
 from refusal_probe.pytest_plugin.measures import interval_of, rate_dict, rate_difference, rate_of
 from refusal_probe.report.record import AuditRecord, Figure
 from refusal_probe.stats import Interval, Rate, wilson_interval
@@ -44,9 +40,11 @@ def _shape(cfg: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def check_baseline_compatible(
-    model_spec: str, model_cfg: dict[str, Any] | None, baseline: str
+    model_spec: str, model_cfg: dict[str, Any] | None, baseline: str, *, what: str = "--model"
 ) -> None:
     """Refuse a baseline of another architecture or size before anything is loaded.
+
+    ``what`` names where the model was given (``--model``, or a models file's ``FILE:LINE:``).
 
     Raises:
         ReportError: The baseline audit.json is missing or corrupted.
@@ -68,7 +66,7 @@ def check_baseline_compatible(
     if base != mine:
         raise ModelLoadError(
             f"--baseline {baseline} is a {base[0]} with d_model {base[1]} and {base[2]} layers, "
-            "but --model "
+            f"but {what} "
             f"{model_spec} is a {mine[0]} with d_model {mine[1]} and {mine[2]} layers; the "
             "fine-tune audit "
             "compares checkpoints of one architecture (a parent and its fine-tune)"
@@ -87,7 +85,7 @@ class ModelBaseline:
         f = self.findings
         return {
             "kind": "model",
-            "fingerprint": f.model.identity.fingerprint,
+            "fingerprint": f.identity.fingerprint,
             "direction": f.direction().direction["vector_sha256"],
         }
 
@@ -96,7 +94,7 @@ class ModelBaseline:
         return {
             "kind": "model",
             "spec": self.findings.options.model,
-            "identity": self.findings.model.identity.to_dict(),
+            "identity": self.findings.identity.to_dict(),
             "run_id": None,
         }
 
@@ -162,25 +160,39 @@ class AuditBaseline:
 
 
 def open_baseline(findings: Findings) -> ModelBaseline | AuditBaseline:
-    """Open ``--baseline``: read an audit.json, or load a model and check it fits the candidate."""
+    """Open ``--baseline``: read an audit.json, or load a model and check it fits the candidate.
+
+    A run opens it once (:class:`~refusal_probe.pytest_plugin.inputs.RunInputs`), however
+    many checkpoints it compares with it.
+    """
     spec = str(findings.options.baseline)
     if _is_audit(spec):
         from refusal_probe.report.schema import read_record
 
         return AuditBaseline(Path(spec), read_record(spec))
-    base = baseline_findings(findings)
-    mi, bi = findings.model.identity, base.model.identity
+    base = ModelBaseline(baseline_findings(findings))
+    check_fits_candidate(findings, base)
+    return base
+
+
+def check_fits_candidate(findings: Findings, base: ModelBaseline | AuditBaseline) -> None:
+    """Refuse a baseline model of another architecture or size than the loaded candidate.
+
+    Raises:
+        DirectionError: The shapes differ (after telling the run, which stops a single-model run).
+    """
+    if not isinstance(base, ModelBaseline):
+        return
+    mi, bi = findings.model.identity, base.findings.identity
     if (mi.architecture, mi.d_model, mi.n_layers) != (bi.architecture, bi.d_model, bi.n_layers):
         msg = (
-            f"--baseline {spec} ({bi.architecture}, d_model {bi.d_model}, {bi.n_layers} layers) "
-            "does not match "
-            f"--model {mi.spec} ({mi.architecture}, d_model {mi.d_model}, {mi.n_layers} layers); "
-            "the fine-tune "
-            "audit compares checkpoints of one architecture"
+            f"--baseline {bi.spec} ({bi.architecture}, d_model {bi.d_model}, {bi.n_layers} "
+            f"layers) does not match --model {mi.spec} ({mi.architecture}, d_model "
+            f"{mi.d_model}, {mi.n_layers} layers); the fine-tune audit compares checkpoints of "
+            "one architecture"
         )
         findings._fatal(msg)
         raise DirectionError(msg)
-    return ModelBaseline(base)
 
 
 @dataclass(frozen=True)
@@ -323,7 +335,9 @@ def measure_finetune(f: Findings, base: ModelBaseline | AuditBaseline) -> FineTu
     direction, base_layers_vecs, base_layers = base.direction()
     check_fits(f.model, direction)
     harmful, harmless = split_texts(f.fixtures, "train")
-    kw = {"batch_size": s.batch_size, "cache": TensorCache(f.options.cache_dir), "progress": False}
+    kw: dict[str, Any] = {
+        "batch_size": s.batch_size, "cache": TensorCache(f.options.cache_dir), "progress": False
+    }
     sites = all_layers(f.model.n_layers)
     acts_h = capture(f.model, harmful, sites, POST_INSTRUCTION, **kw)
     acts_l = capture(f.model, harmless, sites, POST_INSTRUCTION, **kw)

@@ -6,6 +6,11 @@ first time an audit asks for it, then reused by every other audit file in the ru
 disk cache for the next run. ``audit`` is per test: it turns a measured interval into a verdict
 against the policy and records it for the report.
 
+Both depend on ``checkpoint``, the spec of the model under audit. With several checkpoints
+(``--model A --model B``, ``--models-file``) the plugin parametrizes ``checkpoint`` at session
+scope, so every audit test runs once per checkpoint, pytest runs one checkpoint's tests together,
+and each checkpoint's model is loaded once and released when its tests are done.
+
 An audit file is therefore small::
 
     @pytest.mark.behaviour
@@ -52,9 +57,22 @@ def policy(pytestconfig: pytest.Config) -> Policy:
 
 
 @pytest.fixture(scope="session")
-def findings(pytestconfig: pytest.Config) -> Iterator[Findings]:
-    """Shared results of the audited model, computed lazily, once per run (and per xdist worker)."""
-    yield _session(pytestconfig).findings
+def checkpoint(request: pytest.FixtureRequest) -> str:
+    """The spec of the checkpoint under audit (a parameter when the run audits several)."""
+    return str(getattr(request, "param", None) or _session(request.config).options.model)
+
+
+@pytest.fixture(scope="session")
+def findings(pytestconfig: pytest.Config, checkpoint: str) -> Iterator[Findings]:
+    """Shared results of the audited model, computed lazily, once per run (and per xdist worker).
+
+    In a series the model is released when pytest moves on to the next checkpoint.
+    """
+    session = _session(pytestconfig)
+    found = session.findings_for(checkpoint)
+    yield found
+    if session.series:
+        found.release()
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +86,8 @@ def baseline(findings: Findings) -> Any:
 
 
 @pytest.fixture
-def audit(request: pytest.FixtureRequest) -> Auditor:
-    """Judge a measured figure against the policy and record it for the report."""
+def audit(request: pytest.FixtureRequest, checkpoint: str) -> Auditor:
+    """Judge a measured figure against the policy and record it for the checkpoint's report."""
     session = _session(request.config)
     return Auditor(request.node, session)
 

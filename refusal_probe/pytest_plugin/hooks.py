@@ -1,8 +1,14 @@
 """The session object's hooks: preflight, verdict status, pytest-html extras, summary, report.
 
-Checks travel on test reports (``report.audit_checks``), so the controller of a pytest-xdist run
-sees the workers' checks; workers never write reports. The report folder is written in
-``pytest_sessionfinish`` (before the terminal summary, which then names it).
+Checks travel on test reports (``report.audit_checks``, and ``report.audit_checkpoint`` names
+the checkpoint they belong to), so the controller of a pytest-xdist run sees the workers' checks;
+workers never write reports. The report folders are written in ``pytest_sessionfinish`` (before
+the terminal summary, which then names them): one per checkpoint, and for a series of
+checkpoints a trend page beside them.
+
+A series parametrizes the ``checkpoint`` fixture at session scope (``test_x[<label>]``), marks
+each test ``xdist_group(<label>)`` and, under ``-n N --dist loadgroup``, schedules by checkpoint
+(:mod:`refusal_probe.pytest_plugin.xdist`), so each checkpoint runs on one worker, loaded once.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 import pytest
 
 from refusal_probe.errors import RefusalProbeError
-from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession
+from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.report.plots import render_figure
 from refusal_probe.report.record import AUDIT_ORDER, Figure
 
@@ -41,6 +47,14 @@ def check_id_of(nodeid: str, audit: str) -> str:
     return f"{audit}.{name.removeprefix('test_')}"
 
 
+def checkpoint_of(item: pytest.Item, session: AuditSession) -> str:
+    """The spec of the checkpoint a test audits: its ``checkpoint`` parameter, or the only one."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "checkpoint" in callspec.params:
+        return str(callspec.params["checkpoint"])
+    return session.checkpoints[0].spec
+
+
 class AuditHooks:
     """Hook implementations bound to one run's :class:`AuditSession`."""
 
@@ -49,9 +63,37 @@ class AuditHooks:
         self.config = config
         self.session = session
         self._selected: dict[str, str] = {}
+        self._checkpoint: dict[str, str] = {}
         self._reported: set[str] = set()
 
     # --- collection --------------------------------------------------------------------------
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """In a series, run every test that audits a checkpoint once per checkpoint.
+
+        Session scope lets pytest group one checkpoint's tests together, so each model is loaded
+        once (and released before the next); the ``xdist_group`` mark does the same across
+        pytest-xdist workers under ``--dist loadgroup``.
+        """
+        if self.session.series and "checkpoint" in metafunc.fixturenames:
+            metafunc.parametrize(
+                "checkpoint",
+                [
+                    pytest.param(c.spec, id=c.label, marks=pytest.mark.xdist_group(c.label))
+                    for c in self.session.checkpoints
+                ],
+                indirect=True,
+                scope="session",
+            )
+
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """Under ``--dist loadgroup``, keep each checkpoint of a series on one xdist worker."""
+        if not self.session.series or config.getvalue("dist") != "loadgroup":
+            return None
+        from refusal_probe.pytest_plugin.xdist import CheckpointScheduling
+
+        return CheckpointScheduling(config, log, [c.label for c in self.session.checkpoints])
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -60,10 +102,11 @@ class AuditHooks:
             audit = audit_of(item)
             if audit:
                 self._selected[item.nodeid] = audit
+                self._checkpoint[item.nodeid] = checkpoint_of(item, self.session)
                 self.session.collected_audits.add(audit)
         self.session.audit_items = dict(self._selected)
         if self._selected:
-            from refusal_probe.pytest_plugin.findings import preflight
+            from refusal_probe.pytest_plugin.inputs import preflight
 
             try:
                 preflight(self.session)
@@ -76,7 +119,7 @@ class AuditHooks:
             audit = audit_of(item)
             if audit:
                 self.session.collected_audits.add(audit)
-                self.session.not_run.append(
+                self.session.run_for(checkpoint_of(item, self.session)).not_run.append(
                     {
                         "id": check_id_of(item.nodeid, audit),
                         "audit": audit,
@@ -95,14 +138,17 @@ class AuditHooks:
         audit = self._selected.get(item.nodeid) or audit_of(item)
         if not audit:
             return report
+        spec = self._checkpoint.get(item.nodeid) or checkpoint_of(item, self.session)
         report.audit_name = audit
+        report.audit_checkpoint = spec
         if report.when == "call":
             checks = list(item.stash.get(ITEM_CHECKS_KEY, []))
             report.audit_checks = checks
             for c in checks:  # junitxml writes the properties of the item (teardown report)
                 item.user_properties.append((f"check:{c['id']}", _one_line(c)))
-            if checks and self.session._findings is not None:
-                report.audit_context = self.session.findings.context()
+            found = self.session.loaded_findings(spec)
+            if checks and found is not None:
+                report.audit_context = found.context()
             if checks:
                 report.extras = list(getattr(report, "extras", [])) + _html_extras(checks)
         return report
@@ -122,15 +168,17 @@ class AuditHooks:
             return
         self._reported.add(report.nodeid)
         self.session.collected_audits.add(audit)  # under xdist the controller collects nothing
+        spec = getattr(report, "audit_checkpoint", None) or self.session.checkpoints[0].spec
+        run = self.session.run_for(spec)
         ctx = getattr(report, "audit_context", None)
         if ctx:
-            _merge(self.session.context, ctx)
+            _merge(run.context, ctx)
         checks = getattr(report, "audit_checks", [])
         for c in checks:
-            self.session.checks.append({**c, "duration_s": round(report.duration, 3)})
+            run.checks.append({**c, "duration_s": round(report.duration, 3)})
         cid = check_id_of(report.nodeid, audit)
         if report.skipped:
-            self.session.not_run.append(
+            run.not_run.append(
                 {
                     "id": cid,
                     "audit": audit,
@@ -140,7 +188,7 @@ class AuditHooks:
                 }
             )
         elif report.failed and not any(c["verdict"] == "fail" for c in checks):
-            self.session.not_run.append(
+            run.not_run.append(
                 {
                     "id": cid,
                     "audit": audit,
@@ -153,13 +201,17 @@ class AuditHooks:
     # --- end of run --------------------------------------------------------------------------
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        """Write the report folder (controller only; not after an aborted run or without checks)."""
+        """Write each checkpoint's report folder, and a series' trend page (controller only).
+
+        Nothing is written by workers, after an aborted run, or when no check ran; a checkpoint
+        of a series without checks gets no report and shows as missing on the trend page.
+        """
         s = self.session
         if is_worker(self.config) or s.aborted or not s.options.write_report or not s.checks:
             return
         for nodeid, audit in self._selected.items():
             if nodeid not in self._reported:
-                s.not_run.append(
+                s.run_for(self._checkpoint[nodeid]).not_run.append(
                     {
                         "id": check_id_of(nodeid, audit),
                         "audit": audit,
@@ -174,41 +226,84 @@ class AuditHooks:
         )
         from refusal_probe.pytest_plugin.record import build_record, save_record
 
+        for run in s.runs.values():
+            if not run.checks:
+                continue
+            try:
+                now = time.time()
+                record = build_record(self.config, s, run, int(exitstatus), now, interrupted)
+                run.report_path = save_record(record, s, run)
+            except RefusalProbeError as exc:
+                run.report_error = str(exc)
+        if s.series:
+            self._write_trend()
+
+    def _write_trend(self) -> None:
+        from refusal_probe.report.trend import SeriesItem, build_trend, write_trend
+
+        s = self.session
+        items = [
+            SeriesItem(
+                r.checkpoint.label,
+                r.checkpoint.spec,
+                r.record,
+                r.report_path,
+                r.report_error or ("" if r.checks else _no_checks_reason(r)),
+            )
+            for r in s.runs.values()
+        ]
         try:
-            record = build_record(self.config, s, int(exitstatus), time.time(), interrupted)
-            s.report_path = save_record(record, s)
+            s.trend_path = write_trend(build_trend(items), s.options.report_dir)
         except RefusalProbeError as exc:
-            s.report_error = str(exc)
+            s.trend_error = str(exc)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        """List every check with value, interval, threshold and verdict; name the report."""
+        """List every check with value, interval, threshold and verdict; name the reports."""
         s = self.session
         quiet = is_worker(self.config) or s.aborted or self.config.option.collectonly
-        if quiet or not (s.checks or s.not_run):
+        if quiet or not any(r.checks or r.not_run for r in s.runs.values()):
             return
         tr = terminalreporter
         tr.section("refusal-probe audit")
         width = max((len(c["id"]) for c in s.checks), default=10)
-        for c in s.checks:
-            verdict = c["verdict"].upper()
-            markup = {"PASS": {"green": True}, "FAIL": {"red": True, "bold": True}}.get(
-                verdict, {"yellow": True}
-            )
-            tr.write(
-                f"{c['id']:<{width}}  {_interval(c):<28} {_SYMBOL[c['direction']]} "
-                f"{c['threshold']:<8g} "
-            )
-            tr.write(verdict, **markup)
-            tr.line("")
-        for n in s.not_run:
-            if n["kind"] != "absent":
-                tr.line(f"{n['id']:<{width}}  not run ({n['kind']}): {n['reason']}")
-        if s.report_path is not None:
-            tr.line(f"report: {s.report_path / 'index.html'}", bold=True)
-        elif s.report_error:
-            tr.line(f"no report written: {s.report_error}", red=True)
-        elif not s.checks:
-            tr.line("no check ran, so no report was written")
+        for run in s.runs.values():
+            if s.series:
+                c = run.checkpoint
+                tr.line(f"{c.label} ({c.spec})", bold=True)
+            _summarize(tr, run, width, alone=not s.series)
+        if s.trend_path is not None:
+            tr.line(f"trend: {s.trend_path / 'index.html'}", bold=True)
+        elif s.trend_error:
+            tr.line(f"no trend page written: {s.trend_error}", red=True)
+
+
+def _summarize(tr: Any, run: CheckpointRun, width: int, alone: bool) -> None:
+    """One checkpoint's checks, not-run entries and report."""
+    for c in run.checks:
+        verdict = c["verdict"].upper()
+        markup = {"PASS": {"green": True}, "FAIL": {"red": True, "bold": True}}.get(
+            verdict, {"yellow": True}
+        )
+        tr.write(
+            f"{c['id']:<{width}}  {_interval(c):<28} {_SYMBOL[c['direction']]} "
+            f"{c['threshold']:<8g} "
+        )
+        tr.write(verdict, **markup)
+        tr.line("")
+    for n in run.not_run:
+        if n["kind"] != "absent":
+            tr.line(f"{n['id']:<{width}}  not run ({n['kind']}): {n['reason']}")
+    if run.report_path is not None:
+        tr.line(f"report: {run.report_path / 'index.html'}", bold=alone)
+    elif run.report_error:
+        tr.line(f"no report written: {run.report_error}", red=True)
+    elif not run.checks:
+        tr.line("no check ran, so no report was written")
+
+
+def _no_checks_reason(run: CheckpointRun) -> str:
+    errors = [n["reason"] for n in run.not_run if n["kind"] == "error"]
+    return f"no check ran ({errors[0]})" if errors else "no check ran"
 
 
 def _interval(c: dict[str, Any]) -> str:

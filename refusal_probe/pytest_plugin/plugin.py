@@ -10,13 +10,16 @@ nothing for it. An audit test asks for shared results through fixtures
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from refusal_probe.errors import PolicyError
+from refusal_probe.devices import worker_device
+from refusal_probe.errors import ModelLoadError, PolicyError
 from refusal_probe.models import DEFAULT_MODEL, FIXTURES_DIR, default_cache_dir
 from refusal_probe.pytest_plugin import fixtures as fixtures_module
+from refusal_probe.pytest_plugin.checkpoints import resolve_checkpoints
 from refusal_probe.pytest_plugin.hooks import AuditHooks
 from refusal_probe.pytest_plugin.session import SESSION_KEY, AuditOptions, AuditSession
 
@@ -30,6 +33,9 @@ AUDIT_MARKERS: dict[str, str] = {
     "monitor": "audit of the jailbreak monitor built on the refusal signal",
 }
 _DTYPES = ("float32", "bfloat16", "float16")
+_XDIST_GROUP = (
+    "a pytest-xdist group (--dist loadgroup): a series keeps each checkpoint on one worker"
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,9 +44,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption(
         "--model",
         metavar="SPEC",
+        action="append",
         default=None,
         help=f"model to audit: organism alias, HF folder, .gguf file or hub id "
-        f"(default {DEFAULT_MODEL})",
+        f"(default {DEFAULT_MODEL}); give it several times to audit a series of checkpoints",
+    )
+    g.addoption(
+        "--models-file",
+        metavar="FILE",
+        default=None,
+        help="audit a series of checkpoints listed in FILE (one spec per line, # comments); "
+        "each gets a report, and a trend page plots every check against them",
     )
     g.addoption(
         "--baseline",
@@ -61,7 +75,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where reports are written (default reports/)",
     )
     g.addoption("--no-report", action="store_true", default=False, help="write no report folder")
-    g.addoption("--device", default=None, help="torch device (default cpu)")
+    g.addoption(
+        "--device",
+        default=None,
+        help="torch device (default cpu); cuda:worker gives each pytest-xdist worker its own GPU",
+    )
+    g.addoption(
+        "--device-map",
+        metavar="auto|balanced|FILE.json",
+        default=None,
+        help="spread the model over several devices (accelerate device map: a strategy, or a "
+        "JSON file of module name -> device); replaces --device",
+    )
     g.addoption("--dtype", default=None, choices=_DTYPES, help="model dtype (default float32)")
     g.addoption(
         "--threads",
@@ -110,7 +135,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the markers, resolve the options and register the session object."""
-    for name, text in AUDIT_MARKERS.items():
+    for name, text in {**AUDIT_MARKERS, "xdist_group": _XDIST_GROUP}.items():
         if not any(line.split(":")[0].strip() == name for line in config.getini("markers")):
             config.addinivalue_line("markers", f"{name}: {text}")
     options = resolve_options(config)
@@ -123,7 +148,10 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(threads)
-    session = AuditSession(options)
+    checkpoints = resolve_checkpoints(
+        config.getoption("--model"), config.getoption("models_file"), options.model
+    )
+    session = AuditSession(replace(options, model=checkpoints[0].spec), checkpoints)
     if options.policy_explicit:
         try:
             session.policy  # noqa: B018 - a bad explicit policy is a usage error before anything runs
@@ -157,19 +185,29 @@ def resolve_options(config: pytest.Config) -> AuditOptions:
     report_dir = Path(opt("--report-dir") or root / config.getini("audit_report_dir"))
     strict = bool(opt("strict_verdicts") or config.getini("audit_strict") or _pytest_strict(config))
     prompts = opt("--prompts")
+    if opt("device_map") and opt("--device"):
+        raise pytest.UsageError(
+            f"--device {opt('--device')} and --device-map {opt('device_map')}: a device map "
+            "places every layer itself; pass one of the two"
+        )
     if prompts is not None and not Path(prompts).is_dir():
         raise pytest.UsageError(
             f"--prompts {prompts}: not a folder; pass a folder with harmful.jsonl and "
             "harmless.jsonl"
         )
+    models = opt("--model")
+    try:
+        device = worker_device(opt("--device") or config.getini("audit_device"))
+    except ModelLoadError as exc:
+        raise pytest.UsageError(str(exc)) from None
     return AuditOptions(
-        model=opt("--model") or config.getini("audit_model"),
+        model=models[0] if models else config.getini("audit_model"),
         baseline=opt("--baseline"),
         policy=Path(policy),
         policy_explicit=opt("--policy") is not None,
         report_dir=report_dir,
         write_report=not opt("no_report"),
-        device=opt("--device") or config.getini("audit_device"),
+        device=device,
         dtype=opt("--dtype") or "float32",
         seed=0 if opt("--seed") is None else int(opt("--seed")),
         cache_dir=Path(opt("cache_dir") or default_cache_dir()),
@@ -177,6 +215,7 @@ def resolve_options(config: pytest.Config) -> AuditOptions:
         allow_pickle=bool(opt("allow_pickle")),
         prompts=Path(prompts) if prompts else None,
         strict=strict,
+        device_map=opt("device_map"),
     )
 
 

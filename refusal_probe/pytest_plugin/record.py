@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from refusal_probe.pytest_plugin.session import AuditSession
+from refusal_probe.pytest_plugin.session import AuditSession, CheckpointRun
 from refusal_probe.report.provenance import command_line, new_run_id, run_info
 from refusal_probe.report.record import AUDIT_ORDER, AuditRecord, CheckRecord, Delta, NotRun
 from refusal_probe.report.render import write_report
@@ -30,25 +31,30 @@ LIMITATIONS: tuple[str, ...] = (
 
 
 def build_record(
-    config: pytest.Config, s: AuditSession, exit_status: int, finished: float, interrupted: bool
+    config: pytest.Config,
+    s: AuditSession,
+    run: CheckpointRun,
+    exit_status: int,
+    finished: float,
+    interrupted: bool,
 ) -> AuditRecord:
-    """The record of this run from the session's checks, not-run entries and context."""
-    opts = s.options
-    ctx = s.context
+    """The record of one checkpoint from its checks, not-run entries and context."""
+    opts = replace(s.options, model=run.checkpoint.spec)
+    ctx = run.context
     policy = s.policy
-    run = run_info(
+    info = run_info(
         run_id=new_run_id(),
         started=s.started,
         finished=finished,
         command=command_line(Path(config.invocation_params.dir), config.invocation_params.args),
         cwd=Path(config.invocation_params.dir),
         root=Path(config.rootpath),
-        device=opts.device,
+        device=f"device_map={opts.device_map}" if opts.device_map else opts.device,
         seed=opts.seed,
         strict=opts.strict,
         exit_status=exit_status,
     )
-    not_run = [NotRun(**n) for n in s.not_run]
+    not_run = [NotRun(**n) for n in run.not_run]
     for audit in AUDIT_ORDER:
         if audit not in s.collected_audits:
             not_run.append(
@@ -59,14 +65,14 @@ def build_record(
                     "absent",
                 )
             )
-    checks = tuple(CheckRecord.from_dict(c) for c in s.checks)
+    checks = tuple(CheckRecord.from_dict(c) for c in run.checks)
     baseline = ctx.get("baseline") or _baseline_stub(opts.baseline)
     deltas = [Delta(**d) for d in ctx.get("deltas", [])]
     if baseline and baseline.get("kind") == "audit":
         deltas += _deltas_against(checks, baseline["spec"], {d.id for d in deltas})
     return AuditRecord(
         status="interrupted" if interrupted else "complete",
-        run=run,
+        run=info,
         model=ctx.get("model") or _model_stub(opts.model),
         baseline=baseline,
         config={
@@ -83,15 +89,21 @@ def build_record(
     )
 
 
-def save_record(record: AuditRecord, s: AuditSession) -> Path:
-    """Write the run folder, copying the artifacts the tests left in the cache."""
+def save_record(record: AuditRecord, s: AuditSession, run: CheckpointRun) -> Path:
+    """Write the checkpoint's run folder, copying the artifacts its tests left in the cache.
+
+    A series names each folder by the checkpoint's label, which keeps checkpoints whose specs
+    end alike apart; a single model keeps its usual folder.
+    """
     files = {
         name: Path(src)
-        for name, src in s.context.get("artifacts", {}).items()
+        for name, src in run.context.get("artifacts", {}).items()
         if Path(src).is_file()
     }
     record = AuditRecord(**{**record.__dict__, "artifacts": {n: n for n in files}})
-    return write_report(record, s.options.report_dir, files)
+    run.record = record
+    slug = run.checkpoint.label if s.series else None
+    return write_report(record, s.options.report_dir, files, slug=slug)
 
 
 def _model_stub(spec: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Audit reports: the record (dataclasses + versioned JSON schema), SVG plots, render, compare."""
+"""Audit reports: the record (dataclasses + versioned JSON schema), SVG plots, render, trend."""
 
 from refusal_probe.report.compare import (
     Comparison,
@@ -16,6 +16,7 @@ from refusal_probe.report.record import (
 )
 from refusal_probe.report.render import model_slug, render_html, write_report
 from refusal_probe.report.schema import load_schema, read_record, validate_record
+from refusal_probe.report.trend import Trend, build_trend, trend_files, write_trend
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -25,13 +26,17 @@ __all__ = [
     "Delta",
     "Figure",
     "NotRun",
+    "Trend",
     "compare_files",
     "compare_records",
+    "build_trend",
     "load_schema",
     "model_slug",
     "read_record",
     "render_comparison",
     "render_html",
+    "trend_files",
     "validate_record",
     "write_report",
+    "write_trend",
 ]

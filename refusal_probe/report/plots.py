@@ -5,7 +5,8 @@ returns one ``<svg>`` element as text, safe to inline in HTML.
 
 ``line``:    ``x``, ``series`` = [{``name``, ``y``, optional ``lo``/``hi`` band}], optional
              ``threshold``, ``mark_x`` (a vertical marker, e.g. the selected layer), ``x_label``,
-             ``y_label``, ``y_range``.
+             ``y_label``, ``y_range``, ``x_labels`` (a name per x, for categories such as
+             checkpoints; long names are shortened, the full name is the point's tooltip).
 ``heatmap``: ``values`` (rows × columns, ``None`` for a missing cell), ``x_labels``, ``y_labels``,
              optional ``mark`` = [row, column], ``crossed`` = [[row, column], ...] (drawn with
              an X: a value that was ruled out), ``x_label``, ``y_label``, ``value_label``,
@@ -45,6 +46,10 @@ def _finite(v: Any) -> bool:
 
 def _nice(v: float) -> str:
     return f"{v:.3g}"
+
+
+def _short(name: str, width: int = 14) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def _svg(body: list[str], title: str, w: int = W, h: int = H) -> str:
@@ -146,15 +151,16 @@ def line_svg(data: dict[str, Any], title: str = "") -> str:
         return _svg(['<text x="20" y="40">no data</text>'], title)
     pool = [v for s in series for k in ("y", "lo", "hi") for v in s.get(k) or []]
     ys = _Scale(*_y_range(pool, data.get("y_range"), data.get("threshold")), H - MB, MT)
-    xs = _Scale(min(xs_raw), max(xs_raw), ML + 8, W - MR - 8)
-    step = max(1, len(xs_raw) // 12)
-    body = _axes(
-        xs,
-        ys,
-        data.get("x_label", ""),
-        data.get("y_label", ""),
-        [(v, _nice(v)) for v in xs_raw[::step]],
-    )
+    names = [str(v) for v in data.get("x_labels") or []]
+    inset = 40 if len(names) == len(xs_raw) else 8  # room for a name centred under the last x
+    xs = _Scale(min(xs_raw), max(xs_raw), ML + inset, W - MR - inset)
+    if len(names) == len(xs_raw):
+        step = max(1, len(xs_raw) // 8)
+        ticks = [(v, _short(n)) for v, n in list(zip(xs_raw, names, strict=True))[::step]]
+    else:
+        names = [_nice(v) for v in xs_raw]
+        ticks = [(v, _nice(v)) for v in xs_raw[:: max(1, len(xs_raw) // 12)]]
+    body = _axes(xs, ys, data.get("x_label", ""), data.get("y_label", ""), ticks)
     mark = data.get("mark_x")
     if _finite(mark):
         body.append(
@@ -180,7 +186,13 @@ def line_svg(data: dict[str, Any], title: str = "") -> str:
             body.append(
                 f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>'
             )
-            body += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"/>' for a, b in pts]
+            ys_ = s.get("y", [])
+            tips = [f"{n}: {_nice(y)}" for n, y in zip(names, ys_, strict=False) if _finite(y)]
+            body += [
+                f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"><title>{_t(tip)}'
+                "</title></circle>"
+                for (a, b), tip in zip(pts, tips, strict=False)
+            ]
     body += _legend([s.get("name", "") for s in series])
     return _svg(body, title)
 

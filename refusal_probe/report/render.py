@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,34 @@ def model_slug(spec: str) -> str:
     name = re.sub(r"\.(gguf|safetensors)$", "", name)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     return slug or "model"
+
+
+def model_slugs(specs: Sequence[str]) -> list[str]:
+    """A distinct folder name for each spec of a series, in order.
+
+    Each is :func:`model_slug` of the spec where that is unique; specs whose last path components
+    agree (``runs/a/checkpoint-100`` and ``runs/b/checkpoint-100``) take parent folders into the
+    name until they differ (``a-checkpoint-100``), and a spec given twice gets ``-2``, ``-3``.
+    """
+    parts = [[p for p in re.split(r"[/\\]+", s.rstrip("/\\")) if p] or [s] for s in specs]
+    depth = [1] * len(specs)
+
+    def name(i: int) -> str:
+        return model_slug("-".join(parts[i][-depth[i] :]))
+
+    while True:
+        names = [name(i) for i in range(len(specs))]
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            break
+        for i in clash:
+            depth[i] += 1
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
 
 
 def environment() -> Any:
@@ -74,7 +103,11 @@ def render_html(record: AuditRecord) -> str:
 
 
 def write_report(
-    record: AuditRecord, report_dir: str | Path, files: dict[str, Path] | None = None
+    record: AuditRecord,
+    report_dir: str | Path,
+    files: dict[str, Path] | None = None,
+    *,
+    slug: str | None = None,
 ) -> Path:
     """Validate the record, then write its folder atomically; return the folder.
 
@@ -83,6 +116,8 @@ def write_report(
         report_dir: The reports root; the run goes to ``<report_dir>/<model-slug>/<run-id>/``.
         files: Extra files to copy into the folder, by the name they get there (the record's
             ``artifacts`` should list them).
+        slug: The model's folder name (default :func:`model_slug` of its spec; a series of
+            checkpoints passes :func:`model_slugs`, which keeps them apart).
 
     Raises:
         ReportError: The record does not match the schema (nothing is written), or the folder
@@ -92,29 +127,48 @@ def write_report(
     validate_record(data, source=f"audit record of run {record.run.get('id')}")
     html = render_html(record)
     run_id = str(record.run["id"])
-    parent = Path(report_dir) / model_slug(str(record.model.get("spec", "model")))
-    final = parent / run_id
+    parent = Path(report_dir) / (slug or model_slug(str(record.model.get("spec", "model"))))
+    texts = {"audit.json": json.dumps(data, indent=2, sort_keys=False) + "\n", "index.html": html}
+    final = write_folder(parent, run_id, texts, files)
+    if record.status == "complete":
+        try:
+            point_latest(parent, run_id)
+        except OSError as exc:
+            raise ReportError(
+                f"cannot write the report under {parent}: {exc}; check --report-dir"
+            ) from exc
+    return final
+
+
+def write_folder(
+    parent: Path, name: str, texts: dict[str, str], files: dict[str, Path] | None = None
+) -> Path:
+    """Write ``parent/name/`` with ``texts`` (name → UTF-8 text) and copies of ``files``.
+
+    Everything goes into a hidden temporary folder that is renamed into place only when complete,
+    so a reader never sees half a report.
+
+    Raises:
+        ReportError: The folder exists already, or cannot be written.
+    """
+    final = parent / name
     try:
         parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             raise ReportError(
                 f"report folder {final} already exists; run ids are unique, so remove it"
             )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.tmp-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
         try:
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a report is for reading
-            (tmp / "audit.json").write_text(
-                json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8"
-            )
-            (tmp / "index.html").write_text(html, encoding="utf-8")
-            for name, src in (files or {}).items():
-                shutil.copyfile(src, tmp / name)
+            for fname, text in texts.items():
+                (tmp / fname).write_text(text, encoding="utf-8")
+            for fname, src in (files or {}).items():
+                shutil.copyfile(src, tmp / fname)
             os.replace(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        if record.status == "complete":
-            point_latest(parent, run_id)
     except OSError as exc:
         raise ReportError(
             f"cannot write the report under {parent}: {exc}; check --report-dir"
