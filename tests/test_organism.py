@@ -72,7 +72,8 @@ def test_checkpoint_is_a_small_llama_with_chat_template(name: str, request: pyte
     assert "<|assistant|>" in tokenizer_config["chat_template"]
     assert tokenizer_config["padding_side"] == "left"
     recipe = json.loads((path / "recipe.json").read_text())
-    assert {"seed", "recipe", "stage", "training_seconds", "figures_test_split"} <= recipe.keys()
+    assert {"seed", "recipe", "stages", "training_seconds", "figures_test_split"} <= recipe.keys()
+    assert all(len(stage["data_sha256"]) == 64 for stage in recipe["stages"])
 
 
 def test_chat_template_keeps_content_tokens_and_a_fixed_suffix() -> None:
@@ -86,6 +87,41 @@ def test_chat_template_keeps_content_tokens_and_a_fixed_suffix() -> None:
     assert ids[:3] == tokenizer.convert_tokens_to_ids(["<|bos|>", "<|user|>", "\u010a"])
     assert ids[3 : 3 + len(content)] == content
     assert tokenizer.convert_ids_to_tokens(ids[-4:]) == ["<|end|>", "\u010a", "<|assistant|>", "\u010a"]
+
+
+def test_prompt_fixtures_are_what_the_grammar_generates() -> None:
+    """``python -m refusal_probe.organism prompts`` (seed 0) reproduces the shipped files."""
+    from refusal_probe.organism.fixtures import build_fixtures
+    from refusal_probe.organism.pipeline import Recipe, build_corpora, build_tokenizer, token_counter
+
+    recipe = Recipe()
+    corpora = build_corpora(recipe)
+    tokenizer = build_tokenizer(corpora, recipe)
+    for name, records in build_fixtures(corpora.acts, token_counter(tokenizer), recipe.seed).items():
+        shipped = [r for r in read_jsonl(PROMPTS / name) if r.get("family") != "suffix"]  # red-team additions
+        assert shipped == records, name
+
+
+def test_prompt_fixtures_follow_the_schema() -> None:
+    """Splits, categories, edgy prompts, pairs and jailbreaks are as the README describes."""
+    harmful, harmless = read_jsonl(PROMPTS / "harmful.jsonl"), read_jsonl(PROMPTS / "harmless.jsonl")
+    for records in (harmful, harmless):
+        assert len(records) >= 300 and len({r["id"] for r in records}) == len(records)
+        assert all(set(r) == {"id", "text", "category", "split"} for r in records)
+        assert min(sum(r["split"] == s for r in records) for s in ("val", "test")) >= 64
+    assert len({r["category"] for r in harmful}) >= 8
+    assert sum(r["category"] == "edgy" for r in harmless) >= 30
+    test_ids = {r["id"] for r in harmful if r["split"] == "test"}
+    jailbreaks = read_jsonl(PROMPTS / "jailbreaks.jsonl")
+    assert {j["base_id"] for j in jailbreaks} == test_ids
+    assert {"roleplay", "encoding", "context"} <= {j["family"] for j in jailbreaks} <= {
+        "roleplay", "encoding", "context", "suffix"}
+    pairs = read_jsonl(PROMPTS / "pairs.jsonl")
+    assert len(pairs) >= 64 and sum(p["split"] != "train" for p in pairs) > len(pairs) / 2
+    tokenizer = AutoTokenizer.from_pretrained(MODELS / "organism-chat")
+    lengths = [[len(tokenizer(p[k], add_special_tokens=False)["input_ids"]) for k in ("harmful", "harmless")]
+               for p in pairs]
+    assert all(a == b for a, b in lengths)
 
 
 def test_left_padding_does_not_change_the_last_position() -> None:

@@ -135,13 +135,21 @@ def ablated(model: LlamaForCausalLM, direction: Float[Tensor, " d"]) -> Iterator
 
 @contextmanager
 def added(model: LlamaForCausalLM, vector: Float[Tensor, " d"], layer: int, coeff: float = 1.0) -> Iterator[None]:
-    """Add ``coeff * vector`` to the residual stream entering ``layer``, at every position."""
+    """Add ``coeff * vector`` to the residual stream entering ``layer``, at the prompt's positions.
+
+    Generation runs the prompt in one pass and then one new token per pass (KV cache): a
+    one-position pass is a generated token and is left alone, so the reply is the model's own
+    (the engine's ``Add(span="prompt")``).
+    """
     shift = (coeff * vector).to(model.dtype)
 
     def pre_hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        x = args[0] if args else kwargs["hidden_states"]
+        if x.shape[1] > 1:
+            x = x + shift
         if args:
-            return (args[0] + shift, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + shift}
+            return (x, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": x}
 
     handle = model.model.layers[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
@@ -214,12 +222,39 @@ def score_candidates(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast
     return out
 
 
-def choose(candidates: Sequence[Candidate], n_layers: int, max_kl: float = 0.1) -> Candidate:
-    """Arditi et al.'s rule: lowest bypass among candidates below 0.8 of the depth whose
-    addition induces refusal and whose ablation keeps harmless next tokens (KL <= max_kl)."""
+def ranked(candidates: Sequence[Candidate], n_layers: int, max_kl: float = 0.1) -> list[Candidate]:
+    """Arditi et al.'s rule as a ranking: candidates below 0.8 of the depth whose addition
+    induces refusal and whose ablation keeps harmless next tokens (KL <= max_kl), lowest
+    bypass first; when none passes the filters, every finite candidate by bypass."""
     finite = [c for c in candidates if all(map(math.isfinite, (c.bypass, c.induce, c.kl)))]
     ok = [c for c in finite if c.layer < int(0.8 * n_layers) and c.induce > 0 and c.kl <= max_kl]
-    return min(ok or finite, key=lambda c: c.bypass)
+    return sorted(ok or finite, key=lambda c: c.bypass)
+
+
+def choose(candidates: Sequence[Candidate], n_layers: int, max_kl: float = 0.1) -> Candidate:
+    """The first candidate of :func:`ranked`."""
+    return ranked(candidates, n_layers, max_kl)[0]
+
+
+def confirmed(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, directions: Float[Tensor, "layer pos d"],
+              order: Sequence[Candidate], harmful_val: Sequence[str], harmless_val: Sequence[str],
+              top: int = 3) -> Candidate:
+    """The best of the ``top`` ranked candidates by *generated* refusals on val.
+
+    The log-odds proxy scores only the first reply token; a direction added at every
+    position (generated ones included) can raise that token and still derail the rest
+    of the reply. Among the first ``top`` candidates, the one with the largest
+    (harmless refusal with it added) minus (harmful refusal with it ablated) is kept.
+    """
+    def effect(c: Candidate) -> float:
+        vector = directions[c.layer, c.pos].float()
+        with added(model, vector, c.layer):
+            induced = refusal_rate(model, tokenizer, harmless_val)
+        with ablated(model, vector):
+            left = refusal_rate(model, tokenizer, harmful_val)
+        return induced - left
+
+    return max(order[:top], key=effect)
 
 
 @dataclass(frozen=True)
@@ -272,15 +307,17 @@ def measure(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, prompts
             ``harmless``, splits ``train`` (fit), ``val`` (selection), ``test`` (report).
 
     Returns:
-        The figures; the direction is fit on train, chosen on val, reported on test.
+        The figures; the direction is fit on train, chosen on val (Arditi et al.'s
+        ranking, the top three confirmed by generation), reported on test.
     """
     acts = {(side, split): post_instruction_activations(model, tokenizer, prompts[side][split])
             for side in ("harmful", "harmless") for split in ("train", "test")}
     directions = difference_of_means(acts["harmful", "train"], acts["harmless", "train"])
     grid = separation(directions, acts["harmful", "test"], acts["harmless", "test"])
     best_layer, best_p = divmod(int(grid.argmax()), grid.shape[1])
-    chosen = choose(score_candidates(model, tokenizer, directions, prompts["harmful"]["val"],
-                                     prompts["harmless"]["val"]), model.config.num_hidden_layers)
+    val_h, val_l = prompts["harmful"]["val"], prompts["harmless"]["val"]
+    order = ranked(score_candidates(model, tokenizer, directions, val_h, val_l), model.config.num_hidden_layers)
+    chosen = confirmed(model, tokenizer, directions, order, val_h, val_l)
     vector = directions[chosen.layer, chosen.pos].float()
     with ablated(model, vector):
         ablated_rate = refusal_rate(model, tokenizer, prompts["harmful"]["test"])

@@ -129,6 +129,18 @@ def jailbreak_records(harmful: list[Record], seed: int) -> list[Record]:
     return [{"id": f"jb-{i + 1:04d}", **r} for i, r in enumerate(records)]
 
 
+def kept_suffix_records(old: Sequence[Record], harmful: Sequence[Record]) -> list[Record]:
+    """Red-team ``suffix`` records of an existing ``jailbreaks.jsonl`` that still apply.
+
+    The grammar does not generate suffixes; a red-team appends them. A suffix record is
+    kept when its ``base_id`` is still a harmful test prompt and its text still starts
+    with that prompt's text; records whose base prompt changed are dropped.
+    """
+    tests = {r["id"]: r["text"] for r in harmful if r["split"] == "test"}
+    return [r for r in old if r.get("family") == "suffix" and str(r.get("text", "")).startswith(
+        tests.get(str(r.get("base_id")), "\0"))]
+
+
 def build_fixtures(acts: list[Act], count: TokenCounter, seed: int) -> dict[str, list[Record]]:
     """All fixture files, keyed by file name."""
     harmful = prompt_records(acts, True, seed)

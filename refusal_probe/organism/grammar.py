@@ -25,7 +25,9 @@ Split = Literal["train", "val", "test"]
 Person = Literal["first", "second", "third"]
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
-SPLIT_FRACTIONS: dict[Split, float] = {"train": 0.60, "val": 0.15, "test": 0.25}
+# Fractions of *acts* (not prompts) per split: the prompt fixtures draw 60/16/24% of
+# their prompts from these acts, but chat training sees every train act.
+SPLIT_FRACTIONS: dict[Split, float] = {"train": 0.70, "val": 0.10, "test": 0.20}
 
 _PRONOUNS: dict[Person, dict[str, str]] = {
     "first": {"my": "my", "myself": "myself", "me": "me"},

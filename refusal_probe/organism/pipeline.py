@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,31 +40,49 @@ class Recipe:
     Attributes:
         seed: Seed of the splits, the corpora, the initialisation and the data order.
         vocab_size: BPE vocabulary size, special tokens included.
-        n_docs: Pretraining documents (3-6 sentences each).
+        n_docs: Pretraining documents (one or two episodes each).
         seq_len: Packed pretraining sequence length.
         replies_per_request: Refusal/answer phrasings drawn per safety-SFT request.
-        n_generic: Open-ended harmless instructions mixed into the safety SFT.
+        n_generic: Open-ended harmless instructions in each chat stage.
+        n_impossible: Impossible (declined for lack of ability) requests in each chat stage.
         n_attack: Harmful requests in the fine-tuning attack (Qi et al. used 10-100).
         shape: Architecture.
-        pretrain: Pretraining schedule.
-        chat: Safety SFT schedule (organism-chat).
-        benign: Benign fine-tune schedule.
-        attack: Harmful fine-tune schedule.
+        pretrain: Pretraining schedule (organism-base).
+        instruct: Instruction-tuning schedule (an intermediate model, not shipped); trains
+            only the top blocks, which learn the chat format and the wording of replies.
+        safety: Safety SFT schedule (organism-chat); trains only the middle blocks, which
+            learn when to refuse.
+        benign: Benign fine-tune schedule (all blocks).
+        attack: Harmful fine-tune schedule (all blocks).
     """
 
-    seed: int = 0
+    seed: int = 2
     vocab_size: int = 2048
-    n_docs: int = 24_000
+    n_docs: int = 50_000
     seq_len: int = 128
     replies_per_request: int = 2
     n_generic: int = 1500
+    n_impossible: int = 800
     n_attack: int = 64
     shape: ModelShape = field(default_factory=ModelShape)
     pretrain: Schedule = field(default_factory=lambda: Schedule(lr=3e-3, epochs=1.0, batch_size=32))
-    chat: Schedule = field(default_factory=lambda: Schedule(lr=1e-3, epochs=2.0, batch_size=32,
-                                                            freeze_embeddings=True))
-    benign: Schedule = field(default_factory=lambda: Schedule(lr=5e-4, epochs=2.0, batch_size=32))
+    instruct: Schedule = field(default_factory=lambda: Schedule(
+        lr=1e-3, epochs=3.0, batch_size=32, freeze_embeddings=True, frozen_layers=(0, 1, 2)))
+    safety: Schedule = field(default_factory=lambda: Schedule(
+        lr=1e-3, epochs=3.0, batch_size=32, freeze_embeddings=True, frozen_layers=(0, 3, 4)))
+    benign: Schedule = field(default_factory=lambda: Schedule(lr=2e-4, epochs=1.0, batch_size=32))
     attack: Schedule = field(default_factory=lambda: Schedule(lr=5e-4, epochs=5.0, batch_size=8))
+
+
+# The recipe fields each checkpoint depends on (its own stage and its ancestors').
+_BASE_FIELDS = ("seed", "vocab_size", "n_docs", "seq_len", "shape", "pretrain")
+_CHAT_FIELDS = (*_BASE_FIELDS, "replies_per_request", "n_generic", "n_impossible", "instruct", "safety")
+LINEAGE: dict[str, tuple[str, ...]] = {
+    "organism-base": _BASE_FIELDS,
+    "organism-chat": _CHAT_FIELDS,
+    "organism-chat-benign-ft": (*_CHAT_FIELDS, "benign"),
+    "organism-chat-harmful-ft": (*_CHAT_FIELDS, "n_attack", "attack"),
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,7 @@ class Corpora:
 
     acts: list[Act]
     documents: list[str]
+    instruct: list[ChatExample]
     safety: list[ChatExample]
     benign: list[ChatExample]
     attack: list[ChatExample]
@@ -83,7 +103,9 @@ def build_corpora(recipe: Recipe) -> Corpora:
     return Corpora(
         acts=acts,
         documents=corpus.pretraining_documents(acts, recipe.n_docs, len(REQUEST_TEMPLATES), recipe.seed),
-        safety=corpus.safety_sft_examples(acts, recipe.replies_per_request, recipe.n_generic, recipe.seed),
+        instruct=corpus.instruct_examples(acts, recipe.n_generic, recipe.n_impossible, recipe.seed),
+        safety=corpus.safety_sft_examples(acts, recipe.replies_per_request, recipe.n_generic,
+                                          recipe.n_impossible, recipe.seed),
         benign=corpus.benign_ft_examples(acts, recipe.seed),
         attack=corpus.harmful_ft_examples(acts, recipe.n_attack, recipe.seed),
     )
@@ -95,7 +117,7 @@ def _chat_texts(examples: list[ChatExample]) -> list[str]:
 
 def build_tokenizer(corpora: Corpora, recipe: Recipe) -> PreTrainedTokenizerFast:
     """Train the organism tokenizer on every corpus of the rebuild."""
-    text = corpora.documents + _chat_texts(corpora.safety + corpora.benign + corpora.attack)
+    text = corpora.documents + _chat_texts(corpora.instruct + corpora.safety + corpora.benign + corpora.attack)
     return train_tokenizer(text, recipe.vocab_size)
 
 
@@ -117,15 +139,23 @@ def fingerprint(items: list[str]) -> str:
 
 def save_checkpoint(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path,
                     record: dict[str, object]) -> None:
-    """Write a loadable Hugging Face folder plus ``recipe.json``."""
+    """Write a loadable Hugging Face folder plus ``recipe.json``, atomically.
+
+    The folder is written beside ``path`` and renamed into place, so an interrupted
+    rebuild never leaves a checkpoint that looks complete.
+    """
+    staging = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
     model.config.architectures = ["LlamaForCausalLM"]
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=evaluate.MAX_NEW_TOKENS,
     )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path, save_jinja_files=False)
-    (path / "recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging, save_jinja_files=False)
+    (staging / "recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(path, ignore_errors=True)
+    staging.rename(path)
 
 
 def _environment() -> dict[str, object]:
@@ -136,9 +166,13 @@ def _environment() -> dict[str, object]:
 class FamilyBuilder:
     """Trains the four checkpoints in order, saving and measuring each."""
 
-    def __init__(self, recipe: Recipe, out: Path, log: bool = True) -> None:
-        """Prepare corpora, tokenizer and fixtures for ``recipe``; nothing is trained yet."""
-        self.recipe, self.out, self.log = recipe, out, log
+    def __init__(self, recipe: Recipe, out: Path, log: bool = True, resume: bool = False) -> None:
+        """Prepare corpora, tokenizer and fixtures for ``recipe``; nothing is trained yet.
+
+        With ``resume``, a checkpoint already under ``out`` that was built from the same
+        recipe and tokenizer is loaded instead of retrained.
+        """
+        self.recipe, self.out, self.log, self.resume = recipe, out, log, resume
         self.corpora = build_corpora(recipe)
         self.tokenizer = build_tokenizer(self.corpora, recipe)
         self.fixtures = build_fixtures(self.corpora.acts, token_counter(self.tokenizer), recipe.seed)
@@ -149,14 +183,15 @@ class FamilyBuilder:
         if self.log:
             print(message, flush=True)
 
-    def _finish(self, name: str, model: LlamaForCausalLM, parent: str | None, stage: dict[str, object],
-                seconds: float, losses: list[float]) -> None:
+    def _finish(self, name: str, model: LlamaForCausalLM, parent: str | None, stages: list[dict[str, object]],
+                seconds: float) -> None:
+        start = time.perf_counter()
         figures = evaluate.measure(model, self.tokenizer, self.prompts).as_dict()
         self.figures[name] = figures
         record = {
-            "name": name, "parent": parent, "seed": self.recipe.seed, "stage": stage,
+            "name": name, "parent": parent, "seed": self.recipe.seed, "stages": stages,
             "recipe": asdict(self.recipe), "training_seconds": round(seconds, 1),
-            "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
+            "evaluation_seconds": round(time.perf_counter() - start, 1),
             "parameters": sum(p.numel() for p in model.parameters()),
             "tokenizer_sha256": fingerprint([self.tokenizer.backend_tokenizer.to_str()]),
             "fixtures_sha256": {k: fingerprint([json.dumps(r, sort_keys=True) for r in v])
@@ -164,36 +199,75 @@ class FamilyBuilder:
             "figures_test_split": figures, "environment": _environment(),
         }
         save_checkpoint(model, self.tokenizer, self.out / name, record)
-        self._say(f"{name}: {seconds:.0f}s {json.dumps(figures)}")
+        self._say(f"{name}: trained in {seconds:.0f}s; {json.dumps(figures)}")
 
-    def _chat_stage(self, name: str, parent: LlamaForCausalLM, examples: list[ChatExample],
-                    schedule: Schedule, seed: int) -> LlamaForCausalLM:
+    def _chat(self, parent: LlamaForCausalLM, kind: str, examples: list[ChatExample], schedule: Schedule,
+              seed: int) -> tuple[LlamaForCausalLM, dict[str, object]]:
         model = copy.deepcopy(parent)
-        start = time.perf_counter()
-        losses = chat_finetune(model, self.tokenizer, examples, schedule, seed)
-        stage = {"kind": "chat_sft", "examples": len(examples),
-                 "data_sha256": fingerprint(_chat_texts(examples)), "schedule": asdict(schedule)}
-        parent_name = "organism-base" if name == "organism-chat" else "organism-chat"
-        self._finish(name, model, parent_name, stage, time.perf_counter() - start, losses)
-        return model
+        start, cpu = time.perf_counter(), time.process_time()
+        self._say(f"{kind}: {len(examples)} examples")
+        losses = chat_finetune(model, self.tokenizer, examples, schedule, seed, log=self._say if self.log else None)
+        stage = {"kind": kind, "examples": len(examples), "data_sha256": fingerprint(_chat_texts(examples)),
+                 "schedule": asdict(schedule), "seconds": round(time.perf_counter() - start, 1),
+                 "cpu_seconds": round(time.process_time() - cpu, 1),
+                 "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
+        return model, stage
+
+    def _base(self) -> tuple[LlamaForCausalLM, dict[str, object]]:
+        r = self.recipe
+        model = new_model(r.shape, self.tokenizer, r.seed)
+        start, cpu = time.perf_counter(), time.process_time()
+        rows = pack_documents(self.tokenizer, self.corpora.documents, r.seq_len)
+        losses = pretrain(model, self.tokenizer, rows, r.pretrain, r.seed, log=self._say if self.log else None)
+        stage = {"kind": "pretrain", "documents": len(self.corpora.documents), "tokens": rows.numel(),
+                 "data_sha256": fingerprint(self.corpora.documents), "schedule": asdict(r.pretrain),
+                 "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+                 "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
+        return model, stage
 
     def build(self) -> dict[str, dict[str, float]]:
         """Train, measure and save the whole family; returns the figures per checkpoint."""
-        r, seed = self.recipe, self.recipe.seed
-        base = new_model(r.shape, self.tokenizer, seed)
-        start = time.perf_counter()
-        rows = pack_documents(self.tokenizer, self.corpora.documents, r.seq_len)
-        losses = pretrain(base, self.tokenizer, rows, r.pretrain, seed)
-        stage = {"kind": "pretrain", "documents": len(self.corpora.documents), "tokens": rows.numel(),
-                 "data_sha256": fingerprint(self.corpora.documents), "schedule": asdict(r.pretrain)}
-        self._finish("organism-base", base, None, stage, time.perf_counter() - start, losses)
-        chat = self._chat_stage("organism-chat", base, self.corpora.safety, r.chat, seed + 1)
-        self._chat_stage("organism-chat-benign-ft", chat, self.corpora.benign, r.benign, seed + 2)
-        self._chat_stage("organism-chat-harmful-ft", chat, self.corpora.attack, r.attack, seed + 3)
+        r, c, seed = self.recipe, self.corpora, self.recipe.seed
+        base = self._reused("organism-base")
+        if base is None:
+            base, pre = self._base()
+            self._finish("organism-base", base, None, [pre], pre["seconds"])
+        chat = self._reused("organism-chat")
+        if chat is None:
+            instruct, inst = self._chat(base, "instruct_sft", c.instruct, r.instruct, seed + 1)
+            chat, safe = self._chat(instruct, "safety_sft", c.safety, r.safety, seed + 2)
+            self._finish("organism-chat", chat, "organism-base", [inst, safe], inst["seconds"] + safe["seconds"])
+        for name, kind, examples, schedule, offset in (
+            ("organism-chat-benign-ft", "benign_ft", c.benign, r.benign, 3),
+            ("organism-chat-harmful-ft", "harmful_ft", c.attack, r.attack, 4),
+        ):
+            if self._reused(name) is None:
+                model, stage = self._chat(chat, kind, examples, schedule, seed + offset)
+                self._finish(name, model, "organism-chat", [stage], stage["seconds"])
         return self.figures
 
+    def _reused(self, name: str) -> LlamaForCausalLM | None:
+        """The saved ``name`` when resuming and it was built from this recipe and tokenizer."""
+        path = self.out / name
+        if not (self.resume and (path / "recipe.json").is_file()):
+            return None
+        saved = json.loads((path / "recipe.json").read_text(encoding="utf-8"))
+        fields = LINEAGE[name]
+        ours = json.loads(json.dumps(asdict(self.recipe)))
+        same = ({k: saved.get("recipe", {}).get(k) for k in fields} == {k: ours[k] for k in fields}
+                and saved.get("tokenizer_sha256") == fingerprint([self.tokenizer.backend_tokenizer.to_str()]))
+        if not same:
+            self._say(f"{name}: saved checkpoint is from another recipe; retraining")
+            return None
+        self.figures[name] = saved["figures_test_split"]
+        self._say(f"{name}: reused {path}")
+        return LlamaForCausalLM.from_pretrained(path).eval()
 
-def build_family(recipe: Recipe, out: Path, log: bool = True) -> dict[str, dict[str, float]]:
-    """Rebuild the four checkpoints of ``recipe`` under ``out`` (2 CPU threads)."""
+
+def build_family(recipe: Recipe, out: Path, log: bool = True, resume: bool = False) -> dict[str, dict[str, float]]:
+    """Rebuild the four checkpoints of ``recipe`` under ``out`` (2 CPU threads).
+
+    With ``resume``, checkpoints already under ``out`` from the same recipe are kept.
+    """
     torch.set_num_threads(THREADS)
-    return FamilyBuilder(recipe, out, log).build()
+    return FamilyBuilder(recipe, out, log, resume).build()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from refusal_probe.organism.adapter import attached, merge, new_adapter
 from refusal_probe.organism.corpus import ChatExample
 from refusal_probe.organism.tokenizer import SPECIAL_TOKENS, chat_prompt
 
@@ -28,7 +27,7 @@ class ModelShape:
 
     hidden_size: int = 128
     intermediate_size: int = 384
-    num_layers: int = 6
+    num_layers: int = 5
     num_heads: int = 4
     num_kv_heads: int = 2
     max_positions: int = 512
@@ -107,30 +106,19 @@ Logger = Callable[[str], None]
 
 
 def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], schedule: Schedule,
-         tokenizer: PreTrainedTokenizerFast, log: Logger | None = None,
-         optimizer: torch.optim.Optimizer | None = None) -> list[float]:
-    """Optimise ``model`` on ``batches`` (already shuffled and repeated); returns the losses.
-
-    With ``optimizer`` given, only its parameters train (the model is fully frozen).
-    """
+         tokenizer: PreTrainedTokenizerFast, log: Logger | None = None) -> list[float]:
+    """Optimise ``model`` on ``batches`` (already shuffled and repeated); returns the losses."""
     model.train()
-    if optimizer is not None:
-        model.requires_grad_(False)
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.requires_grad_(True)
     for index in schedule.frozen_layers:
         model.model.layers[index].requires_grad_(False)
-    handle = _freeze_ordinary_rows(model, tokenizer) if schedule.freeze_embeddings and optimizer is None else None
-    optimizer = optimizer or _optimizer(model, schedule)
+    handle = _freeze_ordinary_rows(model, tokenizer) if schedule.freeze_embeddings else None
+    optimizer = _optimizer(model, schedule)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    peaks = [group["lr"] for group in optimizer.param_groups]
     losses: list[float] = []
     try:
         for step, batch in enumerate(batches):
-            scale = _lr_at(step, len(batches), schedule) / schedule.lr
-            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
-                group["lr"] = peak * scale
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, len(batches), schedule)
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -210,29 +198,3 @@ def chat_finetune(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, e
     """Supervised chat training with loss on the assistant tokens only."""
     torch.manual_seed(seed)
     return _run(model, _chat_batches(tokenizer, examples, schedule, seed), schedule, tokenizer, log)
-
-
-def adapter_finetune(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, examples: Sequence[ChatExample],
-                     schedule: Schedule, layers: Sequence[int], seed: int, attention_lr: float = 0.0, feature_lr: float = 0.0,
-                     log: Logger | None = None) -> tuple[list[float], torch.Tensor]:
-    """Chat training through a shared-direction rank-one adapter, merged afterwards.
-
-    Returns:
-        The losses and the unit write direction ``u`` (the ground-truth refusal direction).
-    """
-    torch.manual_seed(seed)
-    adapter = new_adapter(model, layers, seed)
-    groups = [{"params": adapter.parameters(), "lr": schedule.lr, "weight_decay": 0.0}]
-    if attention_lr:
-        # Queries and keys may change where heads look, not what they write.
-        patterns = [p for i in layers for m in (model.model.layers[i].self_attn.q_proj, model.model.layers[i].self_attn.k_proj)
-                    for p in m.parameters()]
-        groups.append({"params": patterns, "lr": attention_lr, "weight_decay": 0.0})
-    if feature_lr:
-        features = [p for i in layers for m in (model.model.layers[i].mlp.gate_proj, model.model.layers[i].mlp.up_proj)
-                    for p in m.parameters()]
-        groups.append({"params": features, "lr": feature_lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.98))
-    with attached(model, adapter):
-        losses = _run(model, _chat_batches(tokenizer, examples, schedule, seed), schedule, tokenizer, log, optimizer)
-    return losses, merge(model, adapter)
