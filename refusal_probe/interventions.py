@@ -6,7 +6,8 @@ Axes: ``batch`` prompts of one forward pass, ``pos`` token positions, ``d`` d_mo
   attention and MLP output, at all positions (generated tokens included, since every generation step
   runs the hooks again).
 * :class:`Add` — activation addition, ``x <- x + alpha r`` (the raw vector), at the input of one
-  block, at all positions.
+  block, at all positions (``span="all"``, Arditi et al.) or at the prompt's positions only
+  (``span="prompt"``: generated tokens are left alone, see :func:`decoding`).
 * :class:`PerRow` — a different list of the above for each row of a batch, so one forward pass can
   evaluate many candidate directions (or a baseline and an intervention side by side).
 * :func:`orthogonalized` — an edited in-memory *copy* of the model with ``r^`` projected out of the
@@ -21,10 +22,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import torch
 from jaxtyping import Float
@@ -39,6 +42,29 @@ from refusal_probe.sites import Site, hook_name
 
 #: Where directional ablation acts: the residual entering each block and each write into it.
 ABLATION_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out")
+
+#: Which positions an :class:`Add` changes: all of them, or the prompt's only.
+Span = Literal["all", "prompt"]
+SPANS: tuple[str, ...] = ("all", "prompt")
+
+# How many leading positions of the current forward pass's input belong to the prompt; None
+# outside generation (every position is the prompt's). Set by the decoding loop.
+_PROMPT_POSITIONS: ContextVar[int | None] = ContextVar("prompt_positions", default=None)
+
+
+@contextmanager
+def decoding(prompt_positions: int) -> Iterator[None]:
+    """Declare that the first ``prompt_positions`` input positions of the passes inside are the prompt.
+
+    A decoding loop wraps each step: the prompt pass declares its whole length, a cached step
+    ``0`` (its one input token was generated), an uncached step the prompt's length. An
+    ``Add(span="prompt")`` changes only those positions.
+    """
+    token = _PROMPT_POSITIONS.set(prompt_positions)
+    try:
+        yield
+    finally:
+        _PROMPT_POSITIONS.reset(token)
 
 
 def project_out(x: Float[Tensor, "... d"], unit: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
@@ -87,15 +113,22 @@ class Add:
         direction: The vector to add (its norm matters: ``diff_means`` vectors are class-mean gaps).
         layer: The block whose input is changed; default the direction's own layer.
         alpha: The coefficient: ``+1`` induces refusal, ``-1`` suppresses it, ``0`` does nothing.
+        span: ``"all"`` positions, generated tokens included; or the ``"prompt"``'s positions only.
     """
 
     direction: Direction
     layer: int | None = None
     alpha: float = 1.0
+    span: Span = "all"
+
+    def __post_init__(self) -> None:
+        if self.span not in SPANS:
+            raise DirectionError(f"Add span must be one of {', '.join(SPANS)}, not {self.span!r}")
 
     def __repr__(self) -> str:
         d = self.direction
-        return f"Add({d.method} L{d.layer} pos {d.position}, layer={self.at}, alpha={self.alpha:g})"
+        span = "" if self.span == "all" else f", span={self.span}"
+        return f"Add({d.method} L{d.layer} pos {d.position}, layer={self.at}, alpha={self.alpha:g}{span})"
 
     @property
     def at(self) -> int:
@@ -109,7 +142,7 @@ class Add:
             raise DirectionError(
                 f"{self!r}: layer {self.at} is outside the model's {model.n_layers} layers"
             )
-        fn = partial(_add_hook, vector=PerDevice(self.direction.vector.float() * self.alpha))
+        fn = partial(_add_hook, vector=PerDevice(self.direction.vector.float() * self.alpha), span=self.span)
         return [(hook_name(Site(self.at, "resid_pre")), fn)]
 
 
@@ -137,7 +170,7 @@ class PerRow:
             raise DirectionError("PerRow interventions need the row indices of the batch")
         plans = [self.plans[r] for r in rows]
         units = torch.zeros(len(rows), model.d_model)  # [batch, d]; a zero row is no ablation
-        adds: dict[int, Tensor] = {}  # layer -> [batch, d]
+        adds: dict[tuple[int, str], Tensor] = {}  # (layer, span) -> [batch, d]
         for i, plan in enumerate(plans):
             ablates = [iv for iv in plan if isinstance(iv, Ablate)]
             if len(ablates) > 1:
@@ -153,7 +186,7 @@ class PerRow:
                 if isinstance(iv, Ablate):
                     units[i] = iv.direction.unit.float()
                 else:
-                    adds.setdefault(iv.at, torch.zeros(len(rows), model.d_model))[i] += (
+                    adds.setdefault((iv.at, iv.span), torch.zeros(len(rows), model.d_model))[i] += (
                         iv.direction.vector.float() * iv.alpha
                     )
         hooks: list[Hook] = []
@@ -164,11 +197,11 @@ class PerRow:
                 for layer in range(model.n_layers)
                 for kind in ABLATION_KINDS
             ]
-        for layer, vecs in sorted(adds.items()):
+        for (layer, span), vecs in sorted(adds.items()):
             hooks.append(
                 (
                     hook_name(Site(layer, "resid_pre")),
-                    partial(_add_hook, vector=PerDevice(vecs[:, None, :])),
+                    partial(_add_hook, vector=PerDevice(vecs[:, None, :]), span=span),
                 )
             )
         return hooks
@@ -196,8 +229,14 @@ def _ablate_hook(act: Tensor, hook: Any, unit: PerDevice) -> Tensor:
     return project_out(act, unit.like(act))
 
 
-def _add_hook(act: Tensor, hook: Any, vector: PerDevice) -> Tensor:
-    return add_vector(act, vector.like(act))
+def _add_hook(act: Tensor, hook: Any, vector: PerDevice, span: str = "all") -> Tensor:
+    keep = _PROMPT_POSITIONS.get() if span == "prompt" else None
+    if keep is None or keep >= act.shape[1]:
+        return add_vector(act, vector.like(act))
+    if keep <= 0:
+        return act
+    # act: [batch, pos, d]; only the first `keep` positions are the prompt's
+    return torch.cat([add_vector(act[:, :keep], vector.like(act)), act[:, keep:]], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------

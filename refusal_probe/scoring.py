@@ -29,7 +29,7 @@ from refusal_probe.cache import TensorCache
 from refusal_probe.chat import Encoded
 from refusal_probe.devices import auto_batch_size
 from refusal_probe.errors import ScoringError
-from refusal_probe.interventions import Intervention, hooks_for
+from refusal_probe.interventions import Intervention, decoding, hooks_for
 from refusal_probe.models import LoadedModel
 from refusal_probe.runner import batched, forward, kv_cache_alias
 from refusal_probe.stats import LEVEL, Rate, wilson_interval
@@ -373,7 +373,11 @@ def _greedy(
             kw: dict[str, Any] = {"logits_to_keep": 1}
             if cache is not None:
                 kw.update(past_key_values=cache, use_cache=True)
-            logits = forward(model, step, hooks, **kw)
+            # The prompt's positions in this step's input: all of them at step 0, none in a
+            # cached step (its one token was generated), the prompt's length when uncached.
+            prompt = ids.shape[1] if i == 0 else (0 if cache is not None else batch.input_ids.shape[1])
+            with decoding(prompt):
+                logits = forward(model, step, hooks, **kw)
             assert logits is not None
             if i == 0 and cache is not None and cache.get_seq_length() != ids.shape[1]:
                 cache = None  # not filled: fall back to whole sequences

@@ -74,6 +74,11 @@ class ValidationConfig:
         token_phrases: Phrases the refusal tokens of the logit proxy are derived from.
         coefficients: Addition coefficients of the dose-response curve.
         alpha: Coefficient of the addition test.
+        add_span: Where the addition test adds the vector while generating: ``"prompt"`` (the
+            prompt's positions; the reply is the model's own) or ``"all"`` (generated tokens
+            too, as Arditi et al.). Small models derail under ``"all"``: every generated token
+            is pushed by a class-mean gap it never carried, and the judge then sees garbled
+            text instead of a refusal.
         batch_size: Rows per forward pass (``None``: chosen from free memory).
         n_resamples: Bootstrap resamples for mean-score and KL intervals.
         seed: Bootstrap seed.
@@ -88,6 +93,7 @@ class ValidationConfig:
     token_phrases: tuple[str, ...] = REFUSAL_PHRASES
     coefficients: tuple[float, ...] = COEFFICIENTS
     alpha: float = 1.0
+    add_span: str = "prompt"
     batch_size: int | None = None
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
@@ -212,7 +218,7 @@ def validate_direction(
     check_fits(model, direction)
     t0 = time.perf_counter()
     harmful, harmless = split_texts(fixtures, config.split, config.n_prompts)
-    ablate, add = Ablate(direction), Add(direction, alpha=config.alpha)
+    ablate, add = Ablate(direction), Add(direction, alpha=config.alpha, span=config.add_span)
     key = measurement_key(
         model,
         "validation",
@@ -222,6 +228,7 @@ def validate_direction(
         harmless=prompts_fingerprint(harmless),
         max_new_tokens=config.max_new_tokens,
         alpha=config.alpha,
+        add_span=config.add_span,
         coefficients=list(config.coefficients),
         tokens=list(_tokens(model, config).ids),
     )
@@ -292,7 +299,7 @@ def _measure(
         "harmful_baseline": (),
         "harmless_baseline": (),
         "harmful_ablated": (ablate,),
-        "harmless_added": (Add(direction, alpha=config.alpha),),
+        "harmless_added": (Add(direction, alpha=config.alpha, span=config.add_span),),
     }
     sets = {
         "harmful_baseline": harmful,

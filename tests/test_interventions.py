@@ -18,6 +18,7 @@ from refusal_probe.interventions import (
     Add,
     PerRow,
     add_vector,
+    decoding,
     hooks_for,
     orthogonalized,
     project_out,
@@ -118,6 +119,27 @@ def test_addition_changes_only_its_layer_and_later(llama):
     logits(llama, [Add(d, alpha=2.0)], extra_hooks=reads)
     assert torch.equal(seen[0], base[0]) and torch.equal(seen[1], base[1])
     assert not torch.allclose(seen[2], base[2])
+
+
+@pytest.mark.parametrize("plan", ["single", "per_row"])
+def test_prompt_span_addition_leaves_generated_positions_alone(llama, plan):
+    """Inside a decoding step, Add(span="prompt") changes only the declared prompt positions."""
+    d = direction_for(llama, layer=1)
+    add = Add(d, span="prompt")
+    ivs = [add] if plan == "single" else [PerRow(((add,),))]
+    ((_, fn),) = hooks_for(llama, ivs, [0])
+    act = torch.zeros(1, 5, llama.d_model)  # [batch, pos, d]
+    with decoding(3):
+        out = fn(act.clone(), None)
+    assert torch.allclose(out[0, :3], d.vector.float().expand(3, -1)) and not out[0, 3:].any()
+    with decoding(0):  # a cached step: its one position was generated
+        assert not fn(act.clone(), None).any()
+    assert torch.allclose(fn(act.clone(), None)[0], d.vector.float().expand(5, -1))  # no decoding: all
+    all_span = hooks_for(llama, [Add(d)], [0])[0][1]
+    with decoding(0):
+        assert all_span(act.clone(), None).any()
+    with pytest.raises(DirectionError, match="span"):
+        Add(d, span="generated")
 
 
 def test_zero_coefficient_and_expired_hooks_leave_the_model_alone(llama):

@@ -19,7 +19,11 @@ from refusal_probe.testing import make_tiny_model, organism_status
 from refusal_probe.validation import ValidationConfig, transfer, validate_direction
 
 ORGANISM = FIXTURES_DIR / "models" / "organism-chat"
-PLANTED_JUDGE = ValidationConfig(phrases=(REFUSAL_TEXT,), max_new_tokens=4, n_resamples=100)
+# The planted model reads the direction at every position, generated ones included, so its
+# addition test adds there too (span "all"); the default span is the prompt's positions.
+PLANTED_JUDGE = ValidationConfig(
+    phrases=(REFUSAL_TEXT,), max_new_tokens=4, n_resamples=100, add_span="all"
+)
 
 
 @pytest.fixture(scope="module")
