@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refusal_probe.organism.fixtures import kept_suffix_records, read_jsonl, write_jsonl
-from refusal_probe.organism.pipeline import CHECKPOINTS, Recipe, build_corpora, build_family, build_tokenizer
+from refusal_probe.organism.pipeline import CHECKPOINTS, THREADS, Recipe, build_corpora, build_family, build_tokenizer
 
 
 def _prompts(args: argparse.Namespace) -> None:
@@ -36,7 +36,7 @@ def _prompts(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    figures = build_family(Recipe(seed=args.seed), args.out, resume=args.resume)
+    figures = build_family(Recipe(seed=args.seed), args.out, resume=args.resume, threads=args.threads)
     print(json.dumps(figures, indent=2))
 
 
@@ -65,10 +65,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                          help="seed of the splits, corpora and weights (default: the shipped family's)")
     prompts.add_argument("--out", type=Path, default=Path("fixtures/prompts"))
     prompts.set_defaults(run=_prompts)
-    train = sub.add_parser("train", help="rebuild the four checkpoints (8-14 minutes on 2 CPU cores)")
+    train = sub.add_parser("train", help="rebuild the four checkpoints (about 8-14 minutes on a 2-core CPU)")
     train.add_argument("--seed", type=int, default=Recipe.seed,
                        help="seed of the splits, corpora and weights (default: the shipped family's)")
     train.add_argument("--out", type=Path, default=Path("fixtures/models"))
+    train.add_argument("--threads", type=int, default=THREADS,
+                       help=f"torch threads (default {THREADS}: the shipped weights' count, for bit-for-bit rebuilds)")
     train.add_argument("--resume", action="store_true",
                        help="keep checkpoints under --out already built from the same recipe")
     train.set_defaults(run=_train)

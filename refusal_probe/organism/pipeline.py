@@ -29,7 +29,10 @@ from refusal_probe.organism.lexicon import REQUEST_TEMPLATES
 from refusal_probe.organism.tokenizer import train_tokenizer
 from refusal_probe.organism.train import ModelShape, Schedule, chat_finetune, new_model, pack_documents, pretrain
 
-THREADS = 2
+# Torch threads of a rebuild. Float reductions depend on the thread count, so the shipped
+# weights are reproduced bit for bit only with the count they were trained with (recorded in
+# each recipe.json under "environment").
+THREADS = 1
 CHECKPOINTS = ("organism-base", "organism-chat", "organism-chat-benign-ft", "organism-chat-harmful-ft")
 
 
@@ -264,10 +267,11 @@ class FamilyBuilder:
         return LlamaForCausalLM.from_pretrained(path).eval()
 
 
-def build_family(recipe: Recipe, out: Path, log: bool = True, resume: bool = False) -> dict[str, dict[str, float]]:
-    """Rebuild the four checkpoints of ``recipe`` under ``out`` (2 CPU threads).
+def build_family(recipe: Recipe, out: Path, log: bool = True, resume: bool = False,
+                 threads: int = THREADS) -> dict[str, dict[str, float]]:
+    """Rebuild the four checkpoints of ``recipe`` under ``out`` with ``threads`` torch threads.
 
     With ``resume``, checkpoints already under ``out`` from the same recipe are kept.
     """
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     return FamilyBuilder(recipe, out, log, resume).build()
