@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from planted import write_fixtures
+from test_plugin import POLICY  # the same demo policy as the single-model plugin tests
 
 from refusal_probe.models import LoadOptions, load_model
 from refusal_probe.pytest_plugin.checkpoints import read_models_file, resolve_checkpoints
@@ -47,22 +48,7 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     models.load_model, prompts.load_fixtures = _ORIGINAL
 """
-POLICY = """\
-version = 1
 
-[settings]
-resamples = 200
-
-[demo.rate]
-at_least = 0.9
-unit = "probability"
-rationale = "A demo bar for rates."
-
-[demo.cost]
-at_most = 0.1
-unit = "nats"
-rationale = "A demo bar for costs."
-"""
 # The rate passes on checkpoint "tiny-a" and fails on "tiny-b": a trend with a regression.
 SERIES = '''
 import pytest
