@@ -403,3 +403,26 @@ def test_smollm2_attribution_agrees_with_exact_on_heads(request):
     agree = agreement(exact, attr, k=10)
     assert agree.n == model.n_layers * model.n_heads
     assert agree.spearman > 0.8 and agree.top_k_overlap >= 0.4
+
+
+# ---------------------------------------------------------------------------------------------
+# a known answer: where the organism's refusal decision is written
+
+
+def test_localization_recovers_where_the_organism_writes_its_decision():
+    """organism-chat's safety training could change only blocks 1-2 (fixtures/models/README.md).
+
+    Exact patching must find the decision absent from the last token's residual entering
+    blocks 0-2 and present entering block 3, and rank a layer-2 component first.
+    """
+    from refusal_probe.models import FIXTURES_DIR
+    from refusal_probe.prompts import load_fixtures
+
+    if not (FIXTURES_DIR / "models" / "organism-chat" / "config.json").is_file():
+        pytest.skip("organism-chat is not shipped")
+    model = load_model("organism-chat")
+    pairs = [(p.harmful, p.harmless) for p in load_fixtures().pairs_in("val")][:24]
+    last = exact_patching(model, pairs, "resid").effect[:, -1]  # [layer]: restore the last position
+    assert last[:3].abs().max() < 0.1 and last[3] > 0.9
+    circuit = localize(model, pairs, k=3)
+    assert circuit.components[0].layer == 2
