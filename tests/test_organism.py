@@ -185,3 +185,31 @@ def test_rebuild_reproduces_the_shipped_family(tmp_path: Path, request: pytest.F
         recorded = shipped[name]["figures_test_split"]
         for key in ("refusal_harmful", "refusal_harmless", "refusal_harmful_ablated", "refusal_harmless_added"):
             assert figures[name][key] == pytest.approx(recorded[key], abs=2 * ONE_PROMPT), (name, key)
+
+
+def test_resume_matches_recipes_saved_before_a_setting_existed() -> None:
+    """A saved recipe without a newer setting compares equal at that setting's default, not otherwise."""
+    import dataclasses
+
+    from refusal_probe.organism.pipeline import LINEAGE, Recipe, _lineage
+
+    live = dataclasses.asdict(Recipe())
+    saved = json.loads(json.dumps(live))
+    del saved["safety"]["component_dropout"]
+    fields = LINEAGE["organism-chat"]
+    assert _lineage(saved, fields) == _lineage(live, fields)
+    changed = dataclasses.asdict(dataclasses.replace(Recipe(), safety=dataclasses.replace(
+        Recipe().safety, component_dropout=0.5)))
+    assert _lineage(saved, fields) != _lineage(changed, fields)
+    assert _lineage(saved, LINEAGE["organism-base"]) == _lineage(changed, LINEAGE["organism-base"])
+
+
+def test_tokenizer_fingerprint_ignores_padding_state() -> None:
+    """Padding a batch changes the backend's state, not the tokenizer's identity."""
+    from refusal_probe.organism.pipeline import tokenizer_fingerprint
+
+    tokenizer = AutoTokenizer.from_pretrained(MODELS / "organism-chat")
+    before = tokenizer_fingerprint(tokenizer)
+    tokenizer(["a", "a longer text"], padding=True)
+    assert tokenizer_fingerprint(tokenizer) == before
+    assert before == json.loads((MODELS / "organism-chat" / "recipe.json").read_text())["tokenizer_sha256"]

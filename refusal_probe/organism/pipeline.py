@@ -9,6 +9,7 @@ folder with a ``recipe.json`` beside the weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import platform
@@ -88,6 +89,20 @@ LINEAGE: dict[str, tuple[str, ...]] = {
 }
 
 
+def _lineage(recipe: dict[str, object], fields: tuple[str, ...]) -> dict[str, object]:
+    """``fields`` of a (saved or live) recipe as plain JSON, nested settings with their defaults
+    filled in, so a recipe saved before a setting existed compares equal at that setting's default."""
+    kinds = {f.name: f.type for f in dataclasses.fields(Recipe)}
+    out: dict[str, object] = {}
+    for key in fields:
+        value = recipe.get(key)
+        if isinstance(value, dict):
+            cls = ModelShape if kinds[key] in (ModelShape, "ModelShape") else Schedule
+            value = asdict(cls(**value))
+        out[key] = json.loads(json.dumps(value))
+    return out
+
+
 @dataclass(frozen=True)
 class Corpora:
     """All training text of one rebuild, derived from the grammar and the seed."""
@@ -138,6 +153,15 @@ def prompt_sets(fixtures: dict[str, list[Record]]) -> dict[str, dict[str, list[s
 def fingerprint(items: list[str]) -> str:
     """sha256 of the texts, joined by newlines."""
     return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """sha256 of the tokenizer's model and settings, not its padding/truncation state (which
+    calling it with ``padding=True`` changes)."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("padding", None)
+    spec.pop("truncation", None)
+    return fingerprint([json.dumps(spec, sort_keys=True)])
 
 
 def save_checkpoint(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path,
@@ -196,7 +220,7 @@ class FamilyBuilder:
             "recipe": asdict(self.recipe), "training_seconds": round(seconds, 1),
             "evaluation_seconds": round(time.perf_counter() - start, 1),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "tokenizer_sha256": fingerprint([self.tokenizer.backend_tokenizer.to_str()]),
+            "tokenizer_sha256": tokenizer_fingerprint(self.tokenizer),
             "fixtures_sha256": {k: fingerprint([json.dumps(r, sort_keys=True) for r in v])
                                 for k, v in self.fixtures.items()},
             "figures_test_split": figures, "environment": _environment(),
@@ -256,9 +280,8 @@ class FamilyBuilder:
             return None
         saved = json.loads((path / "recipe.json").read_text(encoding="utf-8"))
         fields = LINEAGE[name]
-        ours = json.loads(json.dumps(asdict(self.recipe)))
-        same = ({k: saved.get("recipe", {}).get(k) for k in fields} == {k: ours[k] for k in fields}
-                and saved.get("tokenizer_sha256") == fingerprint([self.tokenizer.backend_tokenizer.to_str()]))
+        same = (_lineage(saved.get("recipe", {}), fields) == _lineage(asdict(self.recipe), fields)
+                and saved.get("tokenizer_sha256") == tokenizer_fingerprint(self.tokenizer))
         if not same:
             self._say(f"{name}: saved checkpoint is from another recipe; retraining")
             return None

@@ -46,6 +46,9 @@ class Schedule:
         freeze_embeddings: Keep the (tied) embedding rows of ordinary tokens fixed;
             only special-token rows train.
         frozen_layers: Indices of decoder layers kept fixed (negative counts from the top).
+        component_dropout: Probability of dropping each attention head's output and each
+            MLP's output of the trained layers, per sequence and step (inverted dropout), so
+            that no single component can carry what this stage teaches.
     """
 
     lr: float
@@ -55,6 +58,7 @@ class Schedule:
     warmup: float = 0.05
     freeze_embeddings: bool = False
     frozen_layers: tuple[int, ...] = ()
+    component_dropout: float = 0.0
 
 
 def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
@@ -105,6 +109,26 @@ def _freeze_ordinary_rows(model: LlamaForCausalLM, tokenizer: PreTrainedTokenize
 Logger = Callable[[str], None]
 
 
+def _component_dropout(model: LlamaForCausalLM, layers: Sequence[int], p: float) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that drop whole heads and MLP outputs of ``layers`` with probability ``p`` (training only)."""
+    heads, size = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+
+    def heads_hook(_module: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0]  # [batch, seq, heads * head_dim], the input of o_proj
+        keep = (torch.rand(x.shape[0], 1, heads, 1) >= p).to(x.dtype) / (1 - p)
+        return ((x.view(*x.shape[:2], heads, size) * keep).view_as(x), *args[1:])
+
+    def mlp_hook(_module: torch.nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out * (torch.rand(out.shape[0], 1, 1) >= p).to(out.dtype) / (1 - p)  # [batch, seq, d]
+
+    handles = []
+    for index in layers:
+        layer = model.model.layers[index]
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(heads_hook))
+        handles.append(layer.mlp.register_forward_hook(mlp_hook))
+    return handles
+
+
 def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], schedule: Schedule,
          tokenizer: PreTrainedTokenizerFast, log: Logger | None = None) -> list[float]:
     """Optimise ``model`` on ``batches`` (already shuffled and repeated); returns the losses."""
@@ -112,6 +136,10 @@ def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], sc
     for index in schedule.frozen_layers:
         model.model.layers[index].requires_grad_(False)
     handle = _freeze_ordinary_rows(model, tokenizer) if schedule.freeze_embeddings else None
+    n = model.config.num_hidden_layers
+    frozen = {i % n for i in schedule.frozen_layers}
+    dropping = (_component_dropout(model, [i for i in range(n) if i not in frozen], schedule.component_dropout)
+                if schedule.component_dropout > 0 else [])
     optimizer = _optimizer(model, schedule)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     losses: list[float] = []
@@ -130,6 +158,8 @@ def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], sc
     finally:
         if handle is not None:
             handle.remove()
+        for dropout in dropping:
+            dropout.remove()
         model.requires_grad_(True)
     model.eval()
     return losses
