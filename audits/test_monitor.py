@@ -1,7 +1,8 @@
 """Monitor: does a monitor built on the model's own signals catch jailbreaks, and is refusal hardy?
 
 The monitor reads two signals from the model's forward pass: projection on the refusal direction at
-the post-instruction tokens, and on a harmfulness direction at the last instruction token. It
+the post-instruction tokens, and on a harmfulness direction whose layer and span (last instruction
+token, or the user's whole text) are chosen on the train and validation splits. It
 alarms when a harmful-looking request has its refusal suppressed (the signals disagree). Its
 thresholds are calibrated on the validation split's harmless prompts; detection and false
 positives are measured on the held-out test split, per jailbreak family of the fixtures (the
@@ -140,6 +141,7 @@ def test_false_positive_rate(audit, monitor_eval):
             "by_group": {g: {s: r.value for s, r in v.items()} for g, v in fp.items()},
             "plain_harmful_flagged": {s: r.value for s, r in monitor_eval.harmful_flagged.items()},
             "target_fpr": TARGET_FPR,
+            "harmfulness_readout": monitor_eval.monitor["fit"].get("harmfulness_search"),
         },
     )
 

@@ -163,7 +163,7 @@ def organism(adaptive_weight: float) -> dict[str, Any]:
         out["direction_passed_filters"] = found.selection.passed_filters
         for span in ("last_instruction", "instruction"):
             t0 = time.perf_counter()
-            config = MonitorConfig(harmfulness_span=span)
+            config = MonitorConfig(harmfulness_spans=(span,))
             monitor = fit_monitor(model, fx, found.direction, config, cache=cache)
             t1 = time.perf_counter()
             ev = evaluate_monitor(model, monitor, fx)

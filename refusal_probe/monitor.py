@@ -8,12 +8,14 @@ Two linear readouts of the residual stream, no extra model (NOTES §2, after Zha
 * the **refusal** signal — projection on the refusal direction at its layer, averaged over the
   post-instruction positions: "the model is about to refuse";
 * the **harmfulness** signal — projection on a harmfulness direction (difference of means of harmful
-  and harmless prompts at the *last instruction token*, at the layer that separates them best):
-  "the request looks harmful". It is read at the last instruction token (``span =
-  "last_instruction"``, the default), or as the maximum over every token of the user's text
-  (``"instruction"``): attention is causal, so text appended to a request (an adversarial suffix)
-  cannot lower what the request's own tokens already show, while the last token is the
-  attacker's.
+  and harmless prompts at the *last instruction token*): "the request looks harmful". It is read
+  at the last instruction token (``span = "last_instruction"``), or as the maximum over every
+  token of the user's text (``"instruction"``): attention is causal, so text appended to a request
+  (an adversarial suffix) cannot lower what the request's own tokens already show, while the last
+  token is the attacker's. The layer and span are chosen by held-out separation and the stability
+  of a harmless threshold between the fit and calibration splits
+  (:mod:`refusal_probe.harmfulness`); the choice and every candidate's scores are kept in
+  ``Monitor.fit["harmfulness_search"]``.
 
 Each signal is put on one scale, fit on the training prompts: 0 at the harmless mean, 1 at the
 harmful mean. The **alarm** is their disagreement, ``harmfulness - refusal``: about 0 when the
@@ -32,21 +34,20 @@ anything is generated.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from refusal_probe.cache import TensorCache
-from refusal_probe.capture import capture, prompts_fingerprint
+from refusal_probe.capture import prompts_fingerprint
 from refusal_probe.chat import Encoded
 from refusal_probe.directions import Direction, check_fits
 from refusal_probe.errors import MonitorError
+from refusal_probe.harmfulness import DEFAULT_SPANS, search_harmfulness
 from refusal_probe.models import LoadedModel
 from refusal_probe.prompts import Fixtures
 from refusal_probe.runner import Hook
@@ -57,8 +58,7 @@ from refusal_probe.signals import (
     instruction_offset,
     read_raw,
 )
-from refusal_probe.sites import LAST_INSTRUCTION, Site
-from refusal_probe.stats import auroc
+from refusal_probe.stats import conformal_threshold
 
 #: The monitor's signals: each alone, and the alarm (their disagreement).
 SIGNALS: tuple[str, ...] = ("refusal", "harmfulness", "alarm")
@@ -206,11 +206,15 @@ class MonitorConfig:
         calibration_split: Split whose harmless prompts calibrate the thresholds.
         target_fpr: False-positive rate the thresholds aim for on harmless prompts.
         harmfulness_layers: Layers whose ``resid_post`` is searched for the harmfulness readout
-            (``None``: every layer). The layer is chosen by held-out AUROC inside the fit split
-            (two folds), so the calibration prompts stay untouched.
-        harmfulness_span: ``last_instruction`` (the last token of the user's text) or
-            ``instruction`` (the largest projection over the user's text; see the module
-            docstring).
+            (``None``: every layer).
+        harmfulness_spans: Spans searched for the harmfulness readout: ``last_instruction`` (the
+            last token of the user's text), ``instruction`` (the largest projection over the
+            user's text; see the module docstring), ``post_instruction``. The layer and span are
+            chosen on the fit and calibration splits, never the test split
+            (:mod:`refusal_probe.harmfulness`); pass one span to fix it.
+        shift_fpr_tolerance: A harmfulness readout is eligible when a threshold set for
+            ``target_fpr`` on held-out fit-split harmless prompts flags at most this many times
+            ``target_fpr`` of the calibration split's harmless prompts.
         batch_size: Prompts per forward pass (``None``: chosen from free memory).
     """
 
@@ -218,7 +222,8 @@ class MonitorConfig:
     calibration_split: str = "val"
     target_fpr: float = 0.05
     harmfulness_layers: tuple[int, ...] | None = None
-    harmfulness_span: str = "last_instruction"
+    harmfulness_spans: tuple[str, ...] = DEFAULT_SPANS
+    shift_fpr_tolerance: float = 2.0
     batch_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,11 +265,25 @@ def fit_monitor(
             f"split {config.fit_split!r} has {len(harmful)} harmful and {len(harmless)} harmless "
             "prompts; the monitor needs at least 4 of each to fit its readouts"
         )
+    calib = fixtures.harmless.texts(config.calibration_split)
+    if not calib:
+        raise MonitorError(
+            f"split {config.calibration_split!r} has no harmless prompts to calibrate on"
+        )
     kw: dict[str, Any] = {"batch_size": config.batch_size, "cache": cache, "progress": False}
-    harm, search = harmfulness_direction(model, harmful, harmless, config.harmfulness_layers, kw)
+    harm, search = search_harmfulness(
+        model,
+        (harmful, harmless),
+        (fixtures.harmful.texts(config.calibration_split), calib),
+        layers=config.harmfulness_layers,
+        spans=config.harmfulness_spans,
+        target_fpr=config.target_fpr,
+        tolerance=config.shift_fpr_tolerance,
+        capture_kw=kw,
+    )
     readouts = [
         Readout("refusal", refusal, "post_instruction"),
-        Readout("harmfulness", harm, config.harmfulness_span),
+        Readout("harmfulness", harm, search.chosen.span),
     ]
     raw_h = read_raw(model, readouts, harmful, batch_size=config.batch_size)
     raw_l = read_raw(model, readouts, harmless, batch_size=config.batch_size)
@@ -283,103 +302,13 @@ def fit_monitor(
         model.identity.fingerprint,
         {
             "split": config.fit_split,
+            "shift_split": config.calibration_split,
             "n_harmful": len(harmful),
             "n_harmless": len(harmless),
-            "harmfulness_search": search,
+            "harmfulness_search": search.to_dict(),
         },
     )
-    calib = fixtures.harmless.texts(config.calibration_split)
-    if not calib:
-        raise MonitorError(
-            f"split {config.calibration_split!r} has no harmless prompts to calibrate on"
-        )
     return calibrate(model, monitor, calib, config.target_fpr, batch_size=config.batch_size)
-
-
-def harmfulness_direction(
-    model: LoadedModel,
-    harmful: Sequence[str],
-    harmless: Sequence[str],
-    layers: Sequence[int] | None = None,
-    capture_kw: dict[str, Any] | None = None,
-) -> tuple[Direction, list[dict[str, float]]]:
-    """The harmfulness direction: difference of means at the last instruction token.
-
-    Every candidate layer's ``resid_post`` is scored by two-fold held-out AUROC (fit on one half
-    of each class, score the other, and the reverse); the best layer's direction is then refit on
-    all prompts. Returns the direction and the per-layer search (``layer``, ``auroc``).
-    """
-    layers = tuple(range(model.n_layers)) if layers is None else tuple(layers)
-    sites = [Site(layer, "resid_post") for layer in layers]
-    kw = capture_kw or {}
-    acts_h = capture(model, list(harmful), sites, LAST_INSTRUCTION, **kw)
-    acts_l = capture(model, list(harmless), sites, LAST_INSTRUCTION, **kw)
-    h, l_ = acts_h.values[:, :, 0].double(), acts_l.values[:, :, 0].double()  # [prompt, site, d]
-    search = [
-        {"layer": layer, "auroc": _two_fold_auroc(h[:, j], l_[:, j])}
-        for j, layer in enumerate(layers)
-    ]
-    best = max(range(len(layers)), key=lambda j: (search[j]["auroc"], -layers[j]))
-    vector = h[:, best].mean(0) - l_[:, best].mean(0)  # [d], float64
-    if float(vector.norm()) == 0.0:
-        raise MonitorError(
-            "harmful and harmless prompts have the same mean activation at every searched "
-            "layer; there is no harmfulness direction to read"
-        )
-    direction = Direction(
-        vector,
-        layers[best],
-        -(model.chat.n_post + 1),  # the last instruction token sits just before the template
-        "diff_means",
-        len(harmful),
-        len(harmless),
-        acts_h.prompts_sha256,
-        acts_l.prompts_sha256,
-        model.identity.fingerprint,
-        model.identity.architecture,
-        "resid_post",
-    )
-    return direction, search
-
-
-def _two_fold_auroc(h: Tensor, l_: Tensor) -> float:
-    """Held-out AUROC of a difference-of-means readout, two folds (even/odd prompts)."""
-    scores_h, scores_l = [], []
-    for fit, held in ((0, 1), (1, 0)):
-        v = h[fit::2].mean(0) - l_[fit::2].mean(0)
-        if float(v.norm()) == 0.0:
-            return 0.5
-        scores_h.append(h[held::2] @ v)
-        scores_l.append(l_[held::2] @ v)
-    return auroc(torch.cat(scores_h).numpy(), torch.cat(scores_l).numpy())
-
-
-def conformal_threshold(scores: Sequence[float] | Tensor, target_fpr: float) -> tuple[float, float]:
-    """The threshold above which at most ``target_fpr`` of new negatives score, and its guarantee.
-
-    With ``n`` negative scores, the ``k``-th smallest for ``k = ceil((n + 1)(1 - target_fpr))``
-    is exceeded by a new exchangeable negative with probability at most ``(n + 1 - k) / (n + 1)
-    <= target_fpr``. When ``k > n`` the sample is too small for the target; the largest score is
-    returned and the guarantee is ``1 / (n + 1)``.
-
-    Returns:
-        ``(threshold, guaranteed_fpr)``.
-
-    Raises:
-        MonitorError: No scores, a non-finite score, or a target outside (0, 1).
-    """
-    x = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
-    if x.size == 0:
-        raise MonitorError("no calibration scores; pass at least one harmless prompt")
-    if not np.isfinite(x).all():
-        raise MonitorError("calibration scores contain NaN or infinity; check the activations")
-    if not 0.0 < target_fpr < 1.0:
-        raise MonitorError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
-    n = x.size
-    k = math.ceil((n + 1) * (1.0 - target_fpr))
-    if k > n:
-        return float(x[-1]), 1.0 / (n + 1)
-    return float(x[k - 1]), (n + 1 - k) / (n + 1)
 
 
 def calibrate(

@@ -22,6 +22,8 @@ import numpy as np
 from jaxtyping import Float
 from numpy.typing import ArrayLike, NDArray
 
+from refusal_probe.errors import MonitorError
+
 #: Default number of bootstrap resamples.
 N_RESAMPLES = 1000
 #: Default seed of the bootstrap generator.
@@ -386,3 +388,31 @@ def _percentile(
         "bootstrap-percentile",
         n_resamples,
     )
+
+
+def conformal_threshold(scores: ArrayLike, target_fpr: float) -> tuple[float, float]:
+    """The threshold above which at most ``target_fpr`` of new negatives score, and its guarantee.
+
+    With ``n`` negative scores, the ``k``-th smallest for ``k = ceil((n + 1)(1 - target_fpr))``
+    is exceeded by a new exchangeable negative with probability at most ``(n + 1 - k) / (n + 1)
+    <= target_fpr``. When ``k > n`` the sample is too small for the target; the largest score is
+    returned and the guarantee is ``1 / (n + 1)``.
+
+    Returns:
+        ``(threshold, guaranteed_fpr)``.
+
+    Raises:
+        MonitorError: No scores, a non-finite score, or a target outside (0, 1).
+    """
+    x = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
+    if x.size == 0:
+        raise MonitorError("no calibration scores; pass at least one harmless prompt")
+    if not np.isfinite(x).all():
+        raise MonitorError("calibration scores contain NaN or infinity; check the activations")
+    if not 0.0 < target_fpr < 1.0:
+        raise MonitorError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
+    n = x.size
+    k = math.ceil((n + 1) * (1.0 - target_fpr))
+    if k > n:
+        return float(x[-1]), 1.0 / (n + 1)
+    return float(x[k - 1]), (n + 1 - k) / (n + 1)

@@ -104,8 +104,16 @@ def test_harmfulness_readout_is_read_where_the_planted_direction_lives(planted, 
     pm, _, _ = planted
     u = monitor.harmfulness.direction.unit.float()
     assert float(u @ pm.h) > 0.8
-    assert monitor.harmfulness.span == "last_instruction"
-    assert [row["layer"] for row in monitor.fit["harmfulness_search"]] == [0, 1, 2]
+    search = monitor.fit["harmfulness_search"]
+    # Every layer is searched with both default spans; the chosen one is recorded with its scores.
+    assert [(c["layer"], c["span"]) for c in search["candidates"]] == [
+        (layer, span) for layer in (0, 1, 2) for span in ("last_instruction", "instruction")
+    ]
+    assert (search["chosen"]["layer"], search["chosen"]["span"]) == (
+        monitor.harmfulness.direction.layer,
+        monitor.harmfulness.span,
+    )
+    assert search["chosen"]["separation"] > 0.95
 
 
 def test_scores_do_not_depend_on_the_batch(planted, monitor):
@@ -366,7 +374,7 @@ def test_suppressors_are_single_tokens(planted):
 @pytest.fixture(scope="module")
 def span_monitor(planted) -> Monitor:
     pm, model, fixtures = planted
-    config = MonitorConfig(harmfulness_span="instruction")
+    config = MonitorConfig(harmfulness_spans=("instruction",))
     return fit_monitor(model, fixtures, pm.refusal_direction(), config)
 
 

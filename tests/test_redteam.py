@@ -215,7 +215,7 @@ def test_adaptive_search_trades_refusal_against_the_alarm(planted):
     assert all(r.score < 0 for r in aware.results)
     # ... but against the instruction-span readout it cannot hide the request's own tokens.
     span = fit_monitor(
-        model, fx, pm.refusal_direction(), MonitorConfig(harmfulness_span="instruction")
+        model, fx, pm.refusal_direction(), MonitorConfig(harmfulness_spans=("instruction",))
     )
     aware = search_suffixes(model, prompts, adaptive, monitor=span)
     assert all(r.alarm > span.threshold() for r in aware.results)

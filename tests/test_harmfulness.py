@@ -1,0 +1,107 @@
+"""The choice of the monitor's harmfulness readout (layer x span) on held-out fit/calibration data.
+
+Uses the planted monitor model (``tests/monitor_planted.py``): harmfulness lives on a known
+direction carried by marker words, so a readout either sees it or does not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from monitor_planted import MARKERS, make_monitor_model, random_prompt, write_monitor_fixtures
+
+from refusal_probe import LoadOptions, load_model
+from refusal_probe.errors import MonitorError
+from refusal_probe.harmfulness import Candidate, _choose, search_harmfulness
+from refusal_probe.monitor import MonitorConfig, fit_monitor
+from refusal_probe.prompts import load_fixtures
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("harmfulness-planted")
+    pm = make_monitor_model(root / "model")
+    model = load_model(str(pm.folder), LoadOptions(cache_dir=str(root / "convert")))
+    return pm, model, root
+
+
+def _prompts(n: int, harmful: bool, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [random_prompt(rng, harmful) for _ in range(n)]
+
+
+def test_stable_candidates_win_over_better_separated_unstable_ones():
+    spans = ("last_instruction", "instruction")
+    drifting = Candidate(2, "last_instruction", 0.99, 0.99, 0.30, False)
+    steady = Candidate(1, "instruction", 0.90, 0.85, 0.05, True)
+    also = Candidate(0, "instruction", 0.95, 0.85, 0.02, True)  # same worst case, earlier layer
+    chosen, rule = _choose([drifting, steady, also], spans, 2.0, 0.05)
+    assert chosen is also and "2 of 3" in rule
+    # With nothing stable, the least drifting candidate is taken and the rule says so.
+    unstable = [drifting, Candidate(0, "instruction", 0.6, 0.6, 0.2, False)]
+    chosen, rule = _choose(unstable, spans, 2.0, 0.05)
+    assert chosen.fpr_shift == 0.2 and rule.startswith("no candidate")
+
+
+def test_search_finds_the_planted_direction_and_scores_every_candidate(planted):
+    pm, model, _ = planted
+    fit = (_prompts(40, True, 1), _prompts(40, False, 2))
+    shift = (_prompts(20, True, 3), _prompts(30, False, 4))
+    direction, search = search_harmfulness(model, fit, shift, target_fpr=0.1)
+    assert [(c.layer, c.span) for c in search.candidates] == [
+        (layer, span)
+        for layer in range(model.n_layers)
+        for span in ("last_instruction", "instruction")
+    ]
+    assert all(c.stable for c in search.candidates)  # same distribution: thresholds carry over
+    assert search.chosen.separation > 0.95 and direction.layer == search.chosen.layer
+    assert float(direction.unit.float() @ pm.h) > 0.8
+    d = search.to_dict()
+    assert json.loads(json.dumps(d)) == d and d["chosen"]["span"] == search.chosen.span
+
+
+def test_a_shifted_harmless_sample_makes_every_readout_unstable(planted):
+    _, model, _ = planted
+    fit = (_prompts(40, True, 1), _prompts(40, False, 2))
+    # "Harmless" calibration prompts in the vocabulary of harm: a threshold set on the fit split's
+    # harmless prompts flags most of them, whichever readout is used.
+    edgy = [
+        p[:-1] + " " + MARKERS[i % len(MARKERS)] + "?" for i, p in enumerate(_prompts(30, False, 4))
+    ]
+    _, search = search_harmfulness(model, fit, ([], edgy), target_fpr=0.1)
+    assert not any(c.stable for c in search.candidates)
+    assert all(c.fpr_shift > 0.5 and math.isnan(c.auroc_shift) for c in search.candidates)
+    assert search.rule.startswith("no candidate")
+    assert search.chosen.fpr_shift == min(c.fpr_shift for c in search.candidates)
+
+
+def test_errors_say_what_to_do(planted):
+    _, model, _ = planted
+    fit = (_prompts(8, True, 1), _prompts(8, False, 2))
+    with pytest.raises(MonitorError, match="spans"):
+        search_harmfulness(model, fit, ([], ["Hi?"]), spans=("everywhere",))
+    with pytest.raises(MonitorError, match="shift split"):
+        search_harmfulness(model, fit, ([], []))
+
+
+def test_the_choice_never_looks_at_the_test_split(planted, tmp_path):
+    pm, model, _ = planted
+    a = write_monitor_fixtures(tmp_path / "a")
+    b = write_monitor_fixtures(tmp_path / "b")
+    # Scramble the test split of b: swap the texts of its harmful and harmless test prompts.
+    files = {name: [json.loads(x) for x in (b / f"{name}.jsonl").read_text().splitlines()]
+             for name in ("harmful", "harmless")}  # fmt: skip
+    test_h = [r for r in files["harmful"] if r["split"] == "test"]
+    test_l = [r for r in files["harmless"] if r["split"] == "test"]
+    for rh, rl in zip(test_h, test_l, strict=True):
+        rh["text"], rl["text"] = rl["text"], rh["text"]
+    for name, recs in files.items():
+        (b / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    config = MonitorConfig(harmfulness_layers=(0, 1))
+    ma = fit_monitor(model, load_fixtures(a), pm.refusal_direction(), config)
+    mb = fit_monitor(model, load_fixtures(b), pm.refusal_direction(), config)
+    assert ma.fit == mb.fit
+    assert ma.calibration == mb.calibration
