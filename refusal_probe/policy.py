@@ -61,12 +61,20 @@ class Settings:
         max_new_tokens: Greedy generation length for the completion judge.
         batch_size: Prompts per forward pass; ``None`` (``"auto"`` in the file) chooses it from
             the free memory of the model's device (:func:`refusal_probe.devices.auto_batch_size`).
+        selection_prompts: Validation prompts per class that score each candidate direction
+            (the reference method uses 32).
+        selection_layer_stride: Score candidates at every ``n``-th layer only (1: every layer).
+        selection_positions: Score candidates at the last ``n`` post-instruction positions only
+            (0: all of them). With the stride, this bounds the selection cost on deep models.
     """
 
     confidence: float = 0.95
     resamples: int = 1000
     max_new_tokens: int = 24
     batch_size: int | None = None
+    selection_prompts: int = 32
+    selection_layer_stride: int = 1
+    selection_positions: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
@@ -80,6 +88,9 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "resamples": (int, 100, 100_000),
     "max_new_tokens": (int, 1, 1024),
     "batch_size": (int, 1, 4096),
+    "selection_prompts": (int, 2, 4096),
+    "selection_layer_stride": (int, 1, 64),
+    "selection_positions": (int, 0, 64),
 }
 
 

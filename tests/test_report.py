@@ -129,6 +129,16 @@ def test_the_shipped_policy_covers_every_audit_check() -> None:
         assert c.rationale and "\n" not in c.rationale
 
 
+def test_the_fast_policy_keeps_the_bars_and_narrows_selection() -> None:
+    """audits/policy-fast.toml differs from policy.toml only in its selection settings."""
+    full, fast = (load_policy(ROOT / "audits" / name) for name in ("policy.toml", "policy-fast.toml"))
+    assert fast.checks == full.checks
+    assert (fast.settings.selection_prompts, fast.settings.selection_layer_stride) == (16, 2)
+    assert fast.settings.selection_positions == 1
+    assert (full.settings.selection_prompts, full.settings.selection_layer_stride) == (32, 1)
+    assert full.settings.selection_positions == 0  # every post-instruction position
+
+
 def write_policy(tmp_path: Path, body: str) -> Path:
     p = tmp_path / "policy.toml"
     p.write_text("version = 1\n" + body)
@@ -169,6 +179,7 @@ def write_policy(tmp_path: Path, body: str) -> Path:
         ("[settings]\nresamples = 10\n", r"resamples: 10 is outside \[100, 100000\]"),
         ('[settings]\nconfidence = "high"\n', "confidence: must be a number"),
         ("[settings]\nseed = 3\n", "seed: unknown key"),
+        ("[settings]\nselection_layer_stride = 0\n", r"selection_layer_stride: 0 is outside \[1, 64\]"),
         ("stray = 1\n", "stray: unknown key"),
     ],
 )

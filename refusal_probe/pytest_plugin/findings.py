@@ -306,10 +306,18 @@ class Findings:
         """The engine's direction configuration for this run."""
         from refusal_probe.selection import DirectionConfig
 
+        s = self.settings
         return DirectionConfig(
-            batch_size=self.settings.batch_size,
-            n_resamples=self.settings.resamples,
+            batch_size=s.batch_size,
+            n_resamples=s.resamples,
             seed=self.options.seed,
+            n_select=s.selection_prompts,
+            layers=(
+                tuple(range(0, self.model.n_layers, s.selection_layer_stride))
+                if s.selection_layer_stride > 1
+                else None
+            ),
+            positions=tuple(range(-s.selection_positions, 0)) if s.selection_positions else None,
         )
 
     def direction(self) -> DirectionSummary:
