@@ -45,7 +45,7 @@ ABLATION_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out")
 
 #: Which positions an :class:`Add` changes: all of them, or the prompt's only.
 Span = Literal["all", "prompt"]
-SPANS: tuple[str, ...] = ("all", "prompt")
+ADD_SPANS: tuple[str, ...] = ("all", "prompt")
 
 # How many leading positions of the current forward pass's input belong to the prompt; None
 # outside generation (every position is the prompt's). Set by the decoding loop.
@@ -122,8 +122,8 @@ class Add:
     span: Span = "all"
 
     def __post_init__(self) -> None:
-        if self.span not in SPANS:
-            raise DirectionError(f"Add span must be one of {', '.join(SPANS)}, not {self.span!r}")
+        if self.span not in ADD_SPANS:
+            raise DirectionError(f"Add span must be one of {', '.join(ADD_SPANS)}, not {self.span!r}")
 
     def __repr__(self) -> str:
         d = self.direction

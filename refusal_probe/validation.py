@@ -27,7 +27,7 @@ from torch import Tensor
 from refusal_probe.cache import TensorCache
 from refusal_probe.capture import prompts_fingerprint
 from refusal_probe.directions import Candidates, Direction, check_fits, cosine_per_layer
-from refusal_probe.interventions import Ablate, Add, PerRow
+from refusal_probe.interventions import Ablate, Add, PerRow, Span
 from refusal_probe.models import LoadedModel
 from refusal_probe.prompts import Fixtures
 from refusal_probe.scoring import (
@@ -93,7 +93,7 @@ class ValidationConfig:
     token_phrases: tuple[str, ...] = REFUSAL_PHRASES
     coefficients: tuple[float, ...] = COEFFICIENTS
     alpha: float = 1.0
-    add_span: str = "prompt"
+    add_span: Span = "prompt"
     batch_size: int | None = None
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
