@@ -66,6 +66,9 @@ class Settings:
         selection_layer_stride: Score candidates at every ``n``-th layer only (1: every layer).
         selection_positions: Score candidates at the last ``n`` post-instruction positions only
             (0: all of them). With the stride, this bounds the selection cost on deep models.
+        selection_screen: Score exactly only the ``n`` candidates that a first-order
+            (attribution) estimate of their ablation effect ranks best (0: score every
+            candidate, the reference procedure); see :mod:`refusal_probe.screening`.
     """
 
     confidence: float = 0.95
@@ -75,6 +78,7 @@ class Settings:
     selection_prompts: int = 32
     selection_layer_stride: int = 1
     selection_positions: int = 0
+    selection_screen: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
@@ -91,6 +95,7 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "selection_prompts": (int, 2, 4096),
     "selection_layer_stride": (int, 1, 64),
     "selection_positions": (int, 0, 64),
+    "selection_screen": (int, 0, 100_000),
 }
 
 

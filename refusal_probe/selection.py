@@ -12,6 +12,11 @@ Selection follows Arditi et al. (2024). For each candidate, on validation prompt
 A candidate is discarded if a score is NaN, its layer is ``>= floor(0.8 L)``, its KL exceeds 0.1 or
 its induce score is not above 0; the lowest bypass among the rest wins. The whole grid is kept.
 
+Screening (``DirectionConfig.screen``): on deep models the grid is large, so a first-order estimate
+of every candidate's bypass (:mod:`refusal_probe.screening`: one forward and backward pass) ranks
+them, and only the best ``screen`` candidates below the layer cutoff are scored exactly; the rest
+stay in the grid unscored, discarded as ``"screened"``, with their estimate.
+
 Speed: instead of one forward pass per candidate per score, the candidates are stacked along the
 batch axis with :class:`~refusal_probe.interventions.PerRow` interventions: one pass over the
 harmful and harmless prompts for each chunk of candidates serves both bypass and KL, and one more
@@ -44,6 +49,7 @@ from refusal_probe.errors import DirectionError
 from refusal_probe.interventions import Ablate, Add, PerRow
 from refusal_probe.models import LoadedModel
 from refusal_probe.prompts import Fixtures
+from refusal_probe.screening import ablation_moment, estimated_bypass, screen
 from refusal_probe.scoring import (
     REFUSAL_PHRASES,
     RefusalTokens,
@@ -83,6 +89,9 @@ class DirectionConfig:
         n_eval: Prompts per class of the held-out separation split (``None``: all).
         score_late_layers: Score candidates at layers past the cutoff too (the whole grid, as
             the reference does); ``False`` records them as discarded without spending passes.
+        screen: Score exactly only this many candidates, the lowest first-order bypass
+            estimates below the layer cutoff (:mod:`refusal_probe.screening`); ``None``: score
+            every candidate (the reference procedure).
         alternative: Also fit the PCA-of-differences estimator and report its curve.
         n_resamples: Bootstrap resamples for the separation intervals.
         seed: Seed of the bootstrap and of the PCA pairing.
@@ -105,6 +114,7 @@ class DirectionConfig:
     layers: tuple[int, ...] | None = None
     n_eval: int | None = None
     score_late_layers: bool = True
+    screen: int | None = None
     alternative: bool = True
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
@@ -127,8 +137,10 @@ class CandidateScore:
         induce: Mean refusal log-odds on harmless prompts with it added.
         kl: Mean KL(base || ablated) on harmless prompts, nats.
         discarded: Why it was discarded (``"layer"``, ``"kl"``, ``"induce"``, ``"nan"``, comma
-            separated, or ``"zero"`` for a zero vector, which is not scored), or ``""`` if it
-            passed every filter. Unscored cells have NaN scores.
+            separated; ``"zero"`` for a zero vector and ``"screened"`` for one screening left
+            out, neither scored), or ``""`` if it passed every filter. Unscored cells have NaN
+            scores.
+        estimate: First-order bypass estimate from screening (``None`` when it did not run).
     """
 
     layer: int
@@ -137,6 +149,7 @@ class CandidateScore:
     induce: float
     kl: float
     discarded: str
+    estimate: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -156,7 +169,8 @@ class Selection:
         baseline_harmless: Mean refusal log-odds of the harmless prompts, no intervention.
         n_harmful: Harmful prompts scored.
         n_harmless: Harmless prompts scored.
-        forward_passes: Forward passes run by this call (baseline included; 0 on a cache hit).
+        forward_passes: Forward passes run by this call (baseline and screening included; 0 on a
+            cache hit).
         reference_forward_passes: Passes of the per-candidate procedure (baseline, then one pass
             per candidate per score, each prompt set in one batch).
     """
@@ -215,6 +229,7 @@ def score_candidates(
     cutoff = math.floor(config.max_layer_fraction * model.n_layers)
     # Zero vectors (layer-0 template tokens) have no direction; late layers may be skipped.
     live = [d for d in dirs if not d.is_zero and (config.score_late_layers or d.layer < cutoff)]
+    extra = {"screen": config.screen} if config.screen is not None else {}
     key = measurement_key(
         model,
         "selection",
@@ -222,26 +237,34 @@ def score_candidates(
         tokens=list(tokens.ids),
         harmful=prompts_fingerprint(harmful),
         harmless=prompts_fingerprint(harmless),
+        **extra,
     )
     raw, hit = cached(
-        cache, key, lambda: _measure_grid(model, live, harmful, harmless, tokens, config)
+        cache, key, lambda: _measure_grid(model, live, harmful, harmless, tokens, config, cutoff)
     )
     nh, nl = len(harmful), len(harmless)
     base_scores = raw["base"]
+    # entries cached before screening existed hold neither field: everything was scored
+    done_all = raw.get("scored", torch.ones(len(live), dtype=torch.bool))
+    estimates = raw.get("estimate", torch.full((len(live),), math.nan))
     scores = {
-        id(d): tuple(float(x) for x in row) for d, row in zip(live, raw["scores"], strict=True)
+        id(d): (tuple(float(x) for x in row), bool(done), float(e))
+        for d, row, done, e in zip(live, raw["scores"], done_all, estimates, strict=True)
     }
 
     grid = []
     for d in dirs:
-        b, i, q = scores.get(id(d), (math.nan, math.nan, math.nan))
+        (b, i, q), done, e = scores.get(id(d), ((math.nan,) * 3, False, math.nan))
+        est = None if math.isnan(e) else e
         if d.is_zero:
             why = "zero"
         elif id(d) not in scores:  # a late layer left unscored (score_late_layers=False)
             why = "layer"
+        elif not done:
+            why = "screened"
         else:
             why = _why_discarded(d.layer, b, i, q, cutoff, config)
-        grid.append(CandidateScore(d.layer, d.position, b, i, q, why))
+        grid.append(CandidateScore(d.layer, d.position, b, i, q, why, est))
     passed = [c for c in grid if c.passed]
     pool = passed or [c for c in grid if not math.isnan(c.bypass)]
     if not pool:
@@ -270,29 +293,48 @@ def _measure_grid(
     harmless: list[str],
     tokens: RefusalTokens,
     config: DirectionConfig,
+    cutoff: int,
 ) -> dict[str, Tensor]:
-    """The forward passes of selection: ``scores [cand, (bypass, induce, kl)]`` and baselines."""
+    """The passes of selection: ``scores [cand, (bypass, induce, kl)]``, screening and baselines.
+
+    ``scored [cand]`` says which candidates were scored (the others have NaN scores) and
+    ``estimate [cand]`` holds the screening estimates (NaN without screening).
+    """
     prompts = harmful + harmless
-    nh, nl, k = len(harmful), len(harmless), len(live)
+    nh, nl = len(harmful), len(harmless)
     base, n_base = map_last_logits(model, prompts, lambda rows, x: x, batch_size=config.batch_size)
-    scores = torch.empty(k, 3, dtype=torch.float64)
+    estimate = torch.full((len(live),), math.nan, dtype=torch.float64)
+    scored = torch.ones(len(live), dtype=torch.bool)
+    n_screen = 0
+    if config.screen is not None and sum(d.layer < cutoff for d in live) > config.screen:
+        moment, _, n_screen = ablation_moment(
+            model, harmful, tokens, batch_size=config.batch_size
+        )
+        base_h = float(refusal_score_from_logits(base[:nh], tokens).mean())
+        estimate = estimated_bypass(moment, base_h, live)
+        keep = screen(estimate, config.screen, [d.layer < cutoff for d in live])
+        scored = torch.zeros(len(live), dtype=torch.bool)
+        scored[keep] = True
+    chosen = [d for d, done in zip(live, scored.tolist(), strict=True) if done]
+    k = len(chosen)
+    part = torch.empty(k, 3, dtype=torch.float64)
     n_abl = n_ind = 0
-    if live:
+    if chosen:
         # Pass 1: every candidate ablated on every prompt; rows are candidate-major.
         def ablated(rows: Sequence[int], logits: Tensor) -> Tensor:
             idx = torch.tensor(list(rows)) % len(prompts)
             score = refusal_score_from_logits(logits, tokens)
             return torch.stack([score, kl_divergence(base[idx], logits)], dim=1)  # [batch, 2]
 
-        plan = PerRow(tuple((Ablate(d),) for d in live for _ in prompts))
+        plan = PerRow(tuple((Ablate(d),) for d in chosen for _ in prompts))
         abl, n_abl = map_last_logits(
             model, prompts * k, ablated, [plan], max_batch=config.max_rows
         )
         abl = abl.view(k, len(prompts), 2)  # [cand, prompt, (score, kl)]
-        scores[:, 0], scores[:, 2] = abl[:, :nh, 0].mean(1), abl[:, nh:, 1].mean(1)
+        part[:, 0], part[:, 2] = abl[:, :nh, 0].mean(1), abl[:, nh:, 1].mean(1)
 
         # Pass 2: every candidate added at its layer on the harmless prompts.
-        plan = PerRow(tuple((Add(d),) for d in live for _ in harmless))
+        plan = PerRow(tuple((Add(d),) for d in chosen for _ in harmless))
         ind, n_ind = map_last_logits(
             model,
             harmless * k,
@@ -300,11 +342,15 @@ def _measure_grid(
             [plan],
             max_batch=config.max_rows,
         )
-        scores[:, 1] = ind.view(k, nl).mean(1)
+        part[:, 1] = ind.view(k, nl).mean(1)
+    scores = torch.full((len(live), 3), math.nan, dtype=torch.float64)
+    scores[scored] = part
     return {
         "scores": scores,
+        "scored": scored,
+        "estimate": estimate,
         "base": refusal_score_from_logits(base, tokens),
-        "passes": torch.tensor([n_base + n_abl + n_ind, n_base]),
+        "passes": torch.tensor([n_base + n_screen + n_abl + n_ind, n_base]),
     }
 
 

@@ -318,6 +318,7 @@ class Findings:
                 else None
             ),
             positions=tuple(range(-s.selection_positions, 0)) if s.selection_positions else None,
+            screen=s.selection_screen or None,
         )
 
     def direction(self) -> DirectionSummary:

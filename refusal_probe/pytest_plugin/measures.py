@@ -281,8 +281,20 @@ class DirectionSummary:
             },
             "Mean refusal log-odds on harmful validation prompts with the candidate ablated; "
             "crossed out: discarded (layer ≥ 0.8·L, KL > 0.1 or induce ≤ 0); grey: not scored "
-            "(a zero vector); box: the selected candidate",
+            + (
+                f"(a zero vector, or left out by screening: only the {n_scored} candidates with "
+                "the lowest first-order bypass estimate were scored)"
+                if (n_scored := self.screened_scored()) is not None
+                else "(a zero vector)"
+            )
+            + "; box: the selected candidate",
         )
+
+    def screened_scored(self) -> int | None:
+        """How many candidates were scored exactly when screening left some out, else ``None``."""
+        if not any(g["discarded"] == "screened" for g in self.grid):
+            return None
+        return sum(g["discarded"] not in ("zero", "screened") for g in self.grid)
 
 
 # ---------------------------------------------------------------------------------------------
