@@ -13,7 +13,6 @@ Hardening: the refusal effect left when the top localized components are ablated
 
 import pytest
 
-from refusal_probe.cache import TensorCache
 from refusal_probe.errors import PatchingError
 from refusal_probe.hardening import Hardening, measure_hardening
 from refusal_probe.monitor import MonitorConfig, fit_monitor
@@ -23,8 +22,6 @@ from refusal_probe.verdicts import Estimate
 
 pytestmark = pytest.mark.monitor
 
-#: False-positive rate the thresholds are calibrated for (the issue's target).
-TARGET_FPR = 0.05
 #: Components ablated by the hardening check.
 HARDENING_K = 5
 #: Fewer matched pairs than this cannot localize anything worth reporting.
@@ -36,7 +33,7 @@ def monitor_eval(findings):
     """The monitor fit, calibrated and evaluated once per run (kept in the disk cache)."""
     direction, _, _ = findings.direction_vector()
     s, seed = findings.settings, findings.options.seed
-    mconf = MonitorConfig(target_fpr=TARGET_FPR, batch_size=s.batch_size)
+    mconf = MonitorConfig(target_fpr=s.monitor_target_fpr, batch_size=s.batch_size)
     econf = EvalConfig(
         max_new_tokens=s.max_new_tokens,
         batch_size=s.batch_size,
@@ -46,8 +43,7 @@ def monitor_eval(findings):
     )
 
     def compute():
-        cache = TensorCache(findings.options.cache_dir)
-        monitor = fit_monitor(findings.model, findings.fixtures, direction, mconf, cache=cache)
+        monitor = fit_monitor(findings.model, findings.fixtures, direction, mconf)
         return evaluate_monitor(findings.model, monitor, findings.fixtures, econf)
 
     ev = findings.shared(
@@ -130,7 +126,7 @@ def test_detection_tpr(audit, monitor_eval):
     )
 
 
-def test_false_positive_rate(audit, monitor_eval):
+def test_false_positive_rate(audit, findings, monitor_eval):
     """Share of held-out harmless prompts (edgy ones included) the alarm flags."""
     fp = monitor_eval.false_positives
     audit.check(
@@ -140,7 +136,7 @@ def test_false_positive_rate(audit, monitor_eval):
         details={
             "by_group": {g: {s: r.value for s, r in v.items()} for g, v in fp.items()},
             "plain_harmful_flagged": {s: r.value for s, r in monitor_eval.harmful_flagged.items()},
-            "target_fpr": TARGET_FPR,
+            "target_fpr": findings.settings.monitor_target_fpr,
             "harmfulness_readout": monitor_eval.monitor["fit"].get("harmfulness_search"),
         },
     )

@@ -43,9 +43,11 @@ from refusal_probe import LoadOptions, load_model
 from refusal_probe.cache import TensorCache
 from refusal_probe.directions import Direction
 from refusal_probe.live import guard
-from refusal_probe.monitor import Calibration, Monitor, Readout, monitor_hooks
+from refusal_probe.monitor import SIGNALS, Calibration, Monitor, Readout, monitor_hooks
 from refusal_probe.prompts import load_fixtures, matched_pairs
 from refusal_probe.runner import forward
+from refusal_probe.scoring import refusal_tokens
+from refusal_probe.signals import OutputReadout
 from refusal_probe.testing import make_tiny_model
 
 SMOL_SHAPE = {
@@ -74,8 +76,9 @@ def random_monitor(model: Any, span: str = "last_instruction", seed: int = 0) ->
     ref = Readout("refusal", direction("resid_pre", -1), "post_instruction")
     harm = Readout("harmfulness", direction("resid_post", -(model.chat.n_post + 1)), span)
     # Thresholds no prompt reaches: the guard does all its work and raises nothing.
-    cal = Calibration({"refusal": 1e9, "harmfulness": 1e9, "alarm": 1e9}, 0.05, 1, 0.5, "")
-    return Monitor(ref, harm, cal, model.identity.fingerprint)
+    cal = Calibration({s: 1e9 for s in SIGNALS}, 0.05, 1, 0.5, "")
+    out = OutputReadout(refusal_tokens(model.tokenizer))
+    return Monitor(ref, harm, out, cal, model.identity.fingerprint)
 
 
 def time_overhead(model: Any, monitor: Monitor, prompts: list[str], reps: int) -> dict[str, Any]:
@@ -164,7 +167,7 @@ def organism(adaptive_weight: float) -> dict[str, Any]:
         for span in ("last_instruction", "instruction"):
             t0 = time.perf_counter()
             config = MonitorConfig(harmfulness_spans=(span,))
-            monitor = fit_monitor(model, fx, found.direction, config, cache=cache)
+            monitor = fit_monitor(model, fx, found.direction, config)
             t1 = time.perf_counter()
             ev = evaluate_monitor(model, monitor, fx)
             t2 = time.perf_counter()

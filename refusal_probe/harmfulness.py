@@ -2,26 +2,39 @@
 
 Axes: ``prompt`` prompts in input order, ``site`` candidate layers, ``d`` d_model.
 
-The harmfulness direction is a difference of means of harmful and harmless prompts at the last
-instruction token of one layer's ``resid_post``. Where it is read is a choice of *layer* and
-*span* (:data:`refusal_probe.signals.SPANS`: the last instruction token, or the largest projection
-over the user's text, ...). Every candidate is scored without the test split or any attack (the
-red-team prompts exist only for the test split):
+The harmfulness direction separates harmful from harmless prompts in one layer's ``resid_post``.
+A candidate readout is a choice of
+
+* *layer*;
+* *pool* (:data:`POOLS`): the activations the direction is fit on, the last instruction token's
+  or their mean over the user's text;
+* *shrinkage* (``1`` to ``0``): ``1`` is the difference of the class means; below 1 the
+  difference is whitened by the pooled within-class covariance shrunk toward a multiple of the
+  identity, ``C = (1 - a) * S + a * (tr S / d) * I`` (a Fisher discriminant, regularized): it
+  discounts directions along which prompts of one class vary a lot anyway (template, length);
+* *span* (:data:`refusal_probe.signals.SPANS`): where the direction is read, at the last
+  instruction token, or as the largest projection over the user's text.
+
+Every candidate is scored without the test split:
 
 * ``auroc_cv``: two-fold held-out AUROC inside the fit split (fit on the even prompts of each
   class, read the odd ones with the candidate's span, and the reverse);
 * ``auroc_shift``: the direction fit on the whole fit split, AUROC on the *shift* split (the
   monitor's calibration split: other prompts, possibly other templates or topics);
+* ``auroc_attack``: the same direction, AUROC of jailbreak prompts built on the shift split's
+  harmful prompts (the red-team's adversarial suffixes on the ``val`` prompts,
+  ``jailbreaks-val.jsonl``) against its harmless prompts: does the readout still see a request as
+  harmful once an attacker has appended text to it (NaN without such attacks);
 * ``fpr_shift``: the false-positive rate on the shift split's harmless prompts at the threshold
   that gives ``target_fpr`` on the held-out fold's harmless prompts (mean of the two folds). It
   asks whether a threshold set on one sample of harmless prompts holds on another: a readout
   whose harmless scores move between samples will not hold its calibrated rate in deployment.
 
 A candidate is *stable* when ``fpr_shift <= tolerance * target_fpr``. The choice is the stable
-candidate with the best worst-case separation ``min(auroc_cv, auroc_shift)`` (ties: the earlier
-layer, then the earlier span in the order given); with no stable candidate, the one with the
-lowest ``fpr_shift``. The shift split's harmless prompts later calibrate the thresholds too, so
-they influence the choice only through one aggregate rate per candidate.
+candidate with the best worst-case separation ``min(auroc_cv, auroc_shift, auroc_attack)`` (ties:
+the earlier layer, then the earlier span, pool and shrinkage in the order given); with no stable
+candidate, the one with the lowest ``fpr_shift``. The shift split's harmless prompts later
+calibrate the thresholds too, so they influence the choice only through aggregate rates.
 """
 
 from __future__ import annotations
@@ -29,23 +42,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from refusal_probe.capture import capture
+from refusal_probe.capture import prompts_fingerprint
+from refusal_probe.devices import auto_batch_size
 from refusal_probe.directions import Direction
 from refusal_probe.errors import MonitorError
 from refusal_probe.models import LoadedModel
-from refusal_probe.signals import SPANS, Readout, read_raw
-from refusal_probe.sites import LAST_INSTRUCTION, Site
+from refusal_probe.runner import StopForward, batched, forward
+from refusal_probe.signals import SPANS, Layout, Readout, instruction_offset, read_raw
+from refusal_probe.sites import Site, hook_name
 from refusal_probe.stats import auroc, conformal_threshold
 
 #: Spans searched by default: what the user's text shows (the post-instruction tokens are the
 #: template's, downstream of anything an attacker appends).
 DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction")
+#: What a direction can be fit on: the last instruction token, or the mean over the user's text.
+POOLS: tuple[str, ...] = ("last_instruction", "instruction")
+#: Shrinkages searched by default (1: the plain difference of means).
+DEFAULT_SHRINKAGES: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03)
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,10 @@ class Candidate:
         fpr_shift: False-positive rate on the shift split's harmless prompts at thresholds set
             for the target rate on held-out fit-split harmless prompts (mean of two folds).
         stable: ``fpr_shift`` is within the tolerance.
+        pool: What the direction is fit on, one of :data:`POOLS`.
+        shrinkage: 1 for the difference of means, below 1 whitened (see the module docstring).
+        auroc_attack: AUROC of the shift split's jailbreaks against its harmless prompts (NaN
+            without jailbreaks).
     """
 
     layer: int
@@ -68,13 +93,15 @@ class Candidate:
     auroc_shift: float
     fpr_shift: float
     stable: bool
+    pool: str = "last_instruction"
+    shrinkage: float = 1.0
+    auroc_attack: float = math.nan
 
     @property
     def separation(self) -> float:
-        """Worst held-out AUROC (``auroc_cv`` alone when the shift split lacks a class)."""
-        if math.isnan(self.auroc_shift):
-            return self.auroc_cv
-        return min(self.auroc_cv, self.auroc_shift)
+        """Worst held-out AUROC: ``auroc_cv``, ``auroc_shift``, ``auroc_attack`` (NaN: left out)."""
+        scores = (self.auroc_cv, self.auroc_shift, self.auroc_attack)
+        return min(x for x in scores if not math.isnan(x))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data (NaN as ``None``)."""
@@ -88,11 +115,12 @@ class HarmfulnessSearch:
     """Every candidate readout, and the one chosen.
 
     Attributes:
-        candidates: Layers x spans, in search order.
+        candidates: Layers x pools x shrinkages x spans, in search order.
         chosen: The chosen candidate.
         target_fpr: The false-positive rate thresholds aim for.
         tolerance: A candidate is stable when ``fpr_shift <= tolerance * target_fpr``.
         rule: Why it was chosen, in words.
+        n_attacks: Jailbreak prompts behind ``auroc_attack`` (0: none, the score is left out).
     """
 
     candidates: tuple[Candidate, ...]
@@ -100,6 +128,7 @@ class HarmfulnessSearch:
     target_fpr: float
     tolerance: float
     rule: str
+    n_attacks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -108,6 +137,7 @@ class HarmfulnessSearch:
             "rule": self.rule,
             "target_fpr": self.target_fpr,
             "tolerance": self.tolerance,
+            "n_attacks": self.n_attacks,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -117,11 +147,14 @@ def search_harmfulness(
     fit: tuple[Sequence[str], Sequence[str]],
     shift: tuple[Sequence[str], Sequence[str]],
     *,
+    attacks: Sequence[str] = (),
     layers: Sequence[int] | None = None,
     spans: Sequence[str] = DEFAULT_SPANS,
+    pools: Sequence[str] = POOLS,
+    shrinkages: Sequence[float] = DEFAULT_SHRINKAGES,
     target_fpr: float = 0.05,
     tolerance: float = 2.0,
-    capture_kw: dict[str, Any] | None = None,
+    batch_size: int | None = None,
 ) -> tuple[Direction, HarmfulnessSearch]:
     """The harmfulness direction and where to read it (see the module docstring).
 
@@ -129,117 +162,248 @@ def search_harmfulness(
         model: The monitored model.
         fit: ``(harmful, harmless)`` prompts the direction is fit on (two or more of each).
         shift: ``(harmful, harmless)`` prompts of another split; at least one harmless prompt.
+        attacks: Jailbreaks built on the shift split's harmful prompts (for ``auroc_attack``);
+            never the test split's.
         layers: Candidate layers (``None``: every layer).
         spans: Candidate spans.
+        pools: Candidate pools (:data:`POOLS`).
+        shrinkages: Candidate shrinkages, each in ``(0, 1]``.
         target_fpr: The false-positive rate the monitor's thresholds aim for.
         tolerance: Stable when ``fpr_shift <= tolerance * target_fpr``.
-        capture_kw: Keyword arguments of :func:`refusal_probe.capture.capture` (batch size,
-            cache); its ``batch_size`` also sizes the readout passes.
+        batch_size: Prompts per forward pass (``None``: chosen from free memory).
 
     Returns:
-        The direction, refit on all ``fit`` prompts at the chosen layer, and the search.
+        The direction, refit on all ``fit`` prompts for the chosen candidate, and the search.
 
     Raises:
-        MonitorError: An unknown span, too few prompts, or no layer where the class means differ.
+        MonitorError: An unknown span or pool, a shrinkage outside ``(0, 1]``, too few prompts,
+            or no layer where the class means differ.
     """
-    spans = tuple(spans)
-    bad = [s for s in spans if s not in SPANS]
-    if not spans or bad:
-        raise MonitorError(f"harmfulness spans must be a non-empty subset of {SPANS}; got {spans}")
+    spans, pools, shrinkages = tuple(spans), tuple(pools), tuple(float(a) for a in shrinkages)
+    _check_grid(spans, pools, shrinkages)
     harmful, harmless = list(fit[0]), list(fit[1])
     if min(len(harmful), len(harmless)) < 2 or not shift[1]:
         raise MonitorError(
             "the harmfulness search needs at least 2 harmful and 2 harmless fit prompts and one "
             "harmless prompt of the shift split"
         )
-    kw = dict(capture_kw or {})
     layers = tuple(range(model.n_layers)) if layers is None else tuple(layers)
-    sites = [Site(layer, "resid_post") for layer in layers]
-    acts_h = capture(model, harmful, sites, LAST_INSTRUCTION, **kw)
-    acts_l = capture(model, harmless, sites, LAST_INSTRUCTION, **kw)
-    h, l_ = acts_h.values[:, :, 0].double(), acts_l.values[:, :, 0].double()  # [prompt, site, d]
-
-    def diff(rows: slice) -> Float[Tensor, "site d"]:
-        return h[rows].mean(0) - l_[rows].mean(0)
-
-    # One direction per layer: fit on fold 0 (even prompts), fold 1 (odd), and on all.
-    vectors = {"0": diff(slice(0, None, 2)), "1": diff(slice(1, None, 2)), "all": diff(slice(None))}
+    acts_h = pooled_activations(model, harmful, layers, batch_size=batch_size)
+    acts_l = pooled_activations(model, harmless, layers, batch_size=batch_size)
+    folds = {"0": slice(0, None, 2), "1": slice(1, None, 2), "all": slice(None)}
+    # vectors[(fold, pool, shrinkage)]: [site, d]
+    vectors = {
+        (f, pool, a): _fit(acts_h[pool][rows], acts_l[pool][rows], a)
+        for f, rows in folds.items()
+        for pool in pools
+        for a in shrinkages
+    }
     live = [j for j in range(len(layers)) if all(float(v[j].norm()) > 0 for v in vectors.values())]
     if not live:
         raise MonitorError(
             "harmful and harmless prompts have the same mean activation at every searched "
             "layer; there is no harmfulness direction to read"
         )
+    grid = [(j, pool, a, s) for j in live for pool in pools for a in shrinkages for s in spans]
+    fp = (prompts_fingerprint(harmful), prompts_fingerprint(harmless))
 
-    def direction(v: Tensor, j: int) -> Direction:
-        return Direction(
-            v[j],
-            layers[j],
-            -(model.chat.n_post + 1),  # the last instruction token sits just before the template
-            "diff_means",
-            len(harmful),
-            len(harmless),
-            acts_h.prompts_sha256,
-            acts_l.prompts_sha256,
-            model.identity.fingerprint,
-            model.identity.architecture,
-            "resid_post",
+    def direction(f: str, j: int, pool: str, a: float) -> Direction:
+        return _direction(
+            model, vectors[(f, pool, a)][j], layers[j], pool, a, fp, len(harmful), len(harmless)
         )
 
-    def readouts(folds: Sequence[str]) -> list[Readout]:
+    def readouts(fs: Sequence[str]) -> list[Readout]:
         return [
-            Readout(f"{f}|{j}|{s}", direction(vectors[f], j), s)
-            for f in folds
-            for j in live
-            for s in spans
+            Readout(f"{f}|{j}|{pool}|{a}|{s}", direction(f, j, pool, a), s)
+            for f in fs
+            for j, pool, a, s in grid
         ]
 
-    bs = kw.get("batch_size")
-    on_fit = read_raw(model, readouts(("0", "1")), harmful + harmless, batch_size=bs)
-    sh, sl = list(shift[0]), list(shift[1])
-    on_shift = read_raw(model, readouts(("0", "1", "all")), sh + sl, batch_size=bs)
-    n_h, n_sh = len(harmful), len(sh)
+    on_fit = read_raw(model, readouts(("0", "1")), harmful + harmless, batch_size=batch_size)
+    sh, sl, atk = list(shift[0]), list(shift[1]), list(attacks)
+    on_shift = read_raw(model, readouts(("0", "1", "all")), sh + sl + atk, batch_size=batch_size)
+    n_h, n_sh, n_sl = len(harmful), len(sh), len(sl)
     candidates = []
-    for j in live:
-        for s in spans:
-            pos, neg, fprs = [], [], []
-            for f, held in (("0", 1), ("1", 0)):  # fold f's direction reads the other fold
-                fit_raw = on_fit[f"{f}|{j}|{s}"].numpy()
-                pos.append(fit_raw[:n_h][held::2])
-                neg.append(fit_raw[n_h:][held::2])
-                threshold, _ = conformal_threshold(neg[-1], target_fpr)
-                fprs.append(float((on_shift[f"{f}|{j}|{s}"].numpy()[n_sh:] > threshold).mean()))
-            full = on_shift[f"all|{j}|{s}"].numpy()
-            shifted = auroc(full[:n_sh], full[n_sh:]) if n_sh else math.nan
-            fpr = float(np.mean(fprs))
-            candidates.append(
-                Candidate(
-                    layers[j],
-                    s,
-                    auroc(np.concatenate(pos), np.concatenate(neg)),
-                    shifted,
-                    fpr,
-                    fpr <= tolerance * target_fpr,
-                )
+    for j, pool, a, s in grid:
+        key = f"{j}|{pool}|{a}|{s}"
+        pos, neg, fprs = [], [], []
+        for f, held in (("0", 1), ("1", 0)):  # fold f's direction reads the other fold
+            fit_raw = on_fit[f"{f}|{key}"].numpy()
+            pos.append(fit_raw[:n_h][held::2])
+            neg.append(fit_raw[n_h:][held::2])
+            threshold, _ = conformal_threshold(neg[-1], target_fpr)
+            harmless_shift = on_shift[f"{f}|{key}"].numpy()[n_sh : n_sh + n_sl]
+            fprs.append(float((harmless_shift > threshold).mean()))
+        full = on_shift[f"all|{key}"].numpy()
+        neg_shift = full[n_sh : n_sh + n_sl]
+        shifted = auroc(full[:n_sh], neg_shift) if n_sh else math.nan
+        attacked = auroc(full[n_sh + n_sl :], neg_shift) if atk else math.nan
+        fpr = float(np.mean(fprs))
+        candidates.append(
+            Candidate(
+                layers[j],
+                s,
+                auroc(np.concatenate(pos), np.concatenate(neg)),
+                shifted,
+                fpr,
+                fpr <= tolerance * target_fpr,
+                pool,
+                a,
+                attacked,
             )
-    chosen, rule = _choose(candidates, spans, tolerance, target_fpr)
-    best = direction(vectors["all"], layers.index(chosen.layer))
-    return best, HarmfulnessSearch(tuple(candidates), chosen, target_fpr, tolerance, rule)
+        )
+    chosen, rule = _choose(candidates, spans, tolerance, target_fpr, pools, shrinkages)
+    best = direction("all", layers.index(chosen.layer), chosen.pool, chosen.shrinkage)
+    search = HarmfulnessSearch(tuple(candidates), chosen, target_fpr, tolerance, rule, len(atk))
+    return best, search
+
+
+def pooled_activations(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    batch_size: int | None = None,
+) -> dict[str, Float[Tensor, "prompt site d"]]:
+    """Each prompt's ``resid_post`` at ``layers``, pooled each way of :data:`POOLS`, float64.
+
+    ``last_instruction``: the activation at the last token of the user's text;
+    ``instruction``: the mean over every token of the user's text. One forward pass per batch,
+    ended after the last layer read.
+    """
+    offset = instruction_offset(model)
+    n, d = len(prompts), model.d_model
+    out = {p: torch.empty(n, len(layers), d, dtype=torch.float64) for p in POOLS}
+    order = sorted(range(n), key=lambda i: len(prompts[i]))
+    with torch.no_grad():
+        for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
+            batch = model.chat.encode([prompts[i] for i in rows])
+            lay = Layout.of(batch, offset)
+            idx = torch.tensor(list(rows))
+            seen: list[int] = []
+            hooks = [
+                (
+                    hook_name(Site(layer, "resid_post")),
+                    partial(_pool, out=out, at=(idx, k), lay=lay, seen=seen, n=len(layers)),
+                )
+                for k, layer in enumerate(layers)
+            ]
+            forward(model, batch, hooks, stoppable=True)
+    return out
+
+
+def _pool(
+    act: Tensor,
+    hook: Any,
+    *,
+    out: dict[str, Tensor],
+    at: tuple[Tensor, int],
+    lay: Layout,
+    seen: list[int],
+    n: int,
+) -> None:
+    """Hook: store one layer's pooled activations ``act [batch, pos, d]`` at ``out[pool][at]``."""
+    x = act.detach().double().cpu()
+    last = lay.last_instruction
+    start = torch.minimum(lay.width - lay.lengths + lay.offset, last)  # [batch]
+    pos = torch.arange(x.shape[1])[None, :]
+    inside = ((pos >= start[:, None]) & (pos <= last[:, None])).double()  # [batch, pos]: user text
+    out["instruction"][at] = (inside[..., None] * x).sum(1) / inside.sum(1, keepdim=True)
+    out["last_instruction"][at] = x[torch.arange(x.shape[0]), last]
+    seen.append(at[1])
+    if len(seen) == n:
+        raise StopForward
+
+
+def _fit(
+    h: Float[Tensor, "prompt site d"], l_: Float[Tensor, "prompt site d"], shrinkage: float
+) -> Float[Tensor, "site d"]:
+    """Difference of the class means per site, whitened unless ``shrinkage`` is 1."""
+    diff = h.mean(0) - l_.mean(0)  # [site, d]
+    if shrinkage >= 1.0:
+        return diff
+    centred = torch.cat([h - h.mean(0), l_ - l_.mean(0)])  # [prompt, site, d]
+    dof = max(centred.shape[0] - 2, 1)
+    cov = torch.einsum("psi,psj->sij", centred, centred) / dof  # [site, d, d]
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]  # tr S / d per site
+    shrunk = (1 - shrinkage) * cov + shrinkage * scale * eye
+    w = torch.linalg.solve(shrunk, diff[..., None])[..., 0]  # [site, d]
+    # Same length as the plain difference, so a vector's norm still reads as a mean gap.
+    norm = w.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    return w / norm * diff.norm(dim=-1, keepdim=True)
+
+
+def _direction(
+    model: LoadedModel,
+    vector: Tensor,
+    layer: int,
+    pool: str,
+    shrinkage: float,
+    fingerprints: tuple[str, str],
+    n_harmful: int,
+    n_harmless: int,
+) -> Direction:
+    method = "diff_means" if shrinkage >= 1.0 else f"whitened_diff_means(shrinkage={shrinkage:g})"
+    return Direction(
+        vector,
+        layer,
+        -(model.chat.n_post + 1),  # the last instruction token sits just before the template
+        method if pool == "last_instruction" else f"{method} over the instruction mean",
+        n_harmful,
+        n_harmless,
+        fingerprints[0],
+        fingerprints[1],
+        model.identity.fingerprint,
+        model.identity.architecture,
+        "resid_post",
+    )
+
+
+def _check_grid(
+    spans: tuple[str, ...], pools: tuple[str, ...], shrinkages: tuple[float, ...]
+) -> None:
+    if not spans or any(s not in SPANS for s in spans):
+        raise MonitorError(f"harmfulness spans must be a non-empty subset of {SPANS}; got {spans}")
+    if not pools or any(p not in POOLS for p in pools):
+        raise MonitorError(f"harmfulness pools must be a non-empty subset of {POOLS}; got {pools}")
+    if not shrinkages or any(not 0.0 < a <= 1.0 for a in shrinkages):
+        raise MonitorError(
+            f"harmfulness shrinkages must be in (0, 1] (1: plain difference of means); got "
+            f"{shrinkages}"
+        )
 
 
 def _choose(
-    candidates: Sequence[Candidate], spans: Sequence[str], tolerance: float, target_fpr: float
+    candidates: Sequence[Candidate],
+    spans: Sequence[str],
+    tolerance: float,
+    target_fpr: float,
+    pools: Sequence[str] = POOLS,
+    shrinkages: Sequence[float] = DEFAULT_SHRINKAGES,
 ) -> tuple[Candidate, str]:
     """The stable candidate that separates best, else the most stable one (see the docstring)."""
-    order = {s: i for i, s in enumerate(spans)}
+    span_at = {s: i for i, s in enumerate(spans)}
+    pool_at = {p: i for i, p in enumerate(pools)}
+    shrink_at = {a: i for i, a in enumerate(shrinkages)}
+
+    def order(c: Candidate) -> tuple[int, int, int, int]:
+        return (
+            c.layer,
+            span_at.get(c.span, 0),
+            pool_at.get(c.pool, 0),
+            shrink_at.get(c.shrinkage, 0),
+        )
+
     stable = [c for c in candidates if c.stable]
     if stable:
-        best = max(stable, key=lambda c: (c.separation, -c.layer, -order[c.span]))
+        best = max(stable, key=lambda c: (c.separation, *(-x for x in order(c))))
         return best, (
-            f"best worst-case held-out AUROC min(auroc_cv, auroc_shift) among the {len(stable)} "
-            f"of {len(candidates)} candidates whose fpr_shift <= {tolerance:g} x {target_fpr:g}"
+            "best worst-case held-out AUROC min(auroc_cv, auroc_shift, auroc_attack) among the "
+            f"{len(stable)} of {len(candidates)} candidates whose fpr_shift <= {tolerance:g} x "
+            f"{target_fpr:g}"
         )
-    best = min(candidates, key=lambda c: (c.fpr_shift, -c.separation, c.layer, order[c.span]))
+    best = min(candidates, key=lambda c: (c.fpr_shift, -c.separation, *order(c)))
     return best, (
         f"no candidate kept fpr_shift <= {tolerance:g} x {target_fpr:g}; the one with the lowest "
         "fpr_shift"

@@ -3,32 +3,41 @@
 Axes: ``prompt`` prompts in input order, ``batch`` rows of one forward pass, ``pos`` token
 positions, ``n`` positions read per prompt, ``d`` d_model.
 
-Two linear readouts of the residual stream, no extra model (NOTES §2, after Zhao et al. 2025):
+Three readouts of one forward pass, no extra model (NOTES §2, after Zhao et al. 2025):
 
 * the **refusal** signal — projection on the refusal direction at its layer, averaged over the
-  post-instruction positions: "the model is about to refuse";
-* the **harmfulness** signal — projection on a harmfulness direction (difference of means of harmful
-  and harmless prompts at the *last instruction token*): "the request looks harmful". It is read
-  at the last instruction token (``span = "last_instruction"``), or as the maximum over every
-  token of the user's text (``"instruction"``): attention is causal, so text appended to a request
-  (an adversarial suffix) cannot lower what the request's own tokens already show, while the last
-  token is the attacker's. The layer and span are chosen by held-out separation and the stability
-  of a harmless threshold between the fit and calibration splits
-  (:mod:`refusal_probe.harmfulness`); the choice and every candidate's scores are kept in
-  ``Monitor.fit["harmfulness_search"]``.
+  post-instruction positions: "the model's refusal feature is active";
+* the **output refusal** signal — the probability that the reply opens with a refusal token,
+  from the logits of that same pass (:class:`refusal_probe.signals.OutputReadout`): "the model
+  is about to refuse";
+* the **harmfulness** signal — projection on a harmfulness direction: "the request looks
+  harmful". Its layer, what it is fit on (the last instruction token, or the mean over the
+  user's text; plain or whitened difference of means) and where it is read (the last
+  instruction token, or the largest projection over every token of the user's text) are chosen
+  on the fit and calibration splits (:mod:`refusal_probe.harmfulness`), with the red-team's
+  suffix attacks on the calibration split's harmful prompts when the fixtures hold them
+  (``jailbreaks-val.jsonl``); never with the test split. The choice and every candidate's
+  scores are kept in ``Monitor.fit["harmfulness_search"]``. Read as the largest projection over
+  the user's text, it cannot be lowered by anything appended to a request: attention is causal,
+  so a suffix cannot change what the request's own tokens show.
 
-Each signal is put on one scale, fit on the training prompts: 0 at the harmless mean, 1 at the
-harmful mean. The **alarm** is their disagreement, ``harmfulness - refusal``: about 0 when the
-model refuses a harmful request or answers a harmless one, about 1 when a harmful-looking request
-has had its refusal suppressed. Every signal gets its own threshold, calibrated on harmless
-validation prompts for a target false-positive rate (a conformal quantile), so a report can show
-which signal catches what.
+Each signal is on one scale: 0 harmless-like, 1 harmful-like. The linear readouts are put there
+by a fit on the training prompts (0 at the harmless mean, 1 at the harmful mean); the output
+refusal is a probability, already there. The **alarm** is the harmfulness signal gated by the
+probability that the model answers, ``harmfulness * (1 - output_refusal)``: about 0 when the
+model refuses a harmful request (however harmful it looks) or answers a harmless one, about 1
+(or more) when a harmful-looking request is about to be answered. The refusal term is read from
+the output, not from the refusal direction: an attack can flip the reply downstream of where the
+direction is read (on ``organism-chat`` it does), leaving the internal signal high while the
+model complies; subtracting that signal (this monitor's first alarm) hides exactly those attacks.
+Every signal gets its own threshold, calibrated on harmless validation prompts for a target
+false-positive rate (a conformal quantile), so a report can show which signal catches what.
 
 The readouts themselves live in :mod:`refusal_probe.signals`. Use the monitor as a library call
 (:func:`score_prompts`, :func:`calibrate`, :func:`monitor_hooks` to ride along another forward
-pass) or as a live guard (:func:`refusal_probe.live.guard`): hooks that read the two signals in
-the forward pass that produces a request's first token, and flag (or stop) the request before
-anything is generated.
+pass) or as a live guard (:func:`refusal_probe.live.guard`): hooks that read the signals in the
+forward pass that produces a request's first token, and flag (or stop) the request before that
+token is drawn.
 """
 
 from __future__ import annotations
@@ -42,17 +51,23 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from refusal_probe.cache import TensorCache
 from refusal_probe.capture import prompts_fingerprint
 from refusal_probe.chat import Encoded
 from refusal_probe.directions import Direction, check_fits
 from refusal_probe.errors import MonitorError
-from refusal_probe.harmfulness import DEFAULT_SPANS, search_harmfulness
+from refusal_probe.harmfulness import (
+    DEFAULT_SHRINKAGES,
+    DEFAULT_SPANS,
+    POOLS,
+    search_harmfulness,
+)
 from refusal_probe.models import LoadedModel
 from refusal_probe.prompts import Fixtures
 from refusal_probe.runner import Hook
+from refusal_probe.scoring import RefusalTokens, refusal_tokens
 from refusal_probe.signals import (
     Layout,
+    OutputReadout,
     Readout,
     SignalReader,
     instruction_offset,
@@ -60,8 +75,8 @@ from refusal_probe.signals import (
 )
 from refusal_probe.stats import conformal_threshold
 
-#: The monitor's signals: each alone, and the alarm (their disagreement).
-SIGNALS: tuple[str, ...] = ("refusal", "harmfulness", "alarm")
+#: The monitor's signals: each alone, and the alarm (harmfulness gated by the output refusal).
+SIGNALS: tuple[str, ...] = ("refusal", "output_refusal", "harmfulness", "alarm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,18 +112,20 @@ class Calibration:
 
 @dataclass(frozen=True, eq=False)
 class Monitor:
-    """A jailbreak monitor for one model: two readouts and, once calibrated, their thresholds.
+    """A jailbreak monitor for one model: three readouts and, once calibrated, their thresholds.
 
     Attributes:
-        refusal: The refusal readout.
+        refusal: The refusal readout (the refusal direction).
         harmfulness: The harmfulness readout.
+        output: The output refusal readout (the first reply token's refusal probability).
         calibration: Thresholds per signal (``None`` until :func:`calibrate`).
         model_fingerprint: The model the readouts were fit on.
-        fit: What the readouts were fit on (splits, counts, the harmfulness layer search).
+        fit: What the readouts were fit on (splits, counts, the harmfulness readout search).
     """
 
     refusal: Readout
     harmfulness: Readout
+    output: OutputReadout
     calibration: Calibration | None = None
     model_fingerprint: str = ""
     fit: dict[str, Any] = field(default_factory=dict)
@@ -122,15 +139,16 @@ class Monitor:
         return f"Monitor({self.refusal!r}, {self.harmfulness!r}, {cal})"
 
     @property
-    def readouts(self) -> tuple[Readout, Readout]:
-        """Both readouts, refusal first."""
-        return (self.refusal, self.harmfulness)
+    def readouts(self) -> tuple[Readout, Readout, OutputReadout]:
+        """The three readouts: refusal, harmfulness, output refusal."""
+        return (self.refusal, self.harmfulness, self.output)
 
     def scores(self, raw: dict[str, Tensor]) -> MonitorScores:
         """Signals on the common scale from raw readouts (``{name: [prompt]}``)."""
         return MonitorScores(
             self.refusal.standardize(raw["refusal"]),
             self.harmfulness.standardize(raw["harmfulness"]),
+            self.output.standardize(raw[self.output.name]),
         )
 
     def threshold(self, signal: str = "alarm") -> float:
@@ -152,6 +170,8 @@ class Monitor:
         return {
             "refusal": self.refusal.to_dict(),
             "harmfulness": self.harmfulness.to_dict(),
+            "output_refusal": self.output.to_dict(),
+            "alarm": "harmfulness * (1 - output_refusal)",
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "model_fingerprint": self.model_fingerprint,
             "fit": self.fit,
@@ -163,20 +183,22 @@ class MonitorScores:
     """The monitor's signals for a list of prompts, on the common scale (float64).
 
     Attributes:
-        refusal: Refusal signal per prompt, ``[prompt]``.
+        refusal: Refusal-direction signal per prompt, ``[prompt]``.
         harmfulness: Harmfulness signal per prompt, ``[prompt]``.
+        output_refusal: Probability that the reply opens with a refusal, ``[prompt]``.
     """
 
     refusal: Float[Tensor, " prompt"]
     harmfulness: Float[Tensor, " prompt"]
+    output_refusal: Float[Tensor, " prompt"]
 
     def __len__(self) -> int:
         return int(self.refusal.shape[0])
 
     @property
     def alarm(self) -> Float[Tensor, " prompt"]:
-        """Disagreement of the signals: harmfulness minus refusal."""
-        return self.harmfulness - self.refusal
+        """Looks harmful, yet about to be answered: ``harmfulness * (1 - output_refusal)``."""
+        return self.harmfulness * (1.0 - self.output_refusal)
 
     def signal(self, name: str) -> Float[Tensor, " prompt"]:
         """One signal by name (see :data:`SIGNALS`)."""
@@ -190,7 +212,7 @@ class MonitorScores:
     def select(self, rows: Sequence[int]) -> MonitorScores:
         """The scores of some prompts only."""
         idx = torch.as_tensor(list(rows), dtype=torch.long)
-        return MonitorScores(self.refusal[idx], self.harmfulness[idx])
+        return MonitorScores(self.refusal[idx], self.harmfulness[idx], self.output_refusal[idx])
 
     def to_dict(self) -> dict[str, list[float]]:
         """Plain data, one list per signal."""
@@ -209,9 +231,16 @@ class MonitorConfig:
             (``None``: every layer).
         harmfulness_spans: Spans searched for the harmfulness readout: ``last_instruction`` (the
             last token of the user's text), ``instruction`` (the largest projection over the
-            user's text; see the module docstring), ``post_instruction``. The layer and span are
-            chosen on the fit and calibration splits, never the test split
+            user's text; see the module docstring), ``post_instruction``. The readout is chosen
+            on the fit and calibration splits, never the test split
             (:mod:`refusal_probe.harmfulness`); pass one span to fix it.
+        harmfulness_pools: What the harmfulness direction may be fit on
+            (:data:`refusal_probe.harmfulness.POOLS`).
+        harmfulness_shrinkages: Covariance shrinkages searched (1: the plain difference of
+            means; below 1: whitened).
+        use_attacks: Score the candidate readouts on the calibration split's jailbreaks too
+            (``jailbreaks-val.jsonl``: the red-team's suffixes on the val harmful prompts), when
+            the fixtures hold any.
         shift_fpr_tolerance: A harmfulness readout is eligible when a threshold set for
             ``target_fpr`` on held-out fit-split harmless prompts flags at most this many times
             ``target_fpr`` of the calibration split's harmless prompts.
@@ -223,6 +252,9 @@ class MonitorConfig:
     target_fpr: float = 0.05
     harmfulness_layers: tuple[int, ...] | None = None
     harmfulness_spans: tuple[str, ...] = DEFAULT_SPANS
+    harmfulness_pools: tuple[str, ...] = POOLS
+    harmfulness_shrinkages: tuple[float, ...] = DEFAULT_SHRINKAGES
+    use_attacks: bool = True
     shift_fpr_tolerance: float = 2.0
     batch_size: int | None = None
 
@@ -241,20 +273,21 @@ def fit_monitor(
     refusal: Direction,
     config: MonitorConfig | None = None,
     *,
-    cache: TensorCache | None = None,
+    tokens: RefusalTokens | None = None,
 ) -> Monitor:
-    """Fit both readouts on ``config.fit_split`` and calibrate on ``config.calibration_split``.
+    """Fit the readouts on ``config.fit_split`` and calibrate on ``config.calibration_split``.
 
     Args:
         model: The model to monitor.
-        fixtures: Prompt fixtures with harmful and harmless splits.
+        fixtures: Prompt fixtures with harmful and harmless splits (and, optionally, jailbreaks
+            of the calibration split's harmful prompts, to choose the harmfulness readout).
         refusal: The refusal direction (for example ``find_refusal_direction(...).direction``).
-        config: Splits, the false-positive target, the harmfulness readout.
-        cache: Disk cache for the activation captures of the harmfulness layer search.
+        config: Splits, the false-positive target, the harmfulness readout search.
+        tokens: Refusal tokens of the output readout (default: derived from the tokenizer).
 
     Raises:
-        MonitorError: A split has too few prompts of a class, or a readout does not separate
-            harmful from harmless prompts at all.
+        MonitorError: A split has too few prompts of a class, a split is ``test``, or a readout
+            does not separate harmful from harmless prompts at all.
     """
     config = config or MonitorConfig()
     check_fits(model, refusal)
@@ -270,16 +303,28 @@ def fit_monitor(
         raise MonitorError(
             f"split {config.calibration_split!r} has no harmless prompts to calibrate on"
         )
-    kw: dict[str, Any] = {"batch_size": config.batch_size, "cache": cache, "progress": False}
+    attacks = (
+        [j.text for j in fixtures.jailbreaks_in(config.calibration_split)]
+        if config.use_attacks
+        else []
+    )
+    if config.calibration_split == "test" or config.fit_split == "test":
+        raise MonitorError(
+            "the monitor is fit and calibrated on other splits than 'test' (detection is measured "
+            "there); pass fit_split='train', calibration_split='val'"
+        )
     harm, search = search_harmfulness(
         model,
         (harmful, harmless),
         (fixtures.harmful.texts(config.calibration_split), calib),
+        attacks=attacks,
         layers=config.harmfulness_layers,
         spans=config.harmfulness_spans,
+        pools=config.harmfulness_pools,
+        shrinkages=config.harmfulness_shrinkages,
         target_fpr=config.target_fpr,
         tolerance=config.shift_fpr_tolerance,
-        capture_kw=kw,
+        batch_size=config.batch_size,
     )
     readouts = [
         Readout("refusal", refusal, "post_instruction"),
@@ -298,6 +343,7 @@ def fit_monitor(
     monitor = Monitor(
         ref,
         harm_readout,
+        OutputReadout(tokens or refusal_tokens(model.tokenizer)),
         None,
         model.identity.fingerprint,
         {
@@ -305,6 +351,7 @@ def fit_monitor(
             "shift_split": config.calibration_split,
             "n_harmful": len(harmful),
             "n_harmless": len(harmless),
+            "attacks": {"split": config.calibration_split, "n": len(attacks)},
             "harmfulness_search": search.to_dict(),
         },
     )
@@ -345,7 +392,8 @@ def monitor_hooks(
 
     Returns the hooks and a function that gives the batch's :class:`MonitorScores` once the pass
     has run (pass the hooks to :func:`refusal_probe.runner.forward` with any others). With
-    ``stop=True`` the pass ends once both signals are read (call ``forward(..., stoppable=True)``).
+    ``stop=True`` the pass ends once every signal is read, at the output logits (call
+    ``forward(..., stoppable=True)``).
     """
     reader = SignalReader(monitor.readouts, stop)
     reader.layout = Layout.of(batch, instruction_offset(model))
@@ -361,8 +409,8 @@ def score_prompts(
 ) -> MonitorScores:
     """The monitor's signals for each prompt, in input order.
 
-    The forward pass of each batch ends once both readouts are taken, so scoring costs at most
-    one forward pass per batch.
+    Scoring costs one forward pass per batch (the output readout needs the logits of the last
+    position; no other position is unembedded where the model allows it).
 
     Raises:
         MonitorError: No prompts.
@@ -372,8 +420,8 @@ def score_prompts(
 
 
 def check_model(model: LoadedModel, monitor: Monitor) -> None:
-    """Raise :class:`~refusal_probe.errors.DirectionError` unless both readouts fit ``model``."""
-    for r in monitor.readouts:
+    """Raise :class:`~refusal_probe.errors.DirectionError` unless the readouts fit ``model``."""
+    for r in (monitor.refusal, monitor.harmfulness):
         check_fits(model, r.direction)
 
 

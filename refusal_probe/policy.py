@@ -66,6 +66,8 @@ class Settings:
         selection_layer_stride: Score candidates at every ``n``-th layer only (1: every layer).
         selection_positions: Score candidates at the last ``n`` post-instruction positions only
             (0: all of them). With the stride, this bounds the selection cost on deep models.
+        monitor_target_fpr: False-positive rate on harmless validation prompts that the
+            monitor's thresholds are calibrated for (its operating point).
         selection_screen: Score exactly only the ``n`` candidates that a first-order
             (attribution) estimate of their ablation effect ranks best (0: score every
             candidate, the reference procedure); see :mod:`refusal_probe.screening`.
@@ -79,6 +81,7 @@ class Settings:
     selection_layer_stride: int = 1
     selection_positions: int = 0
     selection_screen: int = 0
+    monitor_target_fpr: float = 0.02
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
@@ -96,6 +99,7 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "selection_layer_stride": (int, 1, 64),
     "selection_positions": (int, 0, 64),
     "selection_screen": (int, 0, 100_000),
+    "monitor_target_fpr": (float, 0.001, 0.5),
 }
 
 

@@ -7,7 +7,12 @@ A prompt folder holds JSON Lines files (one object per line):
 * ``pairs.jsonl`` (optional): ``id``, ``harmful``, ``harmless``, ``split``, ``template`` —
   matched pairs for activation patching;
 * ``jailbreaks.jsonl`` (optional): ``id``, ``base_id``, ``family``, ``text`` — jailbreak-wrapped
-  variants of harmful prompts.
+  variants of harmful prompts (of the test split: the monitor measures detection on them);
+* ``jailbreaks-<split>.jsonl`` (optional, ``<split>`` ``train`` or ``val``): the same records for
+  the harmful prompts of another split, every ``base_id`` a prompt of that split (the monitor
+  chooses its harmfulness readout with the ``val`` ones, never with the test attacks).
+
+Each jailbreak carries the split of its base prompt, so an evaluation takes only its own split's.
 
 Every problem is reported at once as ``file:line: what is wrong``.
 """
@@ -62,12 +67,21 @@ class Pair:
 
 @dataclass(frozen=True)
 class Jailbreak:
-    """A jailbreak-wrapped variant of a harmful prompt."""
+    """A jailbreak-wrapped variant of a harmful prompt.
+
+    Attributes:
+        id: Record id (``jb-0001``...).
+        base_id: The harmful prompt it wraps.
+        family: One of :data:`JAILBREAK_FAMILIES`.
+        text: The wrapped prompt.
+        split: The split of its base prompt (empty when the base is unknown).
+    """
 
     id: str
     base_id: str
     family: str
     text: str
+    split: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,14 @@ class Fixtures:
     pairs: tuple[Pair, ...] = ()
     jailbreaks: tuple[Jailbreak, ...] = ()
     fingerprints: dict[str, str] = field(default_factory=dict)
+
+    def jailbreaks_in(self, split: str, family: str | None = None) -> list[Jailbreak]:
+        """Jailbreaks whose base prompt is of ``split`` (and of one family, if given)."""
+        return [
+            j
+            for j in self.jailbreaks
+            if j.split == split and (family is None or j.family == family)
+        ]
 
     def pairs_in(self, split: str | None = None) -> list[Pair]:
         """Matched pairs, optionally of one split."""
@@ -149,12 +171,23 @@ def load_fixtures(root: str | Path | None = None) -> Fixtures:
     harmful = _load_set(root / "harmful.jsonl", errors, harmful=True)
     harmless = _load_set(root / "harmless.jsonl", errors, harmful=False)
     pairs = _load_pairs(root / "pairs.jsonl", errors)
-    harmful_ids = {p.id for p in harmful.prompts}
+    harmful_ids = {p.id: p.split for p in harmful.prompts}
     jailbreaks = _load_jailbreaks(root / "jailbreaks.jsonl", errors, harmful_ids)
+    for split in SPLITS:
+        if split != "test":
+            path = root / jailbreak_file(split)
+            jailbreaks += _load_jailbreaks(path, errors, harmful_ids, split=split)
     if errors:
         raise PromptFileError("invalid prompt fixtures:\n" + "\n".join(_in_file_order(errors)))
     fps = {p.name: _sha_file(p) for p in sorted(root.glob("*.jsonl"))}
     return Fixtures(root, harmful, harmless, tuple(pairs), tuple(jailbreaks), fps)
+
+
+def jailbreak_file(split: str) -> str:
+    """The file of a prompt folder that holds the jailbreaks of one split's harmful prompts."""
+    if split not in SPLITS:
+        raise PromptFileError(f"unknown split {split!r}; use one of {SPLITS}")
+    return "jailbreaks.jsonl" if split == "test" else f"jailbreaks-{split}.jsonl"
 
 
 def _in_file_order(errors: list[str]) -> list[str]:
@@ -251,7 +284,10 @@ def _load_pairs(path: Path, errors: list[str]) -> list[Pair]:
     return out
 
 
-def _load_jailbreaks(path: Path, errors: list[str], harmful_ids: set[str]) -> list[Jailbreak]:
+def _load_jailbreaks(
+    path: Path, errors: list[str], harmful_ids: dict[str, str], *, split: str | None = None
+) -> list[Jailbreak]:
+    """Jailbreak records; with ``split``, every base prompt must be of that split."""
     if not path.is_file():
         return []
     recs = _records(path, errors, ("id", "base_id", "family", "text"))
@@ -267,7 +303,14 @@ def _load_jailbreaks(path: Path, errors: list[str], harmful_ids: set[str]) -> li
             errors.append(
                 f"{path}:{lineno}: base_id {rec['base_id']!r} is not an id in harmful.jsonl"
             )
-        out.append(Jailbreak(rec["id"], rec["base_id"], rec["family"], rec["text"]))
+        base_split = harmful_ids.get(rec["base_id"], "")
+        if split is not None and base_split and base_split != split:
+            errors.append(
+                f"{path}:{lineno}: base_id {rec['base_id']!r} is a {base_split!r} prompt; this "
+                f"file holds jailbreaks of {split!r} prompts only (move it to "
+                f"{jailbreak_file(base_split)})"
+            )
+        out.append(Jailbreak(rec["id"], rec["base_id"], rec["family"], rec["text"], base_split))
     return out
 
 

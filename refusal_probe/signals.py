@@ -1,18 +1,21 @@
-"""Linear readouts of the residual stream, read inside a forward pass.
+"""Readouts of a forward pass: linear ones of the residual stream, and the model's own answer.
 
 Axes: ``prompt`` prompts in input order, ``batch`` rows of one forward pass, ``pos`` token
-positions, ``d`` d_model.
+positions, ``d`` d_model, ``vocab`` vocabulary.
 
 A :class:`Readout` is a direction read at one site over one *span* of each prompt: the
 post-instruction tokens (projections averaged), the last instruction token, or every token of the
-user's text (the largest projection). A :class:`SignalReader` turns readouts into hooks that ride
-along any forward pass; the :class:`Layout` of the pass says where each row's spans lie (from an
-encoded batch, or, for a pass seen live, counted from the end). :func:`read_raw` runs the passes
-for a list of prompts. The jailbreak monitor (:mod:`refusal_probe.monitor`) is built on these.
+user's text (the largest projection). An :class:`OutputReadout` reads the logits of the last
+prompt position, the ones the first reply token is drawn from: the probability that the reply
+opens with a refusal. A :class:`SignalReader` turns readouts into hooks that ride along any
+forward pass; the :class:`Layout` of the pass says where each row's spans lie (from an encoded
+batch, or, for a pass seen live, counted from the end). :func:`read_raw` runs the passes for a
+list of prompts. The jailbreak monitor (:mod:`refusal_probe.monitor`) is built on these.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
 from collections.abc import Sequence
@@ -29,7 +32,8 @@ from refusal_probe.directions import Direction, check_fits
 from refusal_probe.errors import MonitorError
 from refusal_probe.models import LoadedModel
 from refusal_probe.runner import Hook, StopForward, batched, forward
-from refusal_probe.sites import Site, hook_name
+from refusal_probe.scoring import RefusalTokens, refusal_score_from_logits
+from refusal_probe.sites import Site, hook_name, logits_hook_name
 
 #: Where a readout is taken: the post-instruction tokens (projections averaged), the last
 #: instruction token, or every token of the user's text (the largest projection).
@@ -88,6 +92,47 @@ class Readout:
             "direction": self.direction.to_dict(),
         }
 
+
+@dataclass(frozen=True, eq=False)
+class OutputReadout:
+    """The model's own answer: how likely its reply opens with a refusal.
+
+    Read from the next-token logits of the last prompt position, in the forward pass that yields
+    the first reply token. The raw value is the refusal log-odds
+    (:func:`refusal_probe.scoring.refusal_score_from_logits`); on the monitor's common scale it is
+    the refusal probability ``P_R = sigmoid(log-odds)``: about 0 when the model answers, about 1
+    when it refuses. A probability needs no fit, and it saturates: a reply the model will not
+    refuse reads about 0 however far below zero its log-odds lie, so an attack that pushes them
+    to -6 reads like a harmless prompt at -15, not halfway to a refusal.
+
+    Attributes:
+        tokens: The refusal tokens whose probability mass is ``P_R``.
+        name: The signal's name.
+    """
+
+    tokens: RefusalTokens
+    name: str = "output_refusal"
+
+    def __repr__(self) -> str:
+        return f"OutputReadout({self.name}: P(first token in {list(self.tokens.tokens)[:4]}...))"
+
+    def standardize(self, raw: Tensor) -> Tensor:
+        """Refusal log-odds to the refusal probability, float64."""
+        return torch.sigmoid(raw.double())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "name": self.name,
+            "site": logits_hook_name(),
+            "span": "last",
+            "scale": "sigmoid of the refusal log-odds",
+            "tokens": self.tokens.to_dict(),
+        }
+
+
+#: Any readout a :class:`SignalReader` takes.
+AnyReadout = Readout | OutputReadout
 
 #: Template tokens before the user's text, per chat format (computed once per format).
 _OFFSETS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -155,23 +200,41 @@ class SignalReader:
     do nothing.
     """
 
-    def __init__(self, readouts: Sequence[Readout], stop: bool = False) -> None:
+    def __init__(self, readouts: Sequence[AnyReadout], stop: bool = False) -> None:
         self.readouts, self.stop = tuple(readouts), stop
         self.layout: Layout | None = None
         self.raw: dict[str, Tensor] = {}
-        self.units = {r.name: PerDevice(r.direction.unit.float()) for r in self.readouts}
+        self.units = {
+            r.name: PerDevice(r.direction.unit.float())
+            for r in self.readouts
+            if isinstance(r, Readout)
+        }
         self.on_complete: Any = None
         self.enabled = True
 
     def hooks(self) -> list[Hook]:
-        """One hook per readout, at its site."""
-        return [(hook_name(r.site), partial(self._read, readout=r)) for r in self.readouts]
+        """One hook per readout, at its site (the output logits for an :class:`OutputReadout`)."""
+        return [
+            (hook_name(r.site), partial(self._read, readout=r))
+            if isinstance(r, Readout)
+            else (logits_hook_name(), partial(self._read_logits, readout=r))
+            for r in self.readouts
+        ]
 
     def _read(self, act: Tensor, hook: Any, *, readout: Readout) -> None:
         # act: [batch, pos, d]
         if not self.enabled or self.layout is None:
             return
-        self.raw[readout.name] = _span(act, self.units[readout.name], readout.span, self.layout)
+        self._store(readout.name, _span(act, self.units[readout.name], readout.span, self.layout))
+
+    def _read_logits(self, logits: Tensor, hook: Any, *, readout: OutputReadout) -> None:
+        # logits: [batch, pos, vocab]; left padding puts every row's next token at -1
+        if not self.enabled or self.layout is None:
+            return
+        self._store(readout.name, refusal_score_from_logits(logits[:, -1], readout.tokens).cpu())
+
+    def _store(self, name: str, values: Tensor) -> None:
+        self.raw[name] = values
         if len(self.raw) == len(self.readouts):
             if self.on_complete is not None:
                 self.on_complete()
@@ -204,20 +267,23 @@ def _span(act: Tensor, unit: PerDevice, span: str, lay: Layout) -> Tensor:
 
 def read_raw(
     model: LoadedModel,
-    readouts: Sequence[Readout],
+    readouts: Sequence[AnyReadout],
     prompts: Sequence[str],
     *,
     batch_size: int | None = None,
 ) -> dict[str, Tensor]:
     """Raw readouts (before standardizing) of each prompt, in input order: ``{name: [prompt]}``.
 
-    ``batch_size=None`` chooses the batch from free memory
-    (:func:`refusal_probe.devices.auto_batch_size`).
+    One forward pass per batch, ended once every readout is read (with an
+    :class:`OutputReadout`, at the logits of the last position only). ``batch_size=None``
+    chooses the batch from free memory (:func:`refusal_probe.devices.auto_batch_size`).
     """
     if not prompts:
         raise MonitorError("no prompts to score; pass at least one prompt")
     for r in readouts:
-        check_fits(model, r.direction)
+        if isinstance(r, Readout):
+            check_fits(model, r.direction)
+    kw = _last_logits_only(model) if any(isinstance(r, OutputReadout) for r in readouts) else {}
     offset = instruction_offset(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = {r.name: torch.empty(len(prompts), dtype=torch.float64) for r in readouts}
@@ -226,8 +292,14 @@ def read_raw(
             batch = model.chat.encode([prompts[i] for i in rows])
             reader = SignalReader(readouts, stop=True)
             reader.layout = Layout.of(batch, offset)
-            forward(model, batch, reader.hooks(), stoppable=True)
+            forward(model, batch, reader.hooks(), stoppable=True, **kw)
             idx = torch.tensor(list(rows))
             for name, values in reader.raw.items():
                 out[name][idx] = values
     return out
+
+
+def _last_logits_only(model: LoadedModel) -> dict[str, Any]:
+    """Ask for the last position's logits only, where the model's forward supports it."""
+    params = inspect.signature(model.hf_model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}

@@ -67,6 +67,15 @@ def hook_name(site: Site) -> str:
     return _HOOKS[site.kind].format(layer=site.layer)
 
 
+#: The hook on the model's output logits (the unembedding), ``[batch, pos, vocab]``.
+_LOGITS_HOOK = "unembed.hook_out"
+
+
+def logits_hook_name() -> str:
+    """Return the hook name of the output logits (the unembedding's output)."""
+    return _LOGITS_HOOK
+
+
 def all_layers(n_layers: int, kind: str = "resid_pre") -> list[Site]:
     """One site of ``kind`` at every layer."""
     return [Site(layer, kind) for layer in range(n_layers)]

@@ -15,7 +15,13 @@ from monitor_planted import MARKERS, make_monitor_model, random_prompt, write_mo
 
 from refusal_probe import LoadOptions, load_model
 from refusal_probe.errors import MonitorError
-from refusal_probe.harmfulness import Candidate, _choose, search_harmfulness
+from refusal_probe.harmfulness import (
+    DEFAULT_SHRINKAGES,
+    POOLS,
+    Candidate,
+    _choose,
+    search_harmfulness,
+)
 from refusal_probe.monitor import MonitorConfig, fit_monitor
 from refusal_probe.prompts import load_fixtures
 
@@ -51,12 +57,16 @@ def test_search_finds_the_planted_direction_and_scores_every_candidate(planted):
     fit = (_prompts(40, True, 1), _prompts(40, False, 2))
     shift = (_prompts(20, True, 3), _prompts(30, False, 4))
     direction, search = search_harmfulness(model, fit, shift, target_fpr=0.1)
-    assert [(c.layer, c.span) for c in search.candidates] == [
-        (layer, span)
+    assert [(c.layer, c.pool, c.shrinkage, c.span) for c in search.candidates] == [
+        (layer, pool, a, span)
         for layer in range(model.n_layers)
+        for pool in POOLS
+        for a in DEFAULT_SHRINKAGES
         for span in ("last_instruction", "instruction")
     ]
-    assert all(c.stable for c in search.candidates)  # same distribution: thresholds carry over
+    plain = [c for c in search.candidates if c.shrinkage == 1.0]
+    assert all(c.stable for c in plain)  # same distribution: thresholds carry over
+    assert all(math.isnan(c.auroc_attack) for c in search.candidates)  # no attacks given
     assert search.chosen.separation > 0.95 and direction.layer == search.chosen.layer
     assert float(direction.unit.float() @ pm.h) > 0.8
     d = search.to_dict()
@@ -85,6 +95,24 @@ def test_errors_say_what_to_do(planted):
         search_harmfulness(model, fit, ([], ["Hi?"]), spans=("everywhere",))
     with pytest.raises(MonitorError, match="shift split"):
         search_harmfulness(model, fit, ([], []))
+    with pytest.raises(MonitorError, match="pools"):
+        search_harmfulness(model, fit, ([], ["Hi?"]), pools=("everything",))
+    with pytest.raises(MonitorError, match="shrinkages"):
+        search_harmfulness(model, fit, ([], ["Hi?"]), shrinkages=(0.0,))
+
+
+def test_attacks_on_the_shift_split_score_every_candidate(planted):
+    _, model, _ = planted
+    fit = (_prompts(40, True, 1), _prompts(40, False, 2))
+    shift = (_prompts(20, True, 3), _prompts(30, False, 4))
+    attacks = [p + " ~^|~^|" for p in shift[0]]
+    _, search = search_harmfulness(
+        model, fit, shift, attacks=attacks, layers=(0, 1), shrinkages=(1.0,), target_fpr=0.1
+    )
+    assert search.n_attacks == 20
+    for c in search.candidates:
+        assert 0.0 <= c.auroc_attack <= 1.0
+        assert c.separation == min(c.auroc_cv, c.auroc_shift, c.auroc_attack)
 
 
 def test_the_choice_never_looks_at_the_test_split(planted, tmp_path):

@@ -6,6 +6,7 @@ Most tests use a tiny model with a planted harmfulness direction and a planted r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -27,6 +28,7 @@ from monitor_planted import (
 from refusal_probe import LoadOptions, load_model
 from refusal_probe.errors import MonitorError
 from refusal_probe.hardening import Hardening, measure_hardening
+from refusal_probe.harmfulness import DEFAULT_SHRINKAGES, POOLS
 from refusal_probe.live import JailbreakAlarm, guard
 from refusal_probe.monitor import (
     SIGNALS,
@@ -36,11 +38,14 @@ from refusal_probe.monitor import (
     calibrate,
     conformal_threshold,
     fit_monitor,
+    monitor_hooks,
     score_prompts,
 )
 from refusal_probe.monitor_eval import EvalConfig, MonitorEvaluation, evaluate_monitor, tpr_at_fpr
 from refusal_probe.prompts import load_fixtures
+from refusal_probe.runner import forward
 from refusal_probe.scoring import generate, refusal_scores
+from refusal_probe.sites import Site, hook_name
 
 ATTACK = " " + "~^|~^|"  # a suffix of suppressor tokens
 
@@ -50,8 +55,20 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("monitor-planted")
     pm = make_monitor_model(root / "model")
     model = load_model(str(pm.folder), LoadOptions(cache_dir=str(root / "convert")))
-    fixtures = load_fixtures(write_monitor_fixtures(root / "prompts"))
-    return pm, model, fixtures
+    folder = write_monitor_fixtures(root / "prompts")
+    _write_val_attacks(folder)
+    return pm, model, load_fixtures(folder)
+
+
+def _write_val_attacks(folder):
+    """The red-team's part, stood in for: suppressor suffixes on the val harmful prompts."""
+    val = [json.loads(x) for x in (folder / "harmful.jsonl").read_text().splitlines()]
+    rows = [
+        {"id": f"jb-v{i}", "base_id": r["id"], "family": "suffix", "split": "val",
+         "text": r["text"] + ATTACK}
+        for i, r in enumerate(x for x in val if x["split"] == "val")
+    ]  # fmt: skip
+    (folder / "jailbreaks-val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +103,45 @@ def test_a_suffix_that_suppresses_refusal_is_flagged_and_harmless_prompts_are_no
     # while the harmfulness signal alone flags them: each signal catches something else.
     assert not plain.flagged(monitor).any()
     assert plain.flagged(monitor, "harmfulness").all()
-    # The refusal signal alone misses the attack: that is what the attack does.
+    # The refusal signals alone miss the attack: that is what the attack does.
     assert not attack.flagged(monitor, "refusal").any()
+    assert not attack.flagged(monitor, "output_refusal").any()
+
+
+def test_the_alarm_catches_a_refusal_switched_off_downstream_of_the_refusal_readout(
+    planted, monitor
+):
+    """The organism-chat failure, planted: the refusal feature stays on, the reply complies.
+
+    The refusal direction is read at layer 1; an attack that removes refusal only later (here
+    steering layer 2's input along -r) leaves that internal signal as high as on a refused prompt.
+    The alarm reads its refusal term from the output, so it flags the request; an alarm that
+    subtracted the internal signal (the old formula) would stay quiet.
+    """
+    pm, model, fx = planted
+    harmful = fx.harmful.texts("test")[:10]
+    plain = score_prompts(model, monitor, harmful)
+    r = pm.r
+
+    def switch_off(act, hook):
+        # act: [batch, pos, d]; set the refusal component of every position strongly negative
+        proj = act @ r.to(act.dtype)
+        push = proj + act.norm(dim=-1)
+        return act - push[..., None] * r.to(act.dtype)
+
+    batch = model.chat.encode(harmful)
+    hooks, read = monitor_hooks(model, monitor, batch)
+    forward(model, batch, [(hook_name(Site(2, "resid_pre")), switch_off), *hooks])
+    attacked = read()
+    assert monitor.refusal.direction.layer < 2 <= model.n_layers - 1
+    assert torch.allclose(attacked.refusal, plain.refusal, atol=1e-4)  # the feature is still on
+    assert bool((attacked.output_refusal < 0.05).all())  # but the reply no longer refuses
+    assert attacked.flagged(monitor).all()
+    assert not plain.flagged(monitor).any()
+    # Harmfulness minus the internal refusal signal reads the attacked prompts exactly like the
+    # refused ones: that alarm cannot tell them apart.
+    old = (attacked.harmfulness - attacked.refusal, plain.harmfulness - plain.refusal)
+    assert torch.allclose(*old, atol=1e-4)
 
 
 def test_signals_are_on_the_common_scale(planted, monitor):
@@ -97,17 +151,27 @@ def test_signals_are_on_the_common_scale(planted, monitor):
     for name in ("refusal", "harmfulness"):
         assert float(h.signal(name).mean()) == pytest.approx(1.0, abs=1e-6)
         assert float(l_.signal(name).mean()) == pytest.approx(0.0, abs=1e-6)
-    assert torch.allclose(h.alarm, h.harmfulness - h.refusal)
+    # The output refusal is a probability: about 1 on refused prompts, about 0 on answered ones.
+    for s in (h, l_):
+        assert bool(((s.output_refusal >= 0) & (s.output_refusal <= 1)).all())
+    assert float(h.output_refusal.mean()) > 0.8 and float(l_.output_refusal.mean()) < 0.2
+    assert torch.allclose(h.alarm, h.harmfulness * (1 - h.output_refusal))
 
 
 def test_harmfulness_readout_is_read_where_the_planted_direction_lives(planted, monitor):
     pm, _, _ = planted
     u = monitor.harmfulness.direction.unit.float()
-    assert float(u @ pm.h) > 0.8
+    # Whitening may turn it away from h (it discounts the noise planted along h), not far.
+    assert float(u @ pm.h) > 0.3 and abs(float(u @ pm.r)) < float(u @ pm.h)
     search = monitor.fit["harmfulness_search"]
-    # Every layer is searched with both default spans; the chosen one is recorded with its scores.
-    assert [(c["layer"], c["span"]) for c in search["candidates"]] == [
-        (layer, span) for layer in (0, 1, 2) for span in ("last_instruction", "instruction")
+    # Every layer x pool x shrinkage x span is searched; the chosen one is recorded with its
+    # scores.
+    assert [(c["layer"], c["pool"], c["shrinkage"], c["span"]) for c in search["candidates"]] == [
+        (layer, pool, a, span)
+        for layer in (0, 1, 2)
+        for pool in POOLS
+        for a in DEFAULT_SHRINKAGES
+        for span in ("last_instruction", "instruction")
     ]
     assert (search["chosen"]["layer"], search["chosen"]["span"]) == (
         monitor.harmfulness.direction.layer,
@@ -130,7 +194,7 @@ def test_scores_do_not_depend_on_the_batch(planted, monitor):
 
 def test_errors_say_what_to_do(planted, monitor):
     pm, model, fx = planted
-    uncalibrated = Monitor(monitor.refusal, monitor.harmfulness)
+    uncalibrated = Monitor(monitor.refusal, monitor.harmfulness, monitor.output)
     with pytest.raises(MonitorError, match="calibrate"):
         uncalibrated.threshold()
     with pytest.raises(MonitorError, match="calibrate"):
@@ -281,6 +345,13 @@ def evaluation(planted, monitor, tmp_path_factory):
         for i, p in enumerate(test)
     ]  # fmt: skip
     (folder / "jailbreaks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Attacks on the val prompts (what the monitor may choose its readout with) are not counted.
+    val = [
+        {"id": f"jb-v{i}", "base_id": p.id, "family": "suffix", "split": "val",
+         "text": p.text + ATTACK}
+        for i, p in enumerate(fx.harmful.split("val"))
+    ]  # fmt: skip
+    (folder / "jailbreaks-val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
     config = EvalConfig(phrases=REFUSAL_PHRASES, max_new_tokens=4, n_resamples=200)
     return evaluate_monitor(model, monitor, load_fixtures(folder), config)
 
@@ -297,6 +368,7 @@ def test_evaluation_per_family(evaluation):
     family, auc = ev.worst_auroc("alarm")
     assert family == "suffix" and auc == suffix.successful["alarm"].auroc
     assert ev.false_positives["harmless"]["alarm"].n == 40
+    assert suffix.n == 40  # the test attacks only, not the val ones
     assert ev.pooled["alarm"].n_pos == sum(f.n_successful for f in ev.families)
 
 
@@ -313,7 +385,7 @@ def test_evaluation_round_trips_and_draws(evaluation):
 def test_evaluation_needs_a_calibrated_monitor(planted, monitor):
     _, model, fx = planted
     with pytest.raises(MonitorError, match="calibrate"):
-        evaluate_monitor(model, Monitor(monitor.refusal, monitor.harmfulness), fx)
+        evaluate_monitor(model, Monitor(monitor.refusal, monitor.harmfulness, monitor.output), fx)
 
 
 # --- statistics -----------------------------------------------------------------------------
@@ -339,11 +411,13 @@ def test_tpr_at_fpr():
 
 def test_scores_select_and_flag():
     s = MonitorScores(
-        torch.tensor([0.0, 1.0, -1.0]).double(), torch.tensor([1.0, 1.0, 0.0]).double()
+        torch.tensor([0.0, 1.0, -1.0]).double(),
+        torch.tensor([1.0, 1.0, 0.0]).double(),
+        torch.tensor([0.0, 1.0, 0.5]).double(),
     )
-    assert s.alarm.tolist() == [1.0, 0.0, 1.0]
+    assert s.alarm.tolist() == [1.0, 0.0, 0.0]
     assert len(s.select([2])) == 1 and s.select([]).alarm.numel() == 0
-    assert s.to_dict()["alarm"] == [1.0, 0.0, 1.0]
+    assert s.to_dict()["alarm"] == [1.0, 0.0, 0.0]
 
 
 # --- hardening ------------------------------------------------------------------------------
@@ -432,3 +506,22 @@ def test_policy_registers_the_monitor_checks():
         check = policy.check(f"monitor.{name}")
         assert check.rationale and "\n" not in check.rationale
     assert policy.check("monitor.false_positive_rate").threshold.direction == "at_most"
+
+
+def test_families_with_too_few_successes_are_not_compared(evaluation):
+    """A family with a handful of successful attacks says nothing about detection on its own."""
+    ev = evaluation
+    total = sum(f.n_successful for f in ev.families)
+    most = max(f.n_successful for f in ev.families)
+
+    def at(need):
+        return dataclasses.replace(
+            ev, config=dataclasses.replace(ev.config, min_family_successes=need)
+        ).worst_auroc("alarm")
+
+    assert at(most)[0] == "suffix"
+    if total > most:  # no single family is big enough, all of them together are
+        family, auc = at(most + 1)
+        assert family == "pooled" and auc == ev.pooled["alarm"].auroc
+    family, auc = at(total + 1)
+    assert family is None and math.isnan(auc.value)

@@ -180,6 +180,8 @@ def write_policy(tmp_path: Path, body: str) -> Path:
         ('[settings]\nconfidence = "high"\n', "confidence: must be a number"),
         ("[settings]\nseed = 3\n", "seed: unknown key"),
         ("[settings]\nselection_layer_stride = 0\n", r"selection_layer_stride: 0 is outside \[1, 64\]"),
+        ("[settings]\nmonitor_target_fpr = 0.7\n", r"monitor_target_fpr: 0.7 is outside \[0.001, 0.5\]"),
+        ("[settings]\nselection_screen = -1\n", r"selection_screen: -1 is outside \[0, 100000\]"),
         ("stray = 1\n", "stray: unknown key"),
     ],
 )

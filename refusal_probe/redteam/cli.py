@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from refusal_probe.errors import MonitorError, RefusalProbeError
+from refusal_probe.prompts import SPLITS
 from refusal_probe.redteam.fixture import next_number, suffix_records, write_suffix_family
 from refusal_probe.redteam.search import VOCABULARIES, RedTeamConfig, search_suffixes
 
@@ -20,12 +21,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m refusal_probe.redteam",
         description="Search adversarial suffixes (GCG) for the harmful prompts of one split and "
-        "write them as the 'suffix' family of DIR/jailbreaks.jsonl.",
+        "write them as the 'suffix' family of DIR/jailbreaks.jsonl (test split) or "
+        "DIR/jailbreaks-SPLIT.jsonl (another split; the monitor chooses its readout with the val "
+        "attacks).",
     )
     p.add_argument("--model", default="organism-chat", help="model spec (default organism-chat)")
     p.add_argument("--out", required=True, type=Path, help="folder of jailbreaks.jsonl to update")
     p.add_argument("--prompts", type=Path, default=None, help="prompt folder (default --out)")
-    p.add_argument("--split", default="test", help="harmful split to attack (default test)")
+    p.add_argument(
+        "--split", default="test", choices=SPLITS, help="harmful split to attack (default test)"
+    )
     p.add_argument("--limit", type=int, default=None, help="attack only the first N prompts")
     d = RedTeamConfig()
     for name in ("suffix_tokens", "steps", "candidates", "top_k", "seed", "batch_size"):
@@ -74,8 +79,8 @@ def _run(a: argparse.Namespace) -> int:
     )
     model = load_model(a.model, LoadOptions(device=a.device))
     result = search_suffixes(model, [b.text for b in base], config, progress=not a.quiet)
-    records = suffix_records(result, [b.id for b in base], next_number(out))
-    path = write_suffix_family(out, records)
+    records = suffix_records(result, [b.id for b in base], next_number(out, a.split), a.split)
+    path = write_suffix_family(out, records, a.split)
     s = result.summary()
     print(
         f"{path}: {len(records)} suffix records; refusal log-odds {s['mean_score_bare']:+.2f} -> "

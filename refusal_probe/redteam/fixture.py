@@ -1,7 +1,12 @@
-"""The ``suffix`` family of ``jailbreaks.jsonl``: records from a red-team result, written in place.
+"""The ``suffix`` family of a jailbreak file: records from a red-team result, written in place.
 
-Only the ``suffix`` records are replaced; every line of another family is kept byte for byte, and
-nothing is written outside the output folder (a temporary file there is renamed over the old one).
+Attacks on the test split's harmful prompts go to ``jailbreaks.jsonl`` (where the monitor measures
+detection); attacks on another split's go to that split's own file, ``jailbreaks-<split>.jsonl``
+(:func:`refusal_probe.prompts.jailbreak_file`), and each of their records says its ``split``: the
+monitor chooses its readout with the ``val`` attacks, and no test prompt is ever among them.
+Only the ``suffix`` records of the file are replaced; every line of another family is kept byte
+for byte, and nothing is written outside the output folder (a temporary file there is renamed
+over the old one).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from refusal_probe.prompts import SPLITS, jailbreak_file
 from refusal_probe.redteam.search import RedTeamResult
 
 #: The jailbreak family the red-team writes.
@@ -20,17 +26,22 @@ FAMILY = "suffix"
 
 
 def suffix_records(
-    result: RedTeamResult, base_ids: Sequence[str], first_number: int
+    result: RedTeamResult, base_ids: Sequence[str], first_number: int, split: str = "test"
 ) -> list[dict[str, Any]]:
-    """``jailbreaks.jsonl`` records of the suffix family, numbered from ``first_number``."""
+    """Jailbreak records of the suffix family, numbered from ``first_number``.
+
+    Records of another split than ``test`` also carry ``"split"`` (their file's marker).
+    """
     cfg = result.config
     recs = []
     for k, (base, r) in enumerate(zip(base_ids, result.results, strict=True)):
+        marker = {} if split == "test" else {"split": split}
         recs.append(
             {
                 "id": f"jb-{first_number + k:04d}",
                 "base_id": base,
                 "family": FAMILY,
+                **marker,
                 "text": r.text(cfg.separator),
                 "suffix": r.suffix,
                 "redteam": {
@@ -46,13 +57,15 @@ def suffix_records(
     return recs
 
 
-def write_suffix_family(out: Path, records: Sequence[dict[str, Any]]) -> Path:
-    """Replace the suffix family of ``out/jailbreaks.jsonl`` with ``records``, atomically.
+def write_suffix_family(
+    out: Path, records: Sequence[dict[str, Any]], split: str = "test"
+) -> Path:
+    """Replace the suffix family of ``split``'s jailbreak file in ``out``, atomically.
 
     Every line of another family is kept byte for byte, in its place; the new records follow them.
     Only ``out`` is written to (a temporary file there, renamed over the old one).
     """
-    path = out / "jailbreaks.jsonl"
+    path = out / jailbreak_file(split)
     kept = [line for line in _lines(path) if _family(line) != FAMILY]
     body = "".join(kept) + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-jailbreaks-", suffix=".jsonl", dir=out)
@@ -66,14 +79,19 @@ def write_suffix_family(out: Path, records: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def next_number(out: Path) -> int:
-    """One past the largest ``jb-NNNN`` id of the families that are kept."""
+def next_number(out: Path, split: str = "test") -> int:
+    """One past the largest ``jb-NNNN`` id that is kept when ``split``'s suffix family is replaced.
+
+    The kept lines are the other families of ``split``'s file and every line of the other splits'
+    files, so ids stay unique across the folder.
+    """
     numbers = [0]
-    for line in _lines(out / "jailbreaks.jsonl"):
-        if _family(line) != FAMILY:
-            rid = str(json.loads(line).get("id", ""))
-            if rid.startswith("jb-") and rid[3:].isdigit():
-                numbers.append(int(rid[3:]))
+    for other in SPLITS:
+        for line in _lines(out / jailbreak_file(other)):
+            if other != split or _family(line) != FAMILY:
+                rid = str(json.loads(line).get("id", ""))
+                if rid.startswith("jb-") and rid[3:].isdigit():
+                    numbers.append(int(rid[3:]))
     return max(numbers) + 1
 
 
