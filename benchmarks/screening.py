@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from refusal_probe import DirectionConfig, TensorCache, find_refusal_direction, load_model
-from refusal_probe.prompts import load_fixtures
 from refusal_probe.errors import ScoringError
+from refusal_probe.prompts import load_fixtures
 from refusal_probe.scoring import filter_by_score, refusal_scores, refusal_tokens
 from refusal_probe.selection import score_candidates, split_texts
 
@@ -38,7 +38,13 @@ def filter_by_refusal(model: Any, fx: Any, conf: DirectionConfig) -> None:
     tokens = refusal_tokens(model.tokenizer)
     filter_by_score(h, l_, refusal_scores(model, h, tokens), refusal_scores(model, l_, tokens))
 
-ORGANISMS = ("organism-chat", "organism-base", "organism-chat-benign-ft", "organism-chat-harmful-ft")
+
+ORGANISMS = (
+    "organism-chat",
+    "organism-base",
+    "organism-chat-benign-ft",
+    "organism-chat-harmful-ft",
+)
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -50,7 +56,9 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-def run(spec: str, ks: list[int], reference: bool, sample: int, filter_prompts: bool) -> dict[str, Any]:
+def run(
+    spec: str, ks: list[int], reference: bool, sample: int, filter_prompts: bool
+) -> dict[str, Any]:
     model = load_model(spec)
     fx = load_fixtures()
     out: dict[str, Any] = {"model": spec, "runs": {}}
@@ -85,33 +93,39 @@ def run(spec: str, ks: list[int], reference: bool, sample: int, filter_prompts: 
         exact = {(c.layer, c.position): c.bypass for c in results["all"].selection.grid}
         for k in ks:
             grid = results[f"screen={k}"].selection.grid
-            pairs = [(c.estimate, exact[(c.layer, c.position)]) for c in grid
-                     if c.estimate is not None and not math.isnan(exact[(c.layer, c.position)])]
+            pairs = [
+                (c.estimate, exact[(c.layer, c.position)])
+                for c in grid
+                if c.estimate is not None and not math.isnan(exact[(c.layer, c.position)])
+            ]
             out["runs"][f"screen={k}"]["spearman_estimate_vs_exact"] = spearman(
-                [p[0] for p in pairs], [p[1] for p in pairs])
+                [p[0] for p in pairs], [p[1] for p in pairs]
+            )
     if sample and ks:
         res = results[f"screen={ks[-1]}"]
         left = [c for c in res.selection.grid if c.discarded == "screened"]
         rng = random.Random(0)
         picked = rng.sample(left, min(sample, len(left)))
-        cands = res.candidates.restrict(
-            tuple(sorted({c.position for c in picked})), tuple(sorted({c.layer for c in picked})))
         h, l_ = split_texts(fx, "val", base_conf.n_select)
         t0 = time.perf_counter()
-        check = score_candidates(model, cands, h, l_, res.refusal_tokens, base_conf)
-        wanted = {(c.layer, c.position) for c in picked}
-        rows = [c for c in check.grid if (c.layer, c.position) in wanted]
+        rows = []
+        for c in picked:  # one exact score each (a restricted grid is a layer x position product)
+            one = res.candidates.restrict((c.position,), (c.layer,))
+            rows.append(score_candidates(model, one, h, l_, res.refusal_tokens, base_conf).chosen)
         out["screened_out_sample"] = {
             "wall_s": time.perf_counter() - t0,
-            "cells": [[c.layer, c.position, c.bypass, next(
-                p.estimate for p in picked if (p.layer, p.position) == (c.layer, c.position))]
-                for c in rows],
+            "cells": [
+                [c.layer, c.position, c.bypass, p.estimate]
+                for c, p in zip(rows, picked, strict=True)
+            ],
             "best_bypass": min(c.bypass for c in rows),
             "winner_bypass": res.selection.chosen.bypass,
         }
         print("sample", out["screened_out_sample"], flush=True)
-    out["estimates"] = [[c.layer, c.position, c.estimate, c.bypass, c.discarded]
-                        for c in results[configs[-1][0]].selection.grid]
+    out["estimates"] = [
+        [c.layer, c.position, c.estimate, c.bypass, c.discarded]
+        for c in results[configs[-1][0]].selection.grid
+    ]
     return out
 
 
@@ -127,9 +141,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "results": [run(m, args.k, not args.no_reference, args.sample, not args.no_filter)
-                    for m in args.models],
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}",
+        "results": [
+            run(m, args.k, not args.no_reference, args.sample, not args.no_filter)
+            for m in args.models
+        ],
     }
     if args.json:
         args.json.write_text(json.dumps(data, indent=1) + "\n")

@@ -25,6 +25,7 @@ a real model in ``benchmarks/direction_results.md``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -66,19 +67,18 @@ def ablation_moment(
     moment = torch.zeros(model.d_model, model.d_model, dtype=torch.float64)
     scores = torch.empty(len(prompts), dtype=torch.float64)
     chunks = batched(order, size)
+    acts: dict[Site, Tensor] = {}  # this batch's activations at every site, in the graph
+
+    def keep(act: Tensor, hook: Any, site: Site) -> Tensor:
+        if not act.requires_grad:  # frozen weights: start the graph here
+            act = act.detach().requires_grad_(True)
+        acts[site] = act
+        return act
+
+    hooks: list[Hook] = [(hook_name(s), partial(keep, site=s)) for s in sites]
     for rows in chunks:
         batch = model.chat.encode([prompts[i] for i in rows])
-        acts: dict[Site, Tensor] = {}
-
-        def keep(act: Tensor, hook: Any, site: Site) -> Tensor:
-            if not act.requires_grad:  # frozen weights: start the graph here
-                act = act.detach().requires_grad_(True)
-            acts[site] = act
-            return act
-
-        hooks: list[Hook] = [
-            (hook_name(s), lambda act, hook, s=s: keep(act, hook, s)) for s in sites
-        ]
+        acts.clear()
         with torch.enable_grad():
             logits = forward(model, batch, hooks, logits_to_keep=1)
             assert logits is not None  # not stoppable

@@ -49,7 +49,6 @@ from refusal_probe.errors import DirectionError
 from refusal_probe.interventions import Ablate, Add, PerRow
 from refusal_probe.models import LoadedModel
 from refusal_probe.prompts import Fixtures
-from refusal_probe.screening import ablation_moment, estimated_bypass, screen
 from refusal_probe.scoring import (
     REFUSAL_PHRASES,
     RefusalTokens,
@@ -61,6 +60,7 @@ from refusal_probe.scoring import (
     refusal_score_from_logits,
     refusal_tokens,
 )
+from refusal_probe.screening import ablation_moment, estimated_bypass, screen
 from refusal_probe.sites import POST_INSTRUCTION, all_layers
 from refusal_probe.stats import N_RESAMPLES, SEED
 
@@ -307,9 +307,7 @@ def _measure_grid(
     scored = torch.ones(len(live), dtype=torch.bool)
     n_screen = 0
     if config.screen is not None and sum(d.layer < cutoff for d in live) > config.screen:
-        moment, _, n_screen = ablation_moment(
-            model, harmful, tokens, batch_size=config.batch_size
-        )
+        moment, _, n_screen = ablation_moment(model, harmful, tokens, batch_size=config.batch_size)
         base_h = float(refusal_score_from_logits(base[:nh], tokens).mean())
         estimate = estimated_bypass(moment, base_h, live)
         keep = screen(estimate, config.screen, [d.layer < cutoff for d in live])
@@ -327,9 +325,7 @@ def _measure_grid(
             return torch.stack([score, kl_divergence(base[idx], logits)], dim=1)  # [batch, 2]
 
         plan = PerRow(tuple((Ablate(d),) for d in chosen for _ in prompts))
-        abl, n_abl = map_last_logits(
-            model, prompts * k, ablated, [plan], max_batch=config.max_rows
-        )
+        abl, n_abl = map_last_logits(model, prompts * k, ablated, [plan], max_batch=config.max_rows)
         abl = abl.view(k, len(prompts), 2)  # [cand, prompt, (score, kl)]
         part[:, 0], part[:, 2] = abl[:, :nh, 0].mean(1), abl[:, nh:, 1].mean(1)
 
