@@ -137,6 +137,7 @@ def test_the_fast_policy_keeps_the_bars_and_narrows_selection() -> None:
     assert fast.settings.selection_positions == 1
     assert (full.settings.selection_prompts, full.settings.selection_layer_stride) == (32, 1)
     assert full.settings.selection_positions == 0  # every post-instruction position
+    assert full.settings.selection_screen == 16  # screened by attribution, the best 16 scored
 
 
 def write_policy(tmp_path: Path, body: str) -> Path:
