@@ -148,12 +148,12 @@ def organism(adaptive_weight: float) -> dict[str, Any]:
     """Fit, calibrate and evaluate the monitor on organism-chat; attack it adaptively."""
     import dataclasses
 
+    from refusal_probe.direction_search import find_refusal_direction
     from refusal_probe.hardening import measure_hardening
     from refusal_probe.monitor import MonitorConfig, fit_monitor
     from refusal_probe.monitor_eval import evaluate_monitor
     from refusal_probe.prompts import Jailbreak
     from refusal_probe.redteam import RedTeamConfig, search_suffixes
-    from refusal_probe.selection import find_refusal_direction
 
     model = load_model("organism-chat")
     fx = load_fixtures()

@@ -4,6 +4,11 @@ from refusal_probe.cache import TensorCache
 from refusal_probe.capture import Activations, capture
 from refusal_probe.chat import PLAIN_TEMPLATE, ChatFormat, Encoded
 from refusal_probe.devices import auto_batch_size, parse_device_map
+from refusal_probe.direction_search import (
+    DirectionResult,
+    candidate_directions,
+    find_refusal_direction,
+)
 from refusal_probe.directions import (
     Candidates,
     Direction,
@@ -70,15 +75,8 @@ from refusal_probe.scoring import (
     refusal_scores,
     refusal_tokens,
 )
-from refusal_probe.selection import (
-    CandidateScore,
-    DirectionConfig,
-    DirectionResult,
-    Selection,
-    candidate_directions,
-    find_refusal_direction,
-    score_candidates,
-)
+from refusal_probe.screening import ablation_moment, estimated_bypass
+from refusal_probe.selection import CandidateScore, DirectionConfig, Selection, score_candidates
 from refusal_probe.sites import LAST, LAST_INSTRUCTION, POST_INSTRUCTION, Positions, Site, hook_name
 from refusal_probe.stats import Interval, Rate, Separation, separation, wilson_interval
 from refusal_probe.validation import (
@@ -160,6 +158,7 @@ __all__ = [
     "ValidationConfig",
     "ValidationResult",
     "Verdict",
+    "ablation_moment",
     "attribution_patching",
     "auto_batch_size",
     "calibrate",
@@ -170,6 +169,7 @@ __all__ = [
     "cosine_per_layer",
     "decide",
     "difference_of_means",
+    "estimated_bypass",
     "evaluate_monitor",
     "exact_patching",
     "find_refusal_direction",

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from refusal_probe.cache import TensorCache
 from refusal_probe.capture import prompts_fingerprint
+from refusal_probe.direction_search import candidate_directions, split_texts
 from refusal_probe.directions import Candidates, Direction, check_fits, cosine_per_layer
 from refusal_probe.interventions import Ablate, Add, PerRow, Span
 from refusal_probe.models import LoadedModel
@@ -46,7 +47,7 @@ from refusal_probe.scoring import (
     tensor_to_texts,
     texts_to_tensor,
 )
-from refusal_probe.selection import DirectionConfig, candidate_directions, split_texts
+from refusal_probe.selection import DirectionConfig
 from refusal_probe.stats import (
     LEVEL,
     N_RESAMPLES,

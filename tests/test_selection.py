@@ -10,6 +10,7 @@ import torch
 from planted import make_planted_model, write_fixtures
 
 from refusal_probe import load_model
+from refusal_probe.direction_search import find_refusal_direction
 from refusal_probe.directions import Candidates, cosine
 from refusal_probe.errors import DirectionError, ScoringError
 from refusal_probe.interventions import Ablate, Add
@@ -20,7 +21,7 @@ from refusal_probe.scoring import (
     refusal_scores,
     refusal_tokens,
 )
-from refusal_probe.selection import DirectionConfig, find_refusal_direction, score_candidates
+from refusal_probe.selection import DirectionConfig, score_candidates
 from refusal_probe.testing import make_tiny_model
 
 FAST = DirectionConfig(n_resamples=100)

@@ -9,12 +9,13 @@ import torch
 from planted import REFUSAL_TEXT, make_planted_model, write_fixtures
 
 from refusal_probe import load_model
+from refusal_probe.direction_search import find_refusal_direction
 from refusal_probe.directions import Direction
 from refusal_probe.errors import DirectionError
 from refusal_probe.models import FIXTURES_DIR
 from refusal_probe.prompts import load_fixtures
 from refusal_probe.scoring import refusal_scores
-from refusal_probe.selection import DirectionConfig, find_refusal_direction
+from refusal_probe.selection import DirectionConfig
 from refusal_probe.testing import make_tiny_model, organism_status
 from refusal_probe.validation import ValidationConfig, transfer, validate_direction
 

@@ -339,7 +339,7 @@ class Findings:
 
     def _direction(self, artifact: Path) -> DirectionSummary:
         from refusal_probe.cache import TensorCache
-        from refusal_probe.selection import find_refusal_direction
+        from refusal_probe.direction_search import find_refusal_direction
 
         config, cache = self.direction_config(), TensorCache(self.options.cache_dir)
         try:

@@ -326,8 +326,8 @@ def measure_finetune(f: Findings, base: ModelBaseline | AuditBaseline) -> FineTu
     """Compute the comparison (see the module docstring)."""
     from refusal_probe.cache import TensorCache
     from refusal_probe.capture import capture
+    from refusal_probe.direction_search import split_texts
     from refusal_probe.directions import check_fits
-    from refusal_probe.selection import split_texts
     from refusal_probe.sites import POST_INSTRUCTION, all_layers
     from refusal_probe.validation import transfer
 

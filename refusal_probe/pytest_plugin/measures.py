@@ -1,6 +1,6 @@
 """What the audits measure, as small serializable results with their figures.
 
-Each result is computed from the engine's results (:mod:`refusal_probe.selection`,
+Each result is computed from the engine's results (:mod:`refusal_probe.direction_search`,
 :mod:`refusal_probe.validation`, :mod:`refusal_probe.scoring`) and reduced to what the audits and
 the report need: intervals, per-prompt outcomes where a paired interval needs them, and the
 figures' data. Every result round-trips through ``to_dict``/``from_dict`` so that a warm run can
@@ -174,7 +174,7 @@ class DirectionSummary:
 
     @classmethod
     def of(cls, result: Any) -> DirectionSummary:
-        """Summarize a :class:`~refusal_probe.selection.DirectionResult`."""
+        """Summarize a :class:`~refusal_probe.direction_search.DirectionResult`."""
 
         def row(c: Any) -> dict[str, Any]:
             s = c.stats
