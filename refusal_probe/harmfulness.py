@@ -13,7 +13,7 @@ A candidate readout is a choice of
   identity, ``C = (1 - a) * S + a * (tr S / d) * I`` (a Fisher discriminant, regularized): it
   discounts directions along which prompts of one class vary a lot anyway (template, length);
 * *span* (:data:`refusal_probe.signals.SPANS`): where the direction is read, at the last
-  instruction token, or as the largest projection over the user's text.
+  instruction token, as the largest projection over the user's text, or as their mean.
 
 Every candidate is scored without the test split:
 
@@ -25,16 +25,32 @@ Every candidate is scored without the test split:
   harmful prompts (the red-team's adversarial suffixes on the ``val`` prompts,
   ``jailbreaks-val.jsonl``) against its harmless prompts: does the readout still see a request as
   harmful once an attacker has appended text to it (NaN without such attacks);
-* ``fpr_shift``: the false-positive rate on the shift split's harmless prompts at the threshold
-  that gives ``target_fpr`` on the held-out fold's harmless prompts (mean of the two folds). It
-  asks whether a threshold set on one sample of harmless prompts holds on another: a readout
-  whose harmless scores move between samples will not hold its calibrated rate in deployment.
+* ``tpr_attack``: the share of those jailbreaks above the threshold the monitor will use, set
+  for ``target_fpr`` on the shift split's harmless prompts: detection *at the operating point*.
+  At a 2% target on 64 prompts that threshold is the largest harmless score, and a readout whose
+  attacks clear the harmless bulk (high AUROC) may still not clear its extreme;
+* ``fpr_unseen``: the false-positive rate on harmless prompts of *unseen kinds*. The fit
+  split's harmless prompts are held out one group at a time (their ``category``, when the
+  fixtures give two or more; else the two interleaved halves); for each group the direction is
+  refit without it, the threshold is set for ``target_fpr`` on the shift split's harmless
+  prompts (as calibration will), and the held-out group's prompts above it are counted (pooled
+  over the groups). It asks what deployment asks: does a threshold set on one sample of
+  harmless requests hold on requests about things neither the fit nor the calibration saw?
+  (A readout read as a maximum over tokens is heavy-tailed there: one unfamiliar word can lift a
+  harmless request above every calibration prompt.)
+* ``fpr_shift`` (reported, not used in the choice): the shift split's harmless prompts above a
+  threshold set on held-out fit-split prompts. On ``organism-chat`` it ranked readouts against
+  their test false-positive rate (Spearman -0.42 over the 120 candidates; ``fpr_unseen`` +0.66):
+  held-out fit-split prompts share their acts with the fit, so it measures the fit/calibration
+  gap, which calibration removes anyway.
 
-A candidate is *stable* when ``fpr_shift <= tolerance * target_fpr``. The choice is the stable
-candidate with the best worst-case separation ``min(auroc_cv, auroc_shift, auroc_attack)`` (ties:
-the earlier layer, then the earlier span, pool and shrinkage in the order given); with no stable
-candidate, the one with the lowest ``fpr_shift``. The shift split's harmless prompts later
-calibrate the thresholds too, so they influence the choice only through aggregate rates.
+A candidate is *stable* unless ``fpr_unseen`` is credibly above ``tolerance * target_fpr``: the
+low end of its 95% Wilson interval is above it (a handful of held-out prompts cannot resolve a
+rate of a few percent, and one flagged prompt of eight is no evidence). The choice is the stable
+candidate with the best worst case ``min(auroc_cv, auroc_shift, auroc_attack, tpr_attack)``
+(ties: the earlier layer, then the earlier span, pool and shrinkage in the order given); with no
+stable candidate, the one with the lowest ``fpr_unseen``. The shift split's harmless prompts
+later calibrate the thresholds too, so they influence the choice only through aggregate rates.
 """
 
 from __future__ import annotations
@@ -58,11 +74,11 @@ from refusal_probe.models import LoadedModel
 from refusal_probe.runner import StopForward, batched, forward
 from refusal_probe.signals import SPANS, Layout, Readout, instruction_offset, read_raw
 from refusal_probe.sites import Site, hook_name
-from refusal_probe.stats import auroc, conformal_threshold
+from refusal_probe.stats import auroc, conformal_threshold, wilson_interval
 
 #: Spans searched by default: what the user's text shows (the post-instruction tokens are the
 #: template's, downstream of anything an attacker appends).
-DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction")
+DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction", "instruction_mean")
 #: What a direction can be fit on: the last instruction token, or the mean over the user's text.
 POOLS: tuple[str, ...] = ("last_instruction", "instruction")
 #: Shrinkages searched by default (1: the plain difference of means).
@@ -78,29 +94,41 @@ class Candidate:
         span: One of :data:`refusal_probe.signals.SPANS`.
         auroc_cv: Two-fold held-out AUROC inside the fit split.
         auroc_shift: AUROC on the shift split (NaN when it lacks a class).
-        fpr_shift: False-positive rate on the shift split's harmless prompts at thresholds set
-            for the target rate on held-out fit-split harmless prompts (mean of two folds).
-        stable: ``fpr_shift`` is within the tolerance.
+        fpr_unseen: False-positive rate on held-out groups of the fit split's harmless prompts
+            at thresholds set for the target rate on the shift split's harmless prompts, the
+            direction refit without each group (pooled over the groups).
+        stable: ``fpr_unseen`` is not credibly above the tolerance (its Wilson interval's low
+            end is within it).
         pool: What the direction is fit on, one of :data:`POOLS`.
         shrinkage: 1 for the difference of means, below 1 whitened (see the module docstring).
         auroc_attack: AUROC of the shift split's jailbreaks against its harmless prompts (NaN
             without jailbreaks).
+        tpr_attack: Share of the shift split's jailbreaks above the threshold set for the
+            target rate on its harmless prompts (NaN without jailbreaks).
+        fpr_shift: False-positive rate on the shift split's harmless prompts at thresholds set
+            for the target rate on held-out fit-split harmless prompts (mean of two folds);
+            reported only.
     """
 
     layer: int
     span: str
     auroc_cv: float
     auroc_shift: float
-    fpr_shift: float
+    fpr_unseen: float
     stable: bool
     pool: str = "last_instruction"
     shrinkage: float = 1.0
     auroc_attack: float = math.nan
+    tpr_attack: float = math.nan
+    fpr_shift: float = math.nan
 
     @property
     def separation(self) -> float:
-        """Worst held-out AUROC: ``auroc_cv``, ``auroc_shift``, ``auroc_attack`` (NaN: left out)."""
-        scores = (self.auroc_cv, self.auroc_shift, self.auroc_attack)
+        """Worst held-out score of ``auroc_cv``, ``auroc_shift``, ``auroc_attack``, ``tpr_attack``.
+
+        NaN scores are left out.
+        """
+        scores = (self.auroc_cv, self.auroc_shift, self.auroc_attack, self.tpr_attack)
         return min(x for x in scores if not math.isnan(x))
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,9 +146,12 @@ class HarmfulnessSearch:
         candidates: Layers x pools x shrinkages x spans, in search order.
         chosen: The chosen candidate.
         target_fpr: The false-positive rate thresholds aim for.
-        tolerance: A candidate is stable when ``fpr_shift <= tolerance * target_fpr``.
+        tolerance: A candidate is stable unless ``fpr_unseen`` is credibly above
+            ``tolerance * target_fpr``.
         rule: Why it was chosen, in words.
         n_attacks: Jailbreak prompts behind ``auroc_attack`` (0: none, the score is left out).
+        groups: How ``fpr_unseen`` held harmless prompts out: ``category`` or ``halves``.
+        n_groups: Groups held out in turn.
     """
 
     candidates: tuple[Candidate, ...]
@@ -129,6 +160,8 @@ class HarmfulnessSearch:
     tolerance: float
     rule: str
     n_attacks: int = 0
+    groups: str = "halves"
+    n_groups: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -138,6 +171,8 @@ class HarmfulnessSearch:
             "target_fpr": self.target_fpr,
             "tolerance": self.tolerance,
             "n_attacks": self.n_attacks,
+            "groups": self.groups,
+            "n_groups": self.n_groups,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -148,12 +183,13 @@ def search_harmfulness(
     shift: tuple[Sequence[str], Sequence[str]],
     *,
     attacks: Sequence[str] = (),
+    groups: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     spans: Sequence[str] = DEFAULT_SPANS,
     pools: Sequence[str] = POOLS,
     shrinkages: Sequence[float] = DEFAULT_SHRINKAGES,
     target_fpr: float = 0.05,
-    tolerance: float = 2.0,
+    tolerance: float = 1.5,
     batch_size: int | None = None,
 ) -> tuple[Direction, HarmfulnessSearch]:
     """The harmfulness direction and where to read it (see the module docstring).
@@ -162,14 +198,17 @@ def search_harmfulness(
         model: The monitored model.
         fit: ``(harmful, harmless)`` prompts the direction is fit on (two or more of each).
         shift: ``(harmful, harmless)`` prompts of another split; at least one harmless prompt.
-        attacks: Jailbreaks built on the shift split's harmful prompts (for ``auroc_attack``);
-            never the test split's.
+        attacks: Jailbreaks built on the shift split's harmful prompts (for ``auroc_attack`` and
+            ``tpr_attack``); never the test split's.
+        groups: One label per harmless fit prompt (its category), held out in turn for
+            ``fpr_unseen``; ``None`` or fewer than two labels: the two interleaved halves.
         layers: Candidate layers (``None``: every layer).
         spans: Candidate spans.
         pools: Candidate pools (:data:`POOLS`).
         shrinkages: Candidate shrinkages, each in ``(0, 1]``.
         target_fpr: The false-positive rate the monitor's thresholds aim for.
-        tolerance: Stable when ``fpr_shift <= tolerance * target_fpr``.
+        tolerance: Stable unless ``fpr_unseen`` is credibly (95% Wilson interval) above
+            ``tolerance * target_fpr``.
         batch_size: Prompts per forward pass (``None``: chosen from free memory).
 
     Returns:
@@ -177,7 +216,7 @@ def search_harmfulness(
 
     Raises:
         MonitorError: An unknown span or pool, a shrinkage outside ``(0, 1]``, too few prompts,
-            or no layer where the class means differ.
+            ``groups`` of the wrong length, or no layer where the class means differ.
     """
     spans, pools, shrinkages = tuple(spans), tuple(pools), tuple(float(a) for a in shrinkages)
     _check_grid(spans, pools, shrinkages)
@@ -187,14 +226,18 @@ def search_harmfulness(
             "the harmfulness search needs at least 2 harmful and 2 harmless fit prompts and one "
             "harmless prompt of the shift split"
         )
+    how, labels = _groups(groups, len(harmless))
     layers = tuple(range(model.n_layers)) if layers is None else tuple(layers)
     acts_h = pooled_activations(model, harmful, layers, batch_size=batch_size)
     acts_l = pooled_activations(model, harmless, layers, batch_size=batch_size)
-    folds = {"0": slice(0, None, 2), "1": slice(1, None, 2), "all": slice(None)}
+    # Rows of the harmless fit prompts each fold's direction is fit on; "out:g" leaves group g out.
+    rows_l: dict[str, Any] = {"0": slice(0, None, 2), "1": slice(1, None, 2), "all": slice(None)}
+    rows_l |= {f"out:{g}": torch.tensor(labels != g) for g in np.unique(labels)}
+    rows_h = {f: rows_l[f] if f in ("0", "1") else slice(None) for f in rows_l}
     # vectors[(fold, pool, shrinkage)]: [site, d]
     vectors = {
-        (f, pool, a): _fit(acts_h[pool][rows], acts_l[pool][rows], a)
-        for f, rows in folds.items()
+        (f, pool, a): _fit(acts_h[pool][rows_h[f]], acts_l[pool][rows_l[f]], a)
+        for f in rows_l
         for pool in pools
         for a in shrinkages
     }
@@ -219,10 +262,13 @@ def search_harmfulness(
             for j, pool, a, s in grid
         ]
 
-    on_fit = read_raw(model, readouts(("0", "1")), harmful + harmless, batch_size=batch_size)
+    out_folds = [f for f in rows_l if f.startswith("out:")]
     sh, sl, atk = list(shift[0]), list(shift[1]), list(attacks)
+    on_fit = read_raw(model, readouts(("0", "1")), harmful + harmless, batch_size=batch_size)
     on_shift = read_raw(model, readouts(("0", "1", "all")), sh + sl + atk, batch_size=batch_size)
-    n_h, n_sh, n_sl = len(harmful), len(sh), len(sl)
+    # Each left-out direction reads its own group and the shift split's harmless prompts.
+    on_out = read_raw(model, readouts(out_folds), harmless + sl, batch_size=batch_size)
+    n_h, n_l, n_sh, n_sl = len(harmful), len(harmless), len(sh), len(sl)
     candidates = []
     for j, pool, a, s in grid:
         key = f"{j}|{pool}|{a}|{s}"
@@ -234,28 +280,53 @@ def search_harmfulness(
             threshold, _ = conformal_threshold(neg[-1], target_fpr)
             harmless_shift = on_shift[f"{f}|{key}"].numpy()[n_sh : n_sh + n_sl]
             fprs.append(float((harmless_shift > threshold).mean()))
+        flagged = 0
+        for f in out_folds:
+            raw = on_out[f"{f}|{key}"].numpy()
+            threshold, _ = conformal_threshold(raw[n_l:], target_fpr)
+            flagged += int((raw[:n_l][~rows_l[f].numpy()] > threshold).sum())
+        unseen = flagged / n_l
         full = on_shift[f"all|{key}"].numpy()
         neg_shift = full[n_sh : n_sh + n_sl]
         shifted = auroc(full[:n_sh], neg_shift) if n_sh else math.nan
-        attacked = auroc(full[n_sh + n_sl :], neg_shift) if atk else math.nan
-        fpr = float(np.mean(fprs))
+        attacked, caught = math.nan, math.nan
+        if atk:
+            attacked = auroc(full[n_sh + n_sl :], neg_shift)
+            threshold, _ = conformal_threshold(neg_shift, target_fpr)
+            caught = float((full[n_sh + n_sl :] > threshold).mean())
         candidates.append(
             Candidate(
                 layers[j],
                 s,
                 auroc(np.concatenate(pos), np.concatenate(neg)),
                 shifted,
-                fpr,
-                fpr <= tolerance * target_fpr,
+                unseen,
+                wilson_interval(flagged, n_l).low <= tolerance * target_fpr,
                 pool,
                 a,
                 attacked,
+                caught,
+                float(np.mean(fprs)),
             )
         )
     chosen, rule = _choose(candidates, spans, tolerance, target_fpr, pools, shrinkages)
     best = direction("all", layers.index(chosen.layer), chosen.pool, chosen.shrinkage)
-    search = HarmfulnessSearch(tuple(candidates), chosen, target_fpr, tolerance, rule, len(atk))
+    search = HarmfulnessSearch(
+        tuple(candidates), chosen, target_fpr, tolerance, rule, len(atk), how, len(out_folds)
+    )
     return best, search
+
+
+def _groups(groups: Sequence[str] | None, n: int) -> tuple[str, np.ndarray]:
+    """How harmless fit prompts are held out for ``fpr_unseen``, and each prompt's group."""
+    if groups is not None and len(groups) != n:
+        raise MonitorError(
+            f"groups has {len(groups)} labels for {n} harmless fit prompts; pass one label "
+            "(the prompt's category) per harmless fit prompt, or None"
+        )
+    if groups is not None and len(set(groups)) >= 2:
+        return "category", np.asarray([str(g) for g in groups])
+    return "halves", np.asarray([str(i % 2) for i in range(n)])
 
 
 def pooled_activations(
@@ -382,7 +453,7 @@ def _choose(
     pools: Sequence[str] = POOLS,
     shrinkages: Sequence[float] = DEFAULT_SHRINKAGES,
 ) -> tuple[Candidate, str]:
-    """The stable candidate that separates best, else the most stable one (see the docstring)."""
+    """The stable candidate that detects best, else the most stable one (see the docstring)."""
     span_at = {s: i for i, s in enumerate(spans)}
     pool_at = {p: i for i, p in enumerate(pools)}
     shrink_at = {a: i for i, a in enumerate(shrinkages)}
@@ -399,12 +470,12 @@ def _choose(
     if stable:
         best = max(stable, key=lambda c: (c.separation, *(-x for x in order(c))))
         return best, (
-            "best worst-case held-out AUROC min(auroc_cv, auroc_shift, auroc_attack) among the "
-            f"{len(stable)} of {len(candidates)} candidates whose fpr_shift <= {tolerance:g} x "
-            f"{target_fpr:g}"
+            "best worst case min(auroc_cv, auroc_shift, auroc_attack, tpr_attack) among the "
+            f"{len(stable)} of {len(candidates)} candidates whose fpr_unseen is not credibly above "
+            f"{tolerance:g} x {target_fpr:g}"
         )
-    best = min(candidates, key=lambda c: (c.fpr_shift, -c.separation, *order(c)))
+    best = min(candidates, key=lambda c: (c.fpr_unseen, -c.separation, *order(c)))
     return best, (
-        f"no candidate kept fpr_shift <= {tolerance:g} x {target_fpr:g}; the one with the lowest "
-        "fpr_shift"
+        f"every candidate's fpr_unseen is credibly above {tolerance:g} x {target_fpr:g}; the "
+        "one with the lowest fpr_unseen"
     )

@@ -13,13 +13,16 @@ Three readouts of one forward pass, no extra model (NOTES §2, after Zhao et al.
 * the **harmfulness** signal — projection on a harmfulness direction: "the request looks
   harmful". Its layer, what it is fit on (the last instruction token, or the mean over the
   user's text; plain or whitened difference of means) and where it is read (the last
-  instruction token, or the largest projection over every token of the user's text) are chosen
-  on the fit and calibration splits (:mod:`refusal_probe.harmfulness`), with the red-team's
-  suffix attacks on the calibration split's harmful prompts when the fixtures hold them
-  (``jailbreaks-val.jsonl``); never with the test split. The choice and every candidate's
-  scores are kept in ``Monitor.fit["harmfulness_search"]``. Read as the largest projection over
-  the user's text, it cannot be lowered by anything appended to a request: attention is causal,
-  so a suffix cannot change what the request's own tokens show.
+  instruction token, or the largest or the mean projection over the user's text) are chosen
+  on the fit and calibration splits (:mod:`refusal_probe.harmfulness`): among readouts whose
+  calibrated false-positive rate holds on harmless prompts of categories left out of the fit,
+  the one that best detects the red-team's suffix attacks on the calibration split's harmful
+  prompts (``jailbreaks-val.jsonl``) at the operating point; never with the test split. The
+  choice and every candidate's scores are kept in ``Monitor.fit["harmfulness_search"]``. Read
+  as the largest projection over the user's text, it cannot be lowered by anything appended to
+  a request (attention is causal, so a suffix cannot change what the request's own tokens
+  show), but it is heavy-tailed on harmless requests about unfamiliar things; read as the mean,
+  it is lighter-tailed, and appended text can dilute it.
 
 Each signal is on one scale: 0 harmless-like, 1 harmful-like. The linear readouts are put there
 by a fit on the training prompts (0 at the harmless mean, 1 at the harmful mean); the output
@@ -231,7 +234,8 @@ class MonitorConfig:
             (``None``: every layer).
         harmfulness_spans: Spans searched for the harmfulness readout: ``last_instruction`` (the
             last token of the user's text), ``instruction`` (the largest projection over the
-            user's text; see the module docstring), ``post_instruction``. The readout is chosen
+            user's text; see the module docstring), ``instruction_mean`` (the mean projection
+            over it), ``post_instruction``. The readout is chosen
             on the fit and calibration splits, never the test split
             (:mod:`refusal_probe.harmfulness`); pass one span to fix it.
         harmfulness_pools: What the harmfulness direction may be fit on
@@ -241,9 +245,10 @@ class MonitorConfig:
         use_attacks: Score the candidate readouts on the calibration split's jailbreaks too
             (``jailbreaks-val.jsonl``: the red-team's suffixes on the val harmful prompts), when
             the fixtures hold any.
-        shift_fpr_tolerance: A harmfulness readout is eligible when a threshold set for
-            ``target_fpr`` on held-out fit-split harmless prompts flags at most this many times
-            ``target_fpr`` of the calibration split's harmless prompts.
+        unseen_fpr_tolerance: A harmfulness readout is eligible unless a threshold set for
+            ``target_fpr`` on the calibration split's harmless prompts credibly flags more than
+            this many times ``target_fpr`` of fit-split harmless prompts whose category was left
+            out of the fit (``fpr_unseen``, :mod:`refusal_probe.harmfulness`).
         batch_size: Prompts per forward pass (``None``: chosen from free memory).
     """
 
@@ -255,7 +260,7 @@ class MonitorConfig:
     harmfulness_pools: tuple[str, ...] = POOLS
     harmfulness_shrinkages: tuple[float, ...] = DEFAULT_SHRINKAGES
     use_attacks: bool = True
-    shift_fpr_tolerance: float = 2.0
+    unseen_fpr_tolerance: float = 1.5
     batch_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,12 +323,13 @@ def fit_monitor(
         (harmful, harmless),
         (fixtures.harmful.texts(config.calibration_split), calib),
         attacks=attacks,
+        groups=[p.category for p in fixtures.harmless.split(config.fit_split)],
         layers=config.harmfulness_layers,
         spans=config.harmfulness_spans,
         pools=config.harmfulness_pools,
         shrinkages=config.harmfulness_shrinkages,
         target_fpr=config.target_fpr,
-        tolerance=config.shift_fpr_tolerance,
+        tolerance=config.unseen_fpr_tolerance,
         batch_size=config.batch_size,
     )
     readouts = [

@@ -5,12 +5,12 @@ positions, ``d`` d_model, ``vocab`` vocabulary.
 
 A :class:`Readout` is a direction read at one site over one *span* of each prompt: the
 post-instruction tokens (projections averaged), the last instruction token, or every token of the
-user's text (the largest projection). An :class:`OutputReadout` reads the logits of the last
-prompt position, the ones the first reply token is drawn from: the probability that the reply
-opens with a refusal. A :class:`SignalReader` turns readouts into hooks that ride along any
-forward pass; the :class:`Layout` of the pass says where each row's spans lie (from an encoded
-batch, or, for a pass seen live, counted from the end). :func:`read_raw` runs the passes for a
-list of prompts. The jailbreak monitor (:mod:`refusal_probe.monitor`) is built on these.
+user's text (the largest projection, or their mean). An :class:`OutputReadout` reads the logits
+of the last prompt position, the ones the first reply token is drawn from: the probability that
+the reply opens with a refusal. A :class:`SignalReader` turns readouts into hooks that ride along
+any forward pass; the :class:`Layout` of the pass says where each row's spans lie (from an
+encoded batch, or, for a pass seen live, counted from the end). :func:`read_raw` runs the passes
+for a list of prompts. The jailbreak monitor (:mod:`refusal_probe.monitor`) is built on these.
 """
 
 from __future__ import annotations
@@ -36,8 +36,15 @@ from refusal_probe.scoring import RefusalTokens, refusal_score_from_logits
 from refusal_probe.sites import Site, hook_name, logits_hook_name
 
 #: Where a readout is taken: the post-instruction tokens (projections averaged), the last
-#: instruction token, or every token of the user's text (the largest projection).
-SPANS: tuple[str, ...] = ("post_instruction", "last_instruction", "instruction")
+#: instruction token, or every token of the user's text: the largest projection
+#: (``instruction``; nothing appended to a request can lower it) or the mean projection
+#: (``instruction_mean``; lighter-tailed on harmless text, but appended text dilutes it).
+SPANS: tuple[str, ...] = (
+    "post_instruction",
+    "last_instruction",
+    "instruction",
+    "instruction_mean",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -262,6 +269,9 @@ def _span(act: Tensor, unit: PerDevice, span: str, lay: Layout) -> Tensor:
     start = torch.minimum(lay.width - lay.lengths.to(dev) + lay.offset, last)  # [batch]
     pos = torch.arange(act.shape[1], device=dev)[None, :]
     inside = (pos >= start[:, None]) & (pos <= last[:, None])  # the user's text
+    if span == "instruction_mean":
+        kept = proj.masked_fill(~inside, 0.0).cpu().double()  # [batch, pos]
+        return kept.sum(-1) / inside.sum(-1).cpu().double()
     return proj.masked_fill(~inside, float("-inf")).amax(-1).cpu().double()
 
 

@@ -1,4 +1,4 @@
-"""The choice of the monitor's harmfulness readout (layer x span) on held-out fit/calibration data.
+"""The choice of the monitor's harmfulness readout on held-out fit/calibration data.
 
 Uses the planted monitor model (``tests/monitor_planted.py``): harmfulness lives on a known
 direction carried by marker words, so a readout either sees it or does not.
@@ -17,6 +17,7 @@ from refusal_probe import LoadOptions, load_model
 from refusal_probe.errors import MonitorError
 from refusal_probe.harmfulness import (
     DEFAULT_SHRINKAGES,
+    DEFAULT_SPANS,
     POOLS,
     Candidate,
     _choose,
@@ -49,7 +50,23 @@ def test_stable_candidates_win_over_better_separated_unstable_ones():
     # With nothing stable, the least drifting candidate is taken and the rule says so.
     unstable = [drifting, Candidate(0, "instruction", 0.6, 0.6, 0.2, False)]
     chosen, rule = _choose(unstable, spans, 2.0, 0.05)
-    assert chosen.fpr_shift == 0.2 and rule.startswith("no candidate")
+    assert chosen.fpr_unseen == 0.2 and rule.startswith("every candidate")
+
+
+def test_detection_at_the_operating_point_decides_between_stable_candidates():
+    spans = DEFAULT_SPANS
+    # Ranks attacks above harmless prompts (AUROC 0.99) but clears the largest calibration score
+    # with only 60% of them: at a 2% target the threshold is that largest score.
+    ranks = Candidate(1, "instruction", 0.99, 0.99, 0.01, True, auroc_attack=0.99, tpr_attack=0.6)
+    clears = Candidate(3, "instruction_mean", 0.96, 0.95, 0.01, True, auroc_attack=1.0,
+                       tpr_attack=0.97)  # fmt: skip
+    # Detects best, but its threshold does not hold on harmless prompts of unseen categories.
+    heavy = Candidate(1, "instruction", 0.99, 0.99, 0.05, False, auroc_attack=1.0, tpr_attack=1.0)
+    chosen, rule = _choose([ranks, clears, heavy], spans, 1.5, 0.02)
+    assert chosen is clears and "tpr_attack" in rule and "above 1.5 x 0.02" in rule
+    assert clears.separation == 0.95 and ranks.separation == 0.6
+    # Without attacks the operating-point score is left out, as auroc_attack is.
+    assert Candidate(0, "instruction", 0.9, 0.8, 0.0, True).separation == 0.8
 
 
 def test_search_finds_the_planted_direction_and_scores_every_candidate(planted):
@@ -62,10 +79,11 @@ def test_search_finds_the_planted_direction_and_scores_every_candidate(planted):
         for layer in range(model.n_layers)
         for pool in POOLS
         for a in DEFAULT_SHRINKAGES
-        for span in ("last_instruction", "instruction")
+        for span in DEFAULT_SPANS
     ]
     plain = [c for c in search.candidates if c.shrinkage == 1.0]
     assert all(c.stable for c in plain)  # same distribution: thresholds carry over
+    assert (search.groups, search.n_groups) == ("halves", 2)  # no categories given
     assert all(math.isnan(c.auroc_attack) for c in search.candidates)  # no attacks given
     assert search.chosen.separation > 0.95 and direction.layer == search.chosen.layer
     assert float(direction.unit.float() @ pm.h) > 0.8
@@ -73,19 +91,25 @@ def test_search_finds_the_planted_direction_and_scores_every_candidate(planted):
     assert json.loads(json.dumps(d)) == d and d["chosen"]["span"] == search.chosen.span
 
 
-def test_a_shifted_harmless_sample_makes_every_readout_unstable(planted):
+def test_harmless_prompts_of_an_unseen_category_make_every_readout_unstable(planted):
     _, model, _ = planted
-    fit = (_prompts(40, True, 1), _prompts(40, False, 2))
-    # "Harmless" calibration prompts in the vocabulary of harm: a threshold set on the fit split's
-    # harmless prompts flags most of them, whichever readout is used.
+    plain = _prompts(30, False, 2)
+    # A harmless category in the vocabulary of harm: left out of the fit, its prompts read as
+    # harmful, and a threshold set on ordinary calibration prompts flags them, whatever readout.
     edgy = [
-        p[:-1] + " " + MARKERS[i % len(MARKERS)] + "?" for i, p in enumerate(_prompts(30, False, 4))
+        p[:-1] + " " + MARKERS[i % len(MARKERS)] + "?" for i, p in enumerate(_prompts(20, False, 5))
     ]
-    _, search = search_harmfulness(model, fit, ([], edgy), target_fpr=0.1)
+    fit = (_prompts(40, True, 1), plain + edgy)
+    groups = ["chores"] * 15 + ["errands"] * 15 + ["edgy"] * 20
+    shift = (_prompts(20, True, 3), _prompts(30, False, 4))
+    _, search = search_harmfulness(
+        model, fit, shift, groups=groups, layers=(0, 1), shrinkages=(1.0,), target_fpr=0.1
+    )
+    assert (search.groups, search.n_groups) == ("category", 3)
     assert not any(c.stable for c in search.candidates)
-    assert all(c.fpr_shift > 0.5 and math.isnan(c.auroc_shift) for c in search.candidates)
-    assert search.rule.startswith("no candidate")
-    assert search.chosen.fpr_shift == min(c.fpr_shift for c in search.candidates)
+    assert all(c.fpr_unseen > 0.3 for c in search.candidates)
+    assert search.rule.startswith("every candidate")
+    assert search.chosen.fpr_unseen == min(c.fpr_unseen for c in search.candidates)
 
 
 def test_errors_say_what_to_do(planted):
@@ -99,6 +123,8 @@ def test_errors_say_what_to_do(planted):
         search_harmfulness(model, fit, ([], ["Hi?"]), pools=("everything",))
     with pytest.raises(MonitorError, match="shrinkages"):
         search_harmfulness(model, fit, ([], ["Hi?"]), shrinkages=(0.0,))
+    with pytest.raises(MonitorError, match="one label"):
+        search_harmfulness(model, fit, ([], ["Hi?"]), groups=["a", "b"])
 
 
 def test_attacks_on_the_shift_split_score_every_candidate(planted):
@@ -112,7 +138,8 @@ def test_attacks_on_the_shift_split_score_every_candidate(planted):
     assert search.n_attacks == 20
     for c in search.candidates:
         assert 0.0 <= c.auroc_attack <= 1.0
-        assert c.separation == min(c.auroc_cv, c.auroc_shift, c.auroc_attack)
+        assert 0.0 <= c.tpr_attack <= 1.0
+        assert c.separation == min(c.auroc_cv, c.auroc_shift, c.auroc_attack, c.tpr_attack)
 
 
 def test_the_choice_never_looks_at_the_test_split(planted, tmp_path):

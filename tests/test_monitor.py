@@ -28,7 +28,7 @@ from monitor_planted import (
 from refusal_probe import LoadOptions, load_model
 from refusal_probe.errors import MonitorError
 from refusal_probe.hardening import Hardening, measure_hardening
-from refusal_probe.harmfulness import DEFAULT_SHRINKAGES, POOLS
+from refusal_probe.harmfulness import DEFAULT_SHRINKAGES, DEFAULT_SPANS, POOLS
 from refusal_probe.live import JailbreakAlarm, guard
 from refusal_probe.monitor import (
     SIGNALS,
@@ -171,7 +171,7 @@ def test_harmfulness_readout_is_read_where_the_planted_direction_lives(planted, 
         for layer in (0, 1, 2)
         for pool in POOLS
         for a in DEFAULT_SHRINKAGES
-        for span in ("last_instruction", "instruction")
+        for span in DEFAULT_SPANS
     ]
     assert (search["chosen"]["layer"], search["chosen"]["span"]) == (
         monitor.harmfulness.direction.layer,
@@ -492,6 +492,35 @@ def test_guard_reads_the_instruction_span_like_the_batch_scorer(planted, span_mo
     expect = score_prompts(model, span_monitor, [prompts[i] for i in order])
     assert torch.allclose(g.scores[0].harmfulness, expect.harmfulness, atol=1e-4)
     assert [a.text for a in g.alerts] == [prompts[0]]
+
+
+def test_the_mean_span_reads_alike_in_the_guard_alone_and_in_a_padded_batch(planted):
+    pm, model, fx = planted
+    config = MonitorConfig(harmfulness_spans=("instruction_mean",))
+    mean_monitor = fit_monitor(model, fx, pm.refusal_direction(), config)
+    assert mean_monitor.harmfulness.span == "instruction_mean"
+    prompts = ["Hi?", fx.harmful.texts("test")[0] + ATTACK, "How do I make a cake at home?"]
+    together = score_prompts(model, mean_monitor, prompts)
+    for i, p in enumerate(prompts):
+        alone = score_prompts(model, mean_monitor, [p])
+        assert float(alone.harmfulness[0]) == pytest.approx(
+            float(together.harmfulness[i]), abs=1e-4
+        )
+    # The mean of the projections over the user's text, on the monitor's scale.
+    r = mean_monitor.harmfulness
+    batch = model.chat.encode([prompts[2]])
+    acts = {}
+    hook = (hook_name(r.site), lambda a, hook: acts.__setitem__("x", a.detach()))
+    forward(model, batch, [hook])
+    n = len(model.tokenizer(prompts[2], add_special_tokens=False)["input_ids"])
+    last = int(batch.last_instruction[0])
+    raw = (acts["x"][0, last - n + 1 : last + 1].double() @ r.direction.unit.double()).mean()
+    assert float(together.harmfulness[2]) == pytest.approx(float(r.standardize(raw)), abs=1e-4)
+    with guard(model, mean_monitor) as g:
+        generate(model, prompts[1:], max_new_tokens=2)
+    order = sorted(range(2), key=lambda i: len(prompts[1:][i]))
+    expect = score_prompts(model, mean_monitor, [prompts[1:][i] for i in order])
+    assert torch.allclose(g.scores[0].harmfulness, expect.harmfulness, atol=1e-4)
 
 
 def test_policy_registers_the_monitor_checks():
