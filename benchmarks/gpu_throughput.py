@@ -17,7 +17,7 @@ audit --device ... --dtype ...``) and records its wall time. The card's name, to
 versions go into the record.
 
     python benchmarks/gpu_throughput.py --device cuda --dtype bfloat16 --audit --json $OUT/gpu.json
-    python benchmarks/gpu_throughput.py --device cpu --dtype float32 --size tiny --reps 2  # a dry run
+    python benchmarks/gpu_throughput.py --device cpu --dtype float32 --size tiny --reps 2  # dry run
 """
 
 from __future__ import annotations
@@ -109,17 +109,21 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     if args.device.startswith("cuda"):
         out["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    del hf, model
+    # free the card for the audit's own process (the timing closures hold the models)
+    methods.clear()
+    hf = model = hooked = None
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
     if args.audit:
         cmd = [sys.executable, "-m", "refusal_probe", "audit", "--model", str(folder),
-               "--device", args.device, "--dtype", args.dtype,
-               "--report-dir", str(args.report_dir), "--cache-dir", str(workdir / "audit-cache")]  # fmt: skip
+               "--device", args.device, "--dtype", args.dtype, "--report-dir",
+               str(args.report_dir), "--cache-dir", str(workdir / "audit-cache")]  # fmt: skip
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         out["audit"] = {
             "command": " ".join(cmd),
             "wall_s": round(time.perf_counter() - t0, 1),
-            "exit_code": proc.returncode,  # a random-init model fails the audits: exit 1 expected
+            "exit_code": proc.returncode,  # a random model fails the audits: exit 1 expected
             "summary_tail": proc.stdout[-3000:],
         }
     return out
