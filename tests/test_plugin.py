@@ -458,6 +458,10 @@ def test_the_real_audits_run_end_to_end_and_compare(
         and len(first["model"]["weights_sha256"]) == 64
     )
     assert first["checks"][0]["figures"], "the behaviour check carries its figure"
+    phases = first["run"]["phases"]  # where the time went: each shared result once, exclusive
+    assert {"direction", "causal"} <= set(phases) and not phases["direction"]["cached"]
+    assert all(p["seconds"] >= 0 for p in phases.values())
+    assert sum(p["seconds"] for p in phases.values()) <= first["run"]["duration_s"]
     run = run_dirs(pytester)[0]
     assert (run / "direction.safetensors").is_file() and first["artifacts"] == {
         "direction.safetensors": "direction.safetensors"

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -102,6 +103,10 @@ class Findings:
         self.policy = policy
         self.settings = policy.settings
         self.store = ResultStore(options.cache_dir)
+        #: Seconds each shared result took (without the results it asked for), and whether the
+        #: disk cache served it: where an audit's time went.
+        self.phases: dict[str, dict[str, Any]] = {}
+        self._nested: list[float] = []
         self.inputs = inputs or RunInputs(options, on_fatal)
         self._on_fatal = on_fatal
         self._model: LoadedModel | None = None
@@ -238,14 +243,24 @@ class Findings:
         key: dict[str, Any],
     ) -> Any:
         value = None
-        if load is not None:
-            full_key = self._key(what, **key)
-            hit = self.store.get(full_key)
-            value = load(hit) if hit is not None else None
-        if value is None:
-            value = compute()
+        self._nested.append(0.0)  # seconds spent in results this one asks for
+        t0 = time.perf_counter()
+        try:
             if load is not None:
-                self.store.put(full_key, value.to_dict())
+                full_key = self._key(what, **key)
+                hit = self.store.get(full_key)
+                value = load(hit) if hit is not None else None
+            cached = value is not None
+            if value is None:
+                value = compute()
+                if load is not None:
+                    self.store.put(full_key, value.to_dict())
+        finally:
+            total = time.perf_counter() - t0
+            inner = self._nested.pop()
+            if self._nested:
+                self._nested[-1] += total
+        self.phases[what] = {"seconds": round(total - inner, 3), "cached": cached}
         return value
 
     # --- results -----------------------------------------------------------------------------
@@ -472,6 +487,8 @@ class Findings:
                 )
             if notes:
                 ctx["limitations"] = notes
+        if self.phases:
+            ctx["phases"] = dict(self.phases)
         if "baseline" in self._memo:
             ctx["baseline"] = self._memo["baseline"].describe()
         if "finetune" in self._memo:

@@ -54,6 +54,8 @@ def build_record(
         strict=opts.strict,
         exit_status=exit_status,
     )
+    if ctx.get("phases"):
+        info["phases"] = ctx["phases"]
     not_run = [NotRun(**n) for n in run.not_run]
     for audit in AUDIT_ORDER:
         if audit not in s.collected_audits:
