@@ -398,8 +398,14 @@ def _fit(
     cov = torch.einsum("psi,psj->sij", centred, centred) / dof  # [site, d, d]
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
     scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]  # tr S / d per site
-    shrunk = (1 - shrinkage) * cov + shrinkage * scale * eye
-    w = torch.linalg.solve(shrunk, diff[..., None])[..., 0]  # [site, d]
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant site: no whitening
+    shrunk = (1 - shrinkage) * cov + shrinkage * scale * eye  # symmetric positive definite
+    # Cholesky, not LU: batched LU solves of this size fail inside MKL on some CPUs (seen with
+    # SmolLM2's 30 sites x 576 in float64 and two threads: "Pivots given to lu_solve ...").
+    chol, info = torch.linalg.cholesky_ex(shrunk)
+    w = torch.cholesky_solve(diff[..., None], chol)[..., 0]  # [site, d]
+    for i in torch.nonzero(info).flatten().tolist():  # not positive definite in floating point
+        w[i] = torch.linalg.lstsq(shrunk[i], diff[i, :, None]).solution[:, 0]
     # Same length as the plain difference, so a vector's norm still reads as a mean gap.
     norm = w.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     return w / norm * diff.norm(dim=-1, keepdim=True)

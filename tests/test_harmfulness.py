@@ -11,6 +11,7 @@ import math
 import random
 
 import pytest
+import torch
 from monitor_planted import MARKERS, make_monitor_model, random_prompt, write_monitor_fixtures
 
 from refusal_probe import LoadOptions, load_model
@@ -160,3 +161,23 @@ def test_the_choice_never_looks_at_the_test_split(planted, tmp_path):
     mb = fit_monitor(model, load_fixtures(b), pm.refusal_direction(), config)
     assert ma.fit == mb.fit
     assert ma.calibration == mb.calibration
+
+
+def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
+    """The whitened fit is S^-1 (mu_h - mu_l) rescaled; a site without variance gives zeros."""
+    from refusal_probe.harmfulness import _fit
+
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(40, 3, 16, generator=gen, dtype=torch.float64) + 0.5
+    l_ = torch.randn(40, 3, 16, generator=gen, dtype=torch.float64)
+    h[:, 2], l_[:, 2] = 1.0, 1.0  # a constant site (as layer 0 at template tokens)
+    w = _fit(h, l_, 0.3)
+    diff = h.mean(0) - l_.mean(0)
+    for s in range(2):
+        c = torch.cat([h[:, s] - h[:, s].mean(0), l_[:, s] - l_[:, s].mean(0)])
+        cov = c.T @ c / (c.shape[0] - 2)
+        shrunk = 0.7 * cov + 0.3 * cov.diagonal().mean() * torch.eye(16, dtype=cov.dtype)
+        ref = torch.linalg.solve(shrunk, diff[s])
+        ref = ref / ref.norm() * diff[s].norm()
+        assert torch.allclose(w[s], ref, atol=1e-10)
+    assert torch.equal(w[2], torch.zeros(16, dtype=torch.float64))
