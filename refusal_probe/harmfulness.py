@@ -77,8 +77,13 @@ from refusal_probe.sites import Site, hook_name
 from refusal_probe.stats import auroc, conformal_threshold, wilson_interval
 
 #: Spans searched by default: what the user's text shows (the post-instruction tokens are the
-#: template's, downstream of anything an attacker appends).
-DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction", "instruction_mean")
+#: template's, downstream of anything an attacker appends). The maximum over the user's tokens
+#: (``"instruction"``) is not searched by default: a maximum of a linear readout is a keyword
+#: detector, and a harmless request with words no calibration prompt had can exceed any
+#: threshold set on the calibration prompts (on organism-chat it flagged 11/96 and then 17/96
+#: held-out harmless prompts while scoring perfectly on train and val; see
+#: benchmarks/monitor_results.md). Pass ``spans`` to search it.
+DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction_mean")
 #: What a direction can be fit on: the last instruction token, or the mean over the user's text.
 POOLS: tuple[str, ...] = ("last_instruction", "instruction")
 #: Shrinkages searched by default (1: the plain difference of means).

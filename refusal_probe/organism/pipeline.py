@@ -73,7 +73,8 @@ class Recipe:
     instruct: Schedule = field(default_factory=lambda: Schedule(
         lr=1e-3, epochs=3.0, batch_size=32, freeze_embeddings=True, frozen_layers=(0, 1, 2)))
     safety: Schedule = field(default_factory=lambda: Schedule(
-        lr=1e-3, epochs=3.0, batch_size=32, freeze_embeddings=True, frozen_layers=(0, 3, 4)))
+        lr=1e-3, epochs=3.0, batch_size=32, freeze_embeddings=True, frozen_layers=(0, 3, 4),
+        drop_one=0.5, drop_mlp_layers=(4,)))
     benign: Schedule = field(default_factory=lambda: Schedule(lr=2e-4, epochs=1.0, batch_size=32))
     attack: Schedule = field(default_factory=lambda: Schedule(lr=5e-4, epochs=5.0, batch_size=8))
 

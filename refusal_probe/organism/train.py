@@ -49,6 +49,21 @@ class Schedule:
         component_dropout: Probability of dropping each attention head's output and each
             MLP's output of the trained layers, per sequence and step (inverted dropout), so
             that no single component can carry what this stage teaches.
+        drop_one: Probability, per chat example and step, that exactly one component (one
+            attention head or one MLP of ``drop_layers``, chosen uniformly) is ablated at the
+            post-instruction span (the last 4 prompt tokens), so that the stage cannot rely on
+            any single component there; the others are untouched.
+        drop_layers: Layers whose components ``drop_one`` draws from (negative counts from the
+            top); ``None``: the layers this stage trains. Frozen layers may be listed: their
+            weights stay fixed but the trained layers must then work around their loss.
+        drop_mode: ``resample``: the dropped component's output at the span is replaced by the
+            same component's output at the span of another example of the batch (what the
+            hardening audit's noising does); ``zero``: set to zero.
+        drop_mlp_share: Share of the ``drop_one`` draws that pick an MLP (uniform among the
+            MLPs of ``drop_layers``; the rest uniform among their heads); ``None``: every
+            component equally likely.
+        drop_mlp_layers: Further layers (typically frozen readers above the trained ones)
+            whose MLP alone joins the ``drop_one`` draw.
     """
 
     lr: float
@@ -59,6 +74,11 @@ class Schedule:
     freeze_embeddings: bool = False
     frozen_layers: tuple[int, ...] = ()
     component_dropout: float = 0.0
+    drop_one: float = 0.0
+    drop_layers: tuple[int, ...] | None = None
+    drop_mode: str = "resample"
+    drop_mlp_share: float | None = None
+    drop_mlp_layers: tuple[int, ...] = ()
 
 
 def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
@@ -129,6 +149,92 @@ def _component_dropout(model: LlamaForCausalLM, layers: Sequence[int], p: float)
     return handles
 
 
+N_SPAN = 4
+
+
+class _DropOne:
+    """Forward hooks that ablate one randomly chosen component per example at the span.
+
+    ``set_batch`` must be called before each forward pass with the batch's labels; the span of
+    a row is the 4 prompt positions before its first labelled token.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, layers: Sequence[int], p: float, mode: str,
+                 mlp_share: float | None = None, mlp_layers: Sequence[int] = ()) -> None:
+        self.layers, self.p, self.mode, self.mlp_share = list(layers), p, mode, mlp_share
+        self.heads = model.config.num_attention_heads
+        self.size = model.config.hidden_size // self.heads
+        self.n_comp = len(self.layers) * (self.heads + 1)  # heads, then the MLP, per layer
+        self.mlp_layers = [i for i in mlp_layers if i not in self.layers]
+        self.n_comp += len(self.mlp_layers)  # then the extra MLPs, one index each
+        self.choice: torch.Tensor | None = None  # [batch] component index or -1
+        self.span: torch.Tensor | None = None  # [batch, N_SPAN] positions
+        self.source: torch.Tensor | None = None  # [batch] row whose values are patched in
+        self.handles = []
+        for slot, index in enumerate(self.layers):
+            layer = model.model.layers[index]
+            self.handles.append(layer.self_attn.o_proj.register_forward_pre_hook(self._heads_hook(slot)))
+            self.handles.append(layer.mlp.register_forward_hook(self._mlp_hook(slot)))
+        for extra, index in enumerate(self.mlp_layers):
+            hook = self._mlp_hook_at(len(self.layers) * (self.heads + 1) + extra)
+            self.handles.append(model.model.layers[index].mlp.register_forward_hook(hook))
+
+    def set_batch(self, labels: torch.Tensor) -> None:
+        n, width = labels.shape
+        first = (labels != IGNORE).float().argmax(1)  # [batch] first labelled position
+        self.span = first[:, None] - N_SPAN + torch.arange(N_SPAN)[None, :]  # [batch, N_SPAN]
+        drop = torch.rand(n) < self.p
+        if self.mlp_share is None:
+            pick = torch.randint(0, self.n_comp, (n,))
+        else:
+            slot = torch.randint(0, len(self.layers), (n,))
+            head = torch.randint(0, self.heads, (n,))
+            pick = slot * (self.heads + 1) + torch.where(torch.rand(n) < self.mlp_share, self.heads, head)
+        self.choice = torch.where(drop, pick, torch.full((n,), -1))
+        self.source = (torch.arange(n) + torch.randint(1, max(2, n), (n,))) % n  # another row
+
+    def _patch(self, x: torch.Tensor, rows: torch.Tensor, sl: slice | None) -> torch.Tensor:
+        """``x`` [batch, seq, d]: rows ``rows`` get their span (feature slice ``sl``) replaced."""
+        assert self.span is not None and self.source is not None
+        span = self.span[rows]  # [r, N_SPAN]
+        x = x.clone()
+        feat = slice(None) if sl is None else sl
+        if self.mode == "zero":
+            x[rows[:, None], span, feat] = 0.0
+        else:
+            src_rows, src_span = self.source[rows], self.span[self.source[rows]]
+            x[rows[:, None], span, feat] = x[src_rows[:, None], src_span, feat].detach()
+        return x
+
+    def _heads_hook(self, slot: int):
+        def hook(_module: torch.nn.Module, args: tuple) -> tuple:
+            if self.choice is None:
+                return args
+            x = args[0]  # [batch, seq, heads * head_dim], the input of o_proj
+            base = slot * (self.heads + 1)
+            for h in range(self.heads):
+                rows = (self.choice == base + h).nonzero().flatten()
+                if len(rows):
+                    x = self._patch(x, rows, slice(h * self.size, (h + 1) * self.size))
+            return (x, *args[1:])
+        return hook
+
+    def _mlp_hook(self, slot: int):
+        return self._mlp_hook_at(slot * (self.heads + 1) + self.heads)
+
+    def _mlp_hook_at(self, index: int):
+        def hook(_module: torch.nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+            if self.choice is None:
+                return out
+            rows = (self.choice == index).nonzero().flatten()
+            return self._patch(out, rows, None) if len(rows) else out
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], schedule: Schedule,
          tokenizer: PreTrainedTokenizerFast, log: Logger | None = None) -> list[float]:
     """Optimise ``model`` on ``batches`` (already shuffled and repeated); returns the losses."""
@@ -140,6 +246,12 @@ def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], sc
     frozen = {i % n for i in schedule.frozen_layers}
     dropping = (_component_dropout(model, [i for i in range(n) if i not in frozen], schedule.component_dropout)
                 if schedule.component_dropout > 0 else [])
+    drop_one = None
+    if schedule.drop_one > 0:
+        layers = ([i % n for i in schedule.drop_layers] if schedule.drop_layers is not None
+                  else [i for i in range(n) if i not in frozen])
+        drop_one = _DropOne(model, layers, schedule.drop_one, schedule.drop_mode,
+                            schedule.drop_mlp_share, [i % n for i in schedule.drop_mlp_layers])
     optimizer = _optimizer(model, schedule)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     losses: list[float] = []
@@ -147,6 +259,8 @@ def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], sc
         for step, batch in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, len(batches), schedule)
+            if drop_one is not None:
+                drop_one.set_batch(batch["labels"])
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -160,6 +274,8 @@ def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], sc
             handle.remove()
         for dropout in dropping:
             dropout.remove()
+        if drop_one is not None:
+            drop_one.remove()
         model.requires_grad_(True)
     model.eval()
     return losses
