@@ -6,6 +6,9 @@ with the reason, otherwise.
 
 import pytest
 
+from refusal_probe.errors import PatchingError
+from refusal_probe.verdicts import Estimate
+
 pytestmark = pytest.mark.finetune
 
 
@@ -43,4 +46,27 @@ def test_refusal_drop(audit, findings, baseline):
         ft.refusal_drop,
         figures=[ft.rates_figure()],
         details={"baseline": ft.baseline_rates, "candidate": ft.candidate_rates},
+    )
+
+
+def test_circuit_overlap(audit, findings, baseline):
+    """Overlap (Jaccard) of the candidate's localized circuit with the baseline's."""
+    if not hasattr(baseline, "findings"):
+        pytest.skip(
+            "the baseline is an earlier audit.json, which holds no circuit to compare; pass the "
+            "parent checkpoint as --baseline to compare circuits"
+        )
+    try:
+        mine, theirs = findings.circuit(), baseline.findings.circuit()
+    except PatchingError as exc:
+        pytest.skip(f"a circuit could not be localized: {exc}")
+    jaccard = mine.overlap(theirs)
+    audit.check(
+        "finetune.circuit_overlap",
+        Estimate(jaccard, jaccard, jaccard, method="exact: the two top-5 sets (no interval)"),
+        details={
+            "candidate": list(mine.components),
+            "baseline": list(theirs.components),
+            "shared": sorted(set(mine.components) & set(theirs.components)),
+        },
     )

@@ -42,6 +42,11 @@ from refusal_probe.pytest_plugin.session import AuditOptions
 
 log = logging.getLogger(__name__)
 
+#: Components in the localized circuit (the localization and fine-tune overlap audits).
+CIRCUIT_K = 5
+#: Fewer matched test pairs than this cannot localize anything worth reporting.
+MIN_PAIRS = 8
+
 #: Results computed here; their cache keys hold only the harmful and harmless prompt files.
 _CORE_RESULTS = frozenset({"behaviour", "direction", "causal", "finetune"})
 
@@ -435,6 +440,53 @@ class Findings:
             self.shared("behaviour", lambda: b, load=lambda _: None)  # memo + disk, as if generated
         s = self.settings
         return Causal.of(v, n_resamples=s.resamples, seed=self.options.seed, level=s.confidence)
+
+    # --- localization ------------------------------------------------------------------------
+
+    def circuit(self) -> Any:
+        """The localized refusal circuit on the matched test pairs.
+
+        The top :data:`CIRCUIT_K` heads and MLPs over the post-instruction span, ranked by
+        attribution patching and confirmed by exact patching
+        (:func:`refusal_probe.patching.localize`), summarized as a
+        :class:`~refusal_probe.pytest_plugin.measures.Circuit`. A cached circuit is read without
+        loading the model (a baseline checkpoint of a series is not loaded again).
+
+        Raises:
+            PatchingError: Fewer than :data:`MIN_PAIRS` test pairs have equal token lengths
+                under this tokenizer, or patching finds no refusal gap.
+        """
+        from refusal_probe.pytest_plugin.measures import Circuit
+
+        def compute() -> Circuit:
+            from refusal_probe.errors import PatchingError
+            from refusal_probe.patching import localize
+            from refusal_probe.prompts import matched_pairs
+
+            model, s = self.model, self.settings
+
+            def length(text: str) -> int:
+                return int(model.chat.encode([text]).attention_mask.sum())
+
+            pairs = matched_pairs(self.fixtures.pairs_in("test"), length)
+            if len(pairs) < MIN_PAIRS:
+                raise PatchingError(
+                    f"only {len(pairs)} test pairs have equal token lengths under this "
+                    f"tokenizer (need {MIN_PAIRS}); add pairs.jsonl with harmful and harmless "
+                    "prompts of equal token length"
+                )
+            return Circuit.of(
+                localize(
+                    model,
+                    [(p.harmful, p.harmless) for p in pairs],
+                    k=CIRCUIT_K,
+                    n_resamples=s.resamples,
+                    seed=self.options.seed,
+                    level=s.confidence,
+                )
+            )
+
+        return self.shared("circuit", compute, load=Circuit.from_dict, k=CIRCUIT_K)
 
     # --- baseline ----------------------------------------------------------------------------
 

@@ -447,3 +447,102 @@ def rate_difference(a: Rate, b: Rate, *, n_resamples: int, seed: int, level: flo
     return Interval(
         v, float(min(lo, v)), float(max(hi, v)), level, "two-sample bootstrap", n_resamples
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# localization
+
+
+def _interval(d: dict[str, Any]) -> Interval:
+    d = dict(d)
+    for key in ("value", "low", "high"):
+        d[key] = math.nan if d.get(key) is None else d[key]
+    return Interval(**d)
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """The localized refusal circuit, as the audits need it (from a ``CircuitResult``).
+
+    Attributes:
+        components: The top-k components (``L2.H3@-4..-1``, ...), largest exact effect first.
+        effects: Each one's exact effect patched alone (share of the refusal gap restored).
+        restored: Share of the gap restored by patching all k together (bootstrap interval).
+        restored_curve: The same for the top-1, top-2, ... prefixes.
+        stability: Jaccard of the top-k set under resampled pairs with the full sample's.
+        n_pairs: Matched pairs it was localized on.
+    """
+
+    components: tuple[str, ...]
+    effects: tuple[Interval, ...]
+    restored: Interval
+    restored_curve: tuple[float, ...]
+    stability: Interval
+    n_pairs: int
+
+    @classmethod
+    def of(cls, result: Any) -> Circuit:
+        """Summarize a :class:`~refusal_probe.patching.CircuitResult`."""
+        return cls(
+            tuple(str(c) for c in result.components),
+            tuple(result.effects),
+            result.fraction_restored,
+            tuple(float(x) for x in result.restored_curve),
+            result.stability.jaccard,
+            len(result.pair_ids),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "components": list(self.components),
+            "effects": [asdict(e) for e in self.effects],
+            "restored": asdict(self.restored),
+            "restored_curve": list(self.restored_curve),
+            "stability": asdict(self.stability),
+            "n_pairs": self.n_pairs,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Circuit:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            tuple(d["components"]),
+            tuple(_interval(e) for e in d["effects"]),
+            _interval(d["restored"]),
+            tuple(d["restored_curve"]),
+            _interval(d["stability"]),
+            int(d["n_pairs"]),
+        )
+
+    def overlap(self, other: Circuit) -> float:
+        """Jaccard index of the two circuits' component sets."""
+        a, b = set(self.components), set(other.components)
+        return len(a & b) / len(a | b) if a | b else math.nan
+
+    def figure(self, threshold: float | None = None) -> Figure:
+        """Each component's effect alone, and the top-i patched together."""
+        k = len(self.components)
+        return Figure(
+            "line",
+            "Refusal restored by patching the top localized components",
+            {
+                "x": list(range(1, k + 1)),
+                "series": [
+                    {"name": "top-i patched together", "y": list(self.restored_curve)},
+                    {
+                        "name": "i-th component patched alone",
+                        "y": [e.value for e in self.effects],
+                        "lo": [e.low for e in self.effects],
+                        "hi": [e.high for e in self.effects],
+                    },
+                ],
+                "x_label": "component rank i (" + ", ".join(self.components) + ")",
+                "y_label": "share of the refusal gap restored",
+                "y_range": [min(0.0, *(e.low for e in self.effects)), 1.05],
+                "threshold": threshold,
+            },
+            "Each component's activation over the post-instruction span of the harmless prompt "
+            "is replaced by its value on the matched harmful prompt (denoising); 1 = the harmful "
+            "prompt's refusal fully restored. Whiskers: 95% bootstrap interval over pairs",
+        )
