@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -426,3 +427,12 @@ def test_localization_recovers_where_the_organism_writes_its_decision():
     assert last[:3].abs().max() < 0.1 and last[3] > 0.9
     circuit = localize(model, pairs, k=3)
     assert circuit.components[0].layer == 2
+    # What the localization audit keeps of it: a round trip, and the fine-tune overlap.
+    from refusal_probe.pytest_plugin.measures import Circuit
+
+    kept = Circuit.of(circuit)
+    again = Circuit.from_dict(json.loads(json.dumps(kept.to_dict())))
+    assert again == kept and again.overlap(kept) == 1.0
+    assert kept.restored.low > 0.5 and len(kept.components) == 3
+    shifted = dataclasses.replace(kept, components=("x", *kept.components[1:]))
+    assert kept.overlap(shifted) == pytest.approx(2 / 4)
