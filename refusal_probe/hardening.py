@@ -22,7 +22,6 @@ switch it off.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -92,9 +91,9 @@ class Hardening:
         """Inverse of :meth:`to_dict`."""
         return cls(
             tuple(d["components"]),
-            tuple(_iv(x) for x in d["alone"]),
-            tuple(_iv(x) for x in d["cumulative"]),
-            _iv(d["gap"]),
+            tuple(Interval.from_dict(x) for x in d["alone"]),
+            tuple(Interval.from_dict(x) for x in d["cumulative"]),
+            Interval.from_dict(d["gap"]),
             d["n_pairs"],
             d["method"],
         )
@@ -193,9 +192,3 @@ def measure_hardening(
     cumulative = (alone[0], *ivs[len(comps) :])
     return Hardening(tuple(str(c) for c in comps), alone, cumulative, gap_iv, batch.n)
 
-
-def _iv(d: dict[str, Any]) -> Interval:
-    d = dict(d)
-    for key in ("value", "low", "high"):
-        d[key] = math.nan if d.get(key) is None else d[key]
-    return Interval(**d)

@@ -107,8 +107,8 @@ class Detection:
         """Inverse of :meth:`to_dict`."""
         return cls(
             d["signal"],
-            _interval(d["auroc"]),
-            _interval(d["tpr_at_fpr"]),
+            Interval.from_dict(d["auroc"]),
+            Interval.from_dict(d["tpr_at_fpr"]),
             _rate(d["tpr_at_threshold"]),
             d["n_pos"],
             d["n_neg"],
@@ -165,7 +165,7 @@ class FamilyResult:
             d["n"],
             _rate(d["base_refusal"]),
             _rate(d["attack_refusal"]),
-            _interval(d["refusal_drop"]),
+            Interval.from_dict(d["refusal_drop"]),
             {k: Detection.from_dict(v) for k, v in d["successful"].items()},
             {k: Detection.from_dict(v) for k, v in d["attempted"].items()},
             d["examples"],
@@ -549,12 +549,6 @@ def tpr_at_fpr(
 def _nan_interval(level: float) -> Interval:
     return Interval(math.nan, math.nan, math.nan, level, "no positives", 0)
 
-
-def _interval(d: dict[str, Any]) -> Interval:
-    d = dict(d)
-    for k in ("value", "low", "high"):
-        d[k] = math.nan if d.get(k) is None else d[k]
-    return Interval(**d)
 
 
 def _rate(d: dict[str, Any]) -> Rate:

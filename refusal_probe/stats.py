@@ -63,6 +63,14 @@ class Interval:
         """Plain JSON-ready data."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Interval:
+        """Inverse of :meth:`to_dict`; ``None`` (a non-finite number in JSON) reads as NaN."""
+        d = dict(d)
+        for key in ("value", "low", "high"):
+            d[key] = math.nan if d.get(key) is None else d[key]
+        return cls(**d)
+
 
 @dataclass(frozen=True)
 class Rate:

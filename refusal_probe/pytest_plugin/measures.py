@@ -453,12 +453,6 @@ def rate_difference(a: Rate, b: Rate, *, n_resamples: int, seed: int, level: flo
 # localization
 
 
-def _interval(d: dict[str, Any]) -> Interval:
-    d = dict(d)
-    for key in ("value", "low", "high"):
-        d[key] = math.nan if d.get(key) is None else d[key]
-    return Interval(**d)
-
 
 @dataclass(frozen=True)
 class Circuit:
@@ -508,10 +502,10 @@ class Circuit:
         """Inverse of :meth:`to_dict`."""
         return cls(
             tuple(d["components"]),
-            tuple(_interval(e) for e in d["effects"]),
-            _interval(d["restored"]),
+            tuple(Interval.from_dict(e) for e in d["effects"]),
+            Interval.from_dict(d["restored"]),
             tuple(d["restored_curve"]),
-            _interval(d["stability"]),
+            Interval.from_dict(d["stability"]),
             int(d["n_pairs"]),
         )
 
