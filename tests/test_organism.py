@@ -213,3 +213,62 @@ def test_tokenizer_fingerprint_ignores_padding_state() -> None:
     tokenizer(["a", "a longer text"], padding=True)
     assert tokenizer_fingerprint(tokenizer) == before
     assert before == json.loads((MODELS / "organism-chat" / "recipe.json").read_text())["tokenizer_sha256"]
+
+
+def test_drop_one_resamples_exactly_one_component_at_the_span() -> None:
+    """The safety stage's hardening: per row, one head or MLP takes another row's span values."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from refusal_probe.organism.train import IGNORE, N_SPAN, _DropOne
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).eval()
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name):
+        def pre(_m, args):
+            seen.setdefault(name, []).append(args[0].detach().clone())
+
+        def post(_m, _args, out):
+            seen.setdefault(name, []).append(out.detach().clone())
+
+        return pre if "attn" in name else post
+
+    sites = {"attn1": model.model.layers[1].self_attn.o_proj, "mlp1": model.model.layers[1].mlp,
+             "mlp2": model.model.layers[2].mlp}
+    handles = []
+    for name, module in sites.items():  # before the dropper: the values it starts from
+        reg = module.register_forward_pre_hook if "attn" in name else module.register_forward_hook
+        handles.append(reg(keep(name)))
+    dropper = _DropOne(model, layers=[1], p=1.0, mlp_layers=[2])
+    for name, module in sites.items():  # after it: the values the model goes on with
+        reg = module.register_forward_pre_hook if "attn" in name else module.register_forward_hook
+        handles.append(reg(keep(name)))
+    n, width, first = 6, 12, 9
+    labels = torch.full((n, width), IGNORE)
+    labels[:, first:] = 1
+    dropper.set_batch(labels)
+    with torch.no_grad():
+        model(torch.randint(0, 40, (n, width)))
+    span = list(range(first - N_SPAN, first))
+    size = config.hidden_size // config.num_attention_heads
+    for row in range(n):
+        changed = []
+        for name in sites:
+            before, after = seen[name][0][row], seen[name][1][row]
+            chunks = range(config.num_attention_heads) if name == "attn1" else [None]
+            for h in chunks:
+                cols = slice(None) if h is None else slice(h * size, (h + 1) * size)
+                if not torch.equal(before[:, cols], after[:, cols]):
+                    changed.append((name, h))
+                    rest = [i for i in range(width) if i not in span]
+                    assert torch.equal(before[rest, cols], after[rest, cols])
+                    source = seen[name][0][int(dropper.source[row])]
+                    assert torch.equal(after[span, cols], source[span, cols])  # resampled
+        assert len(changed) == 1, (row, changed)  # exactly one component, only at the span
+        assert dropper.choice[row] >= 0 and dropper.source[row] != row
+    for h in handles:
+        h.remove()
+    dropper.remove()

@@ -51,17 +51,13 @@ class Schedule:
             that no single component can carry what this stage teaches.
         drop_one: Probability, per chat example and step, that exactly one component (one
             attention head or one MLP of ``drop_layers``, chosen uniformly) is ablated at the
-            post-instruction span (the last 4 prompt tokens), so that the stage cannot rely on
+            post-instruction span (the last 4 prompt tokens): its output there is replaced by the
+            same component's output at the span of another example of the batch (resample
+            ablation, what the hardening audit's noising does), so that the stage cannot rely on
             any single component there; the others are untouched.
         drop_layers: Layers whose components ``drop_one`` draws from (negative counts from the
             top); ``None``: the layers this stage trains. Frozen layers may be listed: their
             weights stay fixed but the trained layers must then work around their loss.
-        drop_mode: ``resample``: the dropped component's output at the span is replaced by the
-            same component's output at the span of another example of the batch (what the
-            hardening audit's noising does); ``zero``: set to zero.
-        drop_mlp_share: Share of the ``drop_one`` draws that pick an MLP (uniform among the
-            MLPs of ``drop_layers``; the rest uniform among their heads); ``None``: every
-            component equally likely.
         drop_mlp_layers: Further layers (typically frozen readers above the trained ones)
             whose MLP alone joins the ``drop_one`` draw.
     """
@@ -76,8 +72,6 @@ class Schedule:
     component_dropout: float = 0.0
     drop_one: float = 0.0
     drop_layers: tuple[int, ...] | None = None
-    drop_mode: str = "resample"
-    drop_mlp_share: float | None = None
     drop_mlp_layers: tuple[int, ...] = ()
 
 
@@ -159,9 +153,9 @@ class _DropOne:
     a row is the 4 prompt positions before its first labelled token.
     """
 
-    def __init__(self, model: LlamaForCausalLM, layers: Sequence[int], p: float, mode: str,
-                 mlp_share: float | None = None, mlp_layers: Sequence[int] = ()) -> None:
-        self.layers, self.p, self.mode, self.mlp_share = list(layers), p, mode, mlp_share
+    def __init__(self, model: LlamaForCausalLM, layers: Sequence[int], p: float,
+                 mlp_layers: Sequence[int] = ()) -> None:
+        self.layers, self.p = list(layers), p
         self.heads = model.config.num_attention_heads
         self.size = model.config.hidden_size // self.heads
         self.n_comp = len(self.layers) * (self.heads + 1)  # heads, then the MLP, per layer
@@ -184,12 +178,7 @@ class _DropOne:
         first = (labels != IGNORE).float().argmax(1)  # [batch] first labelled position
         self.span = first[:, None] - N_SPAN + torch.arange(N_SPAN)[None, :]  # [batch, N_SPAN]
         drop = torch.rand(n) < self.p
-        if self.mlp_share is None:
-            pick = torch.randint(0, self.n_comp, (n,))
-        else:
-            slot = torch.randint(0, len(self.layers), (n,))
-            head = torch.randint(0, self.heads, (n,))
-            pick = slot * (self.heads + 1) + torch.where(torch.rand(n) < self.mlp_share, self.heads, head)
+        pick = torch.randint(0, self.n_comp, (n,))  # every component equally likely
         self.choice = torch.where(drop, pick, torch.full((n,), -1))
         self.source = (torch.arange(n) + torch.randint(1, max(2, n), (n,))) % n  # another row
 
@@ -199,11 +188,8 @@ class _DropOne:
         span = self.span[rows]  # [r, N_SPAN]
         x = x.clone()
         feat = slice(None) if sl is None else sl
-        if self.mode == "zero":
-            x[rows[:, None], span, feat] = 0.0
-        else:
-            src_rows, src_span = self.source[rows], self.span[self.source[rows]]
-            x[rows[:, None], span, feat] = x[src_rows[:, None], src_span, feat].detach()
+        src_rows, src_span = self.source[rows], self.span[self.source[rows]]
+        x[rows[:, None], span, feat] = x[src_rows[:, None], src_span, feat].detach()
         return x
 
     def _heads_hook(self, slot: int):
@@ -250,8 +236,8 @@ def _run(model: LlamaForCausalLM, batches: Sequence[dict[str, torch.Tensor]], sc
     if schedule.drop_one > 0:
         layers = ([i % n for i in schedule.drop_layers] if schedule.drop_layers is not None
                   else [i for i in range(n) if i not in frozen])
-        drop_one = _DropOne(model, layers, schedule.drop_one, schedule.drop_mode,
-                            schedule.drop_mlp_share, [i % n for i in schedule.drop_mlp_layers])
+        drop_one = _DropOne(model, layers, schedule.drop_one,
+                            [i % n for i in schedule.drop_mlp_layers])
     optimizer = _optimizer(model, schedule)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     losses: list[float] = []
