@@ -17,15 +17,12 @@ from refusal_probe.errors import PatchingError
 from refusal_probe.hardening import Hardening, measure_hardening
 from refusal_probe.monitor import MonitorConfig, fit_monitor
 from refusal_probe.monitor_eval import EvalConfig, MonitorEvaluation, evaluate_monitor
-from refusal_probe.prompts import matched_pairs
 from refusal_probe.verdicts import Estimate
 
 pytestmark = pytest.mark.monitor
 
 #: Components ablated by the hardening check.
 HARDENING_K = 5
-#: Fewer matched pairs than this cannot localize anything worth reporting.
-MIN_PAIRS = 8
 
 
 @pytest.fixture(scope="session")
@@ -62,24 +59,18 @@ def monitor_eval(findings):
 @pytest.fixture(scope="session")
 def hardness(findings):
     """Refusal left after ablating the top localized components (matched test pairs)."""
-    model = findings.model
-
-    def length(text):
-        return int(model.chat.encode([text]).attention_mask.sum())
-
-    pairs = matched_pairs(findings.fixtures.pairs_in("test"), length)
-    if len(pairs) < MIN_PAIRS:
-        pytest.skip(
-            f"only {len(pairs)} matched test pairs under this tokenizer (need {MIN_PAIRS}); "
-            "add pairs.jsonl with prompts of equal token length"
-        )
+    try:
+        pairs = findings.matched_test_pairs()
+    except PatchingError as exc:
+        pytest.skip(f"hardening could not be measured: {exc}")
     s = findings.settings
 
     def compute():
         return measure_hardening(
-            model,
+            findings.model,
             pairs,
             k=HARDENING_K,
+            circuit=findings.localized(),  # the localization audit's circuit, when this run made it
             n_resamples=s.resamples,
             seed=findings.options.seed,
             level=s.confidence,

@@ -443,6 +443,29 @@ class Findings:
 
     # --- localization ------------------------------------------------------------------------
 
+    def matched_test_pairs(self) -> list[Any]:
+        """The test split's (harmful, harmless) pairs whose prompts have equal token lengths.
+
+        Raises:
+            PatchingError: Fewer than :data:`MIN_PAIRS` of them under this tokenizer.
+        """
+        from refusal_probe.errors import PatchingError
+        from refusal_probe.prompts import matched_pairs
+
+        model = self.model
+
+        def length(text: str) -> int:
+            return int(model.chat.encode([text]).attention_mask.sum())
+
+        pairs = matched_pairs(self.fixtures.pairs_in("test"), length)
+        if len(pairs) < MIN_PAIRS:
+            raise PatchingError(
+                f"only {len(pairs)} test pairs have equal token lengths under this tokenizer "
+                f"(need {MIN_PAIRS}); add pairs.jsonl with harmful and harmless prompts of equal "
+                "token length"
+            )
+        return pairs
+
     def circuit(self) -> Any:
         """The localized refusal circuit on the matched test pairs.
 
@@ -450,43 +473,40 @@ class Findings:
         attribution patching and confirmed by exact patching
         (:func:`refusal_probe.patching.localize`), summarized as a
         :class:`~refusal_probe.pytest_plugin.measures.Circuit`. A cached circuit is read without
-        loading the model (a baseline checkpoint of a series is not loaded again).
+        loading the model (a baseline checkpoint of a series is not loaded again); one computed
+        in this run is also kept whole, for :meth:`localized`.
 
         Raises:
-            PatchingError: Fewer than :data:`MIN_PAIRS` test pairs have equal token lengths
-                under this tokenizer, or patching finds no refusal gap.
+            PatchingError: Too few matched test pairs (:meth:`matched_test_pairs`), or patching
+                finds no refusal gap.
         """
         from refusal_probe.pytest_plugin.measures import Circuit
 
         def compute() -> Circuit:
-            from refusal_probe.errors import PatchingError
             from refusal_probe.patching import localize
-            from refusal_probe.prompts import matched_pairs
 
-            model, s = self.model, self.settings
-
-            def length(text: str) -> int:
-                return int(model.chat.encode([text]).attention_mask.sum())
-
-            pairs = matched_pairs(self.fixtures.pairs_in("test"), length)
-            if len(pairs) < MIN_PAIRS:
-                raise PatchingError(
-                    f"only {len(pairs)} test pairs have equal token lengths under this "
-                    f"tokenizer (need {MIN_PAIRS}); add pairs.jsonl with harmful and harmless "
-                    "prompts of equal token length"
-                )
-            return Circuit.of(
-                localize(
-                    model,
-                    [(p.harmful, p.harmless) for p in pairs],
-                    k=CIRCUIT_K,
-                    n_resamples=s.resamples,
-                    seed=self.options.seed,
-                    level=s.confidence,
-                )
+            s = self.settings
+            pairs = self.matched_test_pairs()
+            result = localize(
+                self.model,
+                [(p.harmful, p.harmless) for p in pairs],
+                k=CIRCUIT_K,
+                n_resamples=s.resamples,
+                seed=self.options.seed,
+                level=s.confidence,
             )
+            self._memo["circuit_result"] = result
+            return Circuit.of(result)
 
         return self.shared("circuit", compute, load=Circuit.from_dict, k=CIRCUIT_K)
+
+    def localized(self) -> Any:
+        """The whole ``CircuitResult`` if this run localized it, else ``None``.
+
+        ``None`` when the disk cache served the summary. The hardening audit ablates these
+        components instead of localizing the same pairs again.
+        """
+        return self._memo.get("circuit_result")
 
     # --- baseline ----------------------------------------------------------------------------
 
