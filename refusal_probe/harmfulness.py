@@ -86,6 +86,12 @@ from refusal_probe.stats import auroc, conformal_threshold, wilson_interval
 DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction_mean")
 #: What a direction can be fit on: the last instruction token, or the mean over the user's text.
 POOLS: tuple[str, ...] = ("last_instruction", "instruction")
+#: Spans that average tokens, and the pool that averages the same tokens: a readout there is the
+#: projection of the pooled activation.
+SPAN_POOLS: dict[str, str] = {
+    "last_instruction": "last_instruction",
+    "instruction_mean": "instruction",
+}
 #: Shrinkages searched by default (1: the plain difference of means).
 DEFAULT_SHRINKAGES: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03)
 
@@ -269,10 +275,35 @@ def search_harmfulness(
 
     out_folds = [f for f in rows_l if f.startswith("out:")]
     sh, sl, atk = list(shift[0]), list(shift[1]), list(attacks)
-    on_fit = read_raw(model, readouts(("0", "1")), harmful + harmless, batch_size=batch_size)
-    on_shift = read_raw(model, readouts(("0", "1", "all")), sh + sl + atk, batch_size=batch_size)
+    # A span that averages tokens is the same linear readout as a projection of the pool over
+    # those tokens, so those candidates are read off pooled activations (one pass over the shift
+    # prompts, none over the fit prompts again); other spans take passes of their own.
+    pooled_spans = [s for s in spans if s in SPAN_POOLS]
+    acts_s = (
+        pooled_activations(model, sh + sl + atk, layers, batch_size=batch_size)
+        if pooled_spans
+        else {}
+    )
+    acts_fit = {p: torch.cat([acts_h[p], acts_l[p]]) for p in acts_h}
+    acts_out = {p: torch.cat([acts_l[p], acts_s[p][len(sh) : len(sh) + len(sl)]]) for p in acts_s}
+
+    def read(fs: Sequence[str], prompts: list[str], acts: dict[str, Tensor]) -> dict[str, Tensor]:
+        raw: dict[str, Tensor] = {}
+        for f in fs:
+            for pool in pools:
+                for a in shrinkages:
+                    for s in pooled_spans:
+                        values = _project(acts[SPAN_POOLS[s]], vectors[(f, pool, a)])
+                        raw |= {f"{f}|{j}|{pool}|{a}|{s}": values[:, j] for j in live}
+        other = [r for r in readouts(fs) if r.span not in SPAN_POOLS]
+        if other:
+            raw |= read_raw(model, other, prompts, batch_size=batch_size)
+        return raw
+
+    on_fit = read(("0", "1"), harmful + harmless, acts_fit)
+    on_shift = read(("0", "1", "all"), sh + sl + atk, acts_s)
     # Each left-out direction reads its own group and the shift split's harmless prompts.
-    on_out = read_raw(model, readouts(out_folds), harmless + sl, batch_size=batch_size)
+    on_out = read(out_folds, harmless + sl, acts_out)
     n_h, n_l, n_sh, n_sl = len(harmful), len(harmless), len(sh), len(sl)
     candidates = []
     for j, pool, a, s in grid:
@@ -389,6 +420,14 @@ def _pool(
     seen.append(at[1])
     if len(seen) == n:
         raise StopForward
+
+
+def _project(
+    acts: Float[Tensor, "prompt site d"], vectors: Float[Tensor, "site d"]
+) -> Float[Tensor, "prompt site"]:
+    """Each prompt's pooled activation projected on each site's unit vector (zero stays zero)."""
+    units = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    return torch.einsum("psd,sd->ps", acts, units.to(acts.dtype))
 
 
 def _fit(

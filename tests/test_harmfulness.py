@@ -181,3 +181,37 @@ def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
         ref = ref / ref.norm() * diff[s].norm()
         assert torch.allclose(w[s], ref, atol=1e-10)
     assert torch.equal(w[2], torch.zeros(16, dtype=torch.float64))
+
+
+def test_candidates_read_off_pooled_activations_equal_their_own_forward_passes(planted):
+    """The search reads averaging spans as projections of pooled activations: the same numbers
+    a readout's own forward pass gives (padding and all), for every layer and span."""
+    from refusal_probe.harmfulness import SPAN_POOLS, _direction, _project, pooled_activations
+    from refusal_probe.signals import Readout, read_raw
+
+    _, model, _ = planted
+    prompts = _prompts(6, True, 7) + ["Hi?", "Could you please tell me a little more about it?"]
+    layers = tuple(range(model.n_layers))
+    acts = pooled_activations(model, prompts, layers)
+    gen = torch.Generator().manual_seed(1)
+    vectors = torch.randn(len(layers), model.d_model, generator=gen, dtype=torch.float64)
+    for span, pool in SPAN_POOLS.items():
+        projected = _project(acts[pool], vectors)  # [prompt, site]
+        readouts = [
+            Readout(f"r{j}", _direction(model, vectors[j], j, pool, 1.0, ("a", "b"), 1, 1), span)
+            for j in layers
+        ]
+        raw = read_raw(model, readouts, prompts, batch_size=3)
+        for j in layers:
+            assert torch.allclose(projected[:, j], raw[f"r{j}"], rtol=1e-4, atol=1e-4), (span, j)
+
+
+def test_a_span_without_a_pool_is_searched_with_forward_passes(planted):
+    _, model, _ = planted
+    fit = (_prompts(12, True, 1), _prompts(12, False, 2))
+    shift = (_prompts(6, True, 3), _prompts(8, False, 4))
+    _, search = search_harmfulness(
+        model, fit, shift, layers=(1,), shrinkages=(1.0,), spans=("instruction", "instruction_mean")
+    )
+    assert {c.span for c in search.candidates} == {"instruction", "instruction_mean"}
+    assert all(0.0 <= c.auroc_cv <= 1.0 for c in search.candidates)
