@@ -67,7 +67,7 @@ from refusal_probe.harmfulness import (
 from refusal_probe.models import LoadedModel
 from refusal_probe.prompts import Fixtures
 from refusal_probe.runner import Hook
-from refusal_probe.scoring import RefusalTokens, refusal_tokens
+from refusal_probe.scoring import Judgement, RefusalTokens, judge, refusal_tokens
 from refusal_probe.signals import (
     Layout,
     OutputReadout,
@@ -423,6 +423,48 @@ def score_prompts(
         DirectionError: The monitor's directions do not fit the model.
     """
     return monitor.scores(read_raw(model, monitor.readouts, prompts, batch_size=batch_size))
+
+
+def judge_and_score(
+    model: LoadedModel,
+    monitor: Monitor,
+    prompts: Sequence[str],
+    **judge_kw: Any,
+) -> tuple[Judgement, MonitorScores]:
+    """Judged greedy completions and the monitor's signals of each prompt, in input order.
+
+    ``judge_kw`` go to :func:`refusal_probe.scoring.judge`. The signals are read in the
+    generation's own prompt pass, the one that yields the first reply token: what
+    :func:`score_prompts` reads, without a pass of its own.
+
+    Raises:
+        MonitorError: No prompts.
+        DirectionError: The monitor's directions do not fit the model.
+    """
+    if not prompts:
+        raise MonitorError("no prompts to judge; pass at least one prompt")
+    check_model(model, monitor)
+    offset = instruction_offset(model)
+    raw = {r.name: torch.empty(len(prompts), dtype=torch.float64) for r in monitor.readouts}
+    batches: list[tuple[Sequence[int], SignalReader]] = []
+
+    def observe(batch: Encoded, rows: Sequence[int]) -> list[Hook]:
+        reader = SignalReader(monitor.readouts)
+        reader.layout = Layout.of(batch, offset)
+        batches.append((rows, reader))
+        return reader.hooks()
+
+    judged = judge(model, prompts, observe=observe, **judge_kw)
+    for rows, reader in batches:
+        if len(reader.raw) != len(monitor.readouts):
+            raise MonitorError(
+                f"the prompt pass read {sorted(reader.raw)} of the monitor's signals; this "
+                "model's generation skips a hook the monitor reads: use score_prompts"
+            )
+        idx = torch.tensor(list(rows))
+        for name, values in reader.raw.items():
+            raw[name][idx] = values
+    return judged, monitor.scores(raw)
 
 
 def check_model(model: LoadedModel, monitor: Monitor) -> None:

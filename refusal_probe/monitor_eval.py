@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from refusal_probe.models import LoadedModel
-from refusal_probe.monitor import SIGNALS, Monitor, MonitorScores, score_prompts
+from refusal_probe.monitor import SIGNALS, Monitor, MonitorScores, judge_and_score, score_prompts
 from refusal_probe.prompts import JAILBREAK_FAMILIES, Fixtures
 from refusal_probe.report.record import Figure
 from refusal_probe.scoring import MAX_NEW_TOKENS, REFUSAL_PHRASES, judge
@@ -365,12 +365,13 @@ def evaluate_monitor(
         fp["plain"] = _flag_rates(neg.select(plain), monitor, config)
     if edgy:
         fp["edgy"] = _flag_rates(neg.select(edgy), monitor, config)
-    harm_scores = score_prompts(
-        model, monitor, [p.text for p in harmful], batch_size=config.batch_size
+    # The plain harmful prompts are judged too: most are the base prompts of the jailbreaks.
+    base, harm_scores = judge_and_score(
+        model, monitor, [p.text for p in harmful], **_judge_kw(config)
     )
+    base_cache = {p.id: r for p, r in zip(harmful, base.refused, strict=True)}
 
     families, absent, pooled_pos = [], [], []
-    base_cache: dict[str, bool] = {}
     for fam in JAILBREAK_FAMILIES:
         jbs = fixtures.jailbreaks_in(config.split, fam)
         if not jbs:
@@ -391,6 +392,14 @@ def evaluate_monitor(
     )
 
 
+def _judge_kw(config: EvalConfig) -> dict[str, Any]:
+    return {
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": config.batch_size,
+        "phrases": config.phrases,
+    }
+
+
 def _family(
     model: LoadedModel,
     monitor: Monitor,
@@ -402,20 +411,15 @@ def _family(
     config: EvalConfig,
 ) -> tuple[FamilyResult, MonitorScores]:
     """One family's result, and the scores of its successful attacks (for the pooled figures)."""
-    kw: dict[str, Any] = {
-        "max_new_tokens": config.max_new_tokens,
-        "batch_size": config.batch_size,
-        "phrases": config.phrases,
-    }
+    kw = _judge_kw(config)
     texts = [j.text for j in jailbreaks]
     missing = sorted({j.base_id for j in jailbreaks} - set(base_cache))
     if missing:
         j = judge(model, [by_id[b] for b in missing], **kw)
         base_cache.update(zip(missing, j.refused, strict=True))
     base = np.array([base_cache[j.base_id] for j in jailbreaks], dtype=bool)
-    attack = judge(model, texts, **kw)
+    attack, scores = judge_and_score(model, monitor, texts, **kw)
     refused = np.array(attack.refused, dtype=bool)
-    scores = score_prompts(model, monitor, texts, batch_size=config.batch_size)
     ok = [i for i in range(len(texts)) if not refused[i]]
     drop = bootstrap_mean(
         base.astype(np.float64) - refused.astype(np.float64),
@@ -548,7 +552,6 @@ def tpr_at_fpr(
 
 def _nan_interval(level: float) -> Interval:
     return Interval(math.nan, math.nan, math.nan, level, "no positives", 0)
-
 
 
 def _rate(d: dict[str, Any]) -> Rate:

@@ -50,6 +50,9 @@ REFUSAL_PHRASES: tuple[str, ...] = (
     "I'm not able to",
 )
 
+#: ``observe(batch, rows)`` of :func:`generate`: hooks for the prompt pass of one batch.
+Observer = Callable[[Encoded, Sequence[int]], Sequence[Any]]
+
 #: Default bound on generated tokens: enough for every judge phrase to appear in a reply's opening.
 MAX_NEW_TOKENS = 16
 
@@ -318,6 +321,7 @@ def generate(
     *,
     max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int | None = None,
+    observe: Observer | None = None,
 ) -> tuple[list[str], int]:
     """Greedy completions of each prompt, in input order, and the number of forward passes.
 
@@ -326,6 +330,11 @@ def generate(
     into a KV cache, then one token per step). A batch stops as soon as every row has ended its
     turn. ``batch_size=None`` chooses the batch from free memory, prompt and new tokens counted
     (:func:`refusal_probe.devices.auto_batch_size`).
+
+    ``observe(batch, rows)``, if given, returns hooks for the prompt pass of each batch (the
+    encoded batch and the indices of its prompts): whatever a pass over the prompts alone would
+    read (activations, the first token's logits), read from the pass the generation runs anyway.
+    They must not change activations.
     """
     if not prompts:
         raise ScoringError("no prompts to generate from; pass at least one prompt")
@@ -337,7 +346,8 @@ def generate(
     size = auto_batch_size(model, prompts, batch_size, new_tokens=max_new_tokens)
     for rows in batched(order, size):
         batch = model.chat.encode([prompts[i] for i in rows])
-        new, n = _greedy(model, batch, hooks_for(model, interventions, rows), max_new_tokens)
+        watch = list(observe(batch, rows)) if observe is not None else []
+        new, n = _greedy(model, batch, hooks_for(model, interventions, rows), max_new_tokens, watch)
         passes += n
         for r, ids in zip(rows, new, strict=True):
             texts[r] = model.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -345,14 +355,18 @@ def generate(
 
 
 def _greedy(
-    model: LoadedModel, batch: Encoded, hooks: Sequence[Any], max_new_tokens: int
+    model: LoadedModel,
+    batch: Encoded,
+    hooks: Sequence[Any],
+    max_new_tokens: int,
+    watch: Sequence[Any] = (),
 ) -> tuple[list[list[int]], int]:
     """Greedy decoding of one left-padded batch; returns each row's new tokens up to end of turn.
 
     The prompt runs once into a KV cache and each step runs only the new token, with the hooks
     installed at every step: causal attention makes that equal to re-running the whole sequence
     under the hooks. Where the cache stays empty (an architecture whose bridge ignores it), each
-    step re-runs the whole sequence instead.
+    step re-runs the whole sequence instead. ``watch`` hooks ride the prompt pass only.
     """
     from transformers import DynamicCache
 
@@ -375,9 +389,11 @@ def _greedy(
                 kw.update(past_key_values=cache, use_cache=True)
             # The prompt's positions in this step's input: all of them at step 0, none in a
             # cached step (its one token was generated), the prompt's length when uncached.
-            prompt = ids.shape[1] if i == 0 else (0 if cache is not None else batch.input_ids.shape[1])
+            prompt = (
+                ids.shape[1] if i == 0 else (0 if cache is not None else batch.input_ids.shape[1])
+            )
             with decoding(prompt):
-                logits = forward(model, step, hooks, **kw)
+                logits = forward(model, step, [*hooks, *watch] if i == 0 else hooks, **kw)
             assert logits is not None
             if i == 0 and cache is not None and cache.get_seq_length() != ids.shape[1]:
                 cache = None  # not filled: fall back to whole sequences
@@ -424,10 +440,19 @@ def judge(
     phrases: Sequence[str] = REFUSAL_PHRASES,
     batch_size: int | None = None,
     level: float = LEVEL,
+    observe: Observer | None = None,
 ) -> Judgement:
-    """Generate greedily and judge each completion with the substring judge."""
+    """Generate greedily and judge each completion with the substring judge.
+
+    ``observe``: hooks for each batch's prompt pass (see :func:`generate`).
+    """
     completions, passes = generate(
-        model, prompts, interventions, max_new_tokens=max_new_tokens, batch_size=batch_size
+        model,
+        prompts,
+        interventions,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        observe=observe,
     )
     refused = tuple(is_refusal(c, phrases) for c in completions)
     return Judgement(

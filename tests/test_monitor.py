@@ -38,6 +38,7 @@ from refusal_probe.monitor import (
     calibrate,
     conformal_threshold,
     fit_monitor,
+    judge_and_score,
     monitor_hooks,
     score_prompts,
 )
@@ -190,6 +191,23 @@ def test_scores_do_not_depend_on_the_batch(planted, monitor):
             assert float(alone.signal(s)[0]) == pytest.approx(
                 float(together.signal(s)[i]), abs=1e-4
             )
+
+
+def test_signals_read_while_judging_equal_a_scoring_pass_and_the_judgement_is_unchanged(
+    planted, monitor
+):
+    _, model, fx = planted
+    prompts = fx.harmful.texts("val")[:5] + fx.harmless.texts("val")[:4]
+    prompts += [fx.harmful.texts("val")[0] + ATTACK, "Hi?"]
+    judged, scores = judge_and_score(model, monitor, prompts, batch_size=3, phrases=REFUSAL_PHRASES)
+    alone = score_prompts(model, monitor, prompts, batch_size=4)
+    for s in SIGNALS:
+        assert torch.allclose(scores.signal(s), alone.signal(s), atol=1e-4), s
+    texts, _ = generate(model, prompts, batch_size=5)
+    assert list(judged.completions) == texts
+    assert any(judged.refused) and not all(judged.refused)
+    with pytest.raises(MonitorError, match="no prompts"):
+        judge_and_score(model, monitor, [])
 
 
 def test_errors_say_what_to_do(planted, monitor):
