@@ -48,6 +48,7 @@ from refusal_probe.scoring import (
     texts_to_tensor,
 )
 from refusal_probe.selection import DirectionConfig
+from refusal_probe.sites import logits_hook_name
 from refusal_probe.stats import (
     LEVEL,
     N_RESAMPLES,
@@ -223,6 +224,7 @@ def validate_direction(
     key = measurement_key(
         model,
         "validation",
+        layout=2,  # "kl" holds the harmless prompts only
         direction=direction.sha256,
         layer=direction.layer,
         harmful=prompts_fingerprint(harmful),
@@ -261,7 +263,7 @@ def validate_direction(
         addition_effect=paired_difference(
             refused["harmless_added"], refused["harmless_baseline"], **kw
         ),
-        kl_ablation=bootstrap_mean(raw["kl"][nh:].numpy(), **kw),
+        kl_ablation=bootstrap_mean(raw["kl"].numpy(), **kw),
         score_harmful_baseline=bootstrap_mean(raw["base"][:nh].numpy(), **kw),
         score_harmful_ablated=bootstrap_mean(raw["ablated"][:nh].numpy(), **kw),
         dose_response=dose,
@@ -292,8 +294,14 @@ def _measure(
 ) -> dict[str, Tensor]:
     """Every forward pass of a validation: completions of the four conditions, proxy scores, KL.
 
-    Conditions share batches through one :class:`PerRow` plan; so do the ablated and the
-    added-at-each-coefficient scoring runs. Returns the raw measurements (what the cache keeps).
+    Conditions share batches through one :class:`PerRow` plan; so do the scoring runs that
+    remain. The prompt pass of each generation yields its condition's next-token logits, which
+    are read there rather than run again: the baseline's (its scores, and the reference of the
+    KL on harmless prompts), the ablated harmful prompts' and the harmless prompts' with the
+    vector added at ``config.alpha`` (in the prompt pass every position is the prompt's, so that
+    is the dose-response's addition at that coefficient, whatever ``add_span``). Scoring passes
+    remain for the ablated harmless prompts (the KL) and the other coefficients. Returns the raw
+    measurements (what the cache keeps).
     """
     ablate = Ablate(direction)
     plans = {
@@ -309,42 +317,78 @@ def _measure(
         "harmless_added": harmless,
     }
     prompts = [p for c in CONDITIONS for p in sets[c]]
+    start = dict(
+        zip(CONDITIONS, np.cumsum([0] + [len(sets[c]) for c in CONDITIONS])[:-1], strict=True)
+    )
     plan = PerRow(tuple(plans[c] for c in CONDITIONS for _ in sets[c]))
+    tokens = _tokens(model, config)
+    nh, nl = len(harmful), len(harmless)
+    # each generation's first-token refusal score, read in its prompt pass
+    first = torch.empty(len(prompts), dtype=torch.float64)
+    reference: dict[int, Tensor] = {}  # harmless baseline logits, by harmless index
+
+    def observe(batch: Any, rows: Sequence[int]) -> list[Any]:
+        def read(logits: Tensor, hook: Any) -> None:
+            x = logits[:, -1].float().cpu()  # [batch, vocab]
+            first[torch.tensor(list(rows))] = refusal_score_from_logits(x, tokens)
+            at = start["harmless_baseline"]
+            reference.update({r - at: x[k] for k, r in enumerate(rows) if at <= r < at + nl})
+
+        return [(logits_hook_name(), read)]
+
     texts, gen_passes = generate(
-        model, prompts, [plan], max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
+        model,
+        prompts,
+        [plan],
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        observe=observe,
     )
 
-    tokens = _tokens(model, config)
-    everyone = harmful + harmless
-    n = len(everyone)
-    base, n_base = map_last_logits(model, everyone, lambda rows, x: x, batch_size=config.batch_size)
-    alphas = [a for a in config.coefficients if a != 0.0]
-    rows: list[tuple[Ablate | Add, ...]] = [(ablate,)] * n
-    rows += [(Add(direction, alpha=a),) for a in alphas for _ in everyone]
+    def scores(condition: str) -> Tensor:
+        return first[start[condition] : start[condition] + len(sets[condition])]
+
+    ref = torch.stack([reference[i] for i in range(nl)])  # [harmless, vocab]
+    # (intervention, prompt) per remaining row: the ablated harmless prompts, then each nonzero
+    # coefficient's additions (at config.alpha the harmless ones were read while generating)
+    jobs: list[tuple[Ablate | Add, str]] = [(ablate, p) for p in harmless]
+    for a in config.coefficients:
+        if a != 0.0:
+            todo = harmful if a == config.alpha else harmful + harmless
+            jobs += [(Add(direction, alpha=a), p) for p in todo]
 
     def reduce(idx: Sequence[int], logits: Tensor) -> Tensor:
-        same = torch.tensor(list(idx)) % n  # the prompt each row repeats
-        score = refusal_score_from_logits(logits, tokens)
-        return torch.stack([score, kl_divergence(base[same], logits)], 1)  # [batch, 2]
+        kl = torch.full((len(idx),), float("nan"), dtype=torch.float64)
+        ab = [j for j, i in enumerate(idx) if i < nl]  # the ablation rows come first
+        if ab:
+            kl[ab] = kl_divergence(ref[torch.tensor([idx[j] for j in ab])], logits[ab])
+        return torch.stack([refusal_score_from_logits(logits, tokens), kl], 1)
 
     out, n_rows = map_last_logits(
         model,
-        everyone * (1 + len(alphas)),
+        [p for _, p in jobs],
         reduce,
-        [PerRow(tuple(rows))],
+        [PerRow(tuple((iv,) for iv, _ in jobs))],
         batch_size=config.batch_size,
     )
-    out = out.view(1 + len(alphas), n, 2)  # [ablated + each alpha, prompt, (score, kl)]
-    base_scores = refusal_score_from_logits(base, tokens)
-    added = iter(out[1:, :, 0])
-    by_alpha = torch.stack([base_scores if a == 0.0 else next(added) for a in config.coefficients])
+    base = torch.cat([scores("harmful_baseline"), scores("harmless_baseline")])
+    by_alpha = base.repeat(len(config.coefficients), 1)  # [coefficient, prompt]
+    row = nl
+    for k, a in enumerate(config.coefficients):
+        if a == 0.0:
+            continue
+        m = nh if a == config.alpha else nh + nl
+        by_alpha[k, :m] = out[row : row + m, 0]
+        if a == config.alpha:
+            by_alpha[k, nh:] = scores("harmless_added")
+        row += m
     return {
         "texts": texts_to_tensor(texts),
         "by_alpha": by_alpha,
-        "base": base_scores,
-        "ablated": out[0, :, 0].contiguous(),
-        "kl": out[0, :, 1].contiguous(),
-        "passes": torch.tensor([gen_passes + n_base + n_rows]),  # 1-D: the cache cannot hash 0-D
+        "base": base,
+        "ablated": torch.cat([scores("harmful_ablated"), out[:nl, 0]]),
+        "kl": out[:nl, 1].contiguous(),  # harmless prompts only
+        "passes": torch.tensor([gen_passes + n_rows]),  # 1-D: the cache cannot hash 0-D
     }
 
 

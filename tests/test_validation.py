@@ -67,6 +67,38 @@ def test_dose_response_is_monotone_and_anchored_at_the_baseline(planted, validat
     assert next(p for p in curve if p.alpha == 0).harmless.value == pytest.approx(float(base))
 
 
+def test_scores_read_in_the_generations_prompt_pass_equal_their_own_passes(planted, tmp_path):
+    """The validation reads the baseline, ablated-harmful and added-at-alpha-harmless scores in
+    the generation's prompt pass: on a random model (where every intervention moves the logits)
+    they, the dose-response and the KL equal the numbers of separate scoring passes."""
+    from refusal_probe.interventions import Ablate, Add
+    from refusal_probe.scoring import kl_divergence, last_position_logits, refusal_tokens
+    from refusal_probe.validation import _measure
+
+    _, fx, _ = planted
+    model = load_model(str(make_tiny_model(tmp_path / "random", "llama", seed=3)))
+    harmful, harmless = fx.harmful.texts("test")[:5], fx.harmless.texts("test")[:4]
+    gen = torch.Generator().manual_seed(0)
+    d = Direction(torch.randn(model.d_model, generator=gen) * 3, 1, -1, "x", 1, 1)
+    config = ValidationConfig(max_new_tokens=3, coefficients=(-1.0, 0.0, 1.0, 2.0), alpha=1.0)
+    raw = _measure(model, d, harmful, harmless, config)
+    tokens = refusal_tokens(model.tokenizer)
+    everyone = harmful + harmless
+
+    def scores(*interventions):
+        return refusal_scores(model, everyone, tokens, interventions, batch_size=2)
+
+    for a, row in zip(config.coefficients, raw["by_alpha"], strict=True):
+        want = scores(Add(d, alpha=a)) if a else scores()
+        assert torch.allclose(row, want, atol=1e-4), a
+    assert torch.allclose(raw["base"], scores(), atol=1e-4)
+    assert torch.allclose(raw["ablated"], scores(Ablate(d)), atol=1e-4)
+    base, _ = last_position_logits(model, harmless)
+    ablated, _ = last_position_logits(model, harmless, [Ablate(d)])
+    assert torch.allclose(raw["kl"], kl_divergence(base, ablated), rtol=1e-3, atol=1e-7)
+    assert float(raw["kl"].min()) > 1e-4  # the ablation does move this model
+
+
 def test_validation_is_reportable(validated):
     data = json.loads(json.dumps(validated.to_dict(examples=2), allow_nan=False))
     assert data["interventions"]["harmful_ablated"].startswith("Ablate(diff_means L1")
