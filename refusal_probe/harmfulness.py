@@ -284,26 +284,34 @@ def search_harmfulness(
         if pooled_spans
         else {}
     )
-    acts_fit = {p: torch.cat([acts_h[p], acts_l[p]]) for p in acts_h}
-    acts_out = {p: torch.cat([acts_l[p], acts_s[p][len(sh) : len(sh) + len(sl)]]) for p in acts_s}
+    shift_l = slice(len(sh), len(sh) + len(sl))
 
-    def read(fs: Sequence[str], prompts: list[str], acts: dict[str, Tensor]) -> dict[str, Tensor]:
+    def read(
+        fs: Sequence[str], prompts: list[str], parts: Sequence[tuple[dict[str, Tensor], slice]]
+    ) -> dict[str, Tensor]:
+        """Raw readouts of ``prompts`` by the folds ``fs``.
+
+        ``parts``: where the prompts' pooled activations are, in order (read part by part).
+        """
         raw: dict[str, Tensor] = {}
         for f in fs:
             for pool in pools:
                 for a in shrinkages:
                     for s in pooled_spans:
-                        values = _project(acts[SPAN_POOLS[s]], vectors[(f, pool, a)])
+                        v = vectors[(f, pool, a)]
+                        at = SPAN_POOLS[s]
+                        values = torch.cat([_project(acts[at][rows], v) for acts, rows in parts])
                         raw |= {f"{f}|{j}|{pool}|{a}|{s}": values[:, j] for j in live}
         other = [r for r in readouts(fs) if r.span not in SPAN_POOLS]
         if other:
             raw |= read_raw(model, other, prompts, batch_size=batch_size)
         return raw
 
-    on_fit = read(("0", "1"), harmful + harmless, acts_fit)
-    on_shift = read(("0", "1", "all"), sh + sl + atk, acts_s)
+    every = slice(None)
+    on_fit = read(("0", "1"), harmful + harmless, [(acts_h, every), (acts_l, every)])
+    on_shift = read(("0", "1", "all"), sh + sl + atk, [(acts_s, every)])
     # Each left-out direction reads its own group and the shift split's harmless prompts.
-    on_out = read(out_folds, harmless + sl, acts_out)
+    on_out = read(out_folds, harmless + sl, [(acts_l, every), (acts_s, shift_l)])
     n_h, n_l, n_sh, n_sl = len(harmful), len(harmless), len(sh), len(sl)
     candidates = []
     for j, pool, a, s in grid:
