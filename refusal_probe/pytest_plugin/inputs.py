@@ -115,26 +115,26 @@ def load_options(o: AuditOptions) -> LoadOptions:
 def spec_config(spec: str, what: str) -> dict[str, Any] | None:
     """The ``config.json`` of a local spec (``None`` for hub ids and GGUF files), or a clear error.
 
-    Resolution is the loader's own (:func:`refusal_probe.models._resolve`), so an alias or a
+    Resolution is the loader's own (:func:`refusal_probe.sources.resolve`), so an alias or a
     path is judged here exactly as ``load_model`` will judge it; only hub ids are left for load
     time, since resolving one may download it.
 
     Raises:
         ModelLoadError: The spec names nothing loadable (the loader's message, naming the option).
     """
-    from refusal_probe import models
+    from refusal_probe import sources
 
     path = Path(spec).expanduser()
     hub_like = (
         spec.count("/") == 1
         and not spec.startswith((".", "/", "~"))
         and not path.exists()
-        and spec not in models.ORGANISM_ALIASES
+        and spec not in sources.ORGANISM_ALIASES
     )
     if hub_like:
         return None
     try:
-        source, folder, _ = models._resolve(spec, LoadOptions())
+        source, folder, _ = sources.resolve(spec)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{what} {spec}: {exc}") from None
     return None if source == "gguf" else _read_config(Path(folder) / "config.json")
