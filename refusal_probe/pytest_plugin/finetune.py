@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from refusal_probe.errors import DirectionError, ModelLoadError, ReportError
-from refusal_probe.pytest_plugin.findings import Findings, baseline_findings, load_direction
+from refusal_probe.pytest_plugin.findings import Findings, baseline_findings
 from refusal_probe.pytest_plugin.inputs import spec_config
 from refusal_probe.pytest_plugin.measures import interval_of, rate_dict, rate_difference, rate_of
+from refusal_probe.pytest_plugin.store import load_direction
 from refusal_probe.report.record import AuditRecord, Figure
 from refusal_probe.stats import Interval, Rate, wilson_interval
 
@@ -336,7 +337,9 @@ def measure_finetune(f: Findings, base: ModelBaseline | AuditBaseline) -> FineTu
     check_fits(f.model, direction)
     harmful, harmless = split_texts(f.fixtures, "train")
     kw: dict[str, Any] = {
-        "batch_size": s.batch_size, "cache": TensorCache(f.options.cache_dir), "progress": False
+        "batch_size": s.batch_size,
+        "cache": TensorCache(f.options.cache_dir),
+        "progress": False,
     }
     sites = all_layers(f.model.n_layers)
     acts_h = capture(f.model, harmful, sites, POST_INSTRUCTION, **kw)

@@ -453,7 +453,6 @@ def rate_difference(a: Rate, b: Rate, *, n_resamples: int, seed: int, level: flo
 # localization
 
 
-
 @dataclass(frozen=True)
 class Circuit:
     """The localized refusal circuit, as the audits need it (from a ``CircuitResult``).
