@@ -99,3 +99,38 @@ def test_capture_matches_hugging_face_on_the_converted_weights(smollm2):
     acts = capture(smollm2, prompts, all_layers(30), Positions("explicit", (-3, -2, -1)))
     for layer in (0, 15, 29):
         torch.testing.assert_close(acts.values[:, layer], hs[layer][:, -3:], atol=1e-4, rtol=1e-4)
+
+
+def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
+    """The audit suite end to end on SmolLM2 (about 8 minutes on a 2-core CPU).
+
+    This model complies with most harmful requests (NOTES §7), so the audit must finish, write
+    its report and fail the behaviour audit: that is the finding, not a crash.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from refusal_probe.models import default_cache_dir
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    converted = default_cache_dir() / "gguf"  # the fixture's load converted the GGUF file there
+    if converted.is_dir():
+        (cache / "gguf").symlink_to(converted, target_is_directory=True)
+    reports = tmp_path / "reports"
+    cmd = [sys.executable, "-m", "refusal_probe", "audit", "--model", "smollm2", "-q",
+           "--cache-dir", str(cache), "--report-dir", str(reports)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    tail = (run.stdout + run.stderr)[-3000:]
+    assert run.returncode == 1, f"exit {run.returncode} (1: checks failed, as expected):\n{tail}"
+    (record,) = reports.glob("*/2*/audit.json")
+    audit = json.loads(record.read_text())
+    assert (record.parent / "index.html").is_file()
+    verdicts = {c["id"]: c["verdict"] for c in audit["checks"]}
+    not_run = {c["id"] for c in audit["not_run"]}
+    assert verdicts["behaviour.harmful_refusal"] == "fail"  # 0.18: it answers harmful requests
+    assert {i for i in not_run if not i.startswith("finetune.")} == set()  # no baseline given
+    assert len(verdicts) + len(not_run) == 16, (verdicts, not_run)
+    assert set(verdicts.values()) <= {"pass", "fail", "inconclusive"}
+    assert {"direction", "causal", "circuit", "monitor"} <= set(audit["run"]["phases"])
