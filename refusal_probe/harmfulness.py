@@ -58,7 +58,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -67,13 +66,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from refusal_probe.capture import prompts_fingerprint
-from refusal_probe.devices import auto_batch_size
 from refusal_probe.directions import Direction
 from refusal_probe.errors import MonitorError
 from refusal_probe.models import LoadedModel
-from refusal_probe.runner import StopForward, batched, forward
-from refusal_probe.signals import SPANS, Layout, Readout, instruction_offset, read_raw
-from refusal_probe.sites import Site, hook_name
+from refusal_probe.pooled import POOLS, SPAN_POOLS, pooled_activations, project
+from refusal_probe.signals import SPANS, Readout, read_raw
 from refusal_probe.stats import auroc, conformal_threshold, wilson_interval
 
 #: Spans searched by default: what the user's text shows (the post-instruction tokens are the
@@ -84,14 +81,6 @@ from refusal_probe.stats import auroc, conformal_threshold, wilson_interval
 #: held-out harmless prompts while scoring perfectly on train and val; see
 #: benchmarks/monitor_results.md). Pass ``spans`` to search it.
 DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction_mean")
-#: What a direction can be fit on: the last instruction token, or the mean over the user's text.
-POOLS: tuple[str, ...] = ("last_instruction", "instruction")
-#: Spans that average tokens, and the pool that averages the same tokens: a readout there is the
-#: projection of the pooled activation.
-SPAN_POOLS: dict[str, str] = {
-    "last_instruction": "last_instruction",
-    "instruction_mean": "instruction",
-}
 #: Shrinkages searched by default (1: the plain difference of means).
 DEFAULT_SHRINKAGES: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03)
 
@@ -300,7 +289,7 @@ def search_harmfulness(
                     for s in pooled_spans:
                         v = vectors[(f, pool, a)]
                         at = SPAN_POOLS[s]
-                        values = torch.cat([_project(acts[at][rows], v) for acts, rows in parts])
+                        values = torch.cat([project(acts[at][rows], v) for acts, rows in parts])
                         raw |= {f"{f}|{j}|{pool}|{a}|{s}": values[:, j] for j in live}
         other = [r for r in readouts(fs) if r.span not in SPAN_POOLS]
         if other:
@@ -371,71 +360,6 @@ def _groups(groups: Sequence[str] | None, n: int) -> tuple[str, np.ndarray]:
     if groups is not None and len(set(groups)) >= 2:
         return "category", np.asarray([str(g) for g in groups])
     return "halves", np.asarray([str(i % 2) for i in range(n)])
-
-
-def pooled_activations(
-    model: LoadedModel,
-    prompts: Sequence[str],
-    layers: Sequence[int],
-    *,
-    batch_size: int | None = None,
-) -> dict[str, Float[Tensor, "prompt site d"]]:
-    """Each prompt's ``resid_post`` at ``layers``, pooled each way of :data:`POOLS`, float64.
-
-    ``last_instruction``: the activation at the last token of the user's text;
-    ``instruction``: the mean over every token of the user's text. One forward pass per batch,
-    ended after the last layer read.
-    """
-    offset = instruction_offset(model)
-    n, d = len(prompts), model.d_model
-    out = {p: torch.empty(n, len(layers), d, dtype=torch.float64) for p in POOLS}
-    order = sorted(range(n), key=lambda i: len(prompts[i]))
-    with torch.no_grad():
-        for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
-            batch = model.chat.encode([prompts[i] for i in rows])
-            lay = Layout.of(batch, offset)
-            idx = torch.tensor(list(rows))
-            seen: list[int] = []
-            hooks = [
-                (
-                    hook_name(Site(layer, "resid_post")),
-                    partial(_pool, out=out, at=(idx, k), lay=lay, seen=seen, n=len(layers)),
-                )
-                for k, layer in enumerate(layers)
-            ]
-            forward(model, batch, hooks, stoppable=True)
-    return out
-
-
-def _pool(
-    act: Tensor,
-    hook: Any,
-    *,
-    out: dict[str, Tensor],
-    at: tuple[Tensor, int],
-    lay: Layout,
-    seen: list[int],
-    n: int,
-) -> None:
-    """Hook: store one layer's pooled activations ``act [batch, pos, d]`` at ``out[pool][at]``."""
-    x = act.detach().double().cpu()
-    last = lay.last_instruction
-    start = torch.minimum(lay.width - lay.lengths + lay.offset, last)  # [batch]
-    pos = torch.arange(x.shape[1])[None, :]
-    inside = ((pos >= start[:, None]) & (pos <= last[:, None])).double()  # [batch, pos]: user text
-    out["instruction"][at] = (inside[..., None] * x).sum(1) / inside.sum(1, keepdim=True)
-    out["last_instruction"][at] = x[torch.arange(x.shape[0]), last]
-    seen.append(at[1])
-    if len(seen) == n:
-        raise StopForward
-
-
-def _project(
-    acts: Float[Tensor, "prompt site d"], vectors: Float[Tensor, "site d"]
-) -> Float[Tensor, "prompt site"]:
-    """Each prompt's pooled activation projected on each site's unit vector (zero stays zero)."""
-    units = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-    return torch.einsum("psd,sd->ps", acts, units.to(acts.dtype))
 
 
 def _fit(

@@ -186,7 +186,8 @@ def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
 def test_candidates_read_off_pooled_activations_equal_their_own_forward_passes(planted):
     """The search reads averaging spans as projections of pooled activations: the same numbers
     a readout's own forward pass gives (padding and all), for every layer and span."""
-    from refusal_probe.harmfulness import SPAN_POOLS, _direction, _project, pooled_activations
+    from refusal_probe.harmfulness import _direction
+    from refusal_probe.pooled import SPAN_POOLS, pooled_activations, project
     from refusal_probe.signals import Readout, read_raw
 
     _, model, _ = planted
@@ -196,7 +197,7 @@ def test_candidates_read_off_pooled_activations_equal_their_own_forward_passes(p
     gen = torch.Generator().manual_seed(1)
     vectors = torch.randn(len(layers), model.d_model, generator=gen, dtype=torch.float64)
     for span, pool in SPAN_POOLS.items():
-        projected = _project(acts[pool], vectors)  # [prompt, site]
+        projected = project(acts[pool], vectors)  # [prompt, site]
         readouts = [
             Readout(f"r{j}", _direction(model, vectors[j], j, pool, 1.0, ("a", "b"), 1, 1), span)
             for j in layers
