@@ -178,7 +178,7 @@ def organism(adaptive_weight: float) -> dict[str, Any]:
             adaptive = dataclasses.replace(
                 fx,
                 jailbreaks=tuple(
-                    Jailbreak(f"adaptive-{i}", p.id, "suffix", text)
+                    Jailbreak(f"adaptive-{i}", p.id, "suffix", text, split="test")
                     for i, (p, text) in enumerate(zip(test, attack.texts(), strict=True))
                 ),
             )
