@@ -12,7 +12,7 @@ Each is evaluated like an audit family (greedy completions judged by substring; 
 successful attacks against the 96 harmless test prompts). Results go to ``--json`` and are
 written down in ``monitor_results.md``.
 
-    python benchmarks/monitor_attacks.py --model organism-chat --json benchmarks/monitor_attacks.json
+    python benchmarks/monitor_attacks.py --model organism-chat --json monitor_attacks.json
 """
 
 from __future__ import annotations
