@@ -55,6 +55,7 @@ later calibrate the thresholds too, so they influence the choice only through ag
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -283,14 +284,12 @@ def search_harmfulness(
         ``parts``: where the prompts' pooled activations are, in order (read part by part).
         """
         raw: dict[str, Tensor] = {}
-        for f in fs:
-            for pool in pools:
-                for a in shrinkages:
-                    for s in pooled_spans:
-                        v = vectors[(f, pool, a)]
-                        at = SPAN_POOLS[s]
-                        values = torch.cat([project(acts[at][rows], v) for acts, rows in parts])
-                        raw |= {f"{f}|{j}|{pool}|{a}|{s}": values[:, j] for j in live}
+        for f, pool, a, s in itertools.product(fs, pools, shrinkages, pooled_spans):
+            v, at = vectors[(f, pool, a)], SPAN_POOLS[s]
+            values = torch.cat(
+                [project(acts[at][rows], v) for acts, rows in parts]
+            )  # [prompt, site]
+            raw |= {f"{f}|{j}|{pool}|{a}|{s}": values[:, j] for j in live}
         other = [r for r in readouts(fs) if r.span not in SPAN_POOLS]
         if other:
             raw |= read_raw(model, other, prompts, batch_size=batch_size)
