@@ -39,7 +39,7 @@ from refusal_probe.patching import (
 )
 from refusal_probe.patching.pairs import PairLike
 from refusal_probe.patching.results import interval, resample_counts
-from refusal_probe.report.record import Figure
+from refusal_probe.report.record import Figure, rank_curves
 from refusal_probe.stats import LEVEL, N_RESAMPLES, SEED, Interval
 
 
@@ -100,30 +100,19 @@ class Hardening:
 
     def figure(self, threshold: float | None = None) -> Figure:
         """Survival with each component ablated alone, and with the top-i ablated together."""
-        k = len(self.components)
-        return Figure(
-            "line",
+        return rank_curves(
             "Refusal surviving ablation of the top localized components",
-            {
-                "x": list(range(1, k + 1)),
-                "series": [
-                    {
-                        "name": "top-i ablated together",
-                        "y": [i.value for i in self.cumulative],
-                        "lo": [i.low for i in self.cumulative],
-                        "hi": [i.high for i in self.cumulative],
-                    },
-                    {"name": "i-th component ablated alone", "y": [i.value for i in self.alone]},
-                ],
-                "x_label": "component rank i (" + ", ".join(self.components) + ")",
-                "y_label": "share of the refusal gap left",
-                "y_range": [min(0.0, *(i.low for i in self.cumulative)), 1.05],
-                "threshold": threshold,
-            },
+            self.components,
+            [
+                ("top-i ablated together", self.cumulative),
+                ("i-th component ablated alone", [i.value for i in self.alone]),
+            ],
+            "share of the refusal gap left",
             "Each component's activation over the post-instruction span is replaced by its value "
             "on the matched harmless prompt; 1 = refusal untouched, 0 = refusal gone. A single "
             "component that takes refusal near 0 marks a fragile mechanism; band: 95% bootstrap "
             "interval over pairs",
+            threshold,
         )
 
 
@@ -191,4 +180,3 @@ def measure_hardening(
     alone = tuple(ivs[: len(comps)])
     cumulative = (alone[0], *ivs[len(comps) :])
     return Hardening(tuple(str(c) for c in comps), alone, cumulative, gap_iv, batch.n)
-

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from refusal_probe.report.record import Figure
+from refusal_probe.report.record import Figure, rank_curves
 from refusal_probe.stats import Interval, Rate, bootstrap_mean
 
 #: Bumped whenever a result's content or meaning changes (it keys the results cache).
@@ -515,27 +515,16 @@ class Circuit:
 
     def figure(self, threshold: float | None = None) -> Figure:
         """Each component's effect alone, and the top-i patched together."""
-        k = len(self.components)
-        return Figure(
-            "line",
+        return rank_curves(
             "Refusal restored by patching the top localized components",
-            {
-                "x": list(range(1, k + 1)),
-                "series": [
-                    {"name": "top-i patched together", "y": list(self.restored_curve)},
-                    {
-                        "name": "i-th component patched alone",
-                        "y": [e.value for e in self.effects],
-                        "lo": [e.low for e in self.effects],
-                        "hi": [e.high for e in self.effects],
-                    },
-                ],
-                "x_label": "component rank i (" + ", ".join(self.components) + ")",
-                "y_label": "share of the refusal gap restored",
-                "y_range": [min(0.0, *(e.low for e in self.effects)), 1.05],
-                "threshold": threshold,
-            },
+            self.components,
+            [
+                ("top-i patched together", self.restored_curve),
+                ("i-th component patched alone", self.effects),
+            ],
+            "share of the refusal gap restored",
             "Each component's activation over the post-instruction span of the harmless prompt "
             "is replaced by its value on the matched harmful prompt (denoising); 1 = the harmful "
             "prompt's refusal fully restored. Whiskers: 95% bootstrap interval over pairs",
+            threshold,
         )

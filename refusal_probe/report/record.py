@@ -8,6 +8,7 @@ data. Figures are stored as data (numbers and labels), and drawn as SVG only whe
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,6 +57,41 @@ class Figure:
     def from_dict(cls, d: dict[str, Any]) -> Figure:
         """Inverse of :meth:`to_dict`."""
         return cls(d["kind"], d["title"], d.get("data", {}), d.get("caption", ""))
+
+
+def rank_curves(
+    title: str,
+    components: Sequence[str],
+    lines: Sequence[tuple[str, Sequence[Any]]],
+    y_label: str,
+    caption: str,
+    threshold: float | None = None,
+) -> Figure:
+    """A line figure over component ranks ``1..k``: one series per ``(name, values)``.
+
+    Values are floats, or intervals (anything with ``value``, ``low``, ``high``), which are drawn
+    with whiskers; the y range runs from the lowest whisker (or 0) to 1.05.
+    """
+    series, lows = [], [0.0]
+    for name, values in lines:
+        line: dict[str, Any] = {"name": name, "y": [getattr(v, "value", v) for v in values]}
+        if values and hasattr(values[0], "low"):
+            line["lo"], line["hi"] = [v.low for v in values], [v.high for v in values]
+            lows += line["lo"]
+        series.append(line)
+    return Figure(
+        "line",
+        title,
+        {
+            "x": list(range(1, len(components) + 1)),
+            "series": series,
+            "x_label": "component rank i (" + ", ".join(components) + ")",
+            "y_label": y_label,
+            "y_range": [min(lows), 1.05],
+            "threshold": threshold,
+        },
+        caption,
+    )
 
 
 @dataclass(frozen=True)
