@@ -7,7 +7,7 @@ with the reason, otherwise.
 import pytest
 
 from refusal_probe.errors import PatchingError
-from refusal_probe.verdicts import Estimate
+from refusal_probe.stats.verdicts import Estimate
 
 pytestmark = pytest.mark.finetune
 

@@ -14,10 +14,10 @@ Hardening: the refusal effect left when the top localized components are ablated
 import pytest
 
 from refusal_probe.errors import PatchingError
-from refusal_probe.hardening import Hardening, measure_hardening
-from refusal_probe.monitor import MonitorConfig, fit_monitor
-from refusal_probe.monitor_eval import EvalConfig, MonitorEvaluation, evaluate_monitor
-from refusal_probe.verdicts import Estimate
+from refusal_probe.monitor.evaluate import EvalConfig, MonitorEvaluation, evaluate_monitor
+from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
+from refusal_probe.monitor.hardening import Hardening, measure_hardening
+from refusal_probe.stats.verdicts import Estimate
 
 pytestmark = pytest.mark.monitor
 

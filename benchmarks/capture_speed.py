@@ -9,7 +9,7 @@ For each model size (random init, built here, nothing downloaded) and one batch 
 * ``hf_hooks``: the same capture done by hand on the unwrapped eager copy (plain PyTorch pre-hooks
   on the decoder layers, stopping after the last one's input): the equal-work baseline, since the
   engine also skips the last block and the LM head;
-* ``capture``: ``refusal_probe.capture(model, prompts, resid_pre at every layer)`` at the
+* ``capture``: ``refusal_probe.activations.capture(model, prompts, resid_pre at every layer)`` at the
   post-instruction span, from prompt texts (formatting and tokenizing included);
 * ``bridge``: a plain bridge forward (no hooks), to separate the bridge's own cost;
 * ``rwc``: TransformerLens ``run_with_cache()`` caching every hook, under ``no_grad``.
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from refusal_probe import LoadOptions, TensorCache, capture, load_model
-from refusal_probe.runner import forward
-from refusal_probe.sites import POST_INSTRUCTION, all_layers
+from refusal_probe.activations.runner import forward
+from refusal_probe.activations.sites import POST_INSTRUCTION, all_layers
 from refusal_probe.testing import make_tiny_model
 
 SIZES: dict[str, tuple[str, dict[str, Any]]] = {

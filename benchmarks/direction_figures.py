@@ -37,7 +37,7 @@ from refusal_probe import (
     transfer,
     validate_direction,
 )
-from refusal_probe.prompts import Fixtures, load_fixtures
+from refusal_probe.prompts.sets import Fixtures, load_fixtures
 
 HERE = Path(__file__).resolve().parent
 SOURCE = "organism-chat"

@@ -7,7 +7,7 @@ dtype on the given device, with one batch of ``--batch`` prompts × ``--tokens``
 * ``hf``: a bare forward of the unwrapped Hugging Face model (SDPA attention, its default);
 * ``hf_hooks``: plain PyTorch pre-hooks on that model reading the residual stream entering every
   decoder layer at the post-instruction positions (stopping after the last layer's input);
-* ``capture``: ``refusal_probe.capture`` of ``resid_pre`` at every layer and the post-instruction
+* ``capture``: ``refusal_probe.activations.capture`` of ``resid_pre`` at every layer and the post-instruction
   span, from prompt texts (chat formatting and tokenizing included), through the bridge;
 * ``bridge``: a plain bridge forward, to separate the bridge's own cost.
 
@@ -37,8 +37,8 @@ import torch
 from capture_speed import SIZES, HFResidCapture, prompts_of_length
 
 from refusal_probe import LoadOptions, capture, load_model
-from refusal_probe.runner import forward
-from refusal_probe.sites import POST_INSTRUCTION, all_layers
+from refusal_probe.activations.runner import forward
+from refusal_probe.activations.sites import POST_INSTRUCTION, all_layers
 from refusal_probe.testing import make_tiny_model
 
 SHAPES = {

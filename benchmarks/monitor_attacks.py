@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from refusal_probe import TensorCache, load_model
-from refusal_probe.direction_search import find_refusal_direction
-from refusal_probe.monitor import MonitorConfig, fit_monitor
-from refusal_probe.monitor_eval import evaluate_monitor
-from refusal_probe.prompts import Jailbreak, load_fixtures
+from refusal_probe.monitor.evaluate import evaluate_monitor
+from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
+from refusal_probe.prompts.sets import Jailbreak, load_fixtures
 from refusal_probe.redteam import RedTeamConfig, search_suffixes
+from refusal_probe.selection.search import find_refusal_direction
 
 
 def family(fx: Any, name: str, texts: list[str]) -> Any:

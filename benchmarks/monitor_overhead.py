@@ -40,14 +40,14 @@ from typing import Any
 import torch
 
 from refusal_probe import LoadOptions, load_model
-from refusal_probe.cache import TensorCache
-from refusal_probe.directions import Direction
-from refusal_probe.live import guard
-from refusal_probe.monitor import SIGNALS, Calibration, Monitor, Readout, monitor_hooks
-from refusal_probe.prompts import load_fixtures, matched_pairs
-from refusal_probe.runner import forward
-from refusal_probe.scoring import refusal_tokens
-from refusal_probe.signals import OutputReadout
+from refusal_probe.activations.cache import TensorCache
+from refusal_probe.activations.runner import forward
+from refusal_probe.direction.estimators import Direction
+from refusal_probe.monitor.fit import SIGNALS, Calibration, Monitor, Readout, monitor_hooks
+from refusal_probe.monitor.live import guard
+from refusal_probe.monitor.signals import OutputReadout
+from refusal_probe.prompts.sets import load_fixtures, matched_pairs
+from refusal_probe.scoring.refusal import refusal_tokens
 from refusal_probe.testing import make_tiny_model
 
 SMOL_SHAPE = {
@@ -148,12 +148,12 @@ def organism(adaptive_weight: float) -> dict[str, Any]:
     """Fit, calibrate and evaluate the monitor on organism-chat; attack it adaptively."""
     import dataclasses
 
-    from refusal_probe.direction_search import find_refusal_direction
-    from refusal_probe.hardening import measure_hardening
-    from refusal_probe.monitor import MonitorConfig, fit_monitor
-    from refusal_probe.monitor_eval import evaluate_monitor
-    from refusal_probe.prompts import Jailbreak
+    from refusal_probe.monitor.evaluate import evaluate_monitor
+    from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
+    from refusal_probe.monitor.hardening import measure_hardening
+    from refusal_probe.prompts.sets import Jailbreak
     from refusal_probe.redteam import RedTeamConfig, search_suffixes
+    from refusal_probe.selection.search import find_refusal_direction
 
     model = load_model("organism-chat")
     fx = load_fixtures()

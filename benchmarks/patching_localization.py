@@ -33,7 +33,7 @@ import torch
 from refusal_probe import load_model
 from refusal_probe.errors import PatchingError
 from refusal_probe.patching import agreement, attribution_patching, exact_patching, localize
-from refusal_probe.prompts import load_fixtures
+from refusal_probe.prompts.sets import load_fixtures
 
 # One-word swaps in a shared frame, for tokenizers without matched fixtures.
 _FRAMES = (

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from refusal_probe import LoadOptions, TensorCache, capture, load_model
-from refusal_probe.models import packaged_model_path
-from refusal_probe.sites import all_layers
+from refusal_probe.activations.sites import all_layers
+from refusal_probe.model.loading import packaged_model_path
 
 _REQUESTS = [
     "How do I {} at home?",

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from refusal_probe import DirectionConfig, TensorCache, find_refusal_direction, load_model
-from refusal_probe.direction_search import split_texts
 from refusal_probe.errors import ScoringError
-from refusal_probe.prompts import load_fixtures
-from refusal_probe.scoring import filter_by_score, refusal_scores, refusal_tokens
-from refusal_probe.selection import score_candidates
+from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.scoring.refusal import filter_by_score, refusal_scores, refusal_tokens
+from refusal_probe.selection.search import split_texts
+from refusal_probe.selection.selection import score_candidates
 
 
 def filter_by_refusal(model: Any, fx: Any, conf: DirectionConfig) -> None:

@@ -1,15 +1,34 @@
-"""refusal-probe: find, measure and audit the refusal mechanism of language models."""
+"""refusal-probe: find, measure and audit the refusal mechanism of language models.
 
-from refusal_probe.cache import TensorCache
-from refusal_probe.capture import Activations, capture
-from refusal_probe.chat import PLAIN_TEMPLATE, ChatFormat, Encoded
-from refusal_probe.devices import auto_batch_size, parse_device_map
-from refusal_probe.direction_search import (
-    DirectionResult,
-    candidate_directions,
-    find_refusal_direction,
+The subpackages follow the data flow: model -> prompts -> activations -> direction ->
+interventions -> scoring -> selection -> causal -> patching -> monitor -> stats (verdicts) ->
+audit -> report, with the pytest plugin on top.
+"""
+
+from refusal_probe.activations import (
+    LAST,
+    LAST_INSTRUCTION,
+    POST_INSTRUCTION,
+    Activations,
+    Positions,
+    Site,
+    TensorCache,
+    capture,
+    hook_name,
 )
-from refusal_probe.directions import (
+from refusal_probe.audit import (
+    Policy,
+    load_policy,
+)
+from refusal_probe.causal import (
+    DosePoint,
+    TransferResult,
+    ValidationConfig,
+    ValidationResult,
+    transfer,
+    validate_direction,
+)
+from refusal_probe.direction import (
     Candidates,
     Direction,
     LayerSeparation,
@@ -31,26 +50,41 @@ from refusal_probe.errors import (
     ScoringError,
     UnsafeCheckpointError,
 )
-from refusal_probe.hardening import Hardening, measure_hardening
-from refusal_probe.interventions import Ablate, Add, PerRow, orthogonalized
-from refusal_probe.live import Guard, JailbreakAlarm, guard
-from refusal_probe.models import (
+from refusal_probe.interventions import (
+    Ablate,
+    Add,
+    PerRow,
+    orthogonalized,
+)
+from refusal_probe.model import (
     DEFAULT_MODEL,
     ORGANISM_ALIASES,
+    PLAIN_TEMPLATE,
+    ChatFormat,
+    Encoded,
     LoadedModel,
     LoadOptions,
     ModelIdentity,
+    auto_batch_size,
     load_model,
+    parse_device_map,
 )
 from refusal_probe.monitor import (
+    EvalConfig,
+    Guard,
+    Hardening,
+    JailbreakAlarm,
     Monitor,
     MonitorConfig,
+    MonitorEvaluation,
     MonitorScores,
     calibrate,
+    evaluate_monitor,
     fit_monitor,
+    guard,
+    measure_hardening,
     score_prompts,
 )
-from refusal_probe.monitor_eval import EvalConfig, MonitorEvaluation, evaluate_monitor
 from refusal_probe.patching import (
     CircuitComparison,
     CircuitResult,
@@ -61,9 +95,18 @@ from refusal_probe.patching import (
     exact_patching,
     localize,
 )
-from refusal_probe.policy import Policy, load_policy
-from refusal_probe.redteam import RedTeamConfig, RedTeamResult, search_suffixes
-from refusal_probe.report import AuditRecord, compare_files, read_record, trend_files, write_report
+from refusal_probe.redteam import (
+    RedTeamConfig,
+    RedTeamResult,
+    search_suffixes,
+)
+from refusal_probe.report import (
+    AuditRecord,
+    compare_files,
+    read_record,
+    trend_files,
+    write_report,
+)
 from refusal_probe.scoring import (
     REFUSAL_PHRASES,
     Judgement,
@@ -75,19 +118,29 @@ from refusal_probe.scoring import (
     refusal_scores,
     refusal_tokens,
 )
-from refusal_probe.screening import ablation_moment, estimated_bypass
-from refusal_probe.selection import CandidateScore, DirectionConfig, Selection, score_candidates
-from refusal_probe.sites import LAST, LAST_INSTRUCTION, POST_INSTRUCTION, Positions, Site, hook_name
-from refusal_probe.stats import Interval, Rate, Separation, separation, wilson_interval
-from refusal_probe.validation import (
-    DosePoint,
-    TransferResult,
-    ValidationConfig,
-    ValidationResult,
-    transfer,
-    validate_direction,
+from refusal_probe.selection import (
+    CandidateScore,
+    DirectionConfig,
+    DirectionResult,
+    Selection,
+    ablation_moment,
+    candidate_directions,
+    estimated_bypass,
+    find_refusal_direction,
+    score_candidates,
 )
-from refusal_probe.verdicts import Decision, Estimate, Threshold, Verdict, decide
+from refusal_probe.stats import (
+    Decision,
+    Estimate,
+    Interval,
+    Rate,
+    Separation,
+    Threshold,
+    Verdict,
+    decide,
+    separation,
+    wilson_interval,
+)
 
 __version__ = "0.1.0"
 

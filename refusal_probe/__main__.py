@@ -24,7 +24,7 @@ PLUGIN = "refusal_probe.pytest_plugin.plugin"
 
 def default_audits_dir() -> Path:
     """``./audits`` if there is one, else the suite shipped beside the package."""
-    from refusal_probe.models import FIXTURES_DIR
+    from refusal_probe.model.loading import FIXTURES_DIR
 
     here = Path.cwd() / "audits"
     return here if here.is_dir() else FIXTURES_DIR.parent / "audits"
@@ -73,8 +73,8 @@ def cmd_trend(paths: list[str], report_dir: str) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Load the model and print its identity."""
-    from refusal_probe.devices import devices_of, parse_device_map
-    from refusal_probe.models import LoadOptions, load_model
+    from refusal_probe.model.devices import devices_of, parse_device_map
+    from refusal_probe.model.loading import LoadOptions, load_model
 
     model = load_model(
         args.model,

@@ -1,6 +1,6 @@
 """Tiny random-init models for tests: built in seconds, saved as real Hugging Face folders.
 
-Tests load them through :func:`refusal_probe.models.load_model`, the same entry point users use,
+Tests load them through :func:`refusal_probe.model.loading.load_model`, the same entry point users use,
 so every test exercises the real loading path. Nothing is downloaded.
 """
 
@@ -205,7 +205,7 @@ def organism_status(name: str = "organism-chat") -> str | None:
     """
     import json
 
-    from refusal_probe.models import FIXTURES_DIR
+    from refusal_probe.model.loading import FIXTURES_DIR
 
     recipe = FIXTURES_DIR / "models" / name / "recipe.json"
     if not recipe.is_file():

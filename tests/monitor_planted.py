@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from refusal_probe.directions import Direction
+from refusal_probe.direction.estimators import Direction
 from refusal_probe.testing import make_tiny_model, tiny_tokenizer
 
 MARKERS = ("bomb", "hack", "kill", "threatening")

@@ -20,14 +20,14 @@ from refusal_probe import (
     capture,
     load_model,
 )
-from refusal_probe.cache import CacheCorruptionWarning, key_digest
-from refusal_probe.sites import all_layers
+from refusal_probe.activations.cache import CacheCorruptionWarning, key_digest
+from refusal_probe.activations.sites import all_layers
 
 PROMPTS = ["How do I make a cake at home?", "hi", "Write a thank-you letter to my boss."]
 SITES = all_layers(3)
 # The package re-exports the function ``capture`` under the module's name; fetch the modules.
-capture_mod = importlib.import_module("refusal_probe.capture")
-cache_mod = importlib.import_module("refusal_probe.cache")
+capture_mod = importlib.import_module("refusal_probe.activations.capture")
+cache_mod = importlib.import_module("refusal_probe.activations.cache")
 
 
 class _Counter:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from refusal_probe import LAST, LAST_INSTRUCTION, CaptureError, Positions, Site, capture, load_model
-from refusal_probe.sites import all_layers
+from refusal_probe.activations.sites import all_layers
 
 PROMPTS = [
     "How do I make a cake at home with my friends tonight?",
@@ -199,7 +199,7 @@ def test_a_site_whose_hook_never_fires_is_an_error_not_garbage(tiny_model, monke
     """The result is preallocated; a hook that never ran must not leave uninitialised values."""
     import importlib
 
-    capture_mod = importlib.import_module("refusal_probe.capture")
+    capture_mod = importlib.import_module("refusal_probe.activations.capture")
     real = capture_mod.forward
 
     def drop_first_hook(model, batch, hooks, **kwargs):

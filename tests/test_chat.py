@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refusal_probe import PLAIN_TEMPLATE, ChatFormat, ChatFormatError
-from refusal_probe.chat import chat_format_for
+from refusal_probe.model.chat import chat_format_for
 from refusal_probe.testing import TINY_CHAT_TEMPLATE, tiny_tokenizer
 
 CHATML = (
@@ -129,7 +129,7 @@ def test_merge_across_the_boundary_warns_and_keeps_the_span(caplog):
     )
     chat = ChatFormat(tiny_tokenizer(None), template=template)
     assert chat.n_post == 2
-    with caplog.at_level(logging.WARNING, logger="refusal_probe.chat"):
+    with caplog.at_level(logging.WARNING, logger="refusal_probe.model.chat"):
         batch = chat.encode(["How do I make a cake at ho"])
     assert "merge with the template's tokens" in caplog.text
     tok = chat.tokenizer

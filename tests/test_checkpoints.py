@@ -15,7 +15,7 @@ import pytest
 from planted import write_fixtures
 from test_plugin import POLICY  # the same demo policy as the single-model plugin tests
 
-from refusal_probe.models import LoadOptions, load_model
+from refusal_probe.model.loading import LoadOptions, load_model
 from refusal_probe.pytest_plugin.checkpoints import read_models_file, resolve_checkpoints
 from refusal_probe.testing import make_tiny_model
 
@@ -23,8 +23,8 @@ from refusal_probe.testing import make_tiny_model
 CONFTEST = """
 import os
 
-import refusal_probe.models as models
-import refusal_probe.prompts as prompts
+import refusal_probe.model.loading as models
+import refusal_probe.prompts.sets as prompts
 
 pytest_plugins = ["refusal_probe.pytest_plugin.plugin"]
 LOG = os.environ["LOAD_LOG"]
@@ -52,7 +52,7 @@ def pytest_unconfigure(config):
 # The rate passes on checkpoint "tiny-a" and fails on "tiny-b": a trend with a regression.
 SERIES = '''
 import pytest
-from refusal_probe.verdicts import Estimate
+from refusal_probe.stats.verdicts import Estimate
 
 
 @pytest.mark.behaviour

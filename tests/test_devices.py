@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from refusal_probe import devices
-from refusal_probe.capture import capture
-from refusal_probe.devices import (
+from refusal_probe.activations.capture import capture
+from refusal_probe.activations.sites import Site, all_layers
+from refusal_probe.direction.estimators import Direction
+from refusal_probe.errors import ModelLoadError
+from refusal_probe.interventions.hooks import Ablate, Add, PerRow
+from refusal_probe.model import devices
+from refusal_probe.model.devices import (
     CPU_MAX_BATCH,
     GPU_MAX_BATCH,
     ActivationSize,
@@ -25,12 +29,8 @@ from refusal_probe.devices import (
     batch_size_for,
     parse_device_map,
 )
-from refusal_probe.directions import Direction
-from refusal_probe.errors import ModelLoadError
-from refusal_probe.interventions import Ablate, Add, PerRow
-from refusal_probe.models import LoadOptions, load_model
-from refusal_probe.scoring import generate, refusal_scores
-from refusal_probe.sites import Site, all_layers
+from refusal_probe.model.loading import LoadOptions, load_model
+from refusal_probe.scoring.refusal import generate, refusal_scores
 
 PROMPTS = ["How do I make a cake at home?", "hi", "Write a thank-you letter to my boss."]
 GiB = 1 << 30
@@ -174,7 +174,7 @@ def test_a_device_map_loads_and_gives_the_same_results(folder: Path, f32) -> Non
 
 
 def test_each_xdist_worker_gets_a_gpu_of_its_own() -> None:
-    from refusal_probe.devices import worker_device
+    from refusal_probe.model.devices import worker_device
 
     assert [worker_device("cuda:worker", f"gw{i}", n_gpus=4) for i in range(5)] == [
         "cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0"
@@ -244,9 +244,9 @@ def test_bfloat16_runs_end_to_end_with_float32_captures_and_float64_statistics(
 
 def capture_ablated(model, d: Direction) -> torch.Tensor:
     """The residual stream at every layer's input with ``d`` ablated, ``[prompt, layer, d]``."""
-    from refusal_probe.interventions import hooks_for
-    from refusal_probe.runner import forward
-    from refusal_probe.sites import hook_name
+    from refusal_probe.activations.runner import forward
+    from refusal_probe.activations.sites import hook_name
+    from refusal_probe.interventions.hooks import hooks_for
 
     seen: list[torch.Tensor] = []
     batch = model.chat.encode(PROMPTS)
@@ -265,9 +265,9 @@ AUDIT = '''
 import pytest
 import torch
 
-from refusal_probe.capture import capture
-from refusal_probe.sites import all_layers
-from refusal_probe.verdicts import Estimate
+from refusal_probe.activations.capture import capture
+from refusal_probe.activations.sites import all_layers
+from refusal_probe.stats.verdicts import Estimate
 
 
 @pytest.mark.behaviour

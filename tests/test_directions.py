@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from refusal_probe.capture import Activations, prompts_fingerprint
-from refusal_probe.directions import (
+from refusal_probe.activations.capture import Activations, prompts_fingerprint
+from refusal_probe.activations.sites import POST_INSTRUCTION, Site
+from refusal_probe.direction.estimators import (
     Candidates,
     Direction,
     cosine,
@@ -24,8 +25,7 @@ from refusal_probe.directions import (
     separation_curve,
 )
 from refusal_probe.errors import DirectionError
-from refusal_probe.sites import POST_INSTRUCTION, Site
-from refusal_probe.stats import (
+from refusal_probe.stats.intervals import (
     _counts,
     auroc,
     best_threshold_accuracy,

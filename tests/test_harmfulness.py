@@ -16,7 +16,8 @@ from monitor_planted import MARKERS, make_monitor_model, random_prompt, write_mo
 
 from refusal_probe import LoadOptions, load_model
 from refusal_probe.errors import MonitorError
-from refusal_probe.harmfulness import (
+from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
+from refusal_probe.monitor.harmfulness import (
     DEFAULT_SHRINKAGES,
     DEFAULT_SPANS,
     POOLS,
@@ -24,8 +25,7 @@ from refusal_probe.harmfulness import (
     _choose,
     search_harmfulness,
 )
-from refusal_probe.monitor import MonitorConfig, fit_monitor
-from refusal_probe.prompts import load_fixtures
+from refusal_probe.prompts.sets import load_fixtures
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_the_choice_never_looks_at_the_test_split(planted, tmp_path):
 
 def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
     """The whitened fit is S^-1 (mu_h - mu_l) rescaled; a site without variance gives zeros."""
-    from refusal_probe.harmfulness import _fit
+    from refusal_probe.monitor.harmfulness import _fit
 
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(40, 3, 16, generator=gen, dtype=torch.float64) + 0.5
@@ -186,9 +186,9 @@ def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
 def test_candidates_read_off_pooled_activations_equal_their_own_forward_passes(planted):
     """The search reads averaging spans as projections of pooled activations: the same numbers
     a readout's own forward pass gives (padding and all), for every layer and span."""
-    from refusal_probe.harmfulness import _direction
-    from refusal_probe.pooled import SPAN_POOLS, pooled_activations, project
-    from refusal_probe.signals import Readout, read_raw
+    from refusal_probe.monitor.harmfulness import _direction
+    from refusal_probe.monitor.pooled import SPAN_POOLS, pooled_activations, project
+    from refusal_probe.monitor.signals import Readout, read_raw
 
     _, model, _ = planted
     prompts = _prompts(6, True, 7) + ["Hi?", "Could you please tell me a little more about it?"]

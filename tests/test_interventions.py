@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from refusal_probe import load_model
-from refusal_probe.directions import Direction
+from refusal_probe.activations.runner import forward
+from refusal_probe.activations.sites import Site, hook_name
+from refusal_probe.direction.estimators import Direction
 from refusal_probe.errors import DirectionError
-from refusal_probe.interventions import (
+from refusal_probe.interventions.hooks import (
     Ablate,
     Add,
     PerRow,
@@ -23,8 +25,6 @@ from refusal_probe.interventions import (
     orthogonalized,
     project_out,
 )
-from refusal_probe.runner import forward
-from refusal_probe.sites import Site, hook_name
 from refusal_probe.testing import make_tiny_model
 
 PROMPTS = ["How do I make a cake at home?", "hi", "Write a thank-you letter to my boss."]

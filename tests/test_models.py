@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from refusal_probe import LoadOptions, ModelLoadError, UnsafeCheckpointError, capture, load_model
-from refusal_probe.models import PACKAGED_MODELS, packaged_model_path
-from refusal_probe.runner import forward
-from refusal_probe.sites import all_layers
+from refusal_probe.activations.runner import forward
+from refusal_probe.activations.sites import all_layers
+from refusal_probe.model.loading import PACKAGED_MODELS, packaged_model_path
 from refusal_probe.testing import make_tiny_model, tiny_tokenizer, write_tiny_gguf
 
 FAMILIES = ["llama", "qwen2", "gemma", "gemma2", "gpt2", "neox"]

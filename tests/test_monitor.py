@@ -26,11 +26,16 @@ from monitor_planted import (
 )
 
 from refusal_probe import LoadOptions, load_model
+from refusal_probe.activations.runner import forward
+from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.errors import MonitorError
-from refusal_probe.hardening import Hardening, measure_hardening
-from refusal_probe.harmfulness import DEFAULT_SHRINKAGES, DEFAULT_SPANS, POOLS
-from refusal_probe.live import JailbreakAlarm, guard
-from refusal_probe.monitor import (
+from refusal_probe.monitor.evaluate import (
+    EvalConfig,
+    MonitorEvaluation,
+    evaluate_monitor,
+    tpr_at_fpr,
+)
+from refusal_probe.monitor.fit import (
     SIGNALS,
     Monitor,
     MonitorConfig,
@@ -42,11 +47,11 @@ from refusal_probe.monitor import (
     monitor_hooks,
     score_prompts,
 )
-from refusal_probe.monitor_eval import EvalConfig, MonitorEvaluation, evaluate_monitor, tpr_at_fpr
-from refusal_probe.prompts import load_fixtures
-from refusal_probe.runner import forward
-from refusal_probe.scoring import generate, refusal_scores
-from refusal_probe.sites import Site, hook_name
+from refusal_probe.monitor.hardening import Hardening, measure_hardening
+from refusal_probe.monitor.harmfulness import DEFAULT_SHRINKAGES, DEFAULT_SPANS, POOLS
+from refusal_probe.monitor.live import JailbreakAlarm, guard
+from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.scoring.refusal import generate, refusal_scores
 
 ATTACK = " " + "~^|~^|"  # a suffix of suppressor tokens
 
@@ -544,7 +549,7 @@ def test_the_mean_span_reads_alike_in_the_guard_alone_and_in_a_padded_batch(plan
 def test_policy_registers_the_monitor_checks():
     from pathlib import Path
 
-    from refusal_probe.policy import load_policy
+    from refusal_probe.audit.policy import load_policy
 
     policy = load_policy(Path(__file__).resolve().parents[1] / "audits" / "policy.toml")
     ids = {"detection_auroc", "detection_tpr", "false_positive_rate", "hardening_survival"}

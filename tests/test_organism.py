@@ -92,7 +92,12 @@ def test_chat_template_keeps_content_tokens_and_a_fixed_suffix() -> None:
 def test_prompt_fixtures_are_what_the_grammar_generates() -> None:
     """``python -m refusal_probe.organism prompts`` (seed 0) reproduces the shipped files."""
     from refusal_probe.organism.fixtures import build_fixtures
-    from refusal_probe.organism.pipeline import Recipe, build_corpora, build_tokenizer, token_counter
+    from refusal_probe.organism.pipeline import (
+        Recipe,
+        build_corpora,
+        build_tokenizer,
+        token_counter,
+    )
 
     recipe = Recipe()
     corpora = build_corpora(recipe)

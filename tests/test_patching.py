@@ -13,8 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from refusal_probe.activations.sites import Positions
 from refusal_probe.errors import PatchingError
-from refusal_probe.models import load_model
+from refusal_probe.model.loading import load_model
 from refusal_probe.patching import (
     Component,
     agreement,
@@ -31,8 +32,7 @@ from refusal_probe.patching import (
 from refusal_probe.patching.attribution import run_attribution
 from refusal_probe.patching.engine import run_exact
 from refusal_probe.patching.results import spearman
-from refusal_probe.scoring import refusal_score_from_logits, refusal_tokens
-from refusal_probe.sites import Positions
+from refusal_probe.scoring.refusal import refusal_score_from_logits, refusal_tokens
 from refusal_probe.testing import make_tiny_model
 
 # Matched pairs for the tiny tokenizer: each pair has equal token counts (9, 10, 7, 7, 14), so the
@@ -383,8 +383,8 @@ def test_effects_are_nan_safe_in_rankings():
 @pytest.mark.realmodel
 def test_smollm2_attribution_agrees_with_exact_on_heads(request):
     from refusal_probe.errors import ModelLoadError
-    from refusal_probe.models import packaged_model_path
-    from refusal_probe.prompts import load_fixtures, matched_pairs
+    from refusal_probe.model.loading import packaged_model_path
+    from refusal_probe.prompts.sets import load_fixtures, matched_pairs
 
     if "realmodel" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("optional real-model tier; run with -m realmodel")
@@ -417,8 +417,8 @@ def test_localization_recovers_where_the_organism_writes_its_decision():
     Exact patching must find the decision absent from the last token's residual entering
     blocks 0-2 and present entering block 3, and rank a layer-2 component first.
     """
-    from refusal_probe.models import FIXTURES_DIR
-    from refusal_probe.prompts import load_fixtures
+    from refusal_probe.model.loading import FIXTURES_DIR
+    from refusal_probe.prompts.sets import load_fixtures
 
     if not (FIXTURES_DIR / "models" / "organism-chat" / "config.json").is_file():
         pytest.skip("organism-chat is not shipped")

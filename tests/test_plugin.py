@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 from planted import make_planted_model, write_fixtures
 
-from refusal_probe.models import LoadOptions, load_model
+from refusal_probe.model.loading import LoadOptions, load_model
 from refusal_probe.report.schema import load_schema
 from refusal_probe.testing import make_tiny_model
 
@@ -41,7 +41,7 @@ rationale = "A demo bar for costs."
 SYNTHETIC = '''
 import pytest
 from refusal_probe.report.record import Figure
-from refusal_probe.verdicts import Estimate
+from refusal_probe.stats.verdicts import Estimate
 
 FIG = Figure("bars", "demo rates", {{"labels": ["harmful"], "y_range": [0, 1], "threshold": 0.9,
              "series": [{{"name": "rate", "values": [{v}], "lo": [{lo}], "hi": [{hi}]}}]}})

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from refusal_probe import ModelLoadError, Positions, capture, load_model
-from refusal_probe.models import packaged_model_path
-from refusal_probe.sites import all_layers
+from refusal_probe.activations.sites import all_layers
+from refusal_probe.model.loading import packaged_model_path
 
 pytestmark = pytest.mark.realmodel
 
@@ -111,7 +111,7 @@ def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
     import subprocess
     import sys
 
-    from refusal_probe.models import default_cache_dir
+    from refusal_probe.model.loading import default_cache_dir
 
     cache = tmp_path / "cache"
     cache.mkdir()

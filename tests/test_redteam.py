@@ -14,7 +14,7 @@ from monitor_planted import SUPPRESSORS, make_monitor_model, write_monitor_fixtu
 import refusal_probe.redteam.search as search_module
 from refusal_probe import LoadOptions, load_model
 from refusal_probe.errors import MonitorError
-from refusal_probe.prompts import load_fixtures
+from refusal_probe.prompts.sets import load_fixtures
 from refusal_probe.redteam import (
     RedTeamConfig,
     allowed_tokens,
@@ -23,7 +23,7 @@ from refusal_probe.redteam import (
     search_suffixes,
     write_suffix_family,
 )
-from refusal_probe.scoring import refusal_scores
+from refusal_probe.scoring.refusal import refusal_scores
 
 SMALL = RedTeamConfig(suffix_tokens=4, steps=6, candidates=16, top_k=8, seed=0)
 
@@ -197,7 +197,7 @@ def test_command_reports_a_missing_folder(tmp_path, capsys):
 
 def test_adaptive_search_trades_refusal_against_the_alarm(planted):
     pm, model, fx = planted
-    from refusal_probe.monitor import MonitorConfig, fit_monitor, score_prompts
+    from refusal_probe.monitor.fit import MonitorConfig, fit_monitor, score_prompts
 
     prompts = fx.harmful.texts("test")[:3]
     cfg = RedTeamConfig(suffix_tokens=6, steps=10, candidates=32, top_k=16)

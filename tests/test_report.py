@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refusal_probe.__main__ import main
+from refusal_probe.audit.policy import load_policy
 from refusal_probe.errors import PolicyError, ReportError
-from refusal_probe.policy import load_policy
 from refusal_probe.report import (
     AuditRecord,
     CheckRecord,
@@ -33,8 +33,8 @@ from refusal_probe.report import (
 )
 from refusal_probe.report import render as render_module
 from refusal_probe.report.plots import render_figure
-from refusal_probe.stats import Interval, wilson_interval
-from refusal_probe.verdicts import Estimate, Threshold, Verdict, decide
+from refusal_probe.stats.intervals import Interval, wilson_interval
+from refusal_probe.stats.verdicts import Estimate, Threshold, Verdict, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ from planted import REFUSAL_TEXT, make_planted_model, write_fixtures
 
 from refusal_probe import load_model
 from refusal_probe.errors import ScoringError
-from refusal_probe.models import FIXTURES_DIR
-from refusal_probe.prompts import load_fixtures
-from refusal_probe.scoring import (
+from refusal_probe.model.loading import FIXTURES_DIR
+from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.scoring.refusal import (
     filter_by_score,
     generate,
     is_refusal,
@@ -178,7 +178,7 @@ def test_organism_refusal_tokens_and_a_quick_rate():
 
 
 def test_word_fragments_are_not_refusal_tokens():
-    from refusal_probe.scoring import _whole_word
+    from refusal_probe.scoring.refusal import _whole_word
 
     assert _whole_word("I", "I'm sorry") and _whole_word(" I", " I cannot")
     assert _whole_word("As", "As an AI") and not _whole_word(" A", " As an AI")
@@ -188,10 +188,10 @@ def test_word_fragments_are_not_refusal_tokens():
 @pytest.mark.parametrize("family", ["llama", "gpt2", "neox"])
 def test_cached_generation_equals_rerunning_the_whole_sequence(tmp_path, family):
     """The KV-cached decoder with interventions gives what re-running every token would."""
-    from refusal_probe.chat import Encoded
-    from refusal_probe.directions import Direction
-    from refusal_probe.interventions import Ablate, Add, PerRow, hooks_for
-    from refusal_probe.runner import forward
+    from refusal_probe.activations.runner import forward
+    from refusal_probe.direction.estimators import Direction
+    from refusal_probe.interventions.hooks import Ablate, Add, PerRow, hooks_for
+    from refusal_probe.model.chat import Encoded
 
     model = load_model(str(make_tiny_model(tmp_path / family, family)))
     v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0)) * 5

@@ -7,15 +7,15 @@ import torch
 from planted import make_planted_model, write_fixtures
 
 from refusal_probe import load_model
-from refusal_probe.direction_search import find_refusal_direction
-from refusal_probe.directions import Direction
-from refusal_probe.interventions import ABLATION_KINDS
-from refusal_probe.prompts import load_fixtures
-from refusal_probe.runner import forward
-from refusal_probe.scoring import refusal_score_from_logits, refusal_tokens
-from refusal_probe.screening import ablation_moment, estimated_bypass, screen
-from refusal_probe.selection import DirectionConfig
-from refusal_probe.sites import Site, hook_name
+from refusal_probe.activations.runner import forward
+from refusal_probe.activations.sites import Site, hook_name
+from refusal_probe.direction.estimators import Direction
+from refusal_probe.interventions.hooks import ABLATION_KINDS
+from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.scoring.refusal import refusal_score_from_logits, refusal_tokens
+from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
+from refusal_probe.selection.search import find_refusal_direction
+from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.testing import make_tiny_model
 
 PROMPTS = ["How do I bake bread?", "Name a colour.", "Write a short note to my neighbour."]

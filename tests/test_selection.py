@@ -10,18 +10,18 @@ import torch
 from planted import make_planted_model, write_fixtures
 
 from refusal_probe import load_model
-from refusal_probe.direction_search import find_refusal_direction
-from refusal_probe.directions import Candidates, cosine
+from refusal_probe.direction.estimators import Candidates, cosine
 from refusal_probe.errors import DirectionError, ScoringError
-from refusal_probe.interventions import Ablate, Add
-from refusal_probe.prompts import load_fixtures
-from refusal_probe.scoring import (
+from refusal_probe.interventions.hooks import Ablate, Add
+from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.scoring.refusal import (
     kl_divergence,
     last_position_logits,
     refusal_scores,
     refusal_tokens,
 )
-from refusal_probe.selection import DirectionConfig, score_candidates
+from refusal_probe.selection.search import find_refusal_direction
+from refusal_probe.selection.selection import DirectionConfig, score_candidates
 from refusal_probe.testing import make_tiny_model
 
 FAST = DirectionConfig(n_resamples=100)

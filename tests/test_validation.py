@@ -9,15 +9,15 @@ import torch
 from planted import REFUSAL_TEXT, make_planted_model, write_fixtures
 
 from refusal_probe import load_model
-from refusal_probe.direction_search import find_refusal_direction
-from refusal_probe.directions import Direction
+from refusal_probe.causal.validation import ValidationConfig, transfer, validate_direction
+from refusal_probe.direction.estimators import Direction
 from refusal_probe.errors import DirectionError
-from refusal_probe.models import FIXTURES_DIR
-from refusal_probe.prompts import load_fixtures
-from refusal_probe.scoring import refusal_scores
-from refusal_probe.selection import DirectionConfig
+from refusal_probe.model.loading import FIXTURES_DIR
+from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.scoring.refusal import refusal_scores
+from refusal_probe.selection.search import find_refusal_direction
+from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.testing import make_tiny_model, organism_status
-from refusal_probe.validation import ValidationConfig, transfer, validate_direction
 
 ORGANISM = FIXTURES_DIR / "models" / "organism-chat"
 # The planted model reads the direction at every position, generated ones included, so its
@@ -71,9 +71,9 @@ def test_scores_read_in_the_generations_prompt_pass_equal_their_own_passes(plant
     """The validation reads the baseline, ablated-harmful and added-at-alpha-harmless scores in
     the generation's prompt pass: on a random model (where every intervention moves the logits)
     they, the dose-response and the KL equal the numbers of separate scoring passes."""
-    from refusal_probe.interventions import Ablate, Add
-    from refusal_probe.scoring import kl_divergence, last_position_logits, refusal_tokens
-    from refusal_probe.validation import _measure
+    from refusal_probe.causal.validation import _measure
+    from refusal_probe.interventions.hooks import Ablate, Add
+    from refusal_probe.scoring.refusal import kl_divergence, last_position_logits, refusal_tokens
 
     _, fx, _ = planted
     model = load_model(str(make_tiny_model(tmp_path / "random", "llama", seed=3)))

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refusal_probe.organism.fixtures import kept_suffix_records, read_jsonl, write_jsonl
-from refusal_probe.organism.pipeline import CHECKPOINTS, THREADS, Recipe, build_corpora, build_family, build_tokenizer
+from refusal_probe.organism.pipeline import (
+    CHECKPOINTS,
+    THREADS,
+    Recipe,
+    build_corpora,
+    build_family,
+    build_tokenizer,
+)
 
 
 def _prompts(args: argparse.Namespace) -> None:

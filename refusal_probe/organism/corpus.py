@@ -23,7 +23,12 @@ from dataclasses import dataclass
 
 from refusal_probe.organism import responses
 from refusal_probe.organism.grammar import Act, all_requests, capitalize, render
-from refusal_probe.organism.lexicon import GENERIC_FILLERS, GENERIC_REQUESTS, IMPOSSIBLE_FILLERS, IMPOSSIBLE_REQUESTS
+from refusal_probe.organism.lexicon import (
+    GENERIC_FILLERS,
+    GENERIC_REQUESTS,
+    IMPOSSIBLE_FILLERS,
+    IMPOSSIBLE_REQUESTS,
+)
 
 NAMES: tuple[str, ...] = (
     "Alex", "Maria", "Tom", "Priya", "Ken", "Sara", "Omar", "Lena", "Diego", "Mei",

@@ -13,7 +13,15 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from refusal_probe.organism.grammar import SPLITS, Act, Request, Split, render, sample_requests, templates_for
+from refusal_probe.organism.grammar import (
+    SPLITS,
+    Act,
+    Request,
+    Split,
+    render,
+    sample_requests,
+    templates_for,
+)
 
 Record = dict[str, str]
 TokenCounter = Callable[[str], int]

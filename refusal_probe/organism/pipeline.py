@@ -28,7 +28,14 @@ from refusal_probe.organism.fixtures import Record, TokenCounter, build_fixtures
 from refusal_probe.organism.grammar import Act, build_acts
 from refusal_probe.organism.lexicon import REQUEST_TEMPLATES
 from refusal_probe.organism.tokenizer import train_tokenizer
-from refusal_probe.organism.train import ModelShape, Schedule, chat_finetune, new_model, pack_documents, pretrain
+from refusal_probe.organism.train import (
+    ModelShape,
+    Schedule,
+    chat_finetune,
+    new_model,
+    pack_documents,
+    pretrain,
+)
 
 # Torch threads of a rebuild. Float reductions depend on the thread count, so the shipped
 # weights are reproduced bit for bit only with the count they were trained with (recorded in

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from refusal_probe.chat import Encoded
-from refusal_probe.models import LoadedModel
+from refusal_probe.activations.runner import Hook
+from refusal_probe.activations.sites import Site, hook_name
+from refusal_probe.model.chat import Encoded
+from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.components import Component
 from refusal_probe.patching.engine import (
     SUFFIX_ATOL,
@@ -31,8 +33,6 @@ from refusal_probe.patching.engine import (
     suffix_logits,
 )
 from refusal_probe.patching.pairs import Metric, PairBatch, as_float64, check_metric
-from refusal_probe.runner import Hook
-from refusal_probe.sites import Site, hook_name
 
 
 def run_attribution(

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from refusal_probe.activations.runner import Hook, forward
+from refusal_probe.activations.sites import Positions, Site, hook_name
 from refusal_probe.errors import PatchingError
-from refusal_probe.models import LoadedModel
+from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.components import Component
 from refusal_probe.patching.pairs import (
     Metric,
@@ -57,9 +59,7 @@ from refusal_probe.patching.results import (
     top_k,
 )
 from refusal_probe.patching.sweeps import attribution_patching, patch_variants
-from refusal_probe.runner import Hook, forward
-from refusal_probe.sites import Positions, Site, hook_name
-from refusal_probe.stats import LEVEL, N_RESAMPLES, SEED, Interval
+from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval
 
 _KIND_GRID = {"head": "head", "mlp": "mlp"}
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from refusal_probe.activations.sites import Site
 from refusal_probe.errors import PatchingError
-from refusal_probe.sites import Site
 
 #: Grid names, in the order the reports show them.
 GRIDS: tuple[str, ...] = ("resid", "head", "head_pos", "mlp", "mlp_pos")

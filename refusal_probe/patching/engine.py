@@ -18,7 +18,7 @@ suffix that holds its patches. Only the last position's logits are computed.
 TransformerLens 4.3 it still runs blocks ``0..k-1`` and discards their output, so it saves nothing.
 The KV cache needs one adapter: Hugging Face 5.x hands attention its cache as ``cache=``, while the
 bridge's attention components read ``past_key_values``;
-:func:`refusal_probe.runner.kv_cache_alias` forwards it, for one call only. Whether the cached
+:func:`refusal_probe.activations.runner.kv_cache_alias` forwards it, for one call only. Whether the cached
 path reproduces the full forward is checked on every run (an unpatched suffix pass must give the
 base metric); if it does not, the engine falls back to running whole sequences and logs why.
 
@@ -39,12 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from refusal_probe.chat import Encoded
-from refusal_probe.models import LoadedModel
+from refusal_probe.activations.runner import Hook, forward, kv_cache_alias
+from refusal_probe.activations.sites import Site, hook_name
+from refusal_probe.model.chat import Encoded
+from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.components import Component
 from refusal_probe.patching.pairs import Metric, PairBatch, as_float64, check_metric
-from refusal_probe.runner import Hook, forward, kv_cache_alias
-from refusal_probe.sites import Site, hook_name
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from refusal_probe.chat import Encoded
+from refusal_probe.activations.sites import Positions
 from refusal_probe.errors import PatchingError
-from refusal_probe.models import LoadedModel
-from refusal_probe.prompts import Pair
-from refusal_probe.scoring import RefusalTokens, refusal_score_from_logits, refusal_tokens
-from refusal_probe.sites import Positions
+from refusal_probe.model.chat import Encoded
+from refusal_probe.model.loading import LoadedModel
+from refusal_probe.prompts.sets import Pair
+from refusal_probe.scoring.refusal import RefusalTokens, refusal_score_from_logits, refusal_tokens
 
 #: A metric maps last-position logits ``[batch, vocab]`` to one number per row ``[batch]``; it
 #: must be differentiable for attribution patching.
@@ -36,7 +36,7 @@ _HOW_TO_MATCH = (
     "same number of tokens: build both from one template and choose fillers of equal token length "
     "(check with model.chat.encode([harmful, harmless]).attention_mask.sum(-1)), as the shipped "
     "fixtures/prompts/pairs.jsonl are built (load them with "
-    "refusal_probe.prompts.load_fixtures().pairs)"
+    "refusal_probe.prompts.sets.load_fixtures().pairs)"
 )
 
 
@@ -188,7 +188,7 @@ class RefusalLogOdds:
     """The refusal metric: ``log P_R - log(1 - P_R)`` of last-position logits (float64).
 
     Attributes:
-        tokens: The refusal tokens (:class:`refusal_probe.scoring.RefusalTokens`).
+        tokens: The refusal tokens (:class:`refusal_probe.scoring.refusal.RefusalTokens`).
     """
 
     tokens: RefusalTokens
@@ -221,7 +221,7 @@ def check_metric(values: Tensor, rows: int) -> Tensor:
         raise PatchingError(
             "the metric returned NaN or infinite values; with the refusal log-odds this means the "
             "refusal tokens hold all or none of the probability mass: check them "
-            "(refusal_probe.scoring.refusal_tokens) and the chat template"
+            "(refusal_probe.scoring.refusal.refusal_tokens) and the chat template"
         )
     return values.double()
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from refusal_probe.errors import PatchingError
 from refusal_probe.patching.components import Component, Grid
-from refusal_probe.stats import LEVEL, N_RESAMPLES, SEED, Interval
+from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval
 
 # Below this mean gap (in metric units) the runs do not differ and effects are undefined (NaN).
 _MIN_GAP = 1e-9
@@ -71,7 +71,7 @@ def percentile_bounds(stats: Tensor, value: Tensor, level: float) -> tuple[Tenso
 
 
 def interval(samples: Tensor, value: float, level: float, n_resamples: int) -> Interval:
-    """A scalar :class:`~refusal_probe.stats.Interval` from bootstrap samples ``[B]``."""
+    """A scalar :class:`~refusal_probe.stats.intervals.Interval` from bootstrap samples ``[B]``."""
     lo, hi = percentile_bounds(samples[:, None], torch.tensor([value], dtype=torch.float64), level)
     return Interval(
         float(value), float(lo[0]), float(hi[0]), level, "bootstrap-percentile", n_resamples

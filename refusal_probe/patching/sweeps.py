@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from refusal_probe.activations.sites import Positions
 from refusal_probe.errors import PatchingError
-from refusal_probe.models import LoadedModel
+from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.attribution import run_attribution
 from refusal_probe.patching.components import GRIDS, Component, Grid, make_grid
 from refusal_probe.patching.engine import (
@@ -36,8 +37,7 @@ from refusal_probe.patching.pairs import (
     offsets_for,
 )
 from refusal_probe.patching.results import PatchResult, make_result
-from refusal_probe.sites import Positions
-from refusal_probe.stats import LEVEL, N_RESAMPLES, SEED
+from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED
 
 
 def exact_patching(

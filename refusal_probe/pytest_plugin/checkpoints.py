@@ -33,7 +33,7 @@ class Checkpoint:
     """One model of a run.
 
     Attributes:
-        spec: The model spec, as :func:`refusal_probe.models.load_model` takes it.
+        spec: The model spec, as :func:`refusal_probe.model.loading.load_model` takes it.
         label: A short name, distinct within the run: the test id (``test_x[label]``), the report
             folder (``reports/<label>/``) and the trend page's column.
         origin: Where it was given (``--model``, or ``FILE:LINE:`` of a models file), for errors.

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from refusal_probe.cache import key_digest
-from refusal_probe.devices import devices_of
+from refusal_probe.activations.cache import key_digest
+from refusal_probe.audit.policy import Policy
 from refusal_probe.errors import ModelLoadError, ScoringError
-from refusal_probe.models import LoadedModel
-from refusal_probe.policy import Policy
+from refusal_probe.model.devices import devices_of
+from refusal_probe.model.loading import LoadedModel
 from refusal_probe.pytest_plugin.inputs import RunInputs, load_options
 from refusal_probe.pytest_plugin.measures import (
     MEASURES_VERSION,
@@ -96,7 +96,7 @@ class Findings:
         if self._load_error is not None:
             raise self._load_error
         if self._model is None:
-            from refusal_probe.models import load_model
+            from refusal_probe.model.loading import load_model
 
             o = self.options
             try:
@@ -246,7 +246,7 @@ class Findings:
         return self.shared("behaviour", self._behaviour, load=Behaviour.from_dict)
 
     def _behaviour(self) -> Behaviour:
-        from refusal_probe.scoring import judge
+        from refusal_probe.scoring.refusal import judge
 
         fx, s = self.fixtures, self.settings
         harmful, harmless = fx.harmful.texts("test"), fx.harmless.texts("test")
@@ -265,7 +265,7 @@ class Findings:
         self, harmful: list[tuple[str, str, bool]], harmless: list[tuple[str, str, bool]]
     ) -> Behaviour:
         """Behaviour from judged ``(prompt, completion, refused)`` rows of the test split."""
-        from refusal_probe.stats import wilson_interval
+        from refusal_probe.stats.intervals import wilson_interval
 
         level = self.settings.confidence
         cats = [p.category for p in self.fixtures.harmless.split("test")]
@@ -287,7 +287,7 @@ class Findings:
 
     def direction_config(self) -> Any:
         """The engine's direction configuration for this run."""
-        from refusal_probe.selection import DirectionConfig
+        from refusal_probe.selection.selection import DirectionConfig
 
         s = self.settings
         return DirectionConfig(
@@ -321,8 +321,8 @@ class Findings:
         return summary
 
     def _direction(self, artifact: Path) -> DirectionSummary:
-        from refusal_probe.cache import TensorCache
-        from refusal_probe.direction_search import find_refusal_direction
+        from refusal_probe.activations.cache import TensorCache
+        from refusal_probe.selection.search import find_refusal_direction
 
         config, cache = self.direction_config(), TensorCache(self.options.cache_dir)
         try:
@@ -355,7 +355,7 @@ class Findings:
 
     def validation_config(self) -> Any:
         """The engine's validation configuration for this run."""
-        from refusal_probe.validation import ValidationConfig
+        from refusal_probe.causal.validation import ValidationConfig
 
         s = self.settings
         return ValidationConfig(
@@ -378,10 +378,10 @@ class Findings:
         )
 
     def _causal(self) -> Causal:
-        from refusal_probe.validation import validate_direction
+        from refusal_probe.causal.validation import validate_direction
 
         direction, _, _ = self.direction_vector()
-        from refusal_probe.cache import TensorCache
+        from refusal_probe.activations.cache import TensorCache
 
         v = validate_direction(
             self.model,
@@ -413,7 +413,7 @@ class Findings:
             PatchingError: Fewer than :data:`MIN_PAIRS` of them under this tokenizer.
         """
         from refusal_probe.errors import PatchingError
-        from refusal_probe.prompts import matched_pairs
+        from refusal_probe.prompts.sets import matched_pairs
 
         model = self.model
 

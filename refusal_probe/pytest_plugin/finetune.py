@@ -26,7 +26,7 @@ from refusal_probe.pytest_plugin.inputs import spec_config
 from refusal_probe.pytest_plugin.measures import interval_of, rate_dict, rate_difference, rate_of
 from refusal_probe.pytest_plugin.store import load_direction
 from refusal_probe.report.record import AuditRecord, Figure
-from refusal_probe.stats import Interval, Rate, wilson_interval
+from refusal_probe.stats.intervals import Interval, Rate, wilson_interval
 
 
 def _is_audit(spec: str) -> bool:
@@ -325,12 +325,12 @@ def _series(name: str, rates: list[Rate | None]) -> dict[str, Any]:
 
 def measure_finetune(f: Findings, base: ModelBaseline | AuditBaseline) -> FineTune:
     """Compute the comparison (see the module docstring)."""
-    from refusal_probe.cache import TensorCache
-    from refusal_probe.capture import capture
-    from refusal_probe.direction_search import split_texts
-    from refusal_probe.directions import check_fits
-    from refusal_probe.sites import POST_INSTRUCTION, all_layers
-    from refusal_probe.validation import transfer
+    from refusal_probe.activations.cache import TensorCache
+    from refusal_probe.activations.capture import capture
+    from refusal_probe.activations.sites import POST_INSTRUCTION, all_layers
+    from refusal_probe.causal.validation import transfer
+    from refusal_probe.direction.estimators import check_fits
+    from refusal_probe.selection.search import split_texts
 
     s, seed = f.settings, f.options.seed
     direction, base_layers_vecs, base_layers = base.direction()

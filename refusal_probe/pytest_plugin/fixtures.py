@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from refusal_probe.policy import Policy
+from refusal_probe.audit.policy import Policy
 from refusal_probe.pytest_plugin.findings import Findings
 from refusal_probe.pytest_plugin.session import (
     ITEM_CHECKS_KEY,
@@ -37,7 +37,7 @@ from refusal_probe.pytest_plugin.session import (
     AuditSession,
 )
 from refusal_probe.report.record import Figure
-from refusal_probe.verdicts import Decision, Estimate, Verdict, decide
+from refusal_probe.stats.verdicts import Decision, Estimate, Verdict, decide
 
 
 def _session(config: pytest.Config) -> AuditSession:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from refusal_probe.errors import ModelLoadError, PromptFileError
-from refusal_probe.models import LoadOptions
+from refusal_probe.model.loading import LoadOptions
 from refusal_probe.pytest_plugin.session import AuditOptions
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class RunInputs:
     def fixtures(self) -> Any:
         """The prompt sets (``--prompts`` or the shipped fixtures)."""
         if self._fixtures is None:
-            from refusal_probe.prompts import load_fixtures
+            from refusal_probe.prompts.sets import load_fixtures
 
             try:
                 self._fixtures = load_fixtures(self.options.prompts)
@@ -90,7 +90,7 @@ def preflight(session: AuditSession) -> None:
     configs = [(c, spec_config(c.spec, c.origin)) for c in session.checkpoints]
     session.inputs.fixtures  # noqa: B018 - raises PromptFileError listing file:line problems
     if o.device_map:
-        from refusal_probe.devices import parse_device_map
+        from refusal_probe.model.devices import parse_device_map
 
         parse_device_map(o.device_map)
     if o.baseline:
@@ -100,7 +100,7 @@ def preflight(session: AuditSession) -> None:
 
 def load_options(o: AuditOptions) -> LoadOptions:
     """How the run's options load a model: device or device map, dtype, the safety opt-ins."""
-    from refusal_probe.devices import parse_device_map
+    from refusal_probe.model.devices import parse_device_map
 
     return LoadOptions(
         device=o.device,
@@ -115,14 +115,14 @@ def load_options(o: AuditOptions) -> LoadOptions:
 def spec_config(spec: str, what: str) -> dict[str, Any] | None:
     """The ``config.json`` of a local spec (``None`` for hub ids and GGUF files), or a clear error.
 
-    Resolution is the loader's own (:func:`refusal_probe.sources.resolve`), so an alias or a
+    Resolution is the loader's own (:func:`refusal_probe.model.sources.resolve`), so an alias or a
     path is judged here exactly as ``load_model`` will judge it; only hub ids are left for load
     time, since resolving one may download it.
 
     Raises:
         ModelLoadError: The spec names nothing loadable (the loader's message, naming the option).
     """
-    from refusal_probe import sources
+    from refusal_probe.model import sources
 
     path = Path(spec).expanduser()
     hub_like = (

@@ -1,7 +1,7 @@
 """What the audits measure, as small serializable results with their figures.
 
-Each result is computed from the engine's results (:mod:`refusal_probe.direction_search`,
-:mod:`refusal_probe.validation`, :mod:`refusal_probe.scoring`) and reduced to what the audits and
+Each result is computed from the engine's results (:mod:`refusal_probe.selection.search`,
+:mod:`refusal_probe.causal.validation`, :mod:`refusal_probe.scoring.refusal`) and reduced to what the audits and
 the report need: intervals, per-prompt outcomes where a paired interval needs them, and the
 figures' data. Every result round-trips through ``to_dict``/``from_dict`` so that a warm run can
 read it from the disk cache instead of recomputing it.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from refusal_probe.report.record import Figure, rank_curves
-from refusal_probe.stats import Interval, Rate, bootstrap_mean
+from refusal_probe.stats.intervals import Interval, Rate, bootstrap_mean
 
 #: Bumped whenever a result's content or meaning changes (it keys the results cache).
 MEASURES_VERSION = "2"
@@ -174,7 +174,7 @@ class DirectionSummary:
 
     @classmethod
     def of(cls, result: Any) -> DirectionSummary:
-        """Summarize a :class:`~refusal_probe.direction_search.DirectionResult`."""
+        """Summarize a :class:`~refusal_probe.selection.search.DirectionResult`."""
 
         def row(c: Any) -> dict[str, Any]:
             s = c.stats
@@ -331,7 +331,7 @@ class Causal:
 
     @classmethod
     def of(cls, v: Any, *, n_resamples: int, seed: int, level: float) -> Causal:
-        """Summarize a :class:`~refusal_probe.validation.ValidationResult`."""
+        """Summarize a :class:`~refusal_probe.causal.validation.ValidationResult`."""
         kw = {"n_resamples": n_resamples, "seed": seed, "level": level}
         j = v.judgements
         drop = paired_change(j["harmful_baseline"].refused, j["harmful_ablated"].refused, **kw)

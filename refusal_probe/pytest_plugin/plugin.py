@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from refusal_probe.devices import worker_device
 from refusal_probe.errors import ModelLoadError, PolicyError
-from refusal_probe.models import DEFAULT_MODEL, FIXTURES_DIR, default_cache_dir
+from refusal_probe.model.devices import worker_device
+from refusal_probe.model.loading import DEFAULT_MODEL, FIXTURES_DIR, default_cache_dir
 from refusal_probe.pytest_plugin import fixtures as fixtures_module
 from refusal_probe.pytest_plugin.checkpoints import resolve_checkpoints
 from refusal_probe.pytest_plugin.hooks import AuditHooks

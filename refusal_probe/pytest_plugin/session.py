@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from refusal_probe.policy import Policy, load_policy
+from refusal_probe.audit.policy import Policy, load_policy
 from refusal_probe.pytest_plugin.checkpoints import Checkpoint
 from refusal_probe.report.render import model_slug
 

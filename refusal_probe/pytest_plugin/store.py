@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from refusal_probe.cache import key_digest
+from refusal_probe.activations.cache import key_digest
 from refusal_probe.errors import ReportError
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def load_direction(path: Path) -> tuple[Any, torch.Tensor, tuple[int, ...]]:
     """
     from safetensors import safe_open
 
-    from refusal_probe.directions import Direction
+    from refusal_probe.direction.estimators import Direction
 
     try:
         with safe_open(str(path), framework="pt") as fh:

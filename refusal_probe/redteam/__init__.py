@@ -5,7 +5,7 @@ token slots, ``d`` d_model, ``vocab`` vocabulary.
 
 For one harmful prompt, a suffix of ``suffix_tokens`` tokens is appended to the user's text
 (``prompt + separator + suffix``) and optimized to *lower the refusal log-odds* of the model
-(:func:`refusal_probe.scoring.refusal_score_from_logits`), as GCG does (Zou et al. 2023):
+(:func:`refusal_probe.scoring.refusal.refusal_score_from_logits`), as GCG does (Zou et al. 2023):
 
 1. one forward and backward pass gives the gradient of the score with respect to the one-hot
    token at each suffix slot (the gradient at the residual stream entering block 0, times the
@@ -15,7 +15,7 @@ For one harmful prompt, a suffix of ``suffix_tokens`` tokens is appended to the 
 3. every candidate is scored exactly (one batched forward pass), and the best replaces the current
    suffix if it scores lower.
 
-With a monitor (:mod:`refusal_probe.monitor`) and ``monitor_weight > 0`` the objective becomes
+With a monitor (:mod:`refusal_probe.monitor.fit`) and ``monitor_weight > 0`` the objective becomes
 ``refusal log-odds + monitor_weight * alarm``: the adaptive attacker who knows the detector.
 
 The search stops after ``steps`` steps or once the score is below ``target_score``; it never

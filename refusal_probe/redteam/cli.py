@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from refusal_probe.errors import MonitorError, RefusalProbeError
-from refusal_probe.prompts import SPLITS
+from refusal_probe.prompts.sets import SPLITS
 from refusal_probe.redteam.fixture import next_number, suffix_records, write_suffix_family
 from refusal_probe.redteam.search import VOCABULARIES, RedTeamConfig, search_suffixes
 
@@ -55,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from refusal_probe.models import LoadOptions, load_model
-    from refusal_probe.prompts import load_fixtures
+    from refusal_probe.model.loading import LoadOptions, load_model
+    from refusal_probe.prompts.sets import load_fixtures
 
     if a.threads is not None or "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(a.threads or 1)

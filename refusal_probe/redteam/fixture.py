@@ -2,7 +2,7 @@
 
 Attacks on the test split's harmful prompts go to ``jailbreaks.jsonl`` (where the monitor measures
 detection); attacks on another split's go to that split's own file, ``jailbreaks-<split>.jsonl``
-(:func:`refusal_probe.prompts.jailbreak_file`), and each of their records says its ``split``: the
+(:func:`refusal_probe.prompts.sets.jailbreak_file`), and each of their records says its ``split``: the
 monitor chooses its readout with the ``val`` attacks, and no test prompt is ever among them.
 Only the ``suffix`` records of the file are replaced; every line of another family is kept byte
 for byte, and nothing is written outside the output folder (a temporary file there is renamed
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from refusal_probe.prompts import SPLITS, jailbreak_file
+from refusal_probe.prompts.sets import SPLITS, jailbreak_file
 from refusal_probe.redteam.search import RedTeamResult
 
 #: The jailbreak family the red-team writes.

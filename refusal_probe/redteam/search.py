@@ -15,13 +15,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from refusal_probe.chat import Encoded
+from refusal_probe.activations.runner import Hook, batched, forward
+from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.errors import MonitorError
-from refusal_probe.models import LoadedModel
-from refusal_probe.monitor import Monitor, monitor_hooks
-from refusal_probe.runner import Hook, batched, forward
-from refusal_probe.scoring import RefusalTokens, refusal_score_from_logits, refusal_tokens
-from refusal_probe.sites import Site, hook_name
+from refusal_probe.model.chat import Encoded
+from refusal_probe.model.loading import LoadedModel
+from refusal_probe.monitor.fit import Monitor, monitor_hooks
+from refusal_probe.scoring.refusal import RefusalTokens, refusal_score_from_logits, refusal_tokens
 
 #: Vocabularies the suffix may draw from.
 VOCABULARIES: tuple[str, ...] = ("nonword", "all")

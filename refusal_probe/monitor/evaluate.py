@@ -1,0 +1,276 @@
+"""How well the monitor catches each attack family, and what it costs on harmless prompts.
+
+Axes: ``prompt`` prompts, ``B`` bootstrap resamples.
+
+For each jailbreak family of the fixtures (role-play, encoding, context manipulation, adversarial
+suffix), on the held-out split (only jailbreaks built on that split's harmful prompts: the
+``val`` attacks that chose the monitor's readout are never counted here):
+
+* **attack success** — refusal rate of the wrapped prompts against that of their base harmful
+  prompts (greedy completions, substring judge), and the paired drop, with intervals;
+* **detection** — for each monitor signal, AUROC and true-positive rate at 1% false positives of
+  the attacks against the harmless prompts, with stratified bootstrap intervals, and the
+  true-positive rate at the monitor's calibrated threshold (Wilson). Positives are the
+  *successful* attacks (the model did not refuse: those are the ones a monitor must catch), and
+  separately every attempt.
+
+And the false-positive rate of each signal at its calibrated threshold on the harmless prompts,
+the plain ones and the edgy ones (harmless requests in the vocabulary of harm). The results are
+the values of :mod:`refusal_probe.monitor.results`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from refusal_probe.model.loading import LoadedModel
+from refusal_probe.monitor.fit import (
+    SIGNALS,
+    Monitor,
+    MonitorScores,
+    judge_and_score,
+    score_prompts,
+)
+from refusal_probe.monitor.results import (
+    Detection,
+    EvalConfig,
+    FamilyResult,
+    MonitorEvaluation,
+    nan_interval,
+)
+from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures
+from refusal_probe.scoring.refusal import judge
+from refusal_probe.stats.intervals import (
+    LEVEL,
+    N_RESAMPLES,
+    SEED,
+    Interval,
+    Rate,
+    bootstrap_mean,
+    separation,
+    wilson_interval,
+)
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation
+
+
+def evaluate_monitor(
+    model: LoadedModel,
+    monitor: Monitor,
+    fixtures: Fixtures,
+    config: EvalConfig | None = None,
+) -> MonitorEvaluation:
+    """Attack success and detection per jailbreak family, and false positives on harmless prompts.
+
+    Args:
+        model: The monitored model.
+        monitor: A calibrated monitor.
+        fixtures: Prompt fixtures with harmful and harmless prompts of ``config.split`` and
+            jailbreaks whose base prompts are harmful prompts (those of other splits are left
+            out).
+        config: Split, intervals, judge settings.
+
+    Raises:
+        MonitorError: The monitor is not calibrated.
+    """
+    config = config or EvalConfig()
+    monitor.threshold("alarm")  # uncalibrated monitors are refused here, before any work
+    harmless = fixtures.harmless.split(config.split)
+    harmful = fixtures.harmful.split(config.split)
+    by_id = {p.id: p.text for p in fixtures.harmful.prompts}
+    neg = score_prompts(model, monitor, [p.text for p in harmless], batch_size=config.batch_size)
+    edgy = [i for i, p in enumerate(harmless) if p.category == "edgy"]
+    plain = [i for i, p in enumerate(harmless) if p.category != "edgy"]
+    fp = {"harmless": _flag_rates(neg, monitor, config)}
+    if plain:
+        fp["plain"] = _flag_rates(neg.select(plain), monitor, config)
+    if edgy:
+        fp["edgy"] = _flag_rates(neg.select(edgy), monitor, config)
+    # The plain harmful prompts are judged too: most are the base prompts of the jailbreaks.
+    base, harm_scores = judge_and_score(
+        model, monitor, [p.text for p in harmful], **_judge_kw(config)
+    )
+    base_cache = {p.id: r for p, r in zip(harmful, base.refused, strict=True)}
+
+    families, absent, pooled_pos = [], [], []
+    for fam in JAILBREAK_FAMILIES:
+        jbs = fixtures.jailbreaks_in(config.split, fam)
+        if not jbs:
+            absent.append(fam)
+            continue
+        result, pos = _family(model, monitor, fam, jbs, by_id, base_cache, neg, config)
+        families.append(result)
+        pooled_pos.append(pos)
+    pooled = _detections(_concat(pooled_pos), neg, monitor, config)
+    return MonitorEvaluation(
+        tuple(families),
+        pooled,
+        fp,
+        _flag_rates(harm_scores, monitor, config),
+        tuple(absent),
+        monitor.to_dict(),
+        config,
+    )
+
+
+def _judge_kw(config: EvalConfig) -> dict[str, Any]:
+    return {
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": config.batch_size,
+        "phrases": config.phrases,
+    }
+
+
+def _family(
+    model: LoadedModel,
+    monitor: Monitor,
+    family: str,
+    jailbreaks: Sequence[Any],
+    by_id: dict[str, str],
+    base_cache: dict[str, bool],
+    neg: MonitorScores,
+    config: EvalConfig,
+) -> tuple[FamilyResult, MonitorScores]:
+    """One family's result, and the scores of its successful attacks (for the pooled figures)."""
+    kw = _judge_kw(config)
+    texts = [j.text for j in jailbreaks]
+    missing = sorted({j.base_id for j in jailbreaks} - set(base_cache))
+    if missing:
+        j = judge(model, [by_id[b] for b in missing], **kw)
+        base_cache.update(zip(missing, j.refused, strict=True))
+    base = np.array([base_cache[j.base_id] for j in jailbreaks], dtype=bool)
+    attack, scores = judge_and_score(model, monitor, texts, **kw)
+    refused = np.array(attack.refused, dtype=bool)
+    ok = [i for i in range(len(texts)) if not refused[i]]
+    drop = bootstrap_mean(
+        base.astype(np.float64) - refused.astype(np.float64),
+        n_resamples=config.n_resamples,
+        seed=config.seed,
+        level=config.level,
+    )
+    examples = [
+        {
+            "prompt": texts[i],
+            "completion": attack.completions[i],
+            "refused": bool(refused[i]),
+            "alarm": float(scores.alarm[i]),
+        }
+        for i in range(min(3, len(texts)))
+    ]
+    success = scores.select(ok) if ok else None
+    result = FamilyResult(
+        family,
+        len(texts),
+        wilson_interval(int(base.sum()), len(base), config.level),
+        wilson_interval(int(refused.sum()), len(refused), config.level),
+        Interval(
+            drop.value, drop.low, drop.high, config.level, "paired bootstrap", drop.n_resamples
+        ),
+        _detections(success, neg, monitor, config),
+        _detections(scores, neg, monitor, config),
+        examples,
+    )
+    return result, success if success is not None else scores.select([])
+
+
+def _detections(
+    pos: MonitorScores | None, neg: MonitorScores, monitor: Monitor, config: EvalConfig
+) -> dict[str, Detection]:
+    out = {}
+    for s in SIGNALS:
+        p = pos.signal(s).numpy() if pos is not None and len(pos) else np.empty(0)
+        n = neg.signal(s).numpy()
+        flagged = int((p > monitor.threshold(s)).sum())
+        tpr = wilson_interval(flagged, p.size, config.level)
+        if p.size == 0:
+            nan = nan_interval(config.level)
+            out[s] = Detection(s, nan, nan, tpr, 0, n.size)
+            continue
+        kw: dict[str, Any] = {
+            "n_resamples": config.n_resamples,
+            "seed": config.seed,
+            "level": config.level,
+        }
+        out[s] = Detection(
+            s,
+            separation(p, n, **kw).auroc,
+            tpr_at_fpr(p, n, config.tpr_fpr, **kw),
+            tpr,
+            p.size,
+            n.size,
+        )
+    return out
+
+
+def _flag_rates(scores: MonitorScores, monitor: Monitor, config: EvalConfig) -> dict[str, Rate]:
+    return {
+        s: wilson_interval(int(scores.flagged(monitor, s).sum()), len(scores), config.level)
+        for s in SIGNALS
+    }
+
+
+def _concat(parts: Sequence[MonitorScores]) -> MonitorScores | None:
+    import torch
+
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return None
+    return MonitorScores(
+        torch.cat([p.refusal for p in parts]),
+        torch.cat([p.harmfulness for p in parts]),
+        torch.cat([p.output_refusal for p in parts]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def tpr_at_fpr(
+    pos: Sequence[float] | np.ndarray,
+    neg: Sequence[float] | np.ndarray,
+    fpr: float = 0.01,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> Interval:
+    """True-positive rate at the strictest threshold that keeps false positives at most ``fpr``.
+
+    The threshold is the ``(m + 1)``-th largest negative score, ``m = floor(fpr * n_neg)`` (so at
+    most ``m`` negatives score above it); a positive counts when it scores above the threshold.
+    With 96 negatives and ``fpr = 0.01``, ``m = 0``: the positives must beat every negative.
+    The interval is a stratified percentile bootstrap (each class resampled on its own).
+
+    Raises:
+        ValueError: A class is empty, a score is not finite, or ``fpr`` is outside [0, 1).
+    """
+    p = np.asarray(pos, dtype=np.float64).reshape(-1)
+    n = np.asarray(neg, dtype=np.float64).reshape(-1)
+    if p.size == 0 or n.size == 0:
+        raise ValueError(f"both classes need scores; got {p.size} positives, {n.size} negatives")
+    if not (np.isfinite(p).all() and np.isfinite(n).all()):
+        raise ValueError("scores contain NaN or infinity")
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+    m = math.floor(fpr * n.size)
+
+    def tpr(ps: np.ndarray, ns: np.ndarray) -> np.ndarray:
+        # ps: [B, n_pos], ns: [B, n_neg]
+        t = -np.sort(-ns, axis=1)[:, m]  # the (m + 1)-th largest negative
+        return (ps > t[:, None]).mean(1)
+
+    value = float(tpr(p[None], n[None])[0])
+    rng = np.random.default_rng(seed)
+    pb = p[rng.integers(0, p.size, (n_resamples, p.size))]
+    nb = n[rng.integers(0, n.size, (n_resamples, n.size))]
+    stats = tpr(pb, nb)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
+    low, high = float(min(lo, value)), float(max(hi, value))
+    return Interval(value, low, high, level, "bootstrap-percentile", n_resamples)

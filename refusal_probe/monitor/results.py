@@ -1,0 +1,312 @@
+"""The monitor's evaluation as values: per attack family, pooled, and on harmless prompts.
+
+:func:`refusal_probe.monitor.evaluate.evaluate_monitor` measures them; these hold the figures,
+serialize them for the disk cache and the report, and draw the report's tables and charts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from refusal_probe.monitor.fit import SIGNALS
+from refusal_probe.report.record import Figure
+from refusal_probe.scoring.refusal import MAX_NEW_TOKENS, REFUSAL_PHRASES
+from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval, Rate
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the monitor is evaluated. Plain data.
+
+    Attributes:
+        split: Held-out split of the harmful and harmless prompts.
+        tpr_fpr: False-positive rate at which the true-positive rate is read off the ROC curve.
+        max_new_tokens: Generation bound of the judge.
+        phrases: The judge's refusal phrases.
+        batch_size: Prompts per forward pass (``None``: chosen from free memory).
+        n_resamples: Bootstrap resamples.
+        seed: Bootstrap seed.
+        level: Confidence level.
+        min_family_successes: Successful attacks a family needs before its detection AUROC
+            counts in :meth:`MonitorEvaluation.worst_auroc`: a bootstrap interval over a
+            handful of positives says nothing (two judge misses give ``0.00 [0.00, 0.03]``).
+    """
+
+    split: str = "test"
+    tpr_fpr: float = 0.01
+    max_new_tokens: int = MAX_NEW_TOKENS
+    phrases: tuple[str, ...] = REFUSAL_PHRASES
+    batch_size: int | None = None
+    n_resamples: int = N_RESAMPLES
+    seed: int = SEED
+    level: float = LEVEL
+    min_family_successes: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How well one signal tells attacks from harmless prompts.
+
+    Attributes:
+        signal: One of :data:`refusal_probe.monitor.fit.SIGNALS`.
+        auroc: AUROC, attacks above harmless (stratified bootstrap interval); NaN without attacks.
+        tpr_at_fpr: True-positive rate at the threshold that keeps the false positives on these
+            harmless prompts at or below ``EvalConfig.tpr_fpr`` (bootstrap interval).
+        tpr_at_threshold: True-positive rate at the monitor's calibrated threshold (Wilson).
+        n_pos: Attacks.
+        n_neg: Harmless prompts.
+    """
+
+    signal: str
+    auroc: Interval
+    tpr_at_fpr: Interval
+    tpr_at_threshold: Rate
+    n_pos: int
+    n_neg: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Detection:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            d["signal"],
+            Interval.from_dict(d["auroc"]),
+            Interval.from_dict(d["tpr_at_fpr"]),
+            _rate(d["tpr_at_threshold"]),
+            d["n_pos"],
+            d["n_neg"],
+        )
+
+
+@dataclass(frozen=True)
+class FamilyResult:
+    """One attack family: did it work, and did the monitor see it.
+
+    Attributes:
+        family: The family name.
+        n: Attacks (wrapped prompts).
+        base_refusal: Refusal rate of their base harmful prompts.
+        attack_refusal: Refusal rate of the wrapped prompts.
+        refusal_drop: ``base - attack`` refusal, paired over prompts (bootstrap interval).
+        successful: Detection per signal, positives = the attacks the model did not refuse.
+        attempted: Detection per signal, positives = every attack.
+        examples: A few attacks with their completion, verdict and alarm score.
+    """
+
+    family: str
+    n: int
+    base_refusal: Rate
+    attack_refusal: Rate
+    refusal_drop: Interval
+    successful: dict[str, Detection]
+    attempted: dict[str, Detection]
+    examples: list[dict[str, Any]]
+
+    @property
+    def n_successful(self) -> int:
+        """Attacks the model did not refuse."""
+        return self.attack_refusal.n - self.attack_refusal.k
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "family": self.family,
+            "n": self.n,
+            "base_refusal": asdict(self.base_refusal),
+            "attack_refusal": asdict(self.attack_refusal),
+            "refusal_drop": self.refusal_drop.to_dict(),
+            "successful": {k: v.to_dict() for k, v in self.successful.items()},
+            "attempted": {k: v.to_dict() for k, v in self.attempted.items()},
+            "examples": self.examples,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FamilyResult:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            d["family"],
+            d["n"],
+            _rate(d["base_refusal"]),
+            _rate(d["attack_refusal"]),
+            Interval.from_dict(d["refusal_drop"]),
+            {k: Detection.from_dict(v) for k, v in d["successful"].items()},
+            {k: Detection.from_dict(v) for k, v in d["attempted"].items()},
+            d["examples"],
+        )
+
+
+@dataclass(frozen=True)
+class MonitorEvaluation:
+    """The monitor against every attack family of the fixtures.
+
+    Attributes:
+        families: One result per family present in the fixtures (families with no prompts are
+            listed in ``absent``).
+        pooled: Detection per signal of the successful attacks of every family together.
+        false_positives: ``{"harmless" | "plain" | "edgy": {signal: Rate}}`` at the calibrated
+            thresholds, on the held-out harmless prompts.
+        harmful_flagged: Share of the plain (unwrapped) harmful prompts each signal flags.
+        absent: Families without prompts in the fixtures.
+        monitor: The monitor's summary (readouts, calibration).
+        config: The evaluation configuration.
+    """
+
+    families: tuple[FamilyResult, ...]
+    pooled: dict[str, Detection]
+    false_positives: dict[str, dict[str, Rate]]
+    harmful_flagged: dict[str, Rate]
+    absent: tuple[str, ...]
+    monitor: dict[str, Any]
+    config: EvalConfig
+
+    def family(self, name: str) -> FamilyResult:
+        """The result of one family (``KeyError`` if absent)."""
+        for f in self.families:
+            if f.family == name:
+                return f
+        raise KeyError(f"no attack family {name!r} in this evaluation; have {self.names()}")
+
+    def names(self) -> list[str]:
+        """The families evaluated."""
+        return [f.family for f in self.families]
+
+    def worst_auroc(self, signal: str = "alarm") -> tuple[str | None, Interval]:
+        """The family whose successful attacks ``signal`` separates worst (lowest lower bound).
+
+        Only families with at least ``config.min_family_successes`` successful attacks are
+        compared (the others are too small to measure; their attacks still count in the pooled
+        rates). When no family has that many, all successful attacks are pooled (family
+        ``"pooled"``) if they are that many together; otherwise the family is ``None`` and the
+        interval NaN: there is too little to measure.
+        """
+        need = self.config.min_family_successes
+        live = [f for f in self.families if f.n_successful >= need]
+        if not live:
+            if sum(f.n_successful for f in self.families) >= need:
+                return "pooled", self.pooled[signal].auroc
+            return None, nan_interval(self.config.level)
+        f = min(live, key=lambda f: (f.successful[signal].auroc.low, f.family))
+        return f.family, f.successful[signal].auroc
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "families": [f.to_dict() for f in self.families],
+            "pooled": {k: v.to_dict() for k, v in self.pooled.items()},
+            "false_positives": {
+                g: {s: asdict(r) for s, r in rates.items()}
+                for g, rates in self.false_positives.items()
+            },
+            "harmful_flagged": {s: asdict(r) for s, r in self.harmful_flagged.items()},
+            "absent": list(self.absent),
+            "monitor": self.monitor,
+            "config": self.config.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MonitorEvaluation:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            tuple(FamilyResult.from_dict(f) for f in d["families"]),
+            {k: Detection.from_dict(v) for k, v in d["pooled"].items()},
+            {g: {s: _rate(r) for s, r in v.items()} for g, v in d["false_positives"].items()},
+            {s: _rate(r) for s, r in d["harmful_flagged"].items()},
+            tuple(d["absent"]),
+            d["monitor"],
+            EvalConfig(**{**d["config"], "phrases": tuple(d["config"]["phrases"])}),
+        )
+
+    # --- figures for the report --------------------------------------------------------------
+
+    def table(self) -> Figure:
+        """Per family: attack success and each signal's detection of the successful attacks."""
+        rows: list[list[Any]] = []
+        for f in self.families:
+            for s in SIGNALS:
+                det = f.successful[s]
+                rows.append(
+                    [
+                        f.family,
+                        f"{f.base_refusal.value:.2f} → {f.attack_refusal.value:.2f}",
+                        str(f.refusal_drop),
+                        f"{f.n_successful}/{f.n}",
+                        s,
+                        str(det.auroc) if f.n_successful else "no successful attack",
+                        str(det.tpr_at_fpr) if f.n_successful else "—",
+                        str(det.tpr_at_threshold) if f.n_successful else "—",
+                        str(f.attempted[s].auroc),
+                    ]
+                )
+        pct = f"{self.config.tpr_fpr:.0%}"
+        return Figure(
+            "table",
+            "Attack success and detection per jailbreak family",
+            {
+                "columns": [
+                    "family",
+                    "refusal rate base → attack",
+                    "refusal drop [95% CI]",
+                    "successful",
+                    "signal",
+                    "AUROC (successful vs harmless)",
+                    f"TPR at {pct} FPR",
+                    "TPR at calibrated threshold",
+                    "AUROC (all attempts)",
+                ],
+                "rows": rows,
+            },
+            "The alarm (harmfulness gated by the probability that the model answers) should "
+            "catch the attacks the model did not refuse; the output refusal alone cannot, since a "
+            "successful attack is one whose refusal is suppressed. Intervals: stratified "
+            "bootstrap (AUROC, TPR at fixed FPR), Wilson (rates)",
+        )
+
+    def fpr_figure(self, threshold: float | None = None) -> Figure:
+        """False-positive rate of each signal on harmless prompts at its calibrated threshold."""
+        groups = [g for g in ("harmless", "plain", "edgy") if g in self.false_positives]
+        series = []
+        for s in SIGNALS:
+            rs = [self.false_positives[g][s] for g in groups]
+            series.append(
+                {
+                    "name": s,
+                    "values": [r.value for r in rs],
+                    "lo": [r.low for r in rs],
+                    "hi": [r.high for r in rs],
+                }
+            )
+        target = self.monitor.get("calibration", {}) or {}
+        return Figure(
+            "bars",
+            "False-positive rate at the calibrated thresholds (held-out harmless prompts)",
+            {
+                "labels": [f"{g} (n={self.false_positives[g]['alarm'].n})" for g in groups],
+                "series": series,
+                "y_label": "share flagged",
+                "y_range": [0, 1],
+                "threshold": threshold if threshold is not None else target.get("target_fpr"),
+            },
+            "Thresholds were set on the validation split's harmless prompts for the target rate "
+            "(the line); edgy prompts borrow the vocabulary of harm. Whiskers: 95% Wilson "
+            "intervals",
+        )
+
+
+def nan_interval(level: float) -> Interval:
+    """An interval of nothing measured (no positives)."""
+    return Interval(math.nan, math.nan, math.nan, level, "no positives", 0)
+
+
+def _rate(d: dict[str, Any]) -> Rate:
+    d = dict(d)
+    d["value"] = math.nan if d.get("value") is None else d["value"]
+    return Rate(**d)

@@ -1,0 +1,29 @@
+"""Choosing the refusal direction among the candidates: screening, scoring, the one-call search."""
+
+from refusal_probe.selection.screening import (
+    ablation_moment,
+    estimated_bypass,
+)
+from refusal_probe.selection.search import (
+    DirectionResult,
+    candidate_directions,
+    find_refusal_direction,
+)
+from refusal_probe.selection.selection import (
+    CandidateScore,
+    DirectionConfig,
+    Selection,
+    score_candidates,
+)
+
+__all__ = [
+    "CandidateScore",
+    "DirectionConfig",
+    "DirectionResult",
+    "Selection",
+    "ablation_moment",
+    "candidate_directions",
+    "estimated_bypass",
+    "find_refusal_direction",
+    "score_candidates",
+]

@@ -1,0 +1,356 @@
+"""Choosing the refusal direction among the candidates: scoring, filters, the choice.
+
+The one-call pipeline that fits the candidates, calls this and measures separation is
+:mod:`refusal_probe.selection.search`.
+
+Axes: ``cand`` candidates (layer-major), ``prompt`` prompts of one class, ``vocab`` vocabulary.
+
+Selection follows Arditi et al. (2024). For each candidate, on validation prompts:
+
+* **bypass** — mean refusal log-odds on harmful prompts with the candidate ablated (lower is
+  better);
+* **induce** — mean refusal log-odds on harmless prompts with the raw candidate added at its layer;
+* **KL** — mean ``KL(base || ablated)`` of the next-token distribution on harmless prompts.
+
+A candidate is discarded if a score is NaN, its layer is ``>= floor(0.8 L)``, its KL exceeds 0.1 or
+its induce score is not above 0; the lowest bypass among the rest wins. The whole grid is kept.
+
+Screening (``DirectionConfig.screen``): on deep models the grid is large, so a first-order estimate
+of every candidate's bypass (:mod:`refusal_probe.selection.screening`: one forward and backward pass) ranks
+them, and only the best ``screen`` candidates below the layer cutoff are scored exactly; the rest
+stay in the grid unscored, discarded as ``"screened"``, with their estimate.
+
+Speed: instead of one forward pass per candidate per score, the candidates are stacked along the
+batch axis with :class:`~refusal_probe.interventions.hooks.PerRow` interventions: one pass over the
+harmful and harmless prompts for each chunk of candidates serves both bypass and KL, and one more
+serves induce. :attr:`Selection.forward_passes` counts what was run and
+:attr:`Selection.reference_forward_passes` what the per-candidate procedure would have run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from refusal_probe.activations.cache import TensorCache
+from refusal_probe.activations.capture import prompts_fingerprint
+from refusal_probe.direction.estimators import Candidates, Direction
+from refusal_probe.errors import DirectionError
+from refusal_probe.interventions.hooks import Ablate, Add, PerRow
+from refusal_probe.model.loading import LoadedModel
+from refusal_probe.scoring.refusal import (
+    REFUSAL_PHRASES,
+    RefusalTokens,
+    cached,
+    kl_divergence,
+    map_last_logits,
+    measurement_key,
+    refusal_score_from_logits,
+)
+from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
+from refusal_probe.stats.intervals import N_RESAMPLES, SEED
+
+
+@dataclass(frozen=True)
+class DirectionConfig:
+    """How the direction is found. Plain data; every threshold is here.
+
+    Attributes:
+        fit_split: Split the candidates are fit on.
+        select_split: Split the candidates are scored on.
+        eval_split: Held-out split of the separation curve.
+        n_fit: Prompts per class to fit on (``None``: all of the split).
+        n_select: Prompts per class to score candidates on (the reference uses 32).
+        filter_prompts: Keep only harmful prompts with refusal score > 0 and harmless ones < 0 for
+            fitting and selection, as the reference does.
+        max_layer_fraction: Candidates at layers ``>= floor(fraction * n_layers)`` are discarded.
+        kl_threshold: Candidates whose ablation KL on harmless prompts exceeds this are discarded.
+        induce_threshold: Candidates whose induce score is not above this are discarded.
+        batch_size: Prompts per forward pass for capture and scoring (``None``: chosen from
+            free memory, :func:`refusal_probe.model.devices.auto_batch_size`).
+        max_rows: Most rows per forward pass when candidates are stacked along the batch (fewer
+            when free memory is short).
+        positions: Post-instruction positions (negative offsets) to consider; ``None``: all.
+        layers: Layers to consider; ``None``: all (a sparser grid for large models).
+        n_eval: Prompts per class of the held-out separation split (``None``: all).
+        score_late_layers: Score candidates at layers past the cutoff too (the whole grid, as
+            the reference does); ``False`` records them as discarded without spending passes.
+        screen: Score exactly only this many candidates, the lowest first-order bypass
+            estimates below the layer cutoff (:mod:`refusal_probe.selection.screening`); ``None``: score
+            every candidate (the reference procedure).
+        alternative: Also fit the PCA-of-differences estimator and report its curve.
+        n_resamples: Bootstrap resamples for the separation intervals.
+        seed: Seed of the bootstrap and of the PCA pairing.
+        token_phrases: Refusal phrases the refusal tokens are derived from.
+        refusal_token_override: Explicit refusal token ids or strings (replaces derivation).
+    """
+
+    fit_split: str = "train"
+    select_split: str = "val"
+    eval_split: str = "test"
+    n_fit: int | None = None
+    n_select: int = 32
+    filter_prompts: bool = True
+    max_layer_fraction: float = 0.8
+    kl_threshold: float = 0.1
+    induce_threshold: float = 0.0
+    batch_size: int | None = None
+    max_rows: int = 512
+    positions: tuple[int, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    n_eval: int | None = None
+    score_late_layers: bool = True
+    screen: int | None = None
+    alternative: bool = True
+    n_resamples: int = N_RESAMPLES
+    seed: int = SEED
+    token_phrases: tuple[str, ...] = REFUSAL_PHRASES
+    refusal_token_override: tuple[int | str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """The selection scores of one candidate.
+
+    Attributes:
+        layer: The candidate's layer.
+        position: Its position (negative offset).
+        bypass: Mean refusal log-odds on harmful prompts with it ablated.
+        induce: Mean refusal log-odds on harmless prompts with it added.
+        kl: Mean KL(base || ablated) on harmless prompts, nats.
+        discarded: Why it was discarded (``"layer"``, ``"kl"``, ``"induce"``, ``"nan"``, comma
+            separated; ``"zero"`` for a zero vector and ``"screened"`` for one screening left
+            out, neither scored), or ``""`` if it passed every filter. Unscored cells have NaN
+            scores.
+        estimate: First-order bypass estimate from screening (``None`` when it did not run).
+    """
+
+    layer: int
+    position: int
+    bypass: float
+    induce: float
+    kl: float
+    discarded: str
+    estimate: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether it passed every filter."""
+        return not self.discarded
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The scored grid and the chosen candidate.
+
+    Attributes:
+        grid: Every candidate's scores, layer-major.
+        chosen: The chosen candidate's scores.
+        passed_filters: False when no candidate passed and the lowest bypass was taken anyway.
+        baseline_harmful: Mean refusal log-odds of the harmful prompts, no intervention.
+        baseline_harmless: Mean refusal log-odds of the harmless prompts, no intervention.
+        n_harmful: Harmful prompts scored.
+        n_harmless: Harmless prompts scored.
+        forward_passes: Forward passes run by this call (baseline and screening included; 0 on a
+            cache hit).
+        reference_forward_passes: Passes of the per-candidate procedure (baseline, then one pass
+            per candidate per score, each prompt set in one batch).
+    """
+
+    grid: tuple[CandidateScore, ...]
+    chosen: CandidateScore
+    passed_filters: bool
+    baseline_harmful: float
+    baseline_harmless: float
+    n_harmful: int
+    n_harmless: int
+    forward_passes: int
+    reference_forward_passes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (unscored cells' NaN scores become ``None``, valid JSON)."""
+        data = asdict(self)
+        for cell in [*data["grid"], data["chosen"]]:
+            for k in ("bypass", "induce", "kl"):
+                cell[k] = None if math.isnan(cell[k]) else cell[k]
+        return data
+
+
+def score_candidates(
+    model: LoadedModel,
+    candidates: Candidates,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    tokens: RefusalTokens,
+    config: DirectionConfig | None = None,
+    *,
+    cache: TensorCache | None = None,
+) -> Selection:
+    """Score every candidate (bypass, induce, KL), apply the filters and choose one.
+
+    Args:
+        model: The model the candidates were read from (or one of the same architecture).
+        candidates: The candidate grid.
+        harmful: Harmful validation prompts.
+        harmless: Harmless validation prompts.
+        tokens: The refusal tokens of the log-odds score.
+        config: Thresholds and batching.
+        cache: Disk cache for the scores (a re-run then runs no forward pass).
+
+    Raises:
+        DirectionError: A prompt set is empty.
+    """
+    config = config or DirectionConfig()
+    harmful, harmless = list(harmful), list(harmless)
+    if not harmful or not harmless:
+        raise DirectionError(
+            f"selection needs prompts of both classes; got {len(harmful)} harmful and "
+            f"{len(harmless)} harmless"
+        )
+    dirs = candidates.all()
+    cutoff = math.floor(config.max_layer_fraction * model.n_layers)
+    # Zero vectors (layer-0 template tokens) have no direction; late layers may be skipped.
+    live = [d for d in dirs if not d.is_zero and (config.score_late_layers or d.layer < cutoff)]
+    extra = {"screen": config.screen} if config.screen is not None else {}
+    key = measurement_key(
+        model,
+        "selection",
+        candidates=[d.sha256 for d in live],
+        tokens=list(tokens.ids),
+        harmful=prompts_fingerprint(harmful),
+        harmless=prompts_fingerprint(harmless),
+        **extra,
+    )
+    raw, hit = cached(
+        cache, key, lambda: _measure_grid(model, live, harmful, harmless, tokens, config, cutoff)
+    )
+    nh, nl = len(harmful), len(harmless)
+    base_scores = raw["base"]
+    # entries cached before screening existed hold neither field: everything was scored
+    done_all = raw.get("scored", torch.ones(len(live), dtype=torch.bool))
+    estimates = raw.get("estimate", torch.full((len(live),), math.nan))
+    scores = {
+        id(d): (tuple(float(x) for x in row), bool(done), float(e))
+        for d, row, done, e in zip(live, raw["scores"], done_all, estimates, strict=True)
+    }
+
+    grid = []
+    for d in dirs:
+        (b, i, q), done, e = scores.get(id(d), ((math.nan,) * 3, False, math.nan))
+        est = None if math.isnan(e) else e
+        if d.is_zero:
+            why = "zero"
+        elif id(d) not in scores:  # a late layer left unscored (score_late_layers=False)
+            why = "layer"
+        elif not done:
+            why = "screened"
+        else:
+            why = _why_discarded(d.layer, b, i, q, cutoff, config)
+        grid.append(CandidateScore(d.layer, d.position, b, i, q, why, est))
+    passed = [c for c in grid if c.passed]
+    pool = passed or [c for c in grid if not math.isnan(c.bypass)]
+    if not pool:
+        raise DirectionError(
+            f"every one of the {len(grid)} candidates is zero or scored NaN; the harmful "
+            "and harmless activations do not differ at any layer"
+        )
+    chosen = min(pool, key=lambda c: (c.bypass, c.layer, c.position))
+    return Selection(
+        grid=tuple(grid),
+        chosen=chosen,
+        passed_filters=bool(passed),
+        baseline_harmful=float(base_scores[:nh].mean()),
+        baseline_harmless=float(base_scores[nh:].mean()),
+        n_harmful=nh,
+        n_harmless=nl,
+        forward_passes=0 if hit else int(raw["passes"][0]),
+        reference_forward_passes=int(raw["passes"][1]) + 3 * len(dirs),
+    )
+
+
+def _measure_grid(
+    model: LoadedModel,
+    live: list[Direction],
+    harmful: list[str],
+    harmless: list[str],
+    tokens: RefusalTokens,
+    config: DirectionConfig,
+    cutoff: int,
+) -> dict[str, Tensor]:
+    """The passes of selection: ``scores [cand, (bypass, induce, kl)]``, screening and baselines.
+
+    ``scored [cand]`` says which candidates were scored (the others have NaN scores) and
+    ``estimate [cand]`` holds the screening estimates (NaN without screening).
+    """
+    prompts = harmful + harmless
+    nh, nl = len(harmful), len(harmless)
+    base, n_base = map_last_logits(model, prompts, lambda rows, x: x, batch_size=config.batch_size)
+    estimate = torch.full((len(live),), math.nan, dtype=torch.float64)
+    scored = torch.ones(len(live), dtype=torch.bool)
+    n_screen = 0
+    if config.screen is not None and sum(d.layer < cutoff for d in live) > config.screen:
+        moment, _, n_screen = ablation_moment(model, harmful, tokens, batch_size=config.batch_size)
+        base_h = float(refusal_score_from_logits(base[:nh], tokens).mean())
+        estimate = estimated_bypass(moment, base_h, live)
+        keep = screen(estimate, config.screen, [d.layer < cutoff for d in live])
+        scored = torch.zeros(len(live), dtype=torch.bool)
+        scored[keep] = True
+    chosen = [d for d, done in zip(live, scored.tolist(), strict=True) if done]
+    k = len(chosen)
+    part = torch.empty(k, 3, dtype=torch.float64)
+    n_abl = n_ind = 0
+    if chosen:
+        # Pass 1: every candidate ablated on every prompt; rows are candidate-major.
+        def ablated(rows: Sequence[int], logits: Tensor) -> Tensor:
+            idx = torch.tensor(list(rows)) % len(prompts)
+            score = refusal_score_from_logits(logits, tokens)
+            return torch.stack([score, kl_divergence(base[idx], logits)], dim=1)  # [batch, 2]
+
+        plan = PerRow(tuple((Ablate(d),) for d in chosen for _ in prompts))
+        abl, n_abl = map_last_logits(model, prompts * k, ablated, [plan], max_batch=config.max_rows)
+        abl = abl.view(k, len(prompts), 2)  # [cand, prompt, (score, kl)]
+        part[:, 0], part[:, 2] = abl[:, :nh, 0].mean(1), abl[:, nh:, 1].mean(1)
+
+        # Pass 2: every candidate added at its layer on the harmless prompts.
+        plan = PerRow(tuple((Add(d),) for d in chosen for _ in harmless))
+        ind, n_ind = map_last_logits(
+            model,
+            harmless * k,
+            lambda rows, x: refusal_score_from_logits(x, tokens),
+            [plan],
+            max_batch=config.max_rows,
+        )
+        part[:, 1] = ind.view(k, nl).mean(1)
+    scores = torch.full((len(live), 3), math.nan, dtype=torch.float64)
+    scores[scored] = part
+    return {
+        "scores": scores,
+        "scored": scored,
+        "estimate": estimate,
+        "base": refusal_score_from_logits(base, tokens),
+        "passes": torch.tensor([n_base + n_screen + n_abl + n_ind, n_base]),
+    }
+
+
+def _why_discarded(
+    layer: int, bypass: float, induce: float, kl: float, cutoff: int, config: DirectionConfig
+) -> str:
+    reasons = []
+    if any(math.isnan(v) for v in (bypass, induce, kl)):
+        reasons.append("nan")
+    if layer >= cutoff:
+        reasons.append("layer")
+    if kl > config.kl_threshold:
+        reasons.append("kl")
+    if not induce > config.induce_threshold:
+        reasons.append("induce")
+    return ",".join(reasons)
