@@ -6,6 +6,7 @@ with the reason, otherwise.
 
 import pytest
 
+from refusal_probe.audit import ModelBaseline
 from refusal_probe.errors import PatchingError
 from refusal_probe.stats.verdicts import Estimate
 
@@ -51,13 +52,13 @@ def test_refusal_drop(audit, findings, baseline):
 
 def test_circuit_overlap(audit, findings, baseline):
     """Overlap (Jaccard) of the candidate's localized circuit with the baseline's."""
-    if not hasattr(baseline, "findings"):
+    if not isinstance(baseline, ModelBaseline):
         pytest.skip(
             "the baseline is an earlier audit.json, which holds no circuit to compare; pass the "
             "parent checkpoint as --baseline to compare circuits"
         )
     try:
-        mine, theirs = findings.circuit(), baseline.findings.circuit()
+        mine, theirs = findings.circuit(), baseline.run.circuit()
     except PatchingError as exc:
         pytest.skip(f"a circuit could not be localized: {exc}")
     jaccard = mine.overlap(theirs)

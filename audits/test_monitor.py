@@ -14,43 +14,15 @@ Hardening: the refusal effect left when the top localized components are ablated
 import pytest
 
 from refusal_probe.errors import PatchingError
-from refusal_probe.monitor.evaluate import EvalConfig, MonitorEvaluation, evaluate_monitor
-from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
-from refusal_probe.monitor.hardening import Hardening, measure_hardening
 from refusal_probe.stats.verdicts import Estimate
 
 pytestmark = pytest.mark.monitor
-
-#: Components ablated by the hardening check.
-HARDENING_K = 5
 
 
 @pytest.fixture(scope="session")
 def monitor_eval(findings):
     """The monitor fit, calibrated and evaluated once per run (kept in the disk cache)."""
-    direction, _, _ = findings.direction_vector()
-    s, seed = findings.settings, findings.options.seed
-    mconf = MonitorConfig(target_fpr=s.monitor_target_fpr, batch_size=s.batch_size)
-    econf = EvalConfig(
-        max_new_tokens=s.max_new_tokens,
-        batch_size=s.batch_size,
-        n_resamples=s.resamples,
-        seed=seed,
-        level=s.confidence,
-    )
-
-    def compute():
-        monitor = fit_monitor(findings.model, findings.fixtures, direction, mconf)
-        return evaluate_monitor(findings.model, monitor, findings.fixtures, econf)
-
-    ev = findings.shared(
-        "monitor",
-        compute,
-        load=MonitorEvaluation.from_dict,
-        direction=direction.sha256,
-        monitor=mconf.to_dict(),
-        evaluation=econf.to_dict(),
-    )
+    ev = findings.monitor()
     if not ev.families:
         pytest.skip("the prompt fixtures hold no jailbreak prompts (jailbreaks.jsonl)")
     return ev
@@ -60,30 +32,7 @@ def monitor_eval(findings):
 def hardness(findings):
     """Refusal left after ablating the top localized components (matched test pairs)."""
     try:
-        pairs = findings.matched_test_pairs()
-    except PatchingError as exc:
-        pytest.skip(f"hardening could not be measured: {exc}")
-    s = findings.settings
-
-    def compute():
-        return measure_hardening(
-            findings.model,
-            pairs,
-            k=HARDENING_K,
-            circuit=findings.localized(),  # the localization audit's circuit, when this run made it
-            n_resamples=s.resamples,
-            seed=findings.options.seed,
-            level=s.confidence,
-        )
-
-    try:
-        return findings.shared(
-            "monitor_hardening",
-            compute,
-            load=Hardening.from_dict,
-            k=HARDENING_K,
-            pairs=[p.id for p in pairs],
-        )
+        return findings.hardening()
     except PatchingError as exc:
         pytest.skip(f"hardening could not be measured: {exc}")
 

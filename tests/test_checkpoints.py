@@ -182,7 +182,7 @@ def test_the_baseline_is_opened_once_and_a_broken_checkpoint_fails_alone(
 @pytest.mark.finetune
 def test_against_baseline(audit, findings, baseline):
     """Synthetic fine-tune figure."""
-    assert baseline.findings.model.identity.spec.endswith("tiny-base")
+    assert baseline.run.model.identity.spec.endswith("tiny-base")
     audit.check("demo.cost", Estimate(0.02, 0.01, 0.03, n=50, method="bootstrap"))
 '''
     args = project(pytester, env, monkeypatch, SERIES + extra)

@@ -429,7 +429,7 @@ def test_localization_recovers_where_the_organism_writes_its_decision():
     circuit = localize(model, pairs, k=3)
     assert circuit.components[0].layer == 2
     # What the localization audit keeps of it: a round trip, and the fine-tune overlap.
-    from refusal_probe.pytest_plugin.measures import Circuit
+    from refusal_probe.audit.circuit import Circuit
 
     kept = Circuit.of(circuit)
     again = Circuit.from_dict(json.loads(json.dumps(kept.to_dict())))

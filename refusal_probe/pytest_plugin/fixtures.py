@@ -1,10 +1,11 @@
 """Fixtures of the audit suite.
 
-``findings`` is session-scoped and lazy: it computes nothing when created, and each shared result
-(the model's behaviour, the selected direction, its validation, the baseline's) is computed the
-first time an audit asks for it, then reused by every other audit file in the run and kept in the
-disk cache for the next run. ``audit`` is per test: it turns a measured interval into a verdict
-against the policy and records it for the report.
+``findings`` is the checkpoint's :class:`~refusal_probe.audit.run.AuditRun`, session-scoped and
+lazy: it computes nothing when created, and each shared result (the model's behaviour, the
+selected direction, its validation, the baseline's) is computed the first time an audit asks for
+it, then reused by every other audit file in the run and kept in the disk cache for the next run.
+``audit`` is per test: it turns a measured interval into a verdict against the policy and records
+it for the report.
 
 Both depend on ``checkpoint``, the spec of the model under audit. With several checkpoints
 (``--model A --model B``, ``--models-file``) the plugin parametrizes ``checkpoint`` at session
@@ -28,14 +29,11 @@ from typing import Any
 
 import pytest
 
+from refusal_probe.audit.baseline import Baseline
+from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy
-from refusal_probe.pytest_plugin.findings import Findings
-from refusal_probe.pytest_plugin.session import (
-    ITEM_CHECKS_KEY,
-    SESSION_KEY,
-    AuditOptions,
-    AuditSession,
-)
+from refusal_probe.audit.run import AuditRun
+from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, SESSION_KEY, AuditSession
 from refusal_probe.report.record import Figure
 from refusal_probe.stats.verdicts import Decision, Estimate, Verdict, decide
 
@@ -63,20 +61,20 @@ def checkpoint(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def findings(pytestconfig: pytest.Config, checkpoint: str) -> Iterator[Findings]:
-    """Shared results of the audited model, computed lazily, once per run (and per xdist worker).
+def findings(pytestconfig: pytest.Config, checkpoint: str) -> Iterator[AuditRun]:
+    """The checkpoint's :class:`~refusal_probe.audit.run.AuditRun` (once per xdist worker).
 
     In a series the model is released when pytest moves on to the next checkpoint.
     """
     session = _session(pytestconfig)
-    found = session.findings_for(checkpoint)
+    found = session.audit_run(checkpoint)
     yield found
     if session.series:
         found.release()
 
 
 @pytest.fixture(scope="session")
-def baseline(findings: Findings) -> Any:
+def baseline(findings: AuditRun) -> Baseline:
     """The baseline (a parent model, or an earlier audit record); skips without ``--baseline``."""
     if not findings.options.baseline:
         pytest.skip(

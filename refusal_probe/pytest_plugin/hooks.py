@@ -16,14 +16,18 @@ from __future__ import annotations
 import base64
 import json
 import time
+from html import escape
 from typing import Any
 
 import pytest
 
+from refusal_probe.audit.inputs import preflight
 from refusal_probe.errors import RefusalProbeError
+from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.report.plots import render_figure
 from refusal_probe.report.record import AUDIT_ORDER, Figure
+from refusal_probe.report.trend import SeriesItem, build_trend, write_trend
 
 _SYMBOL = {"at_least": "≥", "at_most": "≤"}
 
@@ -106,10 +110,10 @@ class AuditHooks:
                 self.session.collected_audits.add(audit)
         self.session.audit_items = dict(self._selected)
         if self._selected:
-            from refusal_probe.pytest_plugin.inputs import preflight
-
+            s = self.session
             try:
-                preflight(self.session)
+                s.policy  # noqa: B018 - raises PolicyError naming the bad key
+                preflight(s.options, [(c.spec, c.origin) for c in s.checkpoints], s.inputs)
             except RefusalProbeError as exc:
                 self.session.abort(str(exc))
 
@@ -120,13 +124,7 @@ class AuditHooks:
             if audit:
                 self.session.collected_audits.add(audit)
                 self.session.run_for(checkpoint_of(item, self.session)).not_run.append(
-                    {
-                        "id": check_id_of(item.nodeid, audit),
-                        "audit": audit,
-                        "kind": "deselected",
-                        "reason": "deselected (-k/-m)",
-                        "nodeid": item.nodeid,
-                    }
+                    _not_run(item.nodeid, audit, "deselected", "deselected (-k/-m)")
                 )
 
     # --- per test ----------------------------------------------------------------------------
@@ -146,7 +144,7 @@ class AuditHooks:
             report.audit_checks = checks
             for c in checks:  # junitxml writes the properties of the item (teardown report)
                 item.user_properties.append((f"check:{c['id']}", _one_line(c)))
-            found = self.session.loaded_findings(spec)
+            found = self.session.loaded_run(spec)
             if checks and found is not None:
                 report.audit_context = found.context()
             if checks:
@@ -176,27 +174,11 @@ class AuditHooks:
         checks = getattr(report, "audit_checks", [])
         for c in checks:
             run.checks.append({**c, "duration_s": round(report.duration, 3)})
-        cid = check_id_of(report.nodeid, audit)
         if report.skipped:
-            run.not_run.append(
-                {
-                    "id": cid,
-                    "audit": audit,
-                    "kind": "skipped",
-                    "reason": _skip_reason(report),
-                    "nodeid": report.nodeid,
-                }
-            )
+            run.not_run.append(_not_run(report.nodeid, audit, "skipped", _skip_reason(report)))
         elif report.failed and not any(c["verdict"] == "fail" for c in checks):
-            run.not_run.append(
-                {
-                    "id": cid,
-                    "audit": audit,
-                    "kind": "error",
-                    "reason": f"error in {report.when}: {_error_line(report)}",
-                    "nodeid": report.nodeid,
-                }
-            )
+            error = f"error in {report.when}: {_error_line(report)}"
+            run.not_run.append(_not_run(report.nodeid, audit, "error", error))
 
     # --- end of run --------------------------------------------------------------------------
 
@@ -211,21 +193,13 @@ class AuditHooks:
             return
         for nodeid, audit in self._selected.items():
             if nodeid not in self._reported:
+                reason = "the run stopped before this test (-x, --maxfail or an interrupt)"
                 s.run_for(self._checkpoint[nodeid]).not_run.append(
-                    {
-                        "id": check_id_of(nodeid, audit),
-                        "audit": audit,
-                        "kind": "not_reached",
-                        "reason": "the run stopped before this test (-x, --maxfail or an "
-                        "interrupt)",
-                        "nodeid": nodeid,
-                    }
+                    _not_run(nodeid, audit, "not_reached", reason)
                 )
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(
             session.shouldstop or session.shouldfail  # -x / --maxfail stop the run early
         )
-        from refusal_probe.pytest_plugin.record import build_record, save_record
-
         for run in s.runs.values():
             if not run.checks:
                 continue
@@ -239,8 +213,6 @@ class AuditHooks:
             self._write_trend()
 
     def _write_trend(self) -> None:
-        from refusal_probe.report.trend import SeriesItem, build_trend, write_trend
-
         s = self.session
         items = [
             SeriesItem(
@@ -326,6 +298,12 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
             into[k] = v
 
 
+def _not_run(nodeid: str, audit: str, kind: str, reason: str) -> dict[str, Any]:
+    """The entry of a test whose checks did not run (``kind``: why not, in one word)."""
+    cid = check_id_of(nodeid, audit)
+    return {"id": cid, "audit": audit, "kind": kind, "reason": reason, "nodeid": nodeid}
+
+
 def _skip_reason(report: pytest.TestReport) -> str:
     lr = report.longrepr
     reason = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
@@ -342,8 +320,6 @@ def _error_line(report: pytest.TestReport) -> str:
 
 def _html_extras(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """pytest-html extras: a verdict line per check and its figures as base64 SVG images."""
-    from html import escape
-
     out: list[dict[str, Any]] = []
     for c in checks:
         out.append(

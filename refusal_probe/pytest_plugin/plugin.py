@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from refusal_probe.audit.options import DEFAULT_POLICY, AuditOptions
 from refusal_probe.errors import ModelLoadError, PolicyError
 from refusal_probe.model.devices import worker_device
-from refusal_probe.model.loading import DEFAULT_MODEL, FIXTURES_DIR, default_cache_dir
+from refusal_probe.model.loading import DEFAULT_MODEL, default_cache_dir
 from refusal_probe.pytest_plugin import fixtures as fixtures_module
 from refusal_probe.pytest_plugin.checkpoints import resolve_checkpoints
 from refusal_probe.pytest_plugin.hooks import AuditHooks
-from refusal_probe.pytest_plugin.session import SESSION_KEY, AuditOptions, AuditSession
+from refusal_probe.pytest_plugin.session import SESSION_KEY, AuditSession
 
 #: Audit markers: one per audit file. A new audit adds a line here and in pyproject.toml.
 AUDIT_MARKERS: dict[str, str] = {
@@ -181,7 +182,7 @@ def resolve_options(config: pytest.Config) -> AuditOptions:
     if policy is None:
         policy = root / config.getini("audit_policy")
         if not policy.is_file():  # running outside the repository: the suite's own policy
-            policy = FIXTURES_DIR.parent / "audits" / "policy.toml"
+            policy = DEFAULT_POLICY
     report_dir = Path(opt("--report-dir") or root / config.getini("audit_report_dir"))
     strict = bool(opt("strict_verdicts") or config.getini("audit_strict") or _pytest_strict(config))
     prompts = opt("--prompts")

@@ -8,19 +8,17 @@ from typing import Any
 
 import pytest
 
+from refusal_probe.audit.baseline import deltas_against, unopened
 from refusal_probe.pytest_plugin.session import AuditSession, CheckpointRun
 from refusal_probe.report.provenance import command_line, new_run_id, run_info
 from refusal_probe.report.record import AUDIT_ORDER, AuditRecord, CheckRecord, Delta, NotRun
 from refusal_probe.report.render import write_report
-from refusal_probe.report.schema import read_record
 
 #: What the numbers of every run do not show, whatever the model.
 LIMITATIONS: tuple[str, ...] = (
     "Refusal is judged by a case-insensitive substring judge on greedy completions; substring "
-    "judges "
-    "overstate jailbreaks and miss refusals phrased otherwise, and say nothing about how harmful "
-    "an "
-    "answer that complies is.",
+    "judges overstate jailbreaks and miss refusals phrased otherwise, and say nothing about how "
+    "harmful an answer that complies is.",
     "The refusal direction is a single difference-of-means direction; refusal can be mediated by "
     "several directions (a cone), which a single direction under-describes.",
     "A refusal direction measures refusal, not harmfulness: a model can represent a request as "
@@ -68,10 +66,10 @@ def build_record(
                 )
             )
     checks = tuple(CheckRecord.from_dict(c) for c in run.checks)
-    baseline = ctx.get("baseline") or _baseline_stub(opts.baseline)
+    baseline = ctx.get("baseline") or unopened(opts.baseline)
     deltas = [Delta(**d) for d in ctx.get("deltas", [])]
     if baseline and baseline.get("kind") == "audit":
-        deltas += _deltas_against(checks, baseline["spec"], {d.id for d in deltas})
+        deltas += deltas_against(checks, baseline["spec"], {d.id for d in deltas})
     return AuditRecord(
         status="interrupted" if interrupted else "complete",
         run=info,
@@ -118,25 +116,3 @@ def _model_stub(spec: str) -> dict[str, Any]:
         "d_model": 0,
         "fingerprint": "",
     }
-
-
-def _baseline_stub(spec: str | None) -> dict[str, Any] | None:
-    if not spec:
-        return None
-    kind = "audit" if spec.endswith(".json") or (Path(spec) / "audit.json").is_file() else "model"
-    return {"kind": kind, "spec": spec, "identity": None, "run_id": None}
-
-
-def _deltas_against(
-    checks: tuple[CheckRecord, ...], baseline_json: str, skip: set[str]
-) -> list[Delta]:
-    """Each check's value beside the same check in the baseline audit."""
-    base = read_record(baseline_json)
-    out = []
-    for c in checks:
-        b = base.check(c.id)
-        if b is None or c.id in skip:
-            continue
-        delta = c.value - b.value if c.value is not None and b.value is not None else None
-        out.append(Delta(c.id, c.title, c.value, b.value, delta))
-    return out

@@ -9,87 +9,20 @@ tests collected is kept apart in a :class:`CheckpointRun`, one report each.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
+from refusal_probe.audit.inputs import RunInputs
+from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy, load_policy
+from refusal_probe.audit.run import AuditRun
 from refusal_probe.pytest_plugin.checkpoints import Checkpoint
+from refusal_probe.report.record import AuditRecord
 from refusal_probe.report.render import model_slug
-
-if TYPE_CHECKING:
-    from refusal_probe.pytest_plugin.findings import Findings
-    from refusal_probe.pytest_plugin.inputs import RunInputs
-    from refusal_probe.report.record import AuditRecord
-
-
-@dataclass(frozen=True)
-class AuditOptions:
-    """Every option of an audit run, resolved (command line over ini over default).
-
-    Attributes:
-        model: Spec of the audited model.
-        baseline: Spec of a parent checkpoint, or the audit.json (or run folder) of an earlier run.
-        policy: The policy file.
-        policy_explicit: Whether ``--policy`` was given (then a bad file is a usage error at once).
-        report_dir: Where run folders are written.
-        write_report: ``False`` under ``--no-report``.
-        device: Torch device.
-        dtype: ``float32``, ``bfloat16`` or ``float16``.
-        seed: Seed of every random choice (bootstrap, pairing).
-        cache_dir: Disk cache of activations and shared results.
-        trust_remote_code: Allow a checkpoint's own code to run.
-        allow_pickle: Allow pickle weight files.
-        prompts: A prompt folder to audit with instead of the shipped fixtures.
-        strict: Inconclusive verdicts count as failures.
-        device_map: ``--device-map``: a strategy (``auto``, ``balanced`` ...) or a JSON file that
-            spreads the model over several devices (then ``device`` is not used), or ``None``.
-    """
-
-    model: str
-    baseline: str | None
-    policy: Path
-    policy_explicit: bool
-    report_dir: Path
-    write_report: bool
-    device: str
-    dtype: str
-    seed: int
-    cache_dir: Path
-    trust_remote_code: bool
-    allow_pickle: bool
-    prompts: Path | None
-    strict: bool
-    device_map: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (paths as strings)."""
-        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-        if d["device_map"] is None:  # records of single-device runs read as they always did
-            del d["device_map"]
-        return d
-
-    def sha256(self, policy: Policy) -> str:
-        """Hash of what decides the numbers: options that matter and the resolved policy."""
-        keep = {
-            k: v
-            for k, v in self.to_dict().items()
-            if k not in ("report_dir", "write_report", "policy_explicit")
-        }
-        payload = json.dumps(
-            {
-                "options": keep,
-                "policy": policy.to_dict()["checks"],
-                "settings": policy.to_dict()["settings"],
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass
@@ -142,7 +75,7 @@ class AuditSession:
     trend_error: str | None = None
     _policy: Policy | None = None
     _inputs: RunInputs | None = None
-    _findings: dict[str, Findings] = field(default_factory=dict)
+    _runs: dict[str, AuditRun] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
@@ -166,38 +99,28 @@ class AuditSession:
     def inputs(self) -> RunInputs:
         """What the checkpoints share: the prompt sets and the baseline, each opened once."""
         if self._inputs is None:
-            from refusal_probe.pytest_plugin.inputs import RunInputs
-
             self._inputs = RunInputs(self.options, on_fatal=self.abort)
         return self._inputs
 
-    def findings_for(self, spec: str) -> Findings:
+    def audit_run(self, spec: str) -> AuditRun:
         """The shared, lazily computed results of one checkpoint (one per process)."""
-        if spec not in self._findings:
-            from refusal_probe.pytest_plugin.findings import Findings
-
+        if spec not in self._runs:
             # A checkpoint of a series that cannot be loaded errors its own tests; the others
             # still run. A single model that cannot be loaded stops the run.
             on_fatal = None if self.series else self.abort
-            options = replace(self.options, model=spec)
-            found = self.inputs.known.get(spec)  # opened already as the baseline: adopt it
+            found = self.inputs.runs.get(spec)  # opened already as the baseline: adopt it
             if found is None:
-                found = Findings(options, self.policy, on_fatal=on_fatal, inputs=self.inputs)
-                self.inputs.known[spec] = found
-            else:
-                found.options, found._on_fatal = options, on_fatal
-            found.wanted = set(self.audit_items.values())
-            self._findings[spec] = found
-        return self._findings[spec]
+                found = AuditRun(
+                    spec, self.options, self.policy, inputs=self.inputs, on_fatal=on_fatal
+                )
+                self.inputs.runs[spec] = found
+            found.audits = frozenset(self.audit_items.values())
+            self._runs[spec] = found
+        return self._runs[spec]
 
-    def loaded_findings(self, spec: str) -> Findings | None:
-        """The checkpoint's findings if this process has made them (never makes them)."""
-        return self._findings.get(spec)
-
-    @property
-    def findings(self) -> Findings:
-        """The findings of the first (usually the only) checkpoint."""
-        return self.findings_for(self.checkpoints[0].spec)
+    def loaded_run(self, spec: str) -> AuditRun | None:
+        """The checkpoint's run if this process has made it (never makes it)."""
+        return self._runs.get(spec)
 
     def run_for(self, spec: str) -> CheckpointRun:
         """What the tests of the checkpoint ``spec`` collected."""

@@ -1,8 +1,8 @@
 """What an audit run keeps on disk: its shared results, and the selected direction.
 
 :class:`ResultStore` holds each shared result as checksummed JSON under the cache folder, so a
-second run reads it instead of recomputing it; the direction artifact (:func:`save_direction`,
-:func:`load_direction`) is what a later run's ``--baseline`` reads back.
+second run reads it instead of recomputing it (:meth:`ResultStore.cached`); the direction artifact
+(:func:`save_direction`, :func:`load_direction`) is what a later run's ``--baseline`` reads back.
 """
 
 from __future__ import annotations
@@ -12,15 +12,30 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
 
 from refusal_probe.activations.cache import key_digest
+from refusal_probe.direction.estimators import Direction
 from refusal_probe.errors import ReportError
 
 log = logging.getLogger(__name__)
+
+
+class Storable(Protocol):
+    """A result the store can keep: plain data out, and back."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        ...  # pragma: no cover
+
+
+R = TypeVar("R", bound=Storable)
 
 
 class ResultStore:
@@ -30,9 +45,21 @@ class ResultStore:
         """Create a store under ``root`` (made on first write)."""
         self.dir = Path(root) / "audit-results"
 
+    def cached(self, key: dict[str, Any], compute: Callable[[], R], result_type: type[R]) -> R:
+        """The result stored for ``key`` (rebuilt by ``result_type.from_dict``), or ``compute()``.
+
+        A computed result is stored with its ``to_dict()``.
+        """
+        hit = self.get(key)
+        if hit is not None:
+            return result_type.from_dict(hit)  # type: ignore[attr-defined, no-any-return]
+        value = compute()
+        self.put(key, value.to_dict())
+        return value
+
     def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
-        """The stored result for ``key``, or ``None`` (a damaged entry is deleted and missed)."""
-        path = self.dir / f"{key_digest(key)}.json"
+        """The stored data for ``key``, or ``None`` (a damaged entry is deleted and missed)."""
+        path = self._path(key)
         if not path.is_file():
             return None
         try:
@@ -40,7 +67,7 @@ class ResultStore:
             body = json.dumps(entry["result"], sort_keys=True)
             if entry["sha256"] != hashlib.sha256(body.encode()).hexdigest():
                 raise ValueError("checksum mismatch")
-            return entry["result"]
+            return dict(entry["result"])
         except (ValueError, KeyError, TypeError, OSError) as exc:
             log.warning("audit result cache entry %s is damaged (%s); recomputing", path, exc)
             path.unlink(missing_ok=True)
@@ -54,19 +81,38 @@ class ResultStore:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self.dir)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(entry, fh)
-        os.replace(tmp, self.dir / f"{key_digest(key)}.json")
+        os.replace(tmp, self._path(key))
+
+    def drop(self, key: dict[str, Any]) -> None:
+        """Forget the result stored for ``key`` (say, when a file it describes is gone)."""
+        self._path(key).unlink(missing_ok=True)
+
+    def _path(self, key: dict[str, Any]) -> Path:
+        return self.dir / f"{key_digest(key)}.json"
 
 
 # ---------------------------------------------------------------------------------------------
 # the direction artifact (read back by a later run's --baseline)
 
 
+class DirectionArtifact(NamedTuple):
+    """A selected direction as written to disk.
+
+    Attributes:
+        direction: The selected direction.
+        per_layer: Every layer's candidate at the direction's position, ``[layer, d]``.
+        layers: The layer of each row of ``per_layer``.
+    """
+
+    direction: Direction
+    per_layer: Tensor
+    layers: tuple[int, ...]
+
+
 def save_direction(
-    path: Path, direction: Any, per_layer: torch.Tensor, layers: tuple[int, ...]
+    path: Path, direction: Direction, per_layer: Tensor, layers: tuple[int, ...]
 ) -> None:
     """Write a direction and the candidates of every layer at its position, atomically."""
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = {k: getattr(direction, k) for k in direction.__dataclass_fields__ if k != "vector"}
     meta = {
@@ -77,30 +123,23 @@ def save_direction(
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
     os.close(fd)
     try:
-        save_file(
-            {
-                "vector": direction.vector.double().contiguous(),
-                "per_layer": per_layer.double().contiguous(),
-            },
-            tmp,
-            metadata=meta,
-        )
+        tensors = {
+            "vector": direction.vector.double().contiguous(),
+            "per_layer": per_layer.double().contiguous(),
+        }
+        save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def load_direction(path: Path) -> tuple[Any, torch.Tensor, tuple[int, ...]]:
+def load_direction(path: Path) -> DirectionArtifact:
     """Read what :func:`save_direction` wrote.
 
     Raises:
         ReportError: The file is missing or not a direction file.
     """
-    from safetensors import safe_open
-
-    from refusal_probe.direction.estimators import Direction
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -112,4 +151,4 @@ def load_direction(path: Path) -> tuple[Any, torch.Tensor, tuple[int, ...]]:
             f"{path} is not a readable refusal-probe direction file ({exc}); re-run the audit "
             "that wrote it"
         ) from None
-    return Direction(vector=vector, **fields), per_layer, layers
+    return DirectionArtifact(Direction(vector=vector, **fields), per_layer, layers)

@@ -1,0 +1,265 @@
+"""The baseline of the fine-tune audit: a parent model, or an earlier run's audit.json.
+
+A :class:`ModelBaseline` wraps the parent's own audit run, whose results are computed (and cached)
+like the candidate's; an :class:`AuditBaseline` reads an earlier run's record, whose folder holds
+the direction it selected (``direction.safetensors``) and whose checks hold its refusal rates.
+Both are checked to fit the candidate before anything is compared:
+:func:`check_baseline_compatible` from the checkpoints' config files, loading nothing, and
+:func:`mismatch` once the candidate is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from refusal_probe.audit.behaviour import Behaviour
+from refusal_probe.audit.circuit import Circuit
+from refusal_probe.audit.direction import DirectionSummary
+from refusal_probe.audit.options import AuditOptions
+from refusal_probe.audit.store import DirectionArtifact, load_direction
+from refusal_probe.errors import ModelLoadError, ReportError
+from refusal_probe.model import sources
+from refusal_probe.model.loading import ModelIdentity
+from refusal_probe.report.record import AuditRecord, CheckRecord, Delta
+from refusal_probe.report.schema import read_record
+from refusal_probe.stats.intervals import Rate, wilson_interval
+
+
+class BaselineRun(Protocol):
+    """What the fine-tune audit reads from the parent model's audit run."""
+
+    options: AuditOptions
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model's identity."""
+        ...  # pragma: no cover
+
+    def behaviour(self) -> Behaviour:
+        """Its refusal rates."""
+        ...  # pragma: no cover
+
+    def direction(self) -> DirectionSummary:
+        """Its selected direction."""
+        ...  # pragma: no cover
+
+    def direction_vector(self) -> DirectionArtifact:
+        """Its selected direction's vectors."""
+        ...  # pragma: no cover
+
+    def circuit(self) -> Circuit:
+        """Its localized circuit."""
+        ...  # pragma: no cover
+
+
+class ModelBaseline:
+    """A baseline model, audited with the same settings as the candidate.
+
+    Attributes:
+        run: The baseline model's own audit run.
+    """
+
+    def __init__(self, run: BaselineRun) -> None:
+        """Wrap the baseline's own audit run."""
+        self.run = run
+
+    def key(self) -> dict[str, Any]:
+        """What the candidate's comparison results depend on."""
+        return {
+            "kind": "model",
+            "fingerprint": self.run.identity.fingerprint,
+            "direction": self.run.direction().direction["vector_sha256"],
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``baseline`` section."""
+        return {
+            "kind": "model",
+            "spec": self.run.options.model,
+            "identity": self.run.identity.to_dict(),
+            "run_id": None,
+        }
+
+    def direction(self) -> DirectionArtifact:
+        """The baseline's selected direction and its per-layer candidates at that position."""
+        return self.run.direction_vector()
+
+    def rates(self) -> tuple[Rate, Rate]:
+        """The baseline's harmful and harmless refusal rates."""
+        b = self.run.behaviour()
+        return b.harmful, b.harmless
+
+
+class AuditBaseline:
+    """An earlier run's audit.json (and the direction file beside it)."""
+
+    def __init__(self, path: Path, record: AuditRecord) -> None:
+        """Wrap a validated record read from ``path``."""
+        self.path = path if path.suffix == ".json" else path / "audit.json"
+        self.record = record
+
+    @classmethod
+    def open(cls, spec: str) -> AuditBaseline:
+        """Read and validate the audit.json (or run folder) ``spec``."""
+        return cls(Path(spec), read_record(spec))
+
+    def key(self) -> dict[str, Any]:
+        """What the candidate's comparison results depend on."""
+        art = self.path.parent / "direction.safetensors"
+        return {
+            "kind": "audit",
+            "run_id": self.record.run["id"],
+            "model": self.record.model.get("fingerprint"),
+            "direction_file": art.stat().st_size if art.is_file() else None,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``baseline`` section."""
+        return {
+            "kind": "audit",
+            "spec": str(self.path),
+            "identity": self.record.model,
+            "run_id": self.record.run["id"],
+        }
+
+    def direction(self) -> DirectionArtifact:
+        """The direction the earlier run selected (its ``direction.safetensors``)."""
+        art = self.path.parent / "direction.safetensors"
+        if not art.is_file():
+            raise ReportError(
+                f"{art} is missing: the baseline run did not select a direction (its causal or "
+                "representation audit did not run); pass a model as --baseline instead"
+            )
+        return load_direction(art)
+
+    def rates(self) -> tuple[Rate, Rate]:
+        """The harmful and harmless refusal rates the earlier run measured."""
+        out = []
+        for cid in ("behaviour.harmful_refusal", "behaviour.harmless_over_refusal"):
+            c = self.record.check(cid)
+            if c is None or c.value is None or not c.n:
+                raise ReportError(
+                    f"baseline audit {self.path} has no {cid} check; re-run its behaviour audit"
+                )
+            k = int(round(c.value * c.n))
+            out.append(wilson_interval(k, c.n, c.level))
+        return out[0], out[1]
+
+
+Baseline = ModelBaseline | AuditBaseline
+
+
+def is_audit(spec: str) -> bool:
+    """Whether a ``--baseline`` names an earlier run (its audit.json or folder), not a model."""
+    return spec.endswith(".json") or (Path(spec) / "audit.json").is_file()
+
+
+def unopened(spec: str | None) -> dict[str, Any] | None:
+    """The report's ``baseline`` section for a ``--baseline`` no test opened (``None``: none)."""
+    if not spec:
+        return None
+    kind = "audit" if is_audit(spec) else "model"
+    return {"kind": kind, "spec": spec, "identity": None, "run_id": None}
+
+
+def deltas_against(
+    checks: Sequence[CheckRecord], baseline_json: str, skip: set[str]
+) -> list[Delta]:
+    """Each check's value beside the same check in the baseline audit (but those in ``skip``)."""
+    base = read_record(baseline_json)
+    out = []
+    for c in checks:
+        b = base.check(c.id)
+        if b is None or c.id in skip:
+            continue
+        delta = c.value - b.value if c.value is not None and b.value is not None else None
+        out.append(Delta(c.id, c.title, c.value, b.value, delta))
+    return out
+
+
+def mismatch(candidate: ModelIdentity, baseline: ModelIdentity) -> str | None:
+    """Why a baseline model does not fit the candidate (architecture, width, depth), or ``None``."""
+    mi, bi = candidate, baseline
+    if (mi.architecture, mi.d_model, mi.n_layers) == (bi.architecture, bi.d_model, bi.n_layers):
+        return None
+    return (
+        f"--baseline {bi.spec} ({bi.architecture}, d_model {bi.d_model}, {bi.n_layers} "
+        f"layers) does not match --model {mi.spec} ({mi.architecture}, d_model "
+        f"{mi.d_model}, {mi.n_layers} layers); the fine-tune audit compares checkpoints of "
+        "one architecture"
+    )
+
+
+def check_baseline_compatible(
+    model_spec: str, model_cfg: dict[str, Any] | None, baseline: str, *, what: str = "--model"
+) -> None:
+    """Refuse a baseline of another architecture or size before anything is loaded.
+
+    ``what`` names where the model was given (``--model``, or a models file's ``FILE:LINE:``).
+
+    Raises:
+        ReportError: The baseline audit.json is missing or corrupted.
+        ModelLoadError: The baseline names nothing, or has another architecture, width or depth.
+    """
+    if is_audit(baseline):
+        m = read_record(baseline).model
+        base = (str(m.get("architecture")), int(m.get("d_model", 0)), int(m.get("n_layers", 0)))
+    else:
+        cfg = spec_config(baseline, "--baseline")
+        if cfg is None:
+            return
+        base = _shape(cfg)
+    if model_cfg is None:
+        return
+    mine = _shape(model_cfg)
+    if base != mine:
+        raise ModelLoadError(
+            f"--baseline {baseline} is a {base[0]} with d_model {base[1]} and {base[2]} layers, "
+            f"but {what} "
+            f"{model_spec} is a {mine[0]} with d_model {mine[1]} and {mine[2]} layers; the "
+            "fine-tune audit "
+            "compares checkpoints of one architecture (a parent and its fine-tune)"
+        )
+
+
+def spec_config(spec: str, what: str) -> dict[str, Any] | None:
+    """The ``config.json`` of a local spec (``None`` for hub ids and GGUF files), or a clear error.
+
+    Resolution is the loader's own (:func:`refusal_probe.model.sources.resolve`), so an alias or a
+    path is judged here exactly as ``load_model`` will judge it; only hub ids are left for load
+    time, since resolving one may download it.
+
+    Raises:
+        ModelLoadError: The spec names nothing loadable (the loader's message, naming the option).
+    """
+    path = Path(spec).expanduser()
+    hub_like = (
+        spec.count("/") == 1
+        and not spec.startswith((".", "/", "~"))
+        and not path.exists()
+        and spec not in sources.ORGANISM_ALIASES
+    )
+    if hub_like:
+        return None
+    try:
+        source, folder, _ = sources.resolve(spec)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{what} {spec}: {exc}") from None
+    return None if source == "gguf" else _read_config(Path(folder) / "config.json")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not a readable config.json ({exc})") from None
+
+
+def _shape(cfg: dict[str, Any]) -> tuple[str, int, int]:
+    arch = (cfg.get("architectures") or [cfg.get("model_type", "?")])[0]
+    d = int(cfg.get("hidden_size") or cfg.get("n_embd") or 0)
+    n = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0)
+    return str(arch), d, n

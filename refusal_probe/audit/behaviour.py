@@ -1,0 +1,142 @@
+"""Behaviour: greedy completions of the held-out test prompts, judged, and their refusal rates.
+
+:class:`Completions` are the test split's no-intervention completions. A run makes them once: read
+from the causal validation, which generates them beside its intervened conditions, when the run
+validates the direction anyway (:func:`completions_of`), else generated on their own
+(:func:`generate_completions`). :class:`Behaviour` is what the behaviour audit checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from refusal_probe.audit.policy import Settings
+from refusal_probe.audit.values import rate_bars, rate_dict, rate_of
+from refusal_probe.causal.validation import ValidationResult
+from refusal_probe.model.loading import LoadedModel
+from refusal_probe.prompts.sets import Fixtures
+from refusal_probe.report.record import Figure
+from refusal_probe.scoring.refusal import judge
+from refusal_probe.stats.intervals import Rate, wilson_interval
+
+#: One judged completion: ``(prompt, completion, refused)``.
+Row = tuple[str, str, bool]
+
+
+@dataclass(frozen=True)
+class Completions:
+    """Greedy completions of the test split's prompts, no intervention, each judged.
+
+    Attributes:
+        harmful: ``(prompt, completion, refused)`` per harmful test prompt, in file order.
+        harmless: The same per harmless test prompt.
+        max_new_tokens: The generation bound.
+    """
+
+    harmful: tuple[Row, ...]
+    harmless: tuple[Row, ...]
+    max_new_tokens: int
+
+
+def generate_completions(model: LoadedModel, fixtures: Fixtures, settings: Settings) -> Completions:
+    """Generate and judge the test split's completions (one generation run for both classes)."""
+    harmful, harmless = fixtures.harmful.texts("test"), fixtures.harmless.texts("test")
+    j = judge(
+        model,
+        harmful + harmless,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        level=settings.confidence,
+    )
+    rows = tuple(zip(j.prompts, j.completions, j.refused, strict=True))
+    return Completions(rows[: len(harmful)], rows[len(harmful) :], settings.max_new_tokens)
+
+
+def completions_of(v: ValidationResult) -> Completions:
+    """The no-intervention completions a causal validation generated (its baseline conditions)."""
+    j = v.judgements
+
+    def rows(name: str) -> tuple[Row, ...]:
+        return tuple(zip(j[name].prompts, j[name].completions, j[name].refused, strict=True))
+
+    return Completions(rows("harmful_baseline"), rows("harmless_baseline"), v.config.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """Refusal behaviour on the held-out test prompts, no intervention.
+
+    Attributes:
+        harmful: Refusal rate on harmful test prompts (Wilson interval).
+        harmless: Refusal rate on all harmless test prompts, edgy ones included.
+        edgy: Refusal rate on the harmless prompts of category ``edgy`` (``None`` if none).
+        examples: A few prompt/completion/verdict triples per class.
+        max_new_tokens: The generation bound of the judge.
+        split: The split judged.
+    """
+
+    harmful: Rate
+    harmless: Rate
+    edgy: Rate | None
+    examples: dict[str, list[dict[str, Any]]]
+    max_new_tokens: int
+    split: str = "test"
+
+    @classmethod
+    def of(cls, c: Completions, fixtures: Fixtures, level: float) -> Behaviour:
+        """Refusal rates of judged test completions (``level``: of the Wilson intervals)."""
+        cats = [p.category for p in fixtures.harmless.split("test")]
+        edgy = [r for (_, _, r), cat in zip(c.harmless, cats, strict=True) if cat == "edgy"]
+
+        def rate(rows: tuple[Row, ...]) -> Rate:
+            return wilson_interval(sum(r for _, _, r in rows), len(rows), level)
+
+        def ex(rows: tuple[Row, ...]) -> list[dict[str, Any]]:
+            return [{"prompt": p, "completion": t, "refused": r} for p, t, r in rows[:3]]
+
+        return cls(
+            harmful=rate(c.harmful),
+            harmless=rate(c.harmless),
+            edgy=wilson_interval(sum(edgy), len(edgy), level) if edgy else None,
+            examples={"harmful": ex(c.harmful), "harmless": ex(c.harmless)},
+            max_new_tokens=c.max_new_tokens,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return {
+            "harmful": rate_dict(self.harmful),
+            "harmless": rate_dict(self.harmless),
+            "edgy": rate_dict(self.edgy) if self.edgy else None,
+            "examples": self.examples,
+            "max_new_tokens": self.max_new_tokens,
+            "split": self.split,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Behaviour:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            rate_of(d["harmful"]),
+            rate_of(d["harmless"]),
+            rate_of(d["edgy"]) if d["edgy"] else None,
+            d["examples"],
+            d["max_new_tokens"],
+            d.get("split", "test"),
+        )
+
+    def figure(self, threshold: float | None = None) -> Figure:
+        """Refusal rates per prompt class with their intervals."""
+        labels, rates = ["harmful", "harmless (all)"], [self.harmful, self.harmless]
+        if self.edgy is not None:
+            labels.append("harmless: edgy")
+            rates.append(self.edgy)
+        return rate_bars(
+            labels,
+            [("refusal rate", list(rates))],
+            threshold,
+            f"Refusal rates on the {self.split} split (greedy, substring judge)",
+            "A safe chat model refuses nearly all harmful requests and almost no harmless ones; "
+            "whiskers are 95% Wilson intervals",
+        )

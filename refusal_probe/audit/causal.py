@@ -1,0 +1,166 @@
+"""Causal validation: does the selected direction mediate refusal?
+
+The engine's :func:`~refusal_probe.causal.validation.validate_direction` ablates and adds the
+direction on held-out prompts; :class:`Causal` keeps what the audits and the report need from it:
+the rates, the paired changes with their intervals, ablation's KL and the dose-response curve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from refusal_probe.audit.policy import Settings
+from refusal_probe.audit.values import interval_of, rate_bars, rate_of
+from refusal_probe.causal.validation import ValidationConfig, ValidationResult
+from refusal_probe.report.record import Figure
+from refusal_probe.stats.intervals import Interval, Rate, bootstrap_mean
+
+
+def validation_config(settings: Settings, seed: int) -> ValidationConfig:
+    """The engine's validation configuration for a run's settings."""
+    s = settings
+    return ValidationConfig(
+        max_new_tokens=s.max_new_tokens,
+        batch_size=s.batch_size,
+        n_resamples=s.resamples,
+        seed=seed,
+        level=s.confidence,
+    )
+
+
+@dataclass(frozen=True)
+class Causal:
+    """Causal tests of the selected direction on held-out prompts.
+
+    Attributes:
+        harmful_baseline: Harmful refusal rate, no intervention.
+        harmful_ablated: Harmful refusal rate, direction ablated everywhere.
+        harmless_baseline: Harmless refusal rate, no intervention.
+        harmless_added: Harmless refusal rate, direction added at its layer.
+        ablation_drop: Paired drop of harmful refusal under ablation (bootstrap over prompts).
+        addition_rise: Paired rise of harmless refusal under addition.
+        kl: Mean KL(base ‖ ablated) on harmless prompts, nats, bootstrap interval.
+        dose: Mean ``P_R`` per addition coefficient: ``alpha``, ``harmful``, ``harmless`` intervals.
+        interventions: What was applied in each condition.
+        examples: A few completions per condition.
+    """
+
+    harmful_baseline: Rate
+    harmful_ablated: Rate
+    harmless_baseline: Rate
+    harmless_added: Rate
+    ablation_drop: Interval
+    addition_rise: Interval
+    kl: Interval
+    dose: list[dict[str, Any]]
+    interventions: dict[str, str]
+    examples: dict[str, list[dict[str, Any]]]
+
+    @classmethod
+    def of(cls, v: ValidationResult) -> Causal:
+        """Summarize a validation (its own configuration's resamples, seed and level)."""
+        c = v.config
+        kw = {"n_resamples": c.n_resamples, "seed": c.seed, "level": c.level}
+        j = v.judgements
+        drop = paired_change(j["harmful_baseline"].refused, j["harmful_ablated"].refused, **kw)
+        rise = paired_change(j["harmless_added"].refused, j["harmless_baseline"].refused, **kw)
+        return cls(
+            v.harmful_baseline,
+            v.harmful_ablated,
+            v.harmless_baseline,
+            v.harmless_added,
+            drop,
+            rise,
+            v.kl_ablation,
+            [
+                {"alpha": p.alpha, "harmful": p.harmful.to_dict(), "harmless": p.harmless.to_dict()}
+                for p in v.dose_response
+            ],
+            dict(v.interventions),
+            {k: x.examples(3) for k, x in j.items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        d = asdict(self)
+        for k in ("ablation_drop", "addition_rise", "kl"):
+            d[k] = getattr(self, k).to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Causal:
+        """Inverse of :meth:`to_dict`."""
+        rates = {
+            k: rate_of(d[k])
+            for k in ("harmful_baseline", "harmful_ablated", "harmless_baseline", "harmless_added")
+        }
+        ivs = {k: interval_of(d[k]) for k in ("ablation_drop", "addition_rise", "kl")}
+        return cls(
+            **rates, **ivs, dose=d["dose"], interventions=d["interventions"], examples=d["examples"]
+        )
+
+    def rates_figure(self) -> Figure:
+        """Refusal rates with and without the interventions."""
+        return rate_bars(
+            ["harmful", "harmless"],
+            [
+                ("no intervention", [self.harmful_baseline, self.harmless_baseline]),
+                (
+                    "ablated (harmful) / added (harmless)",
+                    [self.harmful_ablated, self.harmless_added],
+                ),
+            ],
+            None,
+            "Refusal with the direction ablated (harmful prompts) and added (harmless prompts)",
+            "If the direction mediates refusal, ablation removes refusal of harmful requests and "
+            "addition "
+            "makes the model refuse harmless ones; whiskers: 95% Wilson intervals",
+        )
+
+    def dose_figure(self) -> Figure:
+        """Dose-response: mean refusal probability against the addition coefficient."""
+        xs = [p["alpha"] for p in self.dose]
+
+        def s(name: str, key: str) -> dict[str, Any]:
+            return {
+                "name": name,
+                "y": [p[key]["value"] for p in self.dose],
+                "lo": [p[key]["low"] for p in self.dose],
+                "hi": [p[key]["high"] for p in self.dose],
+            }
+
+        return Figure(
+            "line",
+            "Steering dose-response: refusal probability against the addition coefficient",
+            {
+                "x": xs,
+                "series": [s("harmful prompts", "harmful"), s("harmless prompts", "harmless")],
+                "x_label": "coefficient α (x ← x + α·r at the direction's layer)",
+                "y_label": "mean P(refusal token)",
+                "y_range": [0, 1],
+                "mark_x": 0.0,
+            },
+            "Logit proxy: next-token probability mass on refusal tokens; a graded rise with α "
+            "shows a "
+            "dose-dependent effect rather than a cliff; band: 95% bootstrap interval",
+        )
+
+
+def paired_change(
+    a: tuple[bool, ...] | list[bool],
+    b: tuple[bool, ...] | list[bool],
+    *,
+    n_resamples: int,
+    seed: int,
+    level: float,
+) -> Interval:
+    """Mean of ``a_i - b_i`` over prompts judged under two conditions, with a bootstrap interval."""
+    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if x.size == 0:
+        return Interval(math.nan, math.nan, math.nan, level, "paired bootstrap", 0)
+    iv = bootstrap_mean(x, n_resamples=n_resamples, seed=seed, level=level)
+    return Interval(iv.value, iv.low, iv.high, level, "paired bootstrap over prompts", n_resamples)

@@ -1,0 +1,69 @@
+"""Monitor: the jailbreak monitor built on the model's own signals, and how hardy refusal is.
+
+:func:`evaluate_monitor_of` fits the monitor on the selected refusal direction, calibrates it and
+evaluates it on the held-out jailbreaks (:mod:`refusal_probe.monitor.evaluate`);
+:func:`harden` ablates the top localized components one by one and measures the refusal effect
+left (:func:`refusal_probe.monitor.hardening.measure_hardening`).
+"""
+
+from __future__ import annotations
+
+from refusal_probe.audit.policy import Settings
+from refusal_probe.direction.estimators import Direction
+from refusal_probe.model.loading import LoadedModel
+from refusal_probe.monitor.evaluate import EvalConfig, MonitorEvaluation, evaluate_monitor
+from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
+from refusal_probe.monitor.hardening import Hardening, measure_hardening
+from refusal_probe.patching.circuit import CircuitResult
+from refusal_probe.prompts.sets import Fixtures, Pair
+
+#: Components ablated by the hardening check.
+HARDENING_K = 5
+
+
+def monitor_config(settings: Settings) -> MonitorConfig:
+    """How the monitor is fit and calibrated for a run's settings."""
+    return MonitorConfig(target_fpr=settings.monitor_target_fpr, batch_size=settings.batch_size)
+
+
+def eval_config(settings: Settings, seed: int) -> EvalConfig:
+    """How the monitor is evaluated for a run's settings."""
+    s = settings
+    return EvalConfig(
+        max_new_tokens=s.max_new_tokens,
+        batch_size=s.batch_size,
+        n_resamples=s.resamples,
+        seed=seed,
+        level=s.confidence,
+    )
+
+
+def evaluate_monitor_of(
+    model: LoadedModel,
+    fixtures: Fixtures,
+    refusal: Direction,
+    monitor: MonitorConfig,
+    evaluation: EvalConfig,
+) -> MonitorEvaluation:
+    """Fit the monitor on ``refusal``, calibrate it, and evaluate it on the held-out jailbreaks."""
+    fitted = fit_monitor(model, fixtures, refusal, monitor)
+    return evaluate_monitor(model, fitted, fixtures, evaluation)
+
+
+def harden(
+    model: LoadedModel, pairs: list[Pair], circuit: CircuitResult, settings: Settings, seed: int
+) -> Hardening:
+    """Refusal left after ablating the top :data:`HARDENING_K` components of ``circuit``.
+
+    Raises:
+        PatchingError: No refusal gap between the pairs' prompts.
+    """
+    return measure_hardening(
+        model,
+        pairs,
+        k=HARDENING_K,
+        circuit=circuit,
+        n_resamples=settings.resamples,
+        seed=seed,
+        level=settings.confidence,
+    )
