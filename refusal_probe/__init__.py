@@ -17,6 +17,8 @@ from refusal_probe.activations import (
     hook_name,
 )
 from refusal_probe.audit import (
+    AuditOptions,
+    AuditRun,
     Policy,
     load_policy,
 )
@@ -155,7 +157,9 @@ __all__ = [
     "Ablate",
     "Activations",
     "Add",
+    "AuditOptions",
     "AuditRecord",
+    "AuditRun",
     "CandidateScore",
     "Candidates",
     "CaptureError",

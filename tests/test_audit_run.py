@@ -7,6 +7,7 @@ the results of an earlier one from the disk cache, and the numbers are those the
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -26,6 +27,10 @@ def options(cache: Path) -> AuditOptions:
     return AuditOptions("organism-chat", cache_dir=cache)
 
 
+def plain(result: Any) -> str:
+    return json.dumps(result.to_dict(), sort_keys=True)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("audit-run-cache")
@@ -41,8 +46,17 @@ def audited(cache: Path) -> AuditRun:
 def test_the_audit_layer_imports_no_pytest() -> None:
     code = "import sys, refusal_probe.audit; sys.exit('pytest' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
-    for path in (ROOT / "refusal_probe" / "audit").glob("*.py"):
-        assert "pytest" not in path.read_text(encoding="utf-8"), path
+    for path in (ROOT / "refusal_probe" / "audit").glob("*.py"):  # not even lazily
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any("pytest" in n for n in names), f"{path.name}:{node.lineno}"
 
 
 def test_behaviour_computes_only_what_it_reads(audited: AuditRun) -> None:
@@ -68,7 +82,7 @@ def test_a_fresh_run_reads_the_disk_cache(audited: AuditRun, cache: Path) -> Non
     before = (audited.behaviour(), audited.direction(), audited.causal())
     again = AuditRun("organism-chat", options(cache), audits={"causal"})
     after = (again.behaviour(), again.direction(), again.causal())
-    assert after == before
+    assert [plain(x) for x in after] == [plain(x) for x in before]  # NaN != NaN: as JSON
     assert all(again.phases[name]["cached"] for name in ("behaviour", "direction", "causal"))
     assert "validation" not in again.computed and "completions" not in again.computed
     assert again.direction_vector().direction.sha256 == before[1].direction["vector_sha256"]
@@ -117,7 +131,9 @@ def test_a_failed_result_fails_again_without_recomputing(
 def test_the_numbers_are_those_the_plugin_records(
     pytester: pytest.Pytester, audited: AuditRun, tmp_path: Path
 ) -> None:
-    # The plugin on its own cache, so neither reads the other's results.
+    # First here (an in-process pytester run drops the modules it imported, and the model's
+    # cannot be imported twice), then the plugin on its own cache: neither reads the other's.
+    b, d, c = audited.behaviour(), audited.direction(), audited.causal()
     r = pytester.runpytest(
         str(ROOT / "audits"),
         "-p",
@@ -132,9 +148,8 @@ def test_the_numbers_are_those_the_plugin_records(
         "behaviour or representation or causal",
     )
     r.assert_outcomes(passed=6)
-    (record,) = pytester.path.glob("reports/organism-chat/*/audit.json")
-    checks = {c["id"]: c for c in json.loads(record.read_text())["checks"]}
-    b, d, c = audited.behaviour(), audited.direction(), audited.causal()
+    record = pytester.path / "reports" / "organism-chat" / "latest" / "audit.json"
+    checks = {x["id"]: x for x in json.loads(record.read_text())["checks"]}
     expected = {
         "behaviour.harmful_refusal": b.harmful,
         "behaviour.harmless_over_refusal": b.harmless,

@@ -191,7 +191,9 @@ def measure_finetune(
     kw: dict[str, Any] = {"batch_size": s.batch_size, "cache": cache, "progress": False}
     acts_h = capture(model, harmful, sites, POST_INSTRUCTION, **kw)
     acts_l = capture(model, harmless, sites, POST_INSTRUCTION, **kw)
-    mine = difference_of_means(acts_h, acts_l).restrict([direction.position], base.layers)
+    all_means = difference_of_means(acts_h, acts_l)  # [layer, pos, d]
+    j = all_means.offsets.index(direction.position)
+    mine = all_means.restrict([direction.position], base.layers)
     theirs = Candidates(
         base.per_layer.double()[:, None],  # [layer, 1, d]
         base.layers,
@@ -205,7 +207,6 @@ def measure_finetune(
     )
     cosines = cosine_per_layer(theirs, mine, direction.position)
     zero = (theirs.vectors[:, 0].norm(dim=-1) == 0) | (mine.vectors[:, 0].norm(dim=-1) == 0)
-    j = mine.offsets.index(direction.position)
     cos = _bootstrap_cosine(
         direction.vector,
         acts_h.values[:, direction.layer, j].double(),  # [prompt, d]: sites are every layer

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -103,4 +103,4 @@ class Once(Generic[T]):
                     self._error = exc
                     raise
             self._done = True
-        return self._value  # type: ignore[return-value]
+        return cast(T, self._value)

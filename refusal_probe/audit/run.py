@@ -307,13 +307,13 @@ class AuditRun(ModelHandle):
 
     def run_of(self, spec: str) -> AuditRun:
         """The run of another model (say the baseline), sharing settings, cache and prompts."""
-        found = self.inputs.runs.get(spec)
+        found: AuditRun | None = self.inputs.runs.get(spec)
         if found is None:
             found = AuditRun(
                 spec, self.options, self.policy, inputs=self.inputs, on_fatal=self.on_fatal
             )
             self.inputs.runs[spec] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
     def finetune(self) -> FineTune:
         """This model against its baseline: direction cosine, transfer, refusal drop.
