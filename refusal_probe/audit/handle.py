@@ -23,8 +23,9 @@ from refusal_probe.audit.options import AuditOptions, load_options
 from refusal_probe.audit.policy import Policy, load_policy
 from refusal_probe.audit.store import R, ResultStore
 from refusal_probe.errors import ModelLoadError
+from refusal_probe.model import loading
 from refusal_probe.model.devices import devices_of
-from refusal_probe.model.loading import LoadedModel, ModelIdentity, load_model
+from refusal_probe.model.loading import LoadedModel, ModelIdentity
 from refusal_probe.prompts.sets import Fixtures
 
 #: Bumped whenever a result's content or meaning changes (it keys the results cache).
@@ -88,7 +89,7 @@ class ModelHandle:
         if self._model is None:
             o = self.options
             try:
-                self._model = load_model(o.model, load_options(o))
+                self._model = loading.load_model(o.model, load_options(o))
             except ModelLoadError as exc:
                 self._load_error = exc
                 self._fatal(f"--model {o.model}: {exc}")

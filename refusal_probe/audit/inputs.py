@@ -15,7 +15,8 @@ from refusal_probe.audit.baseline import Baseline, check_baseline_compatible, sp
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.errors import PromptFileError
 from refusal_probe.model.devices import parse_device_map
-from refusal_probe.prompts.sets import Fixtures, load_fixtures
+from refusal_probe.prompts import sets
+from refusal_probe.prompts.sets import Fixtures
 
 
 class RunInputs:
@@ -49,7 +50,7 @@ class RunInputs:
         """The prompt sets (``--prompts`` or the shipped fixtures)."""
         if self._fixtures is None:
             try:
-                self._fixtures = load_fixtures(self.options.prompts)
+                self._fixtures = sets.load_fixtures(self.options.prompts)
             except PromptFileError as exc:
                 if self.on_fatal is not None:
                     self.on_fatal(str(exc))
