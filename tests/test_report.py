@@ -339,6 +339,13 @@ def test_the_report_folder_is_written_whole(tmp_path: Path) -> None:
     assert (tmp_path / "organism-chat" / "latest").resolve() == second.resolve()  # not moved
 
 
+def test_an_interrupted_run_has_no_overall_pass() -> None:
+    assert record().summary()["verdict"] == "pass"
+    assert record("interrupted").summary()["verdict"] == "incomplete"
+    failed = (replace(check(), verdict="fail"),)
+    assert record("interrupted", checks=failed).summary()["verdict"] == "fail"
+
+
 def test_a_failed_write_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -242,12 +242,18 @@ class AuditRecord:
     schema_version: str = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
-        """Counts per verdict and the overall verdict (worst of the checks that ran)."""
+        """Counts per verdict and the overall verdict (worst of the checks that ran).
+
+        A run that stopped early has no overall pass: unless a check failed, its verdict is
+        ``incomplete``.
+        """
         counts = {v: sum(1 for c in self.checks if c.verdict == v) for v in _VERDICTS}
         counts["not_run"] = len(self.not_run)
         counts["errors"] = sum(1 for n in self.not_run if n.kind == "error")
         if counts["fail"] or counts["errors"]:
             overall = "fail"
+        elif self.status != "complete":
+            overall = "incomplete"
         elif counts["inconclusive"]:
             overall = "inconclusive"
         elif counts["pass"]:

@@ -1,0 +1,106 @@
+"""What happens when things go wrong: interruptions, corrupt or odd inputs, unreadable models.
+
+Each test is one row of the "what happens when…" table in docs/FAULTS.md: the user sees one line
+that says what to do (no traceback), and nothing already computed or written is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from planted import write_fixtures
+
+from refusal_probe.testing import make_tiny_model
+
+POLICY = """\
+version = 1
+
+[settings]
+resamples = 200
+
+[behaviour.harmful_refusal]
+at_least = 0.9
+unit = "probability"
+rationale = "A demo bar."
+"""
+AUDIT = '''
+import time
+
+import pytest
+
+from refusal_probe.stats.verdicts import Estimate
+
+pytestmark = pytest.mark.behaviour
+
+
+def test_rate(audit):
+    """A check that passes."""
+    audit.check("behaviour.harmful_refusal", Estimate(0.95, 0.92, 0.98, n=100, method="wilson"))
+
+
+def test_slow():
+    print("SLOW-TEST-STARTED", flush=True)
+    time.sleep(120)
+'''
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("faults-env")
+    return {
+        "model": make_tiny_model(root / "tiny-llama", "llama"),
+        "prompts": write_fixtures(root / "prompts"),
+        "cache": root / "cache",
+    }
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups and SIGINT are POSIX")
+def test_ctrl_c_through_the_command_line_writes_the_interrupted_report(
+    tmp_path: Path, env: dict[str, Path]
+) -> None:
+    """Ctrl-C reaches pytest (not a wrapper that kills it): the interrupted report is written."""
+    audits = tmp_path / "audits"
+    audits.mkdir()
+    (audits / "test_demo.py").write_text(AUDIT)
+    (tmp_path / "policy.toml").write_text(POLICY)
+    cmd = [
+        sys.executable, "-m", "refusal_probe", "audit", "--audits", str(audits),
+        "-p", "no:cacheprovider", "-s", "-v",
+        "--model", str(env["model"]), "--prompts", str(env["prompts"]),
+        "--cache-dir", str(env["cache"]), "--policy", str(tmp_path / "policy.toml"),
+        "--report-dir", str(tmp_path / "reports"),
+    ]  # fmt: skip
+    # A new session, so that killpg reaches the whole group as a terminal's Ctrl-C would.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if "SLOW-TEST-STARTED" in line or time.monotonic() > deadline:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, (out, err)  # pytest's "interrupted"
+    assert "Traceback" not in err, err
+    records = list((tmp_path / "reports").glob("*/*/audit.json"))
+    assert len(records) == 1, out
+    data = json.loads(records[0].read_text())
+    assert data["status"] == "interrupted"
+    assert data["summary"]["verdict"] == "incomplete"
+    assert [c["id"] for c in data["checks"]] == ["behaviour.harmful_refusal"]
