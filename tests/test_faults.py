@@ -104,3 +104,76 @@ def test_ctrl_c_through_the_command_line_writes_the_interrupted_report(
     assert data["status"] == "interrupted"
     assert data["summary"]["verdict"] == "incomplete"
     assert [c["id"] for c in data["checks"]] == ["behaviour.harmful_refusal"]
+
+
+# --- unreadable models: one line that says what is wrong --------------------------------------
+
+
+def _copy_model(env: dict[str, Path], dest: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(env["model"], dest))
+
+
+def test_a_malicious_pickle_is_refused_in_one_line_without_running(
+    tmp_path: Path, env: dict[str, Path]
+) -> None:
+    import pickle
+
+    folder = _copy_model(env, tmp_path / "pickled")
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # runs a command when unpickled
+            return (os.system, (f"touch {marker}",))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    out = subprocess.run(
+        [sys.executable, "-m", "refusal_probe", "info", "--model", str(folder), "--allow-pickle"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and not marker.exists()
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("refusal-probe: UnsafeCheckpointError: ")
+    assert "objects other than tensors" in last
+
+
+def test_a_weight_of_the_wrong_shape_is_named(tmp_path: Path, env: dict[str, Path]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from refusal_probe.errors import ModelLoadError
+    from refusal_probe.model.loading import load_model
+
+    folder = _copy_model(env, tmp_path / "wrong-shape")
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("mlp.down_proj.weight"))
+    rows, cols = tensors[name].shape
+    tensors[name] = tensors[name][:, :-1].clone()
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(folder))
+    message = str(info.value)
+    assert f"tensor {name} in {weights.name} has shape [{rows}, {cols - 1}]" in message
+    assert f"the config expects [{rows}, {cols}]" in message
+    assert "above report" not in message
+
+
+@pytest.mark.parametrize("keep", [100, 0.5])
+def test_a_truncated_gguf_file_says_so(
+    tmp_path: Path, env: dict[str, Path], keep: float
+) -> None:
+    from refusal_probe.errors import ModelLoadError
+    from refusal_probe.model.loading import LoadOptions, load_model
+    from refusal_probe.testing import write_tiny_gguf
+
+    whole = write_tiny_gguf(env["model"], tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[: int(keep if keep > 1 else len(whole) * keep)])
+    with pytest.raises(ModelLoadError, match=r"cut\.gguf .* is truncated or damaged; copy or"):
+        load_model(str(cut), LoadOptions(cache_dir=tmp_path / "cache"))
