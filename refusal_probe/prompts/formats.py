@@ -143,7 +143,7 @@ def detect_layout(
                 "holding the request with --text-field (and --label-field / --category-field "
                 "if it has them)"
             )
-        found = Layout("custom", text)
+        return Layout("custom", **given)  # type: ignore[arg-type]
     if given and any(getattr(found, k) != v for k, v in given.items()):
         found = replace(found, name=f"{found.name}+fields", **given)
     return found

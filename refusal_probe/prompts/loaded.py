@@ -260,27 +260,27 @@ def check_ready(
     """
     need = {s: (minimum.get(s, 0) if not held_out or s == "test" else 0) for s in SPLITS}
     for side in SIDES:
-        prompts = loaded.side(side)
-        if not len(prompts):
+        if not len(loaded.side(side)):
             raise PromptSetError(
                 f"no {side} prompts in {', '.join(s.source for s in loaded.sources)}; pass "
                 f"--{side} PATH (or a file whose label column marks {side} records)"
             )
-        counts = prompts.counts()
+    for side in SIDES:
+        counts = loaded.side(side).counts()
         short = [s for s in SPLITS if counts[s] < need[s]]
         if not short:
             continue
-        split = short[0]
         auto = all(s.split_method == "auto" for s in loaded.sources)
         total = needed(loaded.fractions, need) if auto else None
         how = (
             f"give at least {total} {side} prompts (they are split {_shares(loaded.fractions)})"
             if total is not None
-            else f"add {need[split] - counts[split]} {side} prompts to the {split} split"
+            else "add " + " and ".join(f"{need[s] - counts[s]} to {s}" for s in short)
         )
+        have = " and ".join(f"{counts[s]} in {s} (needs {need[s]})" for s in short)
         raise PromptSetError(
-            f"the {side} side has {counts[split]} prompts in its {split} split but the audits "
-            f"need at least {need[split]} per side there; {how}"
+            f"the {side} side has {have}: the audits need at least "
+            f"{', '.join(f'{need[s]} in {s}' for s in SPLITS if need[s])} per side; {how}"
         )
 
 
