@@ -253,6 +253,13 @@ def test_folder_of_split_files_takes_splits_from_names(tmp_path):
     assert loaded.sources[0].split_method == "column"
 
 
+def test_a_single_named_split_is_all_the_data(tmp_path):
+    path = _csv(tmp_path / "train.csv", [{"text": t, "label": "harmful"} for t in _harmful(50)])
+    loaded = load_prompt_source(path)
+    assert loaded.harmful.counts() == allocation(50)
+    assert loaded.sources[0].split_method == "auto" and "only split 'train'" in loaded.notes[0]
+
+
 def test_folder_in_the_shipped_schema_reads_only_the_two_sides(tmp_path):
     _jsonl(tmp_path / "harmful.jsonl", [{"id": f"h{i}", "text": t, "category": "cyber",
                                         "split": "train"} for i, t in enumerate(_harmful(3))])
@@ -582,6 +589,11 @@ def test_too_few_in_a_given_split_says_what_to_add(tmp_path):
     rows += [{"text": t, "label": "harmless", "split": "train"} for t in _harmless(10)]
     with pytest.raises(PromptSetError, match="add 4 to val and 8 to test"):
         load_user_prompts(prompts=_jsonl(tmp_path / "s.jsonl", rows))
+
+
+def test_no_records(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    assert "no records" in _one_line_error(source=tmp_path / "empty.jsonl")
 
 
 def test_bad_json_and_missing_file(tmp_path):

@@ -106,9 +106,11 @@ def load_prompt_source(
         raise PromptSetError(f"unknown side {side!r}; use harmful or harmless")
     fields = Fields(text_field, label_field, category_field, split_field, id_field)
     limit = TextLimit(max_chars, max_tokens, count_tokens)
-    tables = read_source(source)
+    tables, notes = _named_splits(read_source(source))
+    if not any(t.rows for t in tables):
+        raise PromptSetError(f"{source}: no records; a prompt set needs at least one prompt")
     rows: dict[str, list[Row]] = {s: [] for s in SIDES}
-    records, notes, other_side = [], [], 0
+    records, other_side = [], 0
     for table in tables:
         layout = _layout(table, fields)
         records.append(TableRecord(table.name, table.sha256, layout, len(table.rows)))
@@ -185,6 +187,20 @@ def load_user_prompts(
     result = merge(*loaded)
     check_ready(result, minimum, held_out=held_out)
     return result
+
+
+def _named_splits(tables: list[Table]) -> tuple[list[Table], list[str]]:
+    """Tables whose names give splits keep them only if the names give two or more splits.
+
+    A data set published as one ``train`` split (AdvBench on the hub), or a split chosen with
+    ``@train``, is all the data there is, not a training set: it is split automatically.
+    """
+    named = {t.split for t in tables if t.split is not None}
+    if len(named) != 1:
+        return tables, []
+    (only,) = named
+    note = f"{tables[0].name}: its only split {only!r} is all its data; it was split by its rows"
+    return [replace(t, split=None) for t in tables], [note]
 
 
 def _layout(table: Table, fields: Fields) -> Layout:
