@@ -260,6 +260,12 @@ def test_a_single_named_split_is_all_the_data(tmp_path):
     assert loaded.sources[0].split_method == "auto" and "only split 'train'" in loaded.notes[0]
 
 
+def test_a_file_name_does_not_overrule_the_side_given(tmp_path):
+    path = _jsonl(tmp_path / "safe_completions.jsonl", [{"text": t} for t in _harmful(3)])
+    assert len(load_prompt_source(path).harmless) == 3  # the name says harmless
+    assert len(load_prompt_source(path, side="harmful").harmful) == 3
+
+
 def test_folder_in_the_shipped_schema_reads_only_the_two_sides(tmp_path):
     _jsonl(tmp_path / "harmful.jsonl", [{"id": f"h{i}", "text": t, "category": "cyber",
                                         "split": "train"} for i, t in enumerate(_harmful(3))])
@@ -268,6 +274,7 @@ def test_folder_in_the_shipped_schema_reads_only_the_two_sides(tmp_path):
     _jsonl(tmp_path / "pairs.jsonl", [{"id": "p1", "harmful": "a", "harmless": "b"}])
     loaded = load_prompt_source(tmp_path)
     assert [p.id for p in loaded.harmful.prompts] == ["h0", "h1", "h2"]
+    assert len(load_prompt_source(tmp_path, side="harmless").harmless) == 3
     assert loaded.harmless.counts()["test"] == 3
     assert [t.name for t in loaded.sources[0].tables] == [
         str(tmp_path / "harmful.jsonl"), str(tmp_path / "harmless.jsonl"),
@@ -354,7 +361,7 @@ def test_hf_name_offline_set_tries_only_the_cache(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", cache_miss)
     message = _one_line_error(source="hf:org/set:cfg@test")
     assert calls == [(("org/set", "cfg"), {"split": "test"})]
-    assert "switched off" in message
+    assert "HF_HUB_OFFLINE is set" in message and "not in the local datasets cache" in message
 
 
 def test_hf_name_config_and_split_are_passed_to_load_dataset(monkeypatch):

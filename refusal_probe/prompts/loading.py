@@ -107,6 +107,10 @@ def load_prompt_source(
     fields = Fields(text_field, label_field, category_field, split_field, id_field)
     limit = TextLimit(max_chars, max_tokens, count_tokens)
     tables, notes = _named_splits(read_source(source))
+    if side is not None and len({t.side for t in tables if t.side}) < 2:
+        # A file name alone (safe_completions.csv) does not overrule the side it was given as;
+        # a folder or data set naming both sides does.
+        tables = [replace(t, side=None) for t in tables]
     if not any(t.rows for t in tables):
         raise PromptSetError(f"{source}: no records; a prompt set needs at least one prompt")
     rows: dict[str, list[Row]] = {s: [] for s in SIDES}

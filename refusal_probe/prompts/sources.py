@@ -254,21 +254,26 @@ def _read_hf(spec: str) -> list[Table]:
     if local.exists() and config is None and split is None:
         return read_source(local)
     if not local.exists() and not _offline() and not hub_reachable():
-        raise PromptSetError(_offline_message(spec, name, "cannot be reached"))
+        raise PromptSetError(_offline_message(spec, name, offline=False))
     datasets = _datasets(spec)
     try:
         data = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # noqa: BLE001 - network, auth and config errors all end here
         if _offline():
-            raise PromptSetError(_offline_message(spec, name, "is switched off")) from None
+            raise PromptSetError(_offline_message(spec, name, offline=True)) from None
         raise PromptSetError(f"{spec}: datasets could not load it ({_first_line(exc)})") from None
     return _dataset_tables(data, spec, split)
 
 
-def _offline_message(spec: str, name: str, why: str) -> str:
+def _offline_message(spec: str, name: str, offline: bool) -> str:
+    why = (
+        f"HF_HUB_OFFLINE is set and {name!r} is not in the local datasets cache"
+        if offline
+        else "the Hugging Face hub cannot be reached from here (set HF_HUB_OFFLINE=1 to use a "
+        "cached copy)"
+    )
     return (
-        f"{spec}: the Hugging Face hub {why} (HF_HUB_OFFLINE / no network) and {name!r} is not "
-        f"in the local cache; on a machine with network run datasets.load_dataset({name!r})"
+        f"{spec}: {why}; on a machine with network run datasets.load_dataset({name!r})"
         ".save_to_disk(DIR) and pass DIR, or pass a local .jsonl/.json/.csv/.parquet file"
     )
 
