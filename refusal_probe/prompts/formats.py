@@ -87,7 +87,8 @@ class Row:
     Attributes:
         where: ``file:line`` (or ``name: row i``) of the record.
         text: The request (context prepended where the layout has one).
-        side: ``harmful``/``harmless`` from the record's label, else None.
+        side: ``harmful``/``harmless`` from the record's label, ``?`` for a label value not
+            understood, None for no label.
         category: Category, :data:`DEFAULT_CATEGORY` when the record has none.
         split: The record's own split value as written (not yet normalised), else None.
         id: The record's own id, else None.
