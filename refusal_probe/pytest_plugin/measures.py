@@ -292,9 +292,9 @@ class DirectionSummary:
 
     def screened_scored(self) -> int | None:
         """How many candidates were scored exactly when screening left some out, else ``None``."""
-        if not any(g["discarded"] == "screened" for g in self.grid):
+        if not any("screened" in g["discarded"] for g in self.grid):  # a list of reasons
             return None
-        return sum(g["discarded"] not in ("zero", "screened") for g in self.grid)
+        return sum(not {"zero", "screened"} & set(g["discarded"]) for g in self.grid)
 
 
 # ---------------------------------------------------------------------------------------------
