@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -296,7 +297,7 @@ def _read_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[Path, dict[str
             f'{path}: extends: must be a file name (relative to this file) or "default", '
             f"got {base!r}"
         )
-    target = DEFAULT_POLICY if base == "default" else path.parent / base
+    target = DEFAULT_POLICY if base == "default" else Path(os.path.normpath(path.parent / base))
     if target.resolve() in {p.resolve() for p in (*seen, path)}:
         raise PolicyError(f"{path}: extends: {base!r} leads back to {target}; break the cycle")
     return [*_read_chain(target, (*seen, path)), (path, data)]
