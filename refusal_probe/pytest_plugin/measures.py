@@ -193,7 +193,7 @@ class DirectionSummary:
             curve=[row(c) for c in result.separation],
             alternative=[row(c) for c in result.alternative],
             alternative_cosine=list(result.alternative_cosine),
-            grid=[asdict(c) for c in result.selection.grid],
+            grid=[c.to_dict() for c in result.selection.grid],
             passed_filters=result.selection.passed_filters,
             refusal_tokens=result.refusal_tokens.to_dict(),
             prompt_counts=result.prompt_counts,

@@ -152,6 +152,10 @@ class CandidateScore:
         """Whether it passed every filter."""
         return not self.discarded
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; the discard reasons as a sorted list (unscored cells keep NaN scores)."""
+        return {**asdict(self), "discarded": sorted(self.discarded)}
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -184,10 +188,11 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (unscored cells' NaN scores become ``None``, valid JSON)."""
         data = asdict(self)
+        data["grid"] = [c.to_dict() for c in self.grid]
+        data["chosen"] = self.chosen.to_dict()
         for cell in [*data["grid"], data["chosen"]]:
             for k in ("bypass", "induce", "kl"):
                 cell[k] = None if math.isnan(cell[k]) else cell[k]
-            cell["discarded"] = sorted(cell["discarded"])
         return data
 
 
