@@ -109,8 +109,8 @@ def plant_metric(logits):
 )
 def test_batched_equals_one_forward_per_component(models, family, grid, direction):
     model = models[family]
-    fast = exact_patching(model, PAIRS, grid, direction=direction, max_rows=40, n_resamples=50)
-    slow = reference_patching(model, PAIRS, grid, direction=direction, n_resamples=50)
+    fast = exact_patching(model, PAIRS, grid, mode=direction, max_rows=40, n_resamples=50)
+    slow = reference_patching(model, PAIRS, grid, mode=direction, n_resamples=50)
     assert fast.components == slow.components
     assert fast.forwards < slow.forwards
     assert torch.allclose(fast.delta, slow.delta, atol=1e-5, rtol=0)
@@ -205,7 +205,7 @@ def test_patching_everything_gives_effect_one(models, family, direction):
     last += tuple(Component("mlp", layer, -1, (-1,)) for layer in range(model.n_layers))
     whole_input = (Component("resid", 0, -1, tuple(range(-batch.min_length, 0))),)
     out = patch_variants(
-        model, batch, [last, whole_input], default_metric(model), direction=direction
+        model, batch, [last, whole_input], default_metric(model), mode=direction
     )
     gap = (out.clean - out.corrupted).mean()
     sign = 1.0 if direction == "denoise" else -1.0
@@ -281,7 +281,7 @@ def test_mismatched_lengths_raise_a_clear_error(models):
     "kwargs, match",
     [
         ({"grid": "attn"}, "unknown grid"),
-        ({"direction": "sideways"}, "unknown direction"),
+        ({"mode": "sideways"}, "unknown patch mode"),
         ({"positions": Positions("explicit", (-40,))}, "before the start"),
         ({"layers": [7]}, "outside the model"),
     ],

@@ -22,8 +22,10 @@ from refusal_probe.testing import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFTEST = 'pytest_plugins = ["refusal_probe.pytest_plugin.plugin"]\n'
+# The demo audit's checks, over the shipped policy (whose audits are the markers used below).
 POLICY = """\
 version = 1
+extends = "default"
 
 [settings]
 resamples = 200

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 
 from refusal_probe.__main__ import main
-from refusal_probe.audit.policy import load_policy
+from refusal_probe.audit.policy import DEFAULT_POLICY, load_policy
 from refusal_probe.errors import PolicyError, ReportError
 from refusal_probe.report import (
     AuditRecord,
@@ -131,13 +132,105 @@ def test_the_shipped_policy_covers_every_audit_check() -> None:
 
 def test_the_fast_policy_keeps_the_bars_and_narrows_selection() -> None:
     """audits/policy-fast.toml differs from policy.toml only in its selection settings."""
-    full, fast = (load_policy(ROOT / "audits" / name) for name in ("policy.toml", "policy-fast.toml"))
+    full, fast = (
+        load_policy(ROOT / "audits" / name) for name in ("policy.toml", "policy-fast.toml")
+    )
     assert fast.checks == full.checks
     assert (fast.settings.selection_prompts, fast.settings.selection_layer_stride) == (16, 2)
     assert fast.settings.selection_positions == 1
     assert (full.settings.selection_prompts, full.settings.selection_layer_stride) == (32, 1)
     assert full.settings.selection_positions == 0  # every post-instruction position
     assert full.settings.selection_screen == 16  # screened by attribution, the best 16 scored
+
+
+def test_the_fast_policy_is_an_overlay_naming_only_selection_settings() -> None:
+    raw = tomllib.loads((ROOT / "audits" / "policy-fast.toml").read_text())
+    assert raw.pop("extends") == "policy.toml"
+    assert set(raw) == {"settings"} and all(k.startswith("selection_") for k in raw["settings"])
+    fast = load_policy(ROOT / "audits" / "policy-fast.toml")
+    assert fast.files == (
+        str(ROOT / "audits" / "policy.toml"),
+        str(ROOT / "audits" / "policy-fast.toml"),
+    )
+
+
+def test_the_shipped_policy_names_its_audits_in_order() -> None:
+    policy = load_policy(ROOT / "audits" / "policy.toml")
+    assert policy.audit_names == (
+        "behaviour",
+        "representation",
+        "causal",
+        "finetune",
+        "localization",
+        "monitor",
+    )
+    assert all(a.description and "\n" not in a.description for a in policy.audits)
+    assert {c.audit for c in policy.checks.values()} == set(policy.audit_names)
+    assert policy.to_dict()["audits"][0] == {
+        "name": "behaviour",
+        "description": policy.audits[0].description,
+    }
+
+
+def test_an_overlay_changes_only_what_it_names(tmp_path: Path) -> None:
+    base = write_policy(
+        tmp_path,
+        '[settings]\nresamples = 500\n\n[b]\ndescription = "bee"\n\n'
+        '[b.x]\nat_least = 0.9\nunit = "probability"\nrationale = "r"\n\n'
+        '[b.y]\nat_most = 0.1\nunit = "nats"\nrationale = "r"\n',
+    )
+    (tmp_path / "sub").mkdir()
+    over = tmp_path / "sub" / "over.toml"
+    over.write_text(
+        'extends = "../policy.toml"\n[settings]\nconfidence = 0.9\n'
+        "[b.x]\nat_most = 0.5\n[b.y]\nenabled = false\n"
+        '[a]\ndescription = "ay"\n[a.z]\nat_least = 0.0\nunit = "cosine"\nrationale = "new"\n'
+    )
+    policy = load_policy(over)
+    assert (policy.settings.resamples, policy.settings.confidence) == (500, 0.9)
+    assert policy.check("b.x").threshold == Threshold(0.5, "at_most")  # the bar changed sides
+    assert policy.check("b.x").rationale == "r" and not policy.check("b.y").enabled
+    assert policy.audit_names == ("b", "a") and policy.audits[1].description == "ay"
+    assert policy.path == str(over) and policy.files == (str(base), str(over))
+    assert policy.sha256 != load_policy(base).sha256
+    base.write_text(base.read_text().replace("500", "600"))  # the base is part of the hash
+    assert load_policy(over).sha256 != policy.sha256
+
+
+def test_an_overlay_of_the_default_policy(tmp_path: Path) -> None:
+    p = tmp_path / "mine.toml"
+    p.write_text('extends = "default"\n[behaviour.harmful_refusal]\nat_least = 0.95\n')
+    policy = load_policy(p)
+    shipped = load_policy(DEFAULT_POLICY)
+    assert policy.check("behaviour.harmful_refusal").threshold == Threshold(0.95, "at_least")
+    assert policy.audit_names == shipped.audit_names
+    assert set(policy.checks) == set(shipped.checks)
+
+
+def test_overlay_errors_name_the_file_that_gave_the_key(tmp_path: Path) -> None:
+    base = write_policy(tmp_path, '[a.b]\nat_least = 0.9\nunit = "probability"\nrationale = "r"\n')
+    over = tmp_path / "over.toml"
+    over.write_text('extends = "policy.toml"\n[a.b]\nat_least = 2\n[a.c]\nunit = "nats"\n')
+    with pytest.raises(PolicyError) as info:
+        load_policy(over)
+    lines = str(info.value).splitlines()
+    assert any(line.strip().startswith(f"{over}: [a.b] at_least: 2 is outside") for line in lines)
+    assert any(line.strip().startswith(f"{over}: [a.c] rationale: missing") for line in lines)
+    over.write_text('extends = "policy.toml"\n[a]\ndescription = 3\n')
+    with pytest.raises(PolicyError, match=r"\[a\] description: must be one line of text"):
+        load_policy(over)
+    base.write_text('version = 1\nextends = "over.toml"\n')
+    over.write_text('extends = "policy.toml"\n')
+    with pytest.raises(PolicyError, match="leads back to"):
+        load_policy(over)
+    over.write_text('extends = "nowhere.toml"\n')
+    with pytest.raises(
+        PolicyError, match=re.escape(f"{over}: extends: policy file ") + ".*nowhere.toml does not"
+    ):
+        load_policy(over)
+    over.write_text("extends = 3\n")
+    with pytest.raises(PolicyError, match="extends: must be a file name"):
+        load_policy(over)
 
 
 def write_policy(tmp_path: Path, body: str) -> Path:
@@ -180,8 +273,14 @@ def write_policy(tmp_path: Path, body: str) -> Path:
         ("[settings]\nresamples = 10\n", r"resamples: 10 is outside \[100, 100000\]"),
         ('[settings]\nconfidence = "high"\n', "confidence: must be a number"),
         ("[settings]\nseed = 3\n", "seed: unknown key"),
-        ("[settings]\nselection_layer_stride = 0\n", r"selection_layer_stride: 0 is outside \[1, 64\]"),
-        ("[settings]\nmonitor_target_fpr = 0.7\n", r"monitor_target_fpr: 0.7 is outside \[0.001, 0.5\]"),
+        (
+            "[settings]\nselection_layer_stride = 0\n",
+            r"selection_layer_stride: 0 is outside \[1, 64\]",
+        ),
+        (
+            "[settings]\nmonitor_target_fpr = 0.7\n",
+            r"monitor_target_fpr: 0.7 is outside \[0.001, 0.5\]",
+        ),
         ("[settings]\nselection_screen = -1\n", r"selection_screen: -1 is outside \[0, 100000\]"),
         ("stray = 1\n", "stray: unknown key"),
     ],

@@ -32,6 +32,7 @@ from refusal_probe.patching import (
     CircuitResult,
     Metric,
     PairBatch,
+    PatchMode,
     default_metric,
     encode_pairs,
     localize,
@@ -161,7 +162,7 @@ def measure_hardening(
         batch,
         variants,
         metric,
-        direction="noise",
+        mode=PatchMode.NOISE,
         pair_batch=pair_batch,
         max_rows=max_rows,
     )

@@ -38,6 +38,7 @@ from refusal_probe.activations.sites import Positions, Site, hook_name
 from refusal_probe.errors import PatchingError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.components import Component
+from refusal_probe.patching.mode import PatchMode
 from refusal_probe.patching.pairs import (
     Metric,
     PairBatch,
@@ -112,7 +113,7 @@ class CircuitResult:
         gap: Mean clean-minus-corrupted metric, with its interval.
         k: Circuit size.
         offsets: The span of positions the components cover (negative offsets).
-        direction: ``denoise`` or ``noise``.
+        mode: ``PatchMode.DENOISE`` or ``PatchMode.NOISE``.
         metric: Name of the metric.
         model_fingerprint: The model's identity fingerprint.
         pair_ids: The pairs used.
@@ -134,7 +135,7 @@ class CircuitResult:
     gap: Interval
     k: int
     offsets: tuple[int, ...]
-    direction: str
+    mode: PatchMode
     metric: str
     model_fingerprint: str
     pair_ids: tuple[str, ...]
@@ -154,7 +155,7 @@ class CircuitResult:
 
     def summary(self) -> str:
         """A few readable lines for logs and reports."""
-        lines = [f"refusal circuit ({self.direction}, {len(self.pair_ids)} pairs, gap {self.gap}):"]
+        lines = [f"refusal circuit ({self.mode}, {len(self.pair_ids)} pairs, gap {self.gap}):"]
         for c, e, a in zip(self.components, self.effects, self.attribution_effects, strict=True):
             lines.append(f"  {str(c):<16} exact {e}   attribution {a:+.3f}")
         lines.append(
@@ -186,7 +187,7 @@ class CircuitResult:
             "heatmaps": {g: r.to_dict() for g, r in self.attribution.items()},
             "gap": self.gap.to_dict(),
             "offsets": list(self.offsets),
-            "direction": self.direction,
+            "mode": self.mode.value,
             "metric": self.metric,
             "model_fingerprint": self.model_fingerprint,
             "n_pairs": len(self.pair_ids),
@@ -203,7 +204,7 @@ def localize(
     k: int = 10,
     kinds: Sequence[str] = ("head", "mlp"),
     positions: Positions | None = None,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
     n_confirm: int | None = None,
     exact_all: bool = False,
     pair_batch: int = 32,
@@ -221,7 +222,7 @@ def localize(
         k: Circuit size.
         kinds: Candidate kinds: ``head`` (each head over the span) and/or ``mlp`` (each MLP).
         positions: The span (default the post-instruction positions).
-        direction: ``denoise`` or ``noise``.
+        mode: ``PatchMode.DENOISE`` or ``PatchMode.NOISE``.
         n_confirm: Candidates confirmed exactly (default ``3 k``, at least 20).
         exact_all: Patch every candidate exactly (the attribution agreement is then over all).
         pair_batch: Pairs per chunk.
@@ -234,6 +235,7 @@ def localize(
         PatchingError: Unmatched pairs, unknown kinds, ``k`` < 1, or no refusal gap to explain.
     """
     t0 = time.perf_counter()
+    mode = PatchMode.of(mode)
     bad = [x for x in kinds if x not in _KIND_GRID]
     if bad or not kinds:
         raise PatchingError(f"unknown candidate kinds {bad or kinds}; use 'head' and/or 'mlp'")
@@ -248,7 +250,7 @@ def localize(
         [_KIND_GRID[x] for x in kinds],
         metric=metric,
         positions=Positions("explicit", offsets),
-        direction=direction,
+        mode=mode,
         pair_batch=pair_batch,
         n_resamples=n_resamples,
         seed=seed,
@@ -262,7 +264,7 @@ def localize(
             "the clean and corrupted runs give the same metric on these pairs: there is no "
             "refusal gap to localize (does the model refuse the harmful prompts?)"
         )
-    sign = 1.0 if direction == "denoise" else -1.0
+    sign = mode.sign
     k = min(k, len(cand))
     n_conf = len(cand) if exact_all else min(len(cand), max(k, n_confirm or max(3 * k, 20)))
     confirm = top_k(cand, n_conf)
@@ -271,7 +273,7 @@ def localize(
         batch,
         [(c,) for c in confirm],
         metric,
-        direction=direction,
+        mode=mode,
         pair_batch=pair_batch,
         max_rows=max_rows,
     )
@@ -286,7 +288,7 @@ def localize(
         batch,
         [tuple(circuit[:i]) for i in range(1, k + 1)],
         metric,
-        direction=direction,
+        mode=mode,
         pair_batch=pair_batch,
         max_rows=max_rows,
     )
@@ -325,7 +327,7 @@ def localize(
         any_attr.gap(seed=seed),
         k,
         offsets,
-        direction,
+        mode,
         metric_name(metric),
         model.identity.fingerprint,
         batch.ids,

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from refusal_probe.errors import PatchingError
 from refusal_probe.patching.components import Component, Grid
+from refusal_probe.patching.mode import PatchMode
 from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval
 
 # Below this mean gap (in metric units) the runs do not differ and effects are undefined (NaN).
@@ -85,7 +86,7 @@ class PatchResult:
     Attributes:
         grid: The grid name (``resid``, ``head``, ``head_pos``, ``mlp``, ``mlp_pos``).
         method: ``exact`` (batched), ``reference`` (one forward per component) or ``attribution``.
-        direction: ``denoise`` or ``noise``.
+        mode: ``PatchMode.DENOISE`` or ``PatchMode.NOISE``.
         axes: Axis names of the grid, e.g. ``("layer", "head", "pos")``.
         labels: Tick labels per axis (layer/head indices, negative position offsets).
         components: The components, in row-major order over ``axes``.
@@ -106,7 +107,7 @@ class PatchResult:
 
     grid: str
     method: str
-    direction: str
+    mode: PatchMode
     axes: tuple[str, ...]
     labels: tuple[tuple[int, ...], ...]
     components: tuple[Component, ...]
@@ -127,7 +128,7 @@ class PatchResult:
     def __repr__(self) -> str:
         shape = "x".join(str(s) for s in self.effect.shape)
         return (
-            f"PatchResult({self.method} {self.direction} {self.grid} [{shape}], "
+            f"PatchResult({self.method} {self.mode} {self.grid} [{shape}], "
             f"{len(self.pair_ids)} pairs, "
             f"gap {self.gap()})"
         )
@@ -140,7 +141,7 @@ class PatchResult:
     @property
     def sign(self) -> float:
         """+1 for denoising, -1 for noising (see the module docstring)."""
-        return 1.0 if self.direction == "denoise" else -1.0
+        return self.mode.sign
 
     def flat(self) -> Tensor:
         """Effects in component order, ``[comp]``."""
@@ -176,7 +177,7 @@ class PatchResult:
         return {
             "grid": self.grid,
             "method": self.method,
-            "direction": self.direction,
+            "mode": self.mode.value,
             "axes": list(self.axes),
             "labels": {a: list(lab) for a, lab in zip(self.axes, self.labels, strict=True)},
             "effect": _nested(self.effect),
@@ -200,7 +201,7 @@ class PatchResult:
 def make_result(
     grid: Grid,
     method: str,
-    direction: str,
+    mode: PatchMode | str,
     delta: Tensor,
     clean: Tensor,
     corrupted: Tensor,
@@ -215,7 +216,8 @@ def make_result(
     seconds: float = 0.0,
 ) -> PatchResult:
     """Normalize per-pair deltas ``[pair, comp]`` into a :class:`PatchResult` with intervals."""
-    sign = 1.0 if direction == "denoise" else -1.0
+    mode = PatchMode.of(mode)
+    sign = mode.sign
     gap = clean - corrupted
     eff = effects(delta, gap, sign)
     boot = bootstrap_effects(delta, gap, sign, n_resamples=n_resamples, seed=seed)
@@ -224,7 +226,7 @@ def make_result(
     return PatchResult(
         grid.name,
         method,
-        direction,
+        mode,
         grid.axes,
         grid.labels,
         grid.components,

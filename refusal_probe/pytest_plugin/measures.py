@@ -193,7 +193,7 @@ class DirectionSummary:
             curve=[row(c) for c in result.separation],
             alternative=[row(c) for c in result.alternative],
             alternative_cosine=list(result.alternative_cosine),
-            grid=[asdict(c) for c in result.selection.grid],
+            grid=[c.to_dict() for c in result.selection.grid],
             passed_filters=result.selection.passed_filters,
             refusal_tokens=result.refusal_tokens.to_dict(),
             prompt_counts=result.prompt_counts,
@@ -292,9 +292,9 @@ class DirectionSummary:
 
     def screened_scored(self) -> int | None:
         """How many candidates were scored exactly when screening left some out, else ``None``."""
-        if not any(g["discarded"] == "screened" for g in self.grid):
+        if not any("screened" in g["discarded"] for g in self.grid):  # a list of reasons
             return None
-        return sum(g["discarded"] not in ("zero", "screened") for g in self.grid)
+        return sum(not {"zero", "screened"} & set(g["discarded"]) for g in self.grid)
 
 
 # ---------------------------------------------------------------------------------------------

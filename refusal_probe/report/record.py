@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 #: Version of the audit.json layout; bump the minor for additions, the major for changes.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: config.policy names its audits in order (and its files)
 SCHEMA_ID = "refusal-probe/audit"
-AUDIT_ORDER: tuple[str, ...] = (
+#: The audits of the shipped policy before records named their policy's audits (schema 1.0): how
+#: an old record's checks are ordered. A run's audits and their order now come from its policy.
+AUDITS_BEFORE_1_1: tuple[str, ...] = (
     "behaviour",
     "representation",
     "causal",
@@ -262,10 +264,13 @@ class AuditRecord:
             overall = "not_run"
         return {**counts, "verdict": overall}
 
+    def audit_order(self) -> list[str]:
+        """The audits of the run's policy, in its order (``config.policy.audits``)."""
+        return policy_audits(self.config)
+
     def by_audit(self) -> list[tuple[str, list[CheckRecord]]]:
-        """Checks grouped by audit, in the suite's order, then any other audits by name."""
-        names = [a for a in AUDIT_ORDER if any(c.audit == a for c in self.checks)]
-        names += sorted({c.audit for c in self.checks} - set(AUDIT_ORDER))
+        """Checks grouped by audit, in the policy's order, then any other audits as they ran."""
+        names = ordered_audits(self.audit_order(), [c.audit for c in self.checks])
         return [(a, [c for c in self.checks if c.audit == a]) for a in names]
 
     def check(self, check_id: str) -> CheckRecord | None:
@@ -331,3 +336,25 @@ def _clean(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return _clean(obj.item())
     return str(obj)
+
+
+def policy_audits(config: dict[str, Any]) -> list[str]:
+    """The audit names a record's resolved policy lists, in order.
+
+    A record written before 1.1 does not name its audits; it was judged by the shipped policy of
+    its time, whose order :data:`AUDITS_BEFORE_1_1` keeps.
+    """
+    audits = (config.get("policy") or {}).get("audits")
+    if audits is None:
+        return list(AUDITS_BEFORE_1_1)
+    return [a["name"] for a in audits if isinstance(a, dict) and "name" in a]
+
+
+def ordered_audits(order: Sequence[str], seen: Sequence[str]) -> list[str]:
+    """The audits in ``seen``: those in ``order`` first, in that order, then the rest as seen."""
+    present = set(seen)
+    names = [a for a in order if a in present]
+    for a in seen:
+        if a not in names:
+            names.append(a)
+    return names

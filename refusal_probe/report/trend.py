@@ -20,7 +20,13 @@ from typing import Any
 
 from refusal_probe.errors import ReportError
 from refusal_probe.report.provenance import new_run_id, utc
-from refusal_probe.report.record import AUDIT_ORDER, AuditRecord, Figure, _clean
+from refusal_probe.report.record import (
+    AuditRecord,
+    Figure,
+    _clean,
+    ordered_audits,
+    policy_audits,
+)
 from refusal_probe.report.render import environment, model_slugs, point_latest, write_folder
 from refusal_probe.report.schema import read_record
 
@@ -149,7 +155,7 @@ class Trend:
         id: The trend's run id (its folder name).
         created_utc: When it was built.
         checkpoints: The checkpoints, in series order.
-        checks: Every check that ran at any checkpoint, in the suite's audit order.
+        checks: Every check that ran at any checkpoint, in the policies' audit order.
         notes: What makes the checkpoints hard to compare (different policies, prompt sets...).
     """
 
@@ -165,9 +171,8 @@ class Trend:
         return [c.label for c in self.checkpoints]
 
     def by_audit(self) -> list[tuple[str, list[TrendCheck]]]:
-        """Checks grouped by audit, in the suite's order."""
-        names = [a for a in AUDIT_ORDER if any(c.audit == a for c in self.checks)]
-        names += sorted({c.audit for c in self.checks} - set(AUDIT_ORDER))
+        """Checks grouped by audit, in the policies' order."""
+        names = ordered_audits([], [c.audit for c in self.checks])  # checks are in order already
         return [(a, [c for c in self.checks if c.audit == a]) for a in names]
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,7 +233,8 @@ def build_trend(items: Sequence[SeriesItem], run_id: str | None = None) -> Trend
                 points,
             )
         )
-    order = {a: i for i, a in enumerate(AUDIT_ORDER)}
+    policies = [policy_audits(r.config) for r in records if r is not None]
+    order = {a: i for i, a in enumerate(ordered_audits([], [a for p in policies for a in p]))}
     checks.sort(key=lambda c: order.get(c.audit, len(order)))  # stable: run order within an audit
     return Trend(
         id=run_id or new_run_id(),
