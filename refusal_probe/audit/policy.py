@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from refusal_probe.errors import PolicyError
-from refusal_probe.stats.verdicts import Threshold
+from refusal_probe.stats.verdicts import Bound, Threshold
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +47,7 @@ UNITS: dict[str, tuple[float, float]] = {
     "ratio": (0.0, math.inf),
 }
 
-_CHECK_KEYS = {"at_least", "at_most", "unit", "rationale", "enabled"}
+_CHECK_KEYS = {b.key for b in Bound} | {"unit", "rationale", "enabled"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -109,7 +109,7 @@ class CheckPolicy:
 
     Attributes:
         id: ``<audit>.<name>``, the key the audit file asks for.
-        threshold: The bar and its direction.
+        threshold: The bar and its bound (≥ or ≤).
         unit: One of :data:`UNITS`.
         rationale: One line saying why the bar is where it is.
         enabled: ``false`` turns the check off (reported as not run, with the reason).
@@ -170,7 +170,7 @@ class Policy:
             "checks": {
                 cid: {
                     "threshold": c.threshold.value,
-                    "direction": c.threshold.direction,
+                    "direction": c.threshold.bound.key,
                     "unit": c.unit,
                     "rationale": c.rationale,
                     "enabled": c.enabled,
@@ -255,11 +255,10 @@ def _check(cid: str, sec: dict[str, Any], errors: list[str]) -> CheckPolicy | No
     for key in sec:
         if key not in _CHECK_KEYS:
             errors.append(f"[{cid}] {key}: unknown key; known: {', '.join(sorted(_CHECK_KEYS))}")
-    bounds = [k for k in ("at_least", "at_most") if k in sec]
+    bounds = [b for b in Bound if b.key in sec]
     if len(bounds) != 1:
-        errors.append(
-            f"[{cid}]: give exactly one of at_least or at_most (got {bounds or 'neither'})"
-        )
+        got = [b.key for b in bounds] or "neither"
+        errors.append(f"[{cid}]: give exactly one of at_least or at_most (got {got})")
     unit = sec.get("unit")
     if unit not in UNITS:
         errors.append(f"[{cid}] unit: {unit!r} is not one of {', '.join(UNITS)}")
@@ -271,22 +270,22 @@ def _check(cid: str, sec: dict[str, Any], errors: list[str]) -> CheckPolicy | No
     enabled = sec.get("enabled", True)
     if not isinstance(enabled, bool):
         errors.append(f"[{cid}] enabled: must be true or false, got {enabled!r}")
-    value = sec.get(bounds[0]) if len(bounds) == 1 else None
+    value = sec.get(bounds[0].key) if len(bounds) == 1 else None
     if len(bounds) == 1:
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
         ):
-            errors.append(f"[{cid}] {bounds[0]}: must be a finite number, got {value!r}")
+            errors.append(f"[{cid}] {bounds[0].key}: must be a finite number, got {value!r}")
         elif unit in UNITS and not UNITS[unit][0] <= value <= UNITS[unit][1]:
             lo, hi = UNITS[unit]
             errors.append(
-                f"[{cid}] {bounds[0]}: {value!r} is outside the range of unit {unit!r} [{lo:g}, "
-                f"{hi:g}]"
+                f"[{cid}] {bounds[0].key}: {value!r} is outside the range of unit {unit!r} "
+                f"[{lo:g}, {hi:g}]"
             )
     if len(errors) > before:
         return None
     return CheckPolicy(
         cid, Threshold(float(value), bounds[0]), str(unit), str(rationale).strip(), enabled
-    )  # type: ignore[arg-type]
+    )
