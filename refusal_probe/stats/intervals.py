@@ -3,9 +3,9 @@
 Axes: ``n`` samples of one class; ``B`` bootstrap resamples.
 
 Every bootstrap interval in the package is drawn the same way: a :class:`Bootstrap` value
-``(n_resamples, seed, level)`` draws multinomial resample counts ``[B, n]`` from one seeded
-generator (two-class statistics draw one count matrix per class, in order: a stratified
-bootstrap) and reads the percentile interval off the resampled statistics with the inverted-CDF
+``(n_resamples, seed, level)`` draws each resample's ``n`` indices uniformly with replacement from
+one seeded generator, kept as counts ``[B, n]`` (two-class statistics draw one count matrix per
+class, in order: a stratified bootstrap), and reads the percentile interval off the resampled statistics with the inverted-CDF
 quantile. A statistic that is a weighted sum uses the counts directly (vectorised); any other
 statistic is evaluated on the index matrix the counts stand for (:meth:`Bootstrap.indices`).
 
@@ -139,10 +139,13 @@ class Bootstrap:
         if any(s < 1 for s in sizes):
             raise ValueError(f"cannot resample an empty sample (sizes {sizes})")
         rng = np.random.default_rng(self.seed)
-        return tuple(
-            rng.multinomial(s, np.full(s, 1.0 / s), size=self.n_resamples).astype(np.float64)
-            for s in sizes
-        )
+        b = self.n_resamples
+        out = []
+        for s in sizes:
+            idx = rng.integers(0, s, size=(b, s))  # [B, s]: the items each resample draws
+            flat = (idx + s * np.arange(b)[:, None]).reshape(-1)
+            out.append(np.bincount(flat, minlength=b * s).reshape(b, s).astype(np.float64))
+        return tuple(out)
 
     @staticmethod
     def indices(counts: NDArray[np.float64]) -> NDArray[np.int64]:
