@@ -7,7 +7,7 @@ with the reason, otherwise.
 import pytest
 
 from refusal_probe.errors import PatchingError
-from refusal_probe.stats.verdicts import Estimate
+from refusal_probe.stats.intervals import Interval
 
 pytestmark = pytest.mark.finetune
 
@@ -63,7 +63,7 @@ def test_circuit_overlap(audit, findings, baseline):
     jaccard = mine.overlap(theirs)
     audit.check(
         "finetune.circuit_overlap",
-        Estimate(jaccard, jaccard, jaccard, method="exact: the two top-5 sets (no interval)"),
+        Interval(jaccard, jaccard, jaccard, method="exact: the two top-5 sets (no interval)"),
         details={
             "candidate": list(mine.components),
             "baseline": list(theirs.components),

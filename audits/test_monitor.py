@@ -11,13 +11,14 @@ positives are measured on the held-out test split, per jailbreak family of the f
 Hardening: the refusal effect left when the top localized components are ablated one by one.
 """
 
+import dataclasses
+
 import pytest
 
 from refusal_probe.errors import PatchingError
 from refusal_probe.monitor.evaluate import EvalConfig, MonitorEvaluation, evaluate_monitor
 from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
 from refusal_probe.monitor.hardening import Hardening, measure_hardening
-from refusal_probe.stats.verdicts import Estimate
 
 pytestmark = pytest.mark.monitor
 
@@ -63,7 +64,6 @@ def hardness(findings):
         pairs = findings.matched_test_pairs()
     except PatchingError as exc:
         pytest.skip(f"hardening could not be measured: {exc}")
-    s = findings.settings
 
     def compute():
         return measure_hardening(
@@ -71,9 +71,7 @@ def hardness(findings):
             pairs,
             k=HARDENING_K,
             circuit=findings.localized(),  # the localization audit's circuit, when this run made it
-            n_resamples=s.resamples,
-            seed=findings.options.seed,
-            level=s.confidence,
+            boot=findings.bootstrap,
         )
 
     try:
@@ -93,7 +91,7 @@ def test_detection_auroc(audit, monitor_eval):
     family, auc = monitor_eval.worst_auroc("alarm")
     audit.check(
         "monitor.detection_auroc",
-        Estimate(auc.value, auc.low, auc.high, auc.level, auc.method, _n_successful(monitor_eval)),
+        dataclasses.replace(auc, n=_n_successful(monitor_eval)),
         figures=[monitor_eval.table()],
         details={
             "worst_family": family,
@@ -138,7 +136,7 @@ def test_hardening_survival(audit, hardness):
     threshold = audit.threshold("monitor.hardening_survival")
     audit.check(
         "monitor.hardening_survival",
-        Estimate.of(hardness.weakest),
+        hardness.weakest,
         figures=[hardness.figure(threshold)],
         details={
             "weakest_component": hardness.weakest_component,

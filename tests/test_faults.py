@@ -35,14 +35,14 @@ import time
 
 import pytest
 
-from refusal_probe.stats.verdicts import Estimate
+from refusal_probe.stats.intervals import Interval
 
 pytestmark = pytest.mark.behaviour
 
 
 def test_rate(audit):
     """A check that passes."""
-    audit.check("behaviour.harmful_refusal", Estimate(0.95, 0.92, 0.98, n=100, method="wilson"))
+    audit.check("behaviour.harmful_refusal", Interval(0.95, 0.92, 0.98, n=100, method="wilson"))
 
 
 def test_slow():

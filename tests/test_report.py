@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import tomllib
 from hypothesis import given
@@ -34,8 +35,8 @@ from refusal_probe.report import (
 )
 from refusal_probe.report import render as render_module
 from refusal_probe.report.plots import render_figure
-from refusal_probe.stats.intervals import Interval, wilson_interval
-from refusal_probe.stats.verdicts import Estimate, Threshold, Verdict, decide
+from refusal_probe.stats.intervals import Bootstrap, Interval, bootstrap_mean, wilson_interval
+from refusal_probe.stats.verdicts import Bound, Threshold, Verdict, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,37 +60,37 @@ def test_judge_compares_the_interval_not_the_point(
     lo: float, hi: float, direction: str, want: Verdict
 ) -> None:
     t = Threshold(0.9 if direction == "at_least" else 0.1, direction)  # type: ignore[arg-type]
-    est = Estimate((lo + hi) / 2, lo, hi)
+    est = Interval((lo + hi) / 2, lo, hi)
     assert decide(est, t).verdict is want
 
 
 def test_strict_turns_inconclusive_into_failure_only() -> None:
     t = Threshold(0.9, "at_least")
-    j = decide(Estimate(0.91, 0.85, 0.95), t, strict=True)
+    j = decide(Interval(0.91, 0.85, 0.95), t, strict=True)
     assert (j.verdict, j.raw) == (Verdict.FAIL, Verdict.INCONCLUSIVE)
     assert "under --strict" in j.message
-    assert decide(Estimate(0.95, 0.92, 0.99), t, strict=True).verdict is Verdict.PASS
+    assert decide(Interval(0.95, 0.92, 0.99), t, strict=True).verdict is Verdict.PASS
 
 
 def test_a_point_above_the_bar_with_a_wide_interval_is_not_a_pass() -> None:
     assert (
-        decide(Estimate(0.95, 0.5, 1.0, n=4), Threshold(0.9, "at_least")).verdict
+        decide(Interval(0.95, 0.5, 1.0, n=4), Threshold(0.9, "at_least")).verdict
         is Verdict.INCONCLUSIVE
     )
 
 
 def test_not_a_number_is_never_a_pass() -> None:
     nan = float("nan")
-    j = decide(Estimate(nan, nan, nan), Threshold(0.9, "at_least"))
+    j = decide(Interval(nan, nan, nan), Threshold(0.9, "at_least"))
     assert j.verdict is Verdict.INCONCLUSIVE and "not a finite number" in j.message
     assert (
-        decide(Estimate(nan, nan, nan), Threshold(0.9, "at_least"), strict=True).verdict
+        decide(Interval(nan, nan, nan), Threshold(0.9, "at_least"), strict=True).verdict
         is Verdict.FAIL
     )
 
 
 def test_failure_message_says_by_how_much() -> None:
-    j = decide(Estimate(0.2, 0.1, 0.3), Threshold(0.9, "at_least"), name="harmful refusal rate")
+    j = decide(Interval(0.2, 0.1, 0.3), Threshold(0.9, "at_least"), name="harmful refusal rate")
     assert j.message.startswith("harmful refusal rate 0.200 [0.100, 0.300] is below the bar")
     assert "misses it by 0.6" in j.message and j.margin == pytest.approx(-0.6)
 
@@ -100,7 +101,7 @@ def test_verdicts_agree_with_where_the_interval_lies(
 ) -> None:
     hi = lo + width
     thr = Threshold(t, "at_least" if at_least else "at_most")
-    v = decide(Estimate(lo + width / 2, lo, hi), thr).verdict
+    v = decide(Interval(lo + width / 2, lo, hi), thr).verdict
     good_side = lo >= t if at_least else hi <= t
     bad_side = hi < t if at_least else lo > t
     assert (v is Verdict.PASS) == good_side
@@ -108,13 +109,14 @@ def test_verdicts_agree_with_where_the_interval_lies(
     assert (v is Verdict.INCONCLUSIVE) == (not good_side and not bad_side)
 
 
-def test_estimates_come_from_the_engine_intervals() -> None:
-    r = Estimate.of(wilson_interval(45, 50))
-    assert (r.n, r.method) == (50, "wilson") and r.lo < 0.9 < r.hi
-    i = Estimate.of(Interval(0.5, 0.4, 0.6, 0.95, "bootstrap-percentile", 1000))
-    assert i.method == "bootstrap-percentile (1000 resamples)" and i.n is None
-    with pytest.raises(TypeError, match="cannot judge float"):
-        Estimate.of(0.5)
+def test_the_engine_intervals_are_judged_directly() -> None:
+    r = wilson_interval(45, 50)
+    assert (r.n, r.k, r.method) == (50, 45, "wilson") and r.low < 0.9 < r.high
+    assert decide(r, Threshold(0.9, Bound.AT_LEAST)).verdict is Verdict.INCONCLUSIVE
+    i = bootstrap_mean(np.linspace(0.4, 0.6, 20), Bootstrap(1000))
+    assert i.method == "bootstrap percentile (1000 resamples)" and i.n is None
+    assert i.n_resamples == 1000
+    assert decide(i, Threshold(0.9, Bound.AT_LEAST)).verdict is Verdict.FAIL
 
 
 # --- the policy ---------------------------------------------------------------------------------

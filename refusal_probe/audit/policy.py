@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from refusal_probe.errors import PolicyError
-from refusal_probe.stats.verdicts import Threshold
+from refusal_probe.stats.verdicts import Bound, Threshold
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,8 +62,8 @@ UNITS: dict[str, tuple[float, float]] = {
 #: The shipped default policy (``extends = "default"`` names it).
 DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "audits" / "policy.toml"
 
-_BOUNDS = ("at_least", "at_most")
-_CHECK_KEYS = {*_BOUNDS, "unit", "rationale", "enabled"}
+_BOUND_KEYS = tuple(b.key for b in Bound)
+_CHECK_KEYS = {*_BOUND_KEYS, "unit", "rationale", "enabled"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -125,7 +125,7 @@ class CheckPolicy:
 
     Attributes:
         id: ``<audit>.<name>``, the key the audit file asks for.
-        threshold: The bar and its direction.
+        threshold: The bar and its bound (≥ or ≤).
         unit: One of :data:`UNITS`.
         rationale: One line saying why the bar is where it is.
         enabled: ``false`` turns the check off (reported as not run, with the reason).
@@ -212,7 +212,7 @@ class Policy:
             "checks": {
                 cid: {
                     "threshold": c.threshold.value,
-                    "direction": c.threshold.direction,
+                    "direction": c.threshold.bound.key,
                     "unit": c.unit,
                     "rationale": c.rationale,
                     "enabled": c.enabled,
@@ -347,8 +347,8 @@ def _merge_audit(
         cid = f"{audit}.{name}"
         merged = sections.setdefault(name, {})
         into.section_file.setdefault(cid, file)
-        if any(b in section for b in _BOUNDS):  # a new bar replaces the old one, whichever side
-            for b in _BOUNDS:
+        if any(b in section for b in _BOUND_KEYS):  # a new bar replaces the old one, whichever side
+            for b in _BOUND_KEYS:
                 merged.pop(b, None)
         merged.update({k: (v, file) for k, v in section.items()})
 
@@ -408,12 +408,13 @@ def _check(
             errors.append(
                 (where(key), f"[{cid}] {key}: unknown key; known: {', '.join(sorted(_CHECK_KEYS))}")
             )
-    bounds = [k for k in _BOUNDS if k in sec]
+    bounds = [b for b in Bound if b.key in sec]
     if len(bounds) != 1:
+        got = [b.key for b in bounds] or "neither"
         errors.append(
             (
-                where(bounds[-1]) if bounds else file,
-                f"[{cid}]: give exactly one of at_least or at_most (got {bounds or 'neither'})",
+                where(bounds[-1].key) if bounds else file,
+                f"[{cid}]: give exactly one of at_least or at_most (got {got})",
             )
         )
     unit = sec.get("unit", (None, file))[0]
@@ -434,7 +435,7 @@ def _check(
         errors.append(
             (where("enabled"), f"[{cid}] enabled: must be true or false, got {enabled!r}")
         )
-    value = sec[bounds[0]][0] if len(bounds) == 1 else None
+    value = sec[bounds[0].key][0] if len(bounds) == 1 else None
     if len(bounds) == 1:
         b = bounds[0]
         if (
@@ -442,13 +443,15 @@ def _check(
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
         ):
-            errors.append((where(b), f"[{cid}] {b}: must be a finite number, got {value!r}"))
+            errors.append(
+                (where(b.key), f"[{cid}] {b.key}: must be a finite number, got {value!r}")
+            )
         elif unit in UNITS and not UNITS[unit][0] <= value <= UNITS[unit][1]:
             lo, hi = UNITS[unit]
             errors.append(
                 (
-                    where(b),
-                    f"[{cid}] {b}: {value!r} is outside the range of unit {unit!r} [{lo:g}, "
+                    where(b.key),
+                    f"[{cid}] {b.key}: {value!r} is outside the range of unit {unit!r} [{lo:g}, "
                     f"{hi:g}]",
                 )
             )
@@ -456,4 +459,4 @@ def _check(
         return None
     return CheckPolicy(
         cid, Threshold(float(value), bounds[0]), str(unit), str(rationale).strip(), enabled
-    )  # type: ignore[arg-type]
+    )

@@ -52,15 +52,16 @@ from refusal_probe.patching.results import (
     Agreement,
     PatchResult,
     agreement,
+    bounds,
     effects,
-    interval,
-    percentile_bounds,
-    resample_counts,
+    pair_counts,
+    pair_interval,
+    pair_method,
     spearman,
     top_k,
 )
 from refusal_probe.patching.sweeps import attribution_patching, patch_variants
-from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval
+from refusal_probe.stats.intervals import Bootstrap, Interval
 
 _KIND_GRID = {"head": "head", "mlp": "mlp"}
 
@@ -209,9 +210,7 @@ def localize(
     exact_all: bool = False,
     pair_batch: int = 32,
     max_rows: int = 256,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> CircuitResult:
     """Localize the refusal circuit: attribution filter, exact confirmation, circuit summary.
 
@@ -227,9 +226,7 @@ def localize(
         exact_all: Patch every candidate exactly (the attribution agreement is then over all).
         pair_batch: Pairs per chunk.
         max_rows: Most rows (variants x pairs) per forward pass.
-        n_resamples: Bootstrap resamples (intervals and stability).
-        seed: Seed of the bootstrap.
-        level: Confidence level.
+        boot: Resamples (of pairs), seed and level of the intervals and the stability.
 
     Raises:
         PatchingError: Unmatched pairs, unknown kinds, ``k`` < 1, or no refusal gap to explain.
@@ -252,9 +249,7 @@ def localize(
         positions=Positions("explicit", offsets),
         mode=mode,
         pair_batch=pair_batch,
-        n_resamples=n_resamples,
-        seed=seed,
-        level=level,
+        boot=boot,
     )
     cand = effect_map(attr.values())
     any_attr = next(iter(attr.values()))
@@ -281,8 +276,8 @@ def localize(
     exact_map = dict(zip(confirm, exact.tolist(), strict=True))
     circuit = top_k({c: (0.0 if math.isnan(v) else v) for c, v in exact_map.items()}, k)
     col = [confirm.index(c) for c in circuit]
-    counts = resample_counts(batch.n, n_resamples, seed)  # [B, pair]
-    eff_iv = _intervals(out.delta[:, col], gap, sign, counts, level, n_resamples)
+    counts = pair_counts(boot, batch.n)  # [B, pair]
+    eff_iv = _intervals(out.delta[:, col], gap, sign, counts, boot)
     joint = patch_variants(
         model,
         batch,
@@ -293,7 +288,7 @@ def localize(
         max_rows=max_rows,
     )
     curve = effects(joint.delta, gap, sign)
-    restored = _intervals(joint.delta[:, -1:], gap, sign, counts, level, n_resamples)[0]
+    restored = _intervals(joint.delta[:, -1:], gap, sign, counts, boot)[0]
     kept = _fraction_kept(
         model,
         batch,
@@ -303,11 +298,10 @@ def localize(
         metric,
         gap,
         counts,
-        level,
-        n_resamples,
+        boot,
         pair_batch,
     )
-    stability = _stability(out.delta, gap, sign, circuit, confirm, counts, level)
+    stability = _stability(out.delta, gap, sign, circuit, confirm, counts, boot)
     agree = agreement({c: cand[c] for c in confirm}, exact_map, k)
     forwards = (
         any_attr.forwards + out.forwards + joint.forwards + 4 * math.ceil(batch.n / pair_batch)
@@ -324,7 +318,7 @@ def localize(
         "all" if n_conf == len(cand) else "confirmed",
         exact_map,
         attr,
-        any_attr.gap(seed=seed),
+        any_attr.gap(),
         k,
         offsets,
         mode,
@@ -337,16 +331,17 @@ def localize(
 
 
 def _intervals(
-    delta: Tensor, gap: Tensor, sign: float, counts: Tensor, level: float, n_resamples: int
+    delta: Tensor, gap: Tensor, sign: float, counts: Tensor, boot: Bootstrap
 ) -> list[Interval]:
     """Effect and bootstrap interval of each column of ``delta`` ``[pair, m]``."""
     value = effects(delta, gap, sign)
-    boot = (
+    resampled = (
         sign * (counts @ delta / delta.shape[0]) / (counts @ gap / delta.shape[0])[:, None]
     )  # [B, m]
-    lo, hi = percentile_bounds(boot, value, level)
+    lo, hi = bounds(boot, resampled, value)
+    method = pair_method(boot)
     return [
-        Interval(float(v), float(a), float(b), level, "bootstrap-percentile", n_resamples)
+        Interval(float(v), float(a), float(b), boot.level, method, n_resamples=boot.n_resamples)
         for v, a, b in zip(value, lo, hi, strict=True)
     ]
 
@@ -358,28 +353,27 @@ def _stability(
     circuit: list[Component],
     confirm: list[Component],
     counts: Tensor,
-    level: float,
+    boot: Bootstrap,
 ) -> RankStability:
     """Top-k Jaccard, Spearman and per-component inclusion over resampled pairs."""
     n = delta.shape[0]
     full = effects(delta, gap, sign).nan_to_num(0.0)
-    boot = (sign * (counts @ delta / n) / (counts @ gap / n)[:, None]).nan_to_num(0.0)  # [B, comp]
+    resampled = (sign * (counts @ delta / n) / (counts @ gap / n)[:, None]).nan_to_num(0.0)
     k = len(circuit)
     want = torch.tensor([confirm.index(c) for c in circuit])
-    top = torch.topk(boot.abs(), k, dim=1).indices  # [B, k]
-    member = torch.zeros_like(boot, dtype=torch.bool).scatter_(1, top, True)  # [B, comp]
+    top = torch.topk(resampled.abs(), k, dim=1).indices  # [B, k]
+    member = torch.zeros_like(resampled, dtype=torch.bool).scatter_(1, top, True)  # [B, comp]
     inter = member[:, want].sum(1).double()
     jac = inter / (2 * k - inter)
     rho = torch.tensor(
-        [spearman(b.numpy(), full.numpy()) if len(full) > 2 else math.nan for b in boot],
+        [spearman(b.numpy(), full.numpy()) if len(full) > 2 else math.nan for b in resampled],
         dtype=torch.float64,
     )
-    b = counts.shape[0]
     return RankStability(
-        interval(jac, float(jac.mean()), level, b),
-        interval(rho, float(np.nanmean(rho.numpy())), level, b),
+        pair_interval(boot, float(jac.mean()), jac),
+        pair_interval(boot, float(np.nanmean(rho.numpy())), rho),
         tuple(member[:, want].double().mean(0).tolist()),
-        b,
+        boot.n_resamples,
     )
 
 
@@ -393,8 +387,7 @@ def _fraction_kept(
     metric: Metric,
     gap: Tensor,
     counts: Tensor,
-    level: float,
-    n_resamples: int,
+    boot: Bootstrap,
     pair_batch: int,
 ) -> Interval:
     """Share of the gap left with every non-circuit candidate mean-ablated at the span.
@@ -443,8 +436,8 @@ def _fraction_kept(
             values.append(metric(logits[:, -1, :]).detach().double().cpu())
         kept[rows] = values[0] - values[1]
     n = batch.n
-    boot = (counts @ kept / n) / (counts @ gap / n)
-    return interval(boot, float(kept.mean() / gap.mean()), level, n_resamples)
+    resampled = (counts @ kept / n) / (counts @ gap / n)  # [B]
+    return pair_interval(boot, float(kept.mean() / gap.mean()), resampled)
 
 
 def _mean_write(act: Tensor, hook: Any, at: Tensor, mean: Tensor, heads: Tensor | None) -> Tensor:

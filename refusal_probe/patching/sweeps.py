@@ -37,7 +37,7 @@ from refusal_probe.patching.pairs import (
     offsets_for,
 )
 from refusal_probe.patching.results import PatchResult, make_result
-from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED
+from refusal_probe.stats.intervals import Bootstrap
 
 
 def exact_patching(
@@ -51,9 +51,7 @@ def exact_patching(
     mode: PatchMode | str = PatchMode.DENOISE,
     pair_batch: int = 32,
     max_rows: int = 256,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> PatchResult:
     """Exact activation patching of every component of ``grid``, many per forward pass.
 
@@ -72,9 +70,7 @@ def exact_patching(
             the names ``"denoise"`` and ``"noise"`` work too.
         pair_batch: Pairs per chunk.
         max_rows: Most rows (variants x pairs) per forward pass; bounds memory.
-        n_resamples: Bootstrap resamples for the intervals.
-        seed: Seed of the bootstrap.
-        level: Confidence level of the intervals.
+        boot: Resamples, seed and level of the intervals (pairs are resampled).
 
     Returns:
         Effects with intervals, shaped like the grid.
@@ -92,9 +88,7 @@ def exact_patching(
         layers,
         mode,
         pair_batch,
-        n_resamples,
-        seed,
-        level,
+        boot,
         lambda b, comps, m: run_exact(
             model, b, [(c,) for c in comps], m, mode=mode, max_rows=max_rows
         ),
@@ -111,9 +105,7 @@ def reference_patching(
     layers: Sequence[int] | None = None,
     mode: PatchMode | str = PatchMode.DENOISE,
     pair_batch: int = 32,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> PatchResult:
     """Exact patching with one full forward pass per component (the slow yardstick).
 
@@ -129,9 +121,7 @@ def reference_patching(
         layers,
         mode,
         pair_batch,
-        n_resamples,
-        seed,
-        level,
+        boot,
         lambda b, comps, m: run_reference(model, b, [(c,) for c in comps], m, mode=mode),
     )
 
@@ -146,9 +136,7 @@ def attribution_patching(
     layers: Sequence[int] | None = None,
     mode: PatchMode | str = PatchMode.DENOISE,
     pair_batch: int = 32,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> dict[str, PatchResult]:
     """Attribution patching of every component of every grid in ``grids``, in 3 passes per chunk.
 
@@ -188,9 +176,7 @@ def attribution_patching(
             pair_ids=batch.ids,
             metric=metric_name(metric),
             model_fingerprint=model.identity.fingerprint,
-            level=level,
-            n_resamples=n_resamples,
-            seed=seed,
+            boot=boot,
             forwards=out.forwards,
             seconds=seconds,
         )
@@ -226,9 +212,7 @@ def _sweep(
     layers: Sequence[int] | None,
     mode: PatchMode | str,
     pair_batch: int,
-    n_resamples: int,
-    seed: int,
-    level: float,
+    boot: Bootstrap,
     run: Callable[[PairBatch, Sequence[Component], Metric], Outcome],
 ) -> PatchResult:
     mode = PatchMode.of(mode)
@@ -254,9 +238,7 @@ def _sweep(
         pair_ids=batch.ids,
         metric=metric_name(metric),
         model_fingerprint=model.identity.fingerprint,
-        level=level,
-        n_resamples=n_resamples,
-        seed=seed,
+        boot=boot,
         forwards=out.forwards,
         seconds=time.perf_counter() - t0,
     )

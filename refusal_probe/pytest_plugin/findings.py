@@ -36,6 +36,7 @@ from refusal_probe.pytest_plugin.measures import (
 )
 from refusal_probe.pytest_plugin.session import AuditOptions
 from refusal_probe.pytest_plugin.store import ResultStore, load_direction, save_direction
+from refusal_probe.stats.intervals import Bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class Findings:
         self.options = options
         self.policy = policy
         self.settings = policy.settings
+        #: How every bootstrap interval of the run is drawn (the policy's settings, the run's seed).
+        self.bootstrap = Bootstrap(self.settings.resamples, options.seed, self.settings.confidence)
         self.store = ResultStore(options.cache_dir)
         #: Seconds each shared result took (without the results it asked for), and whether the
         #: disk cache served it: where an audit's time went.
@@ -401,8 +404,7 @@ class Findings:
 
             b = self._behaviour_of(rows("harmful_baseline"), rows("harmless_baseline"))
             self.shared("behaviour", lambda: b, load=lambda _: None)  # memo + disk, as if generated
-        s = self.settings
-        return Causal.of(v, n_resamples=s.resamples, seed=self.options.seed, level=s.confidence)
+        return Causal.of(v, self.bootstrap)
 
     # --- localization ------------------------------------------------------------------------
 
@@ -448,15 +450,12 @@ class Findings:
         def compute() -> Circuit:
             from refusal_probe.patching import localize
 
-            s = self.settings
             pairs = self.matched_test_pairs()
             result = localize(
                 self.model,
                 [(p.harmful, p.harmless) for p in pairs],
                 k=CIRCUIT_K,
-                n_resamples=s.resamples,
-                seed=self.options.seed,
-                level=s.confidence,
+                boot=self.bootstrap,
             )
             self._memo["circuit_result"] = result
             return Circuit.of(result)

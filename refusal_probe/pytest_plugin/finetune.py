@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from refusal_probe.errors import DirectionError, ModelLoadError, ReportError
@@ -26,7 +25,7 @@ from refusal_probe.pytest_plugin.inputs import spec_config
 from refusal_probe.pytest_plugin.measures import interval_of, rate_dict, rate_difference, rate_of
 from refusal_probe.pytest_plugin.store import load_direction
 from refusal_probe.report.record import AuditRecord, Figure
-from refusal_probe.stats.intervals import Interval, Rate, wilson_interval
+from refusal_probe.stats.intervals import Bootstrap, Interval, wilson_interval
 
 
 def _is_audit(spec: str) -> bool:
@@ -103,7 +102,7 @@ class ModelBaseline:
         """The baseline's selected direction and its per-layer candidates at that position."""
         return self.findings.direction_vector()
 
-    def rates(self) -> tuple[Rate, Rate]:
+    def rates(self) -> tuple[Interval, Interval]:
         """The baseline's harmful and harmless refusal rates."""
         b = self.findings.behaviour()
         return b.harmful, b.harmless
@@ -146,7 +145,7 @@ class AuditBaseline:
             )
         return load_direction(art)
 
-    def rates(self) -> tuple[Rate, Rate]:
+    def rates(self) -> tuple[Interval, Interval]:
         """The harmful and harmless refusal rates the earlier run measured."""
         out = []
         for cid in ("behaviour.harmful_refusal", "behaviour.harmless_over_refusal"):
@@ -219,8 +218,8 @@ class FineTune:
     cosine: Interval
     layers: list[int]
     cosine_per_layer: list[float | None]
-    transfer: Rate
-    candidate_ablated: Rate
+    transfer: Interval
+    candidate_ablated: Interval
     refusal_drop: Interval
     baseline_rates: dict[str, dict[str, Any]]
     candidate_rates: dict[str, dict[str, Any]]
@@ -285,7 +284,7 @@ class FineTune:
     def rates_figure(self) -> Figure:
         """Refusal rates: baseline, candidate, candidate with the baseline's direction ablated."""
 
-        def r(d: dict[str, Any]) -> Rate:
+        def r(d: dict[str, Any]) -> Interval:
             return rate_of(d)
 
         return Figure(
@@ -314,7 +313,7 @@ class FineTune:
         )
 
 
-def _series(name: str, rates: list[Rate | None]) -> dict[str, Any]:
+def _series(name: str, rates: list[Interval | None]) -> dict[str, Any]:
     return {
         "name": name,
         "values": [r.value if r else None for r in rates],
@@ -332,7 +331,7 @@ def measure_finetune(f: Findings, base: ModelBaseline | AuditBaseline) -> FineTu
     from refusal_probe.direction.estimators import check_fits
     from refusal_probe.selection.search import split_texts
 
-    s, seed = f.settings, f.options.seed
+    s, boot = f.settings, f.bootstrap
     direction, base_layers_vecs, base_layers = base.direction()
     check_fits(f.model, direction)
     harmful, harmless = split_texts(f.fixtures, "train")
@@ -351,14 +350,7 @@ def measure_finetune(f: Findings, base: ModelBaseline | AuditBaseline) -> FineTu
         _cos(base_layers_vecs[i], mine[base_layers[i]]) if base_layers[i] < mine.shape[0] else None
         for i in range(len(base_layers))
     ]
-    cos = _bootstrap_cosine(
-        direction.vector,
-        h[:, direction.layer],
-        l_[:, direction.layer],
-        s.resamples,
-        seed,
-        s.confidence,
-    )
+    cos = _bootstrap_cosine(direction.vector, h[:, direction.layer], l_[:, direction.layer], boot)
     t = transfer(
         direction, f.model, f.fixtures, validation=f.validation_config(), cache=kw["cache"]
     ).validation
@@ -378,9 +370,7 @@ def measure_finetune(f: Findings, base: ModelBaseline | AuditBaseline) -> FineTu
         cosine_per_layer=per_layer,
         transfer=wilson_interval(k, n, s.confidence),
         candidate_ablated=t.harmful_ablated,
-        refusal_drop=rate_difference(
-            base_h, cand.harmful, n_resamples=s.resamples, seed=seed, level=s.confidence
-        ),
+        refusal_drop=rate_difference(base_h, cand.harmful, boot),
         baseline_rates={"harmful": rate_dict(base_h), "harmless": rate_dict(base_l)},
         candidate_rates={"harmful": rate_dict(cand.harmful), "harmless": rate_dict(cand.harmless)},
     )
@@ -395,30 +385,14 @@ def _bootstrap_cosine(
     reference: torch.Tensor,
     harmful: torch.Tensor,
     harmless: torch.Tensor,
-    n_resamples: int,
-    seed: int,
-    level: float,
+    boot: Bootstrap,
 ) -> Interval:
     """Cosine of ``reference`` with mean(harmful) − mean(harmless), resampling prompts."""
     ref = reference.double() / reference.double().norm()
-    rng = np.random.default_rng(seed)
-
-    def weights(n: int) -> torch.Tensor:
-        return torch.from_numpy(
-            rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples) / n
-        )  # [B, n]
-
-    diffs = weights(harmful.shape[0]) @ harmful - weights(harmless.shape[0]) @ harmless  # [B, d]
+    nh, nl = harmful.shape[0], harmless.shape[0]
+    ch, cl = (torch.from_numpy(c) for c in boot.stratified_counts(nh, nl))  # [B, n_h], [B, n_l]
+    diffs = ch @ harmful / nh - cl @ harmless / nl  # [B, d]
     cos_b = (diffs @ ref) / diffs.norm(dim=1).clamp_min(1e-30)
     value = _cos(reference, harmful.mean(0) - harmless.mean(0))
     v = math.nan if value is None else value
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(cos_b.numpy(), [alpha, 1 - alpha])
-    return Interval(
-        v,
-        float(min(lo, v)),
-        float(max(hi, v)),
-        level,
-        "bootstrap-percentile over prompts",
-        n_resamples,
-    )
+    return boot.interval(v, cos_b.numpy(), boot.method("stratified", "prompts"))

@@ -25,8 +25,7 @@ from refusal_probe.errors import PolicyError, RefusalProbeError
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.report.plots import render_figure
 from refusal_probe.report.record import Figure
-
-_SYMBOL = {"at_least": "≥", "at_most": "≤"}
+from refusal_probe.stats.verdicts import Bound
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -294,7 +293,7 @@ def _summarize(tr: Any, run: CheckpointRun, width: int, alone: bool) -> None:
             verdict, {"yellow": True}
         )
         tr.write(
-            f"{c['id']:<{width}}  {_interval(c):<28} {_SYMBOL[c['direction']]} "
+            f"{c['id']:<{width}}  {_interval(c):<28} {Bound(c['direction']).symbol} "
             f"{c['threshold']:<8g} "
         )
         tr.write(verdict, **markup)
@@ -323,7 +322,7 @@ def _interval(c: dict[str, Any]) -> str:
 
 
 def _one_line(c: dict[str, Any]) -> str:
-    return f"{c['verdict']} {_interval(c)} {_SYMBOL[c['direction']]} {c['threshold']:g}"
+    return f"{c['verdict']} {_interval(c)} {Bound(c['direction']).symbol} {c['threshold']:g}"
 
 
 def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:

@@ -13,43 +13,37 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
 from refusal_probe.report.record import Figure, rank_curves
-from refusal_probe.stats.intervals import Interval, Rate, bootstrap_mean
+from refusal_probe.stats import intervals
+from refusal_probe.stats.intervals import Bootstrap, Interval, paired_difference
 
 #: Bumped whenever a result's content or meaning changes (it keys the results cache).
-MEASURES_VERSION = "2"
+MEASURES_VERSION = "3"
 
 
-def rate_dict(r: Rate) -> dict[str, Any]:
-    """A Rate as plain data."""
+def rate_dict(r: Interval) -> dict[str, Any]:
+    """A rate as plain data."""
     return asdict(r)
 
 
-def rate_of(d: dict[str, Any]) -> Rate:
+def rate_of(d: dict[str, Any]) -> Interval:
     """Inverse of :func:`rate_dict` (JSON turns NaN into ``None``)."""
-    d = dict(d)
-    d["value"] = math.nan if d.get("value") is None else d["value"]
-    return Rate(**d)
+    return Interval.from_dict(d)
 
 
 def interval_of(d: dict[str, Any]) -> Interval:
     """An Interval from plain data."""
-    d = dict(d)
-    for k in ("value", "low", "high"):
-        d[k] = math.nan if d.get(k) is None else d[k]
-    return Interval(**d)
+    return Interval.from_dict(d)
 
 
 def _rate_bars(
     labels: list[str],
-    series: list[tuple[str, list[Rate | None]]],
+    series: list[tuple[str, list[Interval | None]]],
     threshold: float | None,
     title: str,
     caption: str,
 ) -> Figure:
-    def col(rs: list[Rate | None], attr: str) -> list[float | None]:
+    def col(rs: list[Interval | None], attr: str) -> list[float | None]:
         return [getattr(r, attr) if r is not None else None for r in rs]
 
     return Figure(
@@ -86,9 +80,9 @@ class Behaviour:
         split: The split judged.
     """
 
-    harmful: Rate
-    harmless: Rate
-    edgy: Rate | None
+    harmful: Interval
+    harmless: Interval
+    edgy: Interval | None
     examples: dict[str, list[dict[str, Any]]]
     max_new_tokens: int
     split: str = "test"
@@ -318,10 +312,10 @@ class Causal:
         examples: A few completions per condition.
     """
 
-    harmful_baseline: Rate
-    harmful_ablated: Rate
-    harmless_baseline: Rate
-    harmless_added: Rate
+    harmful_baseline: Interval
+    harmful_ablated: Interval
+    harmless_baseline: Interval
+    harmless_added: Interval
     ablation_drop: Interval
     addition_rise: Interval
     kl: Interval
@@ -330,12 +324,11 @@ class Causal:
     examples: dict[str, list[dict[str, Any]]]
 
     @classmethod
-    def of(cls, v: Any, *, n_resamples: int, seed: int, level: float) -> Causal:
+    def of(cls, v: Any, boot: Bootstrap) -> Causal:
         """Summarize a :class:`~refusal_probe.causal.validation.ValidationResult`."""
-        kw = {"n_resamples": n_resamples, "seed": seed, "level": level}
         j = v.judgements
-        drop = paired_change(j["harmful_baseline"].refused, j["harmful_ablated"].refused, **kw)
-        rise = paired_change(j["harmless_added"].refused, j["harmless_baseline"].refused, **kw)
+        drop = paired_change(j["harmful_baseline"].refused, j["harmful_ablated"].refused, boot)
+        rise = paired_change(j["harmless_added"].refused, j["harmless_baseline"].refused, boot)
         return cls(
             v.harmful_baseline,
             v.harmful_ablated,
@@ -419,34 +412,17 @@ class Causal:
 
 
 def paired_change(
-    a: tuple[bool, ...] | list[bool],
-    b: tuple[bool, ...] | list[bool],
-    *,
-    n_resamples: int,
-    seed: int,
-    level: float,
+    a: tuple[bool, ...] | list[bool], b: tuple[bool, ...] | list[bool], boot: Bootstrap
 ) -> Interval:
     """Mean of ``a_i - b_i`` over prompts judged under two conditions, with a bootstrap interval."""
-    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if x.size == 0:
-        return Interval(math.nan, math.nan, math.nan, level, "paired bootstrap", 0)
-    iv = bootstrap_mean(x, n_resamples=n_resamples, seed=seed, level=level)
-    return Interval(iv.value, iv.low, iv.high, level, "paired bootstrap over prompts", n_resamples)
+    if len(a) == 0:
+        return Interval.nothing(boot.level, boot.method("paired", "prompts"))
+    return paired_difference(a, b, boot)
 
 
-def rate_difference(a: Rate, b: Rate, *, n_resamples: int, seed: int, level: float) -> Interval:
+def rate_difference(a: Interval, b: Interval, boot: Bootstrap) -> Interval:
     """``a - b`` of two independently judged rates, with a two-sample bootstrap interval."""
-    if a.n == 0 or b.n == 0:
-        return Interval(math.nan, math.nan, math.nan, level, "two-sample bootstrap", 0)
-    rng = np.random.default_rng(seed)
-    da = rng.binomial(a.n, a.k / a.n, size=n_resamples) / a.n
-    db = rng.binomial(b.n, b.k / b.n, size=n_resamples) / b.n
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(da - db, [alpha, 1 - alpha])
-    v = a.k / a.n - b.k / b.n
-    return Interval(
-        v, float(min(lo, v)), float(max(hi, v)), level, "two-sample bootstrap", n_resamples
-    )
+    return intervals.rate_difference(a, b, boot)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from refusal_probe.stats.verdicts import Bound
+
 #: Version of the audit.json layout; bump the minor for additions, the major for changes.
 SCHEMA_VERSION = "1.1"  # 1.1: config.policy names its audits in order (and its files)
 SCHEMA_ID = "refusal-probe/audit"
@@ -113,7 +115,8 @@ class CheckRecord:
         method: How the value and interval were computed.
         n: Sample size.
         threshold: The bar from the policy.
-        direction: ``at_least`` or ``at_most``.
+        direction: Which side of the bar the figure must lie on (``at_least`` or ``at_most`` in
+            audit.json).
         unit: The policy unit of the figure.
         rationale: The policy's one-line reason for the bar.
         nodeid: The pytest node that ran it.
@@ -135,7 +138,7 @@ class CheckRecord:
     method: str
     n: int | None
     threshold: float
-    direction: str
+    direction: Bound
     unit: str
     rationale: str
     nodeid: str = ""
@@ -144,9 +147,13 @@ class CheckRecord:
     figures: tuple[Figure, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", Bound(self.direction))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         d = asdict(self)
+        d["direction"] = self.direction.key
         d["figures"] = [f.to_dict() for f in self.figures]
         d["details"] = _clean(self.details)
         for k in ("value", "lo", "hi"):

@@ -29,6 +29,7 @@ from refusal_probe.report.record import (
 )
 from refusal_probe.report.render import environment, model_slugs, point_latest, write_folder
 from refusal_probe.report.schema import read_record
+from refusal_probe.stats.verdicts import Bound
 
 TREND_SCHEMA_ID = "refusal-probe/trend"
 #: Version of the trend.json layout; bump the minor for additions, the major for changes.
@@ -82,7 +83,7 @@ class TrendCheck:
         title: What is checked, in words.
         audit: The audit it belongs to.
         unit: The policy unit of the figure.
-        direction: ``at_least`` or ``at_most``.
+        direction: Which side of the bar the figure must lie on.
         threshold: The bar, or ``None`` when the checkpoints were judged against different bars.
         points: One point per checkpoint, in series order.
     """
@@ -91,9 +92,12 @@ class TrendCheck:
     title: str
     audit: str
     unit: str
-    direction: str
+    direction: Bound
     threshold: float | None
     points: tuple[TrendPoint, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", Bound(self.direction))
 
     def figure(self, labels: Sequence[str]) -> Figure:
         """The check's value and interval against the checkpoints, with the bar."""
@@ -115,10 +119,9 @@ class TrendCheck:
         }
         if self.unit in _UNIT_RANGE:
             data["y_range"] = list(_UNIT_RANGE[self.unit])
-        bar = "≥" if self.direction == "at_least" else "≤"
         caption = "Band: the confidence interval at each checkpoint"
         if self.threshold is not None:
-            caption += f"; dashed line: the bar ({bar} {self.threshold:g})"
+            caption += f"; dashed line: the bar ({self.direction.symbol} {self.threshold:g})"
         return Figure("line", self.title, data, caption)
 
 
@@ -185,7 +188,12 @@ class Trend:
                 "created_utc": self.created_utc,
                 "checkpoints": [asdict(c) for c in self.checkpoints],
                 "checks": [
-                    {**asdict(c), "points": [asdict(p) for p in c.points]} for c in self.checks
+                    {
+                        **asdict(c),
+                        "direction": c.direction.key,
+                        "points": [asdict(p) for p in c.points],
+                    }
+                    for c in self.checks
                 ],
                 "notes": list(self.notes),
             }

@@ -53,7 +53,7 @@ from refusal_probe.scoring.refusal import (
     refusal_score_from_logits,
 )
 from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
-from refusal_probe.stats.intervals import N_RESAMPLES, SEED
+from refusal_probe.stats.intervals import N_RESAMPLES, SEED, Bootstrap
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,11 @@ class DirectionConfig:
     seed: int = SEED
     token_phrases: tuple[str, ...] = REFUSAL_PHRASES
     refusal_token_override: tuple[int | str, ...] | None = None
+
+    @property
+    def bootstrap(self) -> Bootstrap:
+        """The separation intervals' bootstrap (95% level)."""
+        return Bootstrap(self.n_resamples, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
