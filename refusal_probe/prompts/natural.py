@@ -18,6 +18,7 @@ files were written with (seed :data:`NATURAL_SEED`)::
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import statistics
@@ -96,6 +97,35 @@ def word_count(text: str) -> int:
 def normalize(text: str) -> str:
     """Lowercase, letters and digits only, single spaces: equal for texts that differ in form."""
     return " ".join(re.sub(r"[^\w]+", " ", text.lower().replace("_", " ")).split())
+
+
+def near_duplicates(
+    texts: list[str], threshold: float = NEAR_DUPLICATE_JACCARD, min_words: int = 6
+) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, jaccard)``, ``i < j``, of different texts whose word sets overlap at least
+    ``threshold`` (Jaccard), among texts of at least ``min_words`` distinct words.
+
+    Exact and fast (prefix filtering): with the words of each set ordered rarest first, two sets
+    that overlap that much share a word among their first ``n - ceil(threshold * n) + 1``.
+    """
+    sets = [frozenset(t.split()) for t in texts]
+    freq = Counter(w for s in sets for w in s)
+    index: dict[str, list[int]] = {}
+    out = []
+    for j, words in enumerate(sets):
+        if len(words) < min_words:
+            continue
+        ordered = sorted(words, key=lambda w: (freq[w], w))
+        prefix = ordered[: len(words) - math.ceil(threshold * len(words)) + 1]
+        candidates = sorted({i for w in prefix for i in index.get(w, ())})
+        for i in candidates:
+            other = sets[i]
+            jaccard = len(words & other) / len(words | other)
+            if jaccard >= threshold and texts[i] != texts[j]:
+                out.append((i, j, jaccard))
+        for w in prefix:
+            index.setdefault(w, []).append(j)
+    return out
 
 
 def operational_problems(text: str, *, harmful: bool) -> list[str]:
@@ -233,17 +263,9 @@ def _check_side(side: str, recs: list[dict[str, Any]], problems: list[str]) -> N
                             f"{seen_texts[key]})")
         else:
             seen_texts[key] = r["_where"]
-    words = [(r, frozenset(normalize(r["text"]).split())) for r in recs]
-    for i, (a, wa) in enumerate(words):
-        for b, wb in words[i + 1:]:
-            if len(wa) < 6 or len(wb) < 6 or normalize(a["text"]) == normalize(b["text"]):
-                continue
-            small, large = sorted((len(wa), len(wb)))
-            if small / large < NEAR_DUPLICATE_JACCARD:
-                continue
-            if len(wa & wb) / len(wa | wb) >= NEAR_DUPLICATE_JACCARD:
-                problems.append(f"{b['_where']}: near duplicate of {a['_where']} (word overlap "
-                                f"{len(wa & wb) / len(wa | wb):.2f})")
+    for a, b, jaccard in near_duplicates([normalize(r["text"]) for r in recs]):
+        problems.append(f"{recs[b]['_where']}: near duplicate of {recs[a]['_where']} (word "
+                        f"overlap {jaccard:.2f})")
 
     if recs:
         lengths = [word_count(r["text"]) for r in recs]
