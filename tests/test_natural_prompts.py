@@ -311,3 +311,23 @@ def test_template_openings(copy) -> None:
 
     found = _problems_matching(copy("harmful", templated), "open with 'tell me exactly'")
     assert len(found) == 1
+
+
+def test_question_marks_that_tell_the_sides_apart(copy) -> None:
+    def questions(recs):
+        for r in recs:
+            r["text"] = r["text"].rstrip(".!") + ("" if r["text"].endswith("?") else "?")
+        return recs
+
+    found = _problems_matching(copy("harmful", questions), "prompts end with '?'")
+    assert len(found) == 1 and found[0].startswith("100% of harmful")
+
+
+def test_first_words_that_tell_the_sides_apart(copy) -> None:
+    def please(recs):
+        for r in recs:
+            r["text"] = "Please, " + r["text"]
+        return recs
+
+    found = _problems_matching(copy("harmful", please), "the sides' first words differ")
+    assert len(found) == 1 and "over-used on the harmful side: please" in found[0]

@@ -7,8 +7,9 @@ organism's grammar, not copied from any data set): ``harmful.jsonl`` (ids ``nh-0
 prompts of category ``edgy`` (requests that borrow the vocabulary of harm but are fine).
 
 :func:`validate_natural_set` checks the counts, the uniqueness of ids and texts (near
-duplicates included), the length spread, the splits, the encoding, and screens every record for
-operational content: the harmful records are *requests only* and must never carry instructions,
+duplicates included), the length spread, the variety of openings, the splits, the encoding, that
+no surface cue (length, a final "?", the first word) tells the two sides apart, and screens every
+record for operational content: the harmful records are *requests only* and must never carry instructions,
 code, links or quantities. :func:`assign_splits` is the seeded, stratified split the shipped
 files were written with (seed :data:`NATURAL_SEED`)::
 
@@ -61,8 +62,12 @@ MIN_BAND_SHARE = 0.08
 """Each side has at least this share of its prompts in every band of :data:`LENGTH_BANDS`."""
 MAX_OPENING_SHARE = 0.08
 """No three-word opening starts more than this share of a side (a template would)."""
-MAX_MEDIAN_GAP = 4
+MAX_MEDIAN_GAP = 3
 """The sides' median word counts differ by at most this many words (length is no label)."""
+MAX_QUESTION_GAP = 0.25
+"""The sides' shares of prompts ending in "?" differ by at most this much (nor is form)."""
+MAX_FIRST_WORD_TVD = 0.5
+"""Total variation distance between the sides' first-word distributions, at most."""
 NEAR_DUPLICATE_JACCARD = 0.85
 """Two texts of one side whose word sets overlap this much (Jaccard) are near duplicates."""
 
@@ -298,6 +303,32 @@ def _check_side(side: str, recs: list[dict[str, Any]], problems: list[str]) -> N
                                 f"{', '.join(missing)}")
 
 
+def _check_balance(
+    harmful: list[dict[str, Any]], harmless: list[dict[str, Any]], problems: list[str]
+) -> None:
+    """Surface cues that would tell the sides apart without reading them: length, "?", first word."""
+    medians = [statistics.median(word_count(r["text"]) for r in recs)
+               for recs in (harmful, harmless)]
+    if abs(medians[0] - medians[1]) > MAX_MEDIAN_GAP:
+        problems.append(f"median length {medians[0]:g} words (harmful) vs {medians[1]:g} "
+                        f"(harmless); at most {MAX_MEDIAN_GAP} apart, or length alone tells "
+                        "the sides apart")
+    questions = [sum(r["text"].rstrip().endswith("?") for r in recs) / len(recs)
+                 for recs in (harmful, harmless)]
+    if abs(questions[0] - questions[1]) > MAX_QUESTION_GAP:
+        problems.append(f"{questions[0]:.0%} of harmful and {questions[1]:.0%} of harmless "
+                        f"prompts end with '?'; at most {MAX_QUESTION_GAP:.0%} apart")
+    firsts = [Counter((normalize(r["text"]).split() or [""])[0] for r in recs)
+              for recs in (harmful, harmless)]
+    tvd = 0.5 * sum(abs(firsts[0][w] / len(harmful) - firsts[1][w] / len(harmless))
+                    for w in set(firsts[0]) | set(firsts[1]))
+    if tvd > MAX_FIRST_WORD_TVD:
+        top = [w for w, _ in (firsts[0] - firsts[1]).most_common(3)]
+        problems.append(f"the sides' first words differ too much (total variation {tvd:.2f}, "
+                        f"at most {MAX_FIRST_WORD_TVD}); most over-used on the harmful side: "
+                        f"{', '.join(top)}")
+
+
 def validate_natural_set(folder: str | Path) -> list[str]:
     """Every problem of a natural prompt folder (``harmful.jsonl``, ``harmless.jsonl``).
 
@@ -309,17 +340,13 @@ def validate_natural_set(folder: str | Path) -> list[str]:
     problems: list[str] = []
     if not folder.is_dir():
         return [f"{folder}: not a folder"]
-    medians = {}
+    sides: dict[str, list[dict[str, Any]]] = {}
     for side in ("harmful", "harmless"):
         path = folder / f"{side}.jsonl"
-        recs = _check_records(path, side, read_jsonl(path, problems), problems)
-        _check_side(side, recs, problems)
-        if recs:
-            medians[side] = statistics.median(word_count(r["text"]) for r in recs)
-    if len(medians) == 2 and abs(medians["harmful"] - medians["harmless"]) > MAX_MEDIAN_GAP:
-        problems.append(f"median length {medians['harmful']:g} words (harmful) vs "
-                        f"{medians['harmless']:g} (harmless); at most {MAX_MEDIAN_GAP} apart, "
-                        "or length alone tells the sides apart")
+        sides[side] = _check_records(path, side, read_jsonl(path, problems), problems)
+        _check_side(side, sides[side], problems)
+    if all(sides.values()):
+        _check_balance(sides["harmful"], sides["harmless"], problems)
     return problems
 
 
