@@ -9,9 +9,9 @@ prompts of category ``edgy`` (requests that borrow the vocabulary of harm but ar
 :func:`validate_natural_set` checks the counts, the uniqueness of ids and texts (near
 duplicates included), the length spread, the variety of openings, the splits, the encoding, that
 no surface cue (length, a final "?", the first word) tells the two sides apart, and screens every
-record for operational content: the harmful records are *requests only* and must never carry instructions,
-code, links or quantities. :func:`assign_splits` is the seeded, stratified split the shipped
-files were written with (seed :data:`NATURAL_SEED`)::
+record for operational content: the harmful records are *requests only* and must never carry
+instructions, code, links or quantities. :func:`assign_splits` is the seeded, stratified split
+the shipped files were written with (seed :data:`NATURAL_SEED`)::
 
     python -m refusal_probe.prompts.natural fixtures/prompts/natural   # problems; exit 1 if any
 """
@@ -107,8 +107,10 @@ def normalize(text: str) -> str:
 def near_duplicates(
     texts: list[str], threshold: float = NEAR_DUPLICATE_JACCARD, min_words: int = 6
 ) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, jaccard)``, ``i < j``, of different texts whose word sets overlap at least
-    ``threshold`` (Jaccard), among texts of at least ``min_words`` distinct words.
+    """Pairs ``(i, j, jaccard)``, ``i < j``, of different texts with overlapping word sets.
+
+    A pair is reported when its word sets overlap at least ``threshold`` (Jaccard), among texts
+    of at least ``min_words`` distinct words.
 
     Exact and fast (prefix filtering): with the words of each set ordered rarest first, two sets
     that overlap that much share a word among their first ``n - ceil(threshold * n) + 1``.
@@ -306,7 +308,7 @@ def _check_side(side: str, recs: list[dict[str, Any]], problems: list[str]) -> N
 def _check_balance(
     harmful: list[dict[str, Any]], harmless: list[dict[str, Any]], problems: list[str]
 ) -> None:
-    """Surface cues that would tell the sides apart without reading them: length, "?", first word."""
+    """Surface cues that tell the sides apart without reading them: length, "?", first word."""
     medians = [statistics.median(word_count(r["text"]) for r in recs)
                for recs in (harmful, harmless)]
     if abs(medians[0] - medians[1]) > MAX_MEDIAN_GAP:
