@@ -123,7 +123,7 @@ def near_duplicates(
         if len(words) < min_words:
             continue
         ordered = sorted(words, key=lambda w: (freq[w], w))
-        prefix = ordered[: len(words) - math.ceil(threshold * len(words)) + 1]
+        prefix = ordered[: len(words) - math.ceil(threshold * len(words) - 1e-9) + 1]
         candidates = sorted({i for w in prefix for i in index.get(w, ())})
         for i in candidates:
             other = sets[i]
