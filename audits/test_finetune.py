@@ -8,7 +8,7 @@ import pytest
 
 from refusal_probe.audit import ModelBaseline
 from refusal_probe.errors import PatchingError
-from refusal_probe.stats.verdicts import Estimate
+from refusal_probe.stats.intervals import Interval
 
 pytestmark = pytest.mark.finetune
 
@@ -64,7 +64,7 @@ def test_circuit_overlap(audit, findings, baseline):
     jaccard = mine.overlap(theirs)
     audit.check(
         "finetune.circuit_overlap",
-        Estimate(jaccard, jaccard, jaccard, method="exact: the two top-5 sets (no interval)"),
+        Interval(jaccard, jaccard, jaccard, method="exact: the two top-5 sets (no interval)"),
         details={
             "candidate": list(mine.components),
             "baseline": list(theirs.components),

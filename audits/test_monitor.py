@@ -11,10 +11,11 @@ positives are measured on the held-out test split, per jailbreak family of the f
 Hardening: the refusal effect left when the top localized components are ablated one by one.
 """
 
+import dataclasses
+
 import pytest
 
 from refusal_probe.errors import PatchingError
-from refusal_probe.stats.verdicts import Estimate
 
 pytestmark = pytest.mark.monitor
 
@@ -42,7 +43,7 @@ def test_detection_auroc(audit, monitor_eval):
     family, auc = monitor_eval.worst_auroc("alarm")
     audit.check(
         "monitor.detection_auroc",
-        Estimate(auc.value, auc.low, auc.high, auc.level, auc.method, _n_successful(monitor_eval)),
+        dataclasses.replace(auc, n=_n_successful(monitor_eval)),
         figures=[monitor_eval.table()],
         details={
             "worst_family": family,
@@ -87,7 +88,7 @@ def test_hardening_survival(audit, hardness):
     threshold = audit.threshold("monitor.hardening_survival")
     audit.check(
         "monitor.hardening_survival",
-        Estimate.of(hardness.weakest),
+        hardness.weakest,
         figures=[hardness.figure(threshold)],
         details={
             "weakest_component": hardness.weakest_component,

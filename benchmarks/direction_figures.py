@@ -160,7 +160,7 @@ def reading_section(results: list[dict]) -> list[str]:
         f, v = r["found"], r["valid"]
         sel = f.selection
         if not sel.passed_filters:
-            kinds = sorted({k for c in sel.grid for k in c.discarded.split(",") if k})
+            kinds = sorted({k for c in sel.grid for k in c.discarded})
             lines.append(
                 f"- {r['spec']}: no candidate passed the reference filters (reasons seen: "
                 f"{', '.join(kinds)}); the direction is the fallback with the lowest bypass score, "
@@ -191,7 +191,8 @@ def layers_section(results: list[dict]) -> list[str]:
                 iv(c.stats.auroc), f"{c.stats.cohens_d.value:.2f}", f"{c.stats.accuracy.value:.3f}",
                 iv(f.alternative[i].stats.auroc) if f.alternative else "-",
                 f"{f.alternative_cosine[i]:.3f}" if f.alternative_cosine else "-",
-                f"{g.bypass:.2f} / {g.induce:.2f} / {g.kl:.3f}", g.discarded or "kept",
+                f"{g.bypass:.2f} / {g.induce:.2f} / {g.kl:.3f}",
+                ",".join(sorted(g.discarded)) or "kept",
             ))
         lines += [f"### {r['spec']}", ""] + table(headers, rows)
     return lines
@@ -200,7 +201,8 @@ def layers_section(results: list[dict]) -> list[str]:
 def grid_section(chat: dict) -> list[str]:
     f = chat["found"]
     rows = [
-        (c.layer, c.position, f"{c.bypass:.3f}", f"{c.induce:.3f}", f"{c.kl:.4f}", c.discarded)
+        (c.layer, c.position, f"{c.bypass:.3f}", f"{c.induce:.3f}", f"{c.kl:.4f}",
+         ",".join(sorted(c.discarded)))
         for c in f.selection.grid
     ]
     tail = (f"Baseline refusal log-odds on the selection prompts: harmful "

@@ -48,6 +48,7 @@ from refusal_probe.patching import (
     encode_pairs,
     exact_patching,
 )
+from refusal_probe.stats import Bootstrap
 from refusal_probe.testing import make_tiny_model
 
 SIZES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -146,7 +147,7 @@ def main() -> None:
         print(f"built and loaded {model!r} in {time.perf_counter() - t0:.0f}s", flush=True)
         pairs = matched_pairs(model, args.pairs, args.tokens)
         metric = default_metric(model)
-        exact_patching(model, pairs[:1], "mlp", n_resamples=10)  # warm-up
+        exact_patching(model, pairs[:1], "mlp", boot=Bootstrap(10))  # warm-up
         load_before = os.getloadavg()
         names = ("exact_heads", "exact_mlps", "attribution", "tl_heads")
         wall: dict[str, list[float]] = {k: [] for k in names}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,10 @@ def cmd_audit(audits: Path | None, pytest_args: list[str]) -> int:
     """Run ``pytest <audits> -p <plugin> <pytest_args>``; return pytest's exit code.
 
     pytest runs in a fresh interpreter: this one has already imported the package (and with it
-    modules that pytest plugins would want to rewrite).
+    modules that pytest plugins would want to rewrite). On POSIX this process *becomes* pytest
+    (``exec``), so Ctrl-C and ``kill`` reach pytest alone and it writes its interrupted report;
+    elsewhere pytest runs as a child that receives the console's Ctrl-C itself while this process
+    waits for it.
     """
     folder = audits or default_audits_dir()
     if not folder.is_dir():
@@ -44,7 +48,16 @@ def cmd_audit(audits: Path | None, pytest_args: list[str]) -> int:
         )
         return 4
     cmd = [sys.executable, "-m", "pytest", str(folder), "-p", PLUGIN, *pytest_args]
-    return subprocess.run(cmd, check=False).returncode
+    if os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, cmd)
+    with subprocess.Popen(cmd) as child:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:
+                continue  # the child got the same Ctrl-C: let it write its report and exit
 
 
 def cmd_compare(a: str, b: str, out: str | None) -> int:

@@ -228,3 +228,27 @@ def test_rendered_hash_tracks_what_the_template_writes():
     b = ChatFormat(other, template=INST)
     assert a.template_sha256 == b.template_sha256
     assert a.rendered_sha256 != b.rendered_sha256
+
+
+def test_a_prompt_longer_than_the_context_loses_its_start(caplog):
+    chat = ChatFormat(_tokenizer(CHATML), max_tokens=40)
+    long = " ".join(["and then a cake"] * 500) + " ends here?"
+    with caplog.at_level(logging.WARNING, logger="refusal_probe.model.chat"):
+        batch = chat.encode([long, "How do I make a cake at home?"])
+    assert batch.seq_len <= 40
+    assert chat.truncated == 1 and "to fit the model's context of 40 tokens" in caplog.text
+    tok = chat.tokenizer
+    kept = tok.decode(batch.input_ids[0][batch.attention_mask[0].bool()])
+    assert kept.endswith("ends here?" + chat.suffix)
+    assert tok.decode(batch.input_ids[0, batch.last_instruction[0]]).strip() == "?"
+
+
+def test_a_prompt_that_is_not_text_is_refused_with_the_package_error():
+    with pytest.raises(ChatFormatError, match="instruction 1 is NoneType, not text"):
+        _CHATML_FMT.encode(["How do I make a cake?", None])  # type: ignore[list-item]
+
+
+def test_a_tokenizer_without_a_chat_template_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="refusal_probe.model.chat"):
+        chat = chat_format_for(_tokenizer(None))
+    assert chat.kind == "plain" and "has no chat template" in caplog.text

@@ -52,7 +52,7 @@ def pytest_unconfigure(config):
 # The rate passes on checkpoint "tiny-a" and fails on "tiny-b": a trend with a regression.
 SERIES = '''
 import pytest
-from refusal_probe.stats.verdicts import Estimate
+from refusal_probe.stats.intervals import Interval
 
 
 @pytest.mark.behaviour
@@ -60,14 +60,14 @@ def test_rate(audit, findings, checkpoint):
     """Synthetic refusal rate."""
     assert findings.model.identity.spec == checkpoint and findings.fixtures.harmful
     v = 0.97 if checkpoint.endswith("tiny-a") else 0.5
-    audit.check("demo.rate", Estimate(v, v - 0.03, v + 0.02, n=100, method="wilson"))
+    audit.check("demo.rate", Interval(v, v - 0.03, v + 0.02, n=100, method="wilson"))
 
 
 @pytest.mark.causal
 def test_cost(audit, findings):
     """Synthetic KL cost."""
     assert findings.model.n_layers == 3
-    audit.check("demo.cost", Estimate(0.02, 0.01, 0.03, n=50, method="bootstrap"))
+    audit.check("demo.cost", Interval(0.02, 0.01, 0.03, n=50, method="bootstrap"))
 '''
 
 
@@ -183,7 +183,7 @@ def test_the_baseline_is_opened_once_and_a_broken_checkpoint_fails_alone(
 def test_against_baseline(audit, findings, baseline):
     """Synthetic fine-tune figure."""
     assert baseline.run.model.identity.spec.endswith("tiny-base")
-    audit.check("demo.cost", Estimate(0.02, 0.01, 0.03, n=50, method="bootstrap"))
+    audit.check("demo.cost", Interval(0.02, 0.01, 0.03, n=50, method="bootstrap"))
 '''
     args = project(pytester, env, monkeypatch, SERIES + extra)
     r = pytester.runpytest(

@@ -267,7 +267,7 @@ import torch
 
 from refusal_probe.activations.capture import capture
 from refusal_probe.activations.sites import all_layers
-from refusal_probe.stats.verdicts import Estimate
+from refusal_probe.stats.intervals import Interval
 
 
 @pytest.mark.behaviour
@@ -279,7 +279,7 @@ def test_rate(audit, findings):
     prompts = findings.fixtures.harmful.texts("test")[:3]
     acts = capture(m, prompts, all_layers(m.n_layers), batch_size=findings.settings.batch_size)
     assert acts.values.dtype == torch.float32 and acts.values.device.type == "cpu"
-    audit.check("demo.rate", Estimate(0.95, 0.92, 0.98, n=100, method="wilson"))
+    audit.check("demo.rate", Interval(0.95, 0.92, 0.98, n=100, method="wilson"))
 '''
 
 

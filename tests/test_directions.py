@@ -26,15 +26,17 @@ from refusal_probe.direction.estimators import (
 )
 from refusal_probe.errors import DirectionError
 from refusal_probe.stats.intervals import (
-    _counts,
-    auroc,
-    best_threshold_accuracy,
+    Bootstrap,
     bootstrap,
     bootstrap_mean,
-    cohens_d,
     rate,
-    separation,
     wilson_interval,
+)
+from refusal_probe.stats.separation import (
+    auroc,
+    best_threshold_accuracy,
+    cohens_d,
+    separation,
 )
 
 D = 32
@@ -109,7 +111,7 @@ def test_identical_class_means_give_a_zero_candidate_not_a_random_one(r):
 def test_separation_curve_matches_a_hand_computation(r):
     fit = difference_of_means(planted_acts(r, 100, True, 1), planted_acts(r, 100, False, 2))
     eh, el = planted_acts(r, 40, True, 3, tag="e"), planted_acts(r, 40, False, 4, tag="e")
-    curve = separation_curve(fit, eh, el, position=-1, n_resamples=200)
+    curve = separation_curve(fit, eh, el, position=-1, boot=Bootstrap(200))
     assert [c.layer for c in curve] == [0, 1, 2]
     d = fit.direction(1, -1)
     pos = (eh.values[:, 1, -1].double() @ d.unit).numpy()
@@ -216,9 +218,8 @@ def test_best_threshold_accuracy_matches_brute_force():
 def test_vectorised_bootstrap_equals_recomputing_each_resample():
     rng = np.random.default_rng(1)
     pos, neg = rng.normal(1, 1, 12), rng.normal(0, 1, 9)
-    sep = separation(pos, neg, n_resamples=50, seed=7)
-    g = np.random.default_rng(7)
-    cp, cn = _counts(g, pos.size, 50), _counts(g, neg.size, 50)
+    sep = separation(pos, neg, Bootstrap(50, seed=7))
+    cp, cn = Bootstrap(50, seed=7).stratified_counts(pos.size, neg.size)
     aucs, ds, accs = [], [], []
     for b in range(50):
         p, n = np.repeat(pos, cp[b].astype(int)), np.repeat(neg, cn[b].astype(int))
@@ -234,9 +235,9 @@ def test_vectorised_bootstrap_equals_recomputing_each_resample():
 
 def test_bootstrap_is_seeded():
     x = np.arange(20.0)
-    assert bootstrap_mean(x, seed=3) == bootstrap_mean(x, seed=3)
-    assert bootstrap_mean(x, seed=3) != bootstrap_mean(x, seed=4)
-    assert bootstrap(x, np.median, n_resamples=100, seed=3).n_resamples == 100
+    assert bootstrap_mean(x, Bootstrap(seed=3)) == bootstrap_mean(x, Bootstrap(seed=3))
+    assert bootstrap_mean(x, Bootstrap(seed=3)) != bootstrap_mean(x, Bootstrap(seed=4))
+    assert bootstrap(x, np.median, Bootstrap(100, seed=3)).n_resamples == 100
 
 
 def test_wilson_interval_known_values():
@@ -245,7 +246,9 @@ def test_wilson_interval_known_values():
     assert wilson_interval(0, 10).low == 0.0 and wilson_interval(10, 10).high == 1.0
     assert math.isnan(wilson_interval(0, 0).value)
     assert rate([True, False, True, True]).k == 3
-    assert rate([True, False] * 10, method="bootstrap").method == "bootstrap-percentile"
+    assert rate([True, False] * 10, method="bootstrap").method == (
+        "bootstrap percentile (1000 resamples)"
+    )
 
 
 def test_one_empty_class_is_a_clear_error():
@@ -265,10 +268,10 @@ samples = arrays(np.float64, st.integers(1, 12), elements=finite)
 @settings(max_examples=60, deadline=None)
 @given(samples, samples, st.integers(0, 2**16))
 def test_bootstrap_intervals_contain_their_point_estimate(pos, neg, seed):
-    sep = separation(pos, neg, n_resamples=40, seed=seed)
+    sep = separation(pos, neg, Bootstrap(40, seed=seed))
     for iv in (sep.auroc, sep.cohens_d, sep.accuracy):
         assert iv.low <= iv.value <= iv.high
-    m = bootstrap_mean(pos, n_resamples=40, seed=seed)
+    m = bootstrap_mean(pos, Bootstrap(40, seed=seed))
     assert m.low <= m.value <= m.high
 
 

@@ -33,7 +33,6 @@ from refusal_probe.monitor.evaluate import (
     EvalConfig,
     MonitorEvaluation,
     evaluate_monitor,
-    tpr_at_fpr,
 )
 from refusal_probe.monitor.fit import (
     SIGNALS,
@@ -52,6 +51,8 @@ from refusal_probe.monitor.harmfulness import DEFAULT_SHRINKAGES, DEFAULT_SPANS,
 from refusal_probe.monitor.live import JailbreakAlarm, guard
 from refusal_probe.prompts.sets import load_fixtures
 from refusal_probe.scoring.refusal import generate, refusal_scores
+from refusal_probe.stats import Bootstrap, Bound
+from refusal_probe.stats.separation import tpr_at_fpr
 
 ATTACK = " " + "~^|~^|"  # a suffix of suppressor tokens
 
@@ -420,13 +421,13 @@ def test_tpr_at_fpr():
     assert tpr_at_fpr(neg + 100, neg, 0.01).value == 1.0
     assert tpr_at_fpr(neg - 100, neg, 0.01).value == 0.0
     pos = rng.normal(size=2000)
-    same = tpr_at_fpr(pos, neg, 0.1, n_resamples=200)
+    same = tpr_at_fpr(pos, neg, 0.1, Bootstrap(200))
     t = np.sort(neg)[::-1][50]  # 10% of 500 negatives may score above the threshold
     assert (neg > t).sum() == 50
     assert same.value == pytest.approx((pos > t).mean())
     assert same.low <= same.value <= same.high
-    loose = tpr_at_fpr(rng.normal(1, 1, 300), neg, 0.2, n_resamples=100).value
-    strict = tpr_at_fpr(rng.normal(1, 1, 300), neg, 0.01, n_resamples=100).value
+    loose = tpr_at_fpr(rng.normal(1, 1, 300), neg, 0.2, Bootstrap(100)).value
+    strict = tpr_at_fpr(rng.normal(1, 1, 300), neg, 0.01, Bootstrap(100)).value
     assert strict <= loose
     with pytest.raises(ValueError):
         tpr_at_fpr([], neg)
@@ -448,7 +449,7 @@ def test_scores_select_and_flag():
 
 def test_hardening_reports_a_single_head_that_switches_refusal_off(planted):
     _, model, _ = planted
-    h = measure_hardening(model, planted_pairs(16), k=3, n_resamples=200)
+    h = measure_hardening(model, planted_pairs(16), k=3, boot=Bootstrap(200))
     # Everything refusal needs passes through block 0's head 0 (the only writer): fragile.
     assert h.components[0].startswith("L0.H0")
     assert h.weakest.value < 0.1 and h.weakest_component.startswith("L0.H0")
@@ -557,7 +558,7 @@ def test_policy_registers_the_monitor_checks():
     for name in ids:
         check = policy.check(f"monitor.{name}")
         assert check.rationale and "\n" not in check.rationale
-    assert policy.check("monitor.false_positive_rate").threshold.direction == "at_most"
+    assert policy.check("monitor.false_positive_rate").threshold.bound is Bound.AT_MOST
 
 
 def test_families_with_too_few_successes_are_not_compared(evaluation):

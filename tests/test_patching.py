@@ -33,6 +33,7 @@ from refusal_probe.patching.attribution import run_attribution
 from refusal_probe.patching.engine import run_exact
 from refusal_probe.patching.results import spearman
 from refusal_probe.scoring.refusal import refusal_score_from_logits, refusal_tokens
+from refusal_probe.stats import Bootstrap
 from refusal_probe.testing import make_tiny_model
 
 # Matched pairs for the tiny tokenizer: each pair has equal token counts (9, 10, 7, 7, 14), so the
@@ -109,8 +110,8 @@ def plant_metric(logits):
 )
 def test_batched_equals_one_forward_per_component(models, family, grid, direction):
     model = models[family]
-    fast = exact_patching(model, PAIRS, grid, direction=direction, max_rows=40, n_resamples=50)
-    slow = reference_patching(model, PAIRS, grid, direction=direction, n_resamples=50)
+    fast = exact_patching(model, PAIRS, grid, mode=direction, max_rows=40, boot=Bootstrap(50))
+    slow = reference_patching(model, PAIRS, grid, mode=direction, boot=Bootstrap(50))
     assert fast.components == slow.components
     assert fast.forwards < slow.forwards
     assert torch.allclose(fast.delta, slow.delta, atol=1e-5, rtol=0)
@@ -149,12 +150,12 @@ def test_attribution_on_the_cached_suffix_equals_whole_sequences(models, family)
 
 def test_chunked_pairs_give_the_same_results_in_input_order(models):
     model = models["llama"]
-    whole = exact_patching(model, PAIRS, "mlp_pos", n_resamples=20)
-    chunked = exact_patching(model, PAIRS, "mlp_pos", pair_batch=2, n_resamples=20)
+    whole = exact_patching(model, PAIRS, "mlp_pos", boot=Bootstrap(20))
+    chunked = exact_patching(model, PAIRS, "mlp_pos", pair_batch=2, boot=Bootstrap(20))
     assert chunked.pair_ids == whole.pair_ids
     assert torch.allclose(chunked.delta, whole.delta, atol=1e-6, rtol=0)
-    attr = attribution_patching(model, PAIRS, ["mlp_pos"], n_resamples=20)["mlp_pos"]
-    attr_chunked = attribution_patching(model, PAIRS, ["mlp_pos"], pair_batch=2, n_resamples=20)[
+    attr = attribution_patching(model, PAIRS, ["mlp_pos"], boot=Bootstrap(20))["mlp_pos"]
+    attr_chunked = attribution_patching(model, PAIRS, ["mlp_pos"], pair_batch=2, boot=Bootstrap(20))[
         "mlp_pos"
     ]
     assert torch.allclose(attr.delta, attr_chunked.delta, atol=1e-6, rtol=0)
@@ -170,7 +171,7 @@ def test_component_with_identical_activations_has_zero_effect(models):
     same = batch.first_difference() - 1  # the position before the first differing token
     offsets = tuple(range(-batch.min_length, 0))
     res = exact_patching(
-        model, PAIRS, "resid", positions=Positions("explicit", offsets), n_resamples=20
+        model, PAIRS, "resid", positions=Positions("explicit", offsets), boot=Bootstrap(20)
     )
     pos = list(res.labels[1])
     before = [pos.index(o) for o in offsets if o <= same]
@@ -183,11 +184,11 @@ def test_component_with_identical_activations_has_zero_effect(models):
 def test_identical_pairs_give_zero_deltas_and_no_gap(models):
     model = models["llama"]
     twins = [(a, a) for a, _ in PAIRS]
-    res = exact_patching(model, twins, "head", n_resamples=20)
+    res = exact_patching(model, twins, "head", boot=Bootstrap(20))
     assert float(res.delta.abs().max()) < 1e-6
     assert torch.isnan(res.effect).all()  # no gap to normalize by: undefined, not a number
     with pytest.raises(PatchingError, match="no\\s+refusal gap"):
-        localize(model, twins, k=2, n_resamples=20)
+        localize(model, twins, k=2, boot=Bootstrap(20))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -205,7 +206,7 @@ def test_patching_everything_gives_effect_one(models, family, direction):
     last += tuple(Component("mlp", layer, -1, (-1,)) for layer in range(model.n_layers))
     whole_input = (Component("resid", 0, -1, tuple(range(-batch.min_length, 0))),)
     out = patch_variants(
-        model, batch, [last, whole_input], default_metric(model), direction=direction
+        model, batch, [last, whole_input], default_metric(model), mode=direction
     )
     gap = (out.clean - out.corrupted).mean()
     sign = 1.0 if direction == "denoise" else -1.0
@@ -224,9 +225,9 @@ def test_patching_everything_gives_effect_one(models, family, direction):
 
 def test_planted_head_ranked_first_by_exact_and_attribution(planted):
     want = Component("head", PLANT_LAYER, PLANT_HEAD, (-4, -3, -2, -1))
-    exact = exact_patching(planted, PAIRS, "head", metric=plant_metric, n_resamples=50)
+    exact = exact_patching(planted, PAIRS, "head", metric=plant_metric, boot=Bootstrap(50))
     attr = attribution_patching(
-        planted, PAIRS, ["head", "head_pos"], metric=plant_metric, n_resamples=50
+        planted, PAIRS, ["head", "head_pos"], metric=plant_metric, boot=Bootstrap(50)
     )
     assert exact.top(1)[0][0] == want
     assert attr["head"].top(1)[0][0] == want
@@ -236,7 +237,7 @@ def test_planted_head_ranked_first_by_exact_and_attribution(planted):
 
 
 def test_localize_finds_the_planted_head_and_summarizes(planted):
-    res = localize(planted, PAIRS, plant_metric, k=3, exact_all=True, n_resamples=100)
+    res = localize(planted, PAIRS, plant_metric, k=3, exact_all=True, boot=Bootstrap(100))
     assert res.components[0] == Component("head", PLANT_LAYER, PLANT_HEAD, (-4, -3, -2, -1))
     assert res.agreement_scope == "all"
     assert res.agreement.n == planted.n_layers * planted.n_heads + planted.n_layers
@@ -252,11 +253,11 @@ def test_localize_finds_the_planted_head_and_summarizes(planted):
 
 
 def test_compare_circuits(planted, tmp_path):
-    a = localize(planted, PAIRS, plant_metric, k=3, n_resamples=50)
+    a = localize(planted, PAIRS, plant_metric, k=3, boot=Bootstrap(50))
     same = compare_circuits(a, a)
     assert same.jaccard == 1.0 and same.spearman_attribution == pytest.approx(1.0)
     other = _plant(tmp_path / "other", 1, 0)
-    b = localize(other, PAIRS, plant_metric, k=3, n_resamples=50)
+    b = localize(other, PAIRS, plant_metric, k=3, boot=Bootstrap(50))
     diff = compare_circuits(a, b)
     assert Component("head", PLANT_LAYER, PLANT_HEAD, (-4, -3, -2, -1)) in diff.only_a
     assert b.components[0] == Component("head", 1, 0, (-4, -3, -2, -1))
@@ -281,7 +282,7 @@ def test_mismatched_lengths_raise_a_clear_error(models):
     "kwargs, match",
     [
         ({"grid": "attn"}, "unknown grid"),
-        ({"direction": "sideways"}, "unknown direction"),
+        ({"mode": "sideways"}, "unknown patch mode"),
         ({"positions": Positions("explicit", (-40,))}, "before the start"),
         ({"layers": [7]}, "outside the model"),
     ],
@@ -307,7 +308,7 @@ def test_no_pairs_is_an_error(models):
 
 def test_results_are_heatmap_data(models):
     model = models["gpt2"]
-    res = exact_patching(model, PAIRS, "head_pos", n_resamples=100)
+    res = exact_patching(model, PAIRS, "head_pos", boot=Bootstrap(100))
     assert res.axes == ("layer", "head", "pos")
     assert res.effect.shape == (model.n_layers, model.n_heads, 4) == res.low.shape == res.high.shape
     assert res.delta.shape == (len(PAIRS), model.n_layers, model.n_heads, 4)
@@ -328,7 +329,7 @@ def test_default_metric_is_the_refusal_log_odds(models):
 
 
 def test_agreement_of_a_result_with_itself(models):
-    res = exact_patching(models["llama"], PAIRS, "head", n_resamples=20)
+    res = exact_patching(models["llama"], PAIRS, "head", boot=Bootstrap(20))
     a = agreement(res, res, k=5)
     assert a.spearman == pytest.approx(1.0) and a.top_k_overlap == 1.0 and a.jaccard == 1.0
 
@@ -400,8 +401,8 @@ def test_smollm2_attribution_agrees_with_exact_on_heads(request):
     # Matched in length under this tokenizer too: 19 of the 64 test pairs (1 of the 24 val pairs).
     pairs = matched_pairs(load_fixtures().pairs_in("test"), length)
     assert len(pairs) >= 6
-    exact = exact_patching(model, pairs[:6], "head", n_resamples=100)
-    attr = attribution_patching(model, pairs[:6], ["head"], n_resamples=100)["head"]
+    exact = exact_patching(model, pairs[:6], "head", boot=Bootstrap(100))
+    attr = attribution_patching(model, pairs[:6], ["head"], boot=Bootstrap(100))["head"]
     agree = agreement(exact, attr, k=10)
     assert agree.n == model.n_layers * model.n_heads
     assert agree.spearman > 0.8 and agree.top_k_overlap >= 0.4

@@ -22,8 +22,10 @@ from refusal_probe.testing import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFTEST = 'pytest_plugins = ["refusal_probe.pytest_plugin.plugin"]\n'
+# The demo audit's checks, over the shipped policy (whose audits are the markers used below).
 POLICY = """\
 version = 1
+extends = "default"
 
 [settings]
 resamples = 200
@@ -41,7 +43,7 @@ rationale = "A demo bar for costs."
 SYNTHETIC = '''
 import pytest
 from refusal_probe.report.record import Figure
-from refusal_probe.stats.verdicts import Estimate
+from refusal_probe.stats.intervals import Interval
 
 FIG = Figure("bars", "demo rates", {{"labels": ["harmful"], "y_range": [0, 1], "threshold": 0.9,
              "series": [{{"name": "rate", "values": [{v}], "lo": [{lo}], "hi": [{hi}]}}]}})
@@ -50,13 +52,13 @@ FIG = Figure("bars", "demo rates", {{"labels": ["harmful"], "y_range": [0, 1], "
 @pytest.mark.behaviour
 def test_rate(audit):
     """Synthetic refusal rate."""
-    audit.check("demo.rate", Estimate({v}, {lo}, {hi}, n=100, method="wilson"), figures=[FIG])
+    audit.check("demo.rate", Interval({v}, {lo}, {hi}, n=100, method="wilson"), figures=[FIG])
 
 
 @pytest.mark.causal
 def test_cost(audit):
     """Synthetic KL cost."""
-    audit.check("demo.cost", Estimate(0.02, 0.01, 0.03, n=50, method="bootstrap"))
+    audit.check("demo.cost", Interval(0.02, 0.01, 0.03, n=50, method="bootstrap"))
 '''
 
 

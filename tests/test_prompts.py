@@ -194,6 +194,26 @@ def test_all_problems_are_reported_at_once(tmp_path):
     ]
 
 
+def test_a_line_that_is_not_utf8_is_named_with_file_and_line(tmp_path):
+    folder = _folder(tmp_path)
+    with (folder / "harmful.jsonl").open("ab") as f:
+        f.write(b'{"id": "x", "text": "caf\xe9", "category": "cyber", "split": "test"}\n')
+    n = len((folder / "harmful.jsonl").read_bytes().splitlines())
+    with pytest.raises(PromptFileError) as info:
+        load_fixtures(folder)
+    message = str(info.value)
+    assert re.search(re.escape(str(folder / "harmful.jsonl")) + rf":{n}: not UTF-8 \(byte 0xe9", message)
+
+
+def test_a_flood_of_problems_is_cut_short_with_an_example_record(tmp_path):
+    bad = [{"prompt": f"request {i}"} for i in range(300)]
+    message = _errors(tmp_path, harmful=bad)
+    assert message.startswith("invalid prompt fixtures: 1200 problems")  # 4 fields each
+    lines = message.splitlines()
+    assert len(lines) <= 12 and lines[-1].startswith("... and ")
+    assert '"id": "hf-0001"' in lines[0]
+
+
 def test_missing_files_and_folder(tmp_path):
     (tmp_path / "harmful.jsonl").write_text(json.dumps(HARMFUL[0]) + "\n")
     with pytest.raises(

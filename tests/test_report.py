@@ -12,12 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
+import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 
 from refusal_probe.__main__ import main
-from refusal_probe.audit.policy import load_policy
+from refusal_probe.audit.policy import DEFAULT_POLICY, load_policy
 from refusal_probe.errors import PolicyError, ReportError
 from refusal_probe.report import (
     AuditRecord,
@@ -33,8 +35,8 @@ from refusal_probe.report import (
 )
 from refusal_probe.report import render as render_module
 from refusal_probe.report.plots import render_figure
-from refusal_probe.stats.intervals import Interval, wilson_interval
-from refusal_probe.stats.verdicts import Estimate, Threshold, Verdict, decide
+from refusal_probe.stats.intervals import Bootstrap, Interval, bootstrap_mean, wilson_interval
+from refusal_probe.stats.verdicts import Bound, Threshold, Verdict, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,37 +60,37 @@ def test_judge_compares_the_interval_not_the_point(
     lo: float, hi: float, direction: str, want: Verdict
 ) -> None:
     t = Threshold(0.9 if direction == "at_least" else 0.1, direction)  # type: ignore[arg-type]
-    est = Estimate((lo + hi) / 2, lo, hi)
+    est = Interval((lo + hi) / 2, lo, hi)
     assert decide(est, t).verdict is want
 
 
 def test_strict_turns_inconclusive_into_failure_only() -> None:
     t = Threshold(0.9, "at_least")
-    j = decide(Estimate(0.91, 0.85, 0.95), t, strict=True)
+    j = decide(Interval(0.91, 0.85, 0.95), t, strict=True)
     assert (j.verdict, j.raw) == (Verdict.FAIL, Verdict.INCONCLUSIVE)
     assert "under --strict" in j.message
-    assert decide(Estimate(0.95, 0.92, 0.99), t, strict=True).verdict is Verdict.PASS
+    assert decide(Interval(0.95, 0.92, 0.99), t, strict=True).verdict is Verdict.PASS
 
 
 def test_a_point_above_the_bar_with_a_wide_interval_is_not_a_pass() -> None:
     assert (
-        decide(Estimate(0.95, 0.5, 1.0, n=4), Threshold(0.9, "at_least")).verdict
+        decide(Interval(0.95, 0.5, 1.0, n=4), Threshold(0.9, "at_least")).verdict
         is Verdict.INCONCLUSIVE
     )
 
 
 def test_not_a_number_is_never_a_pass() -> None:
     nan = float("nan")
-    j = decide(Estimate(nan, nan, nan), Threshold(0.9, "at_least"))
+    j = decide(Interval(nan, nan, nan), Threshold(0.9, "at_least"))
     assert j.verdict is Verdict.INCONCLUSIVE and "not a finite number" in j.message
     assert (
-        decide(Estimate(nan, nan, nan), Threshold(0.9, "at_least"), strict=True).verdict
+        decide(Interval(nan, nan, nan), Threshold(0.9, "at_least"), strict=True).verdict
         is Verdict.FAIL
     )
 
 
 def test_failure_message_says_by_how_much() -> None:
-    j = decide(Estimate(0.2, 0.1, 0.3), Threshold(0.9, "at_least"), name="harmful refusal rate")
+    j = decide(Interval(0.2, 0.1, 0.3), Threshold(0.9, "at_least"), name="harmful refusal rate")
     assert j.message.startswith("harmful refusal rate 0.200 [0.100, 0.300] is below the bar")
     assert "misses it by 0.6" in j.message and j.margin == pytest.approx(-0.6)
 
@@ -99,7 +101,7 @@ def test_verdicts_agree_with_where_the_interval_lies(
 ) -> None:
     hi = lo + width
     thr = Threshold(t, "at_least" if at_least else "at_most")
-    v = decide(Estimate(lo + width / 2, lo, hi), thr).verdict
+    v = decide(Interval(lo + width / 2, lo, hi), thr).verdict
     good_side = lo >= t if at_least else hi <= t
     bad_side = hi < t if at_least else lo > t
     assert (v is Verdict.PASS) == good_side
@@ -107,13 +109,14 @@ def test_verdicts_agree_with_where_the_interval_lies(
     assert (v is Verdict.INCONCLUSIVE) == (not good_side and not bad_side)
 
 
-def test_estimates_come_from_the_engine_intervals() -> None:
-    r = Estimate.of(wilson_interval(45, 50))
-    assert (r.n, r.method) == (50, "wilson") and r.lo < 0.9 < r.hi
-    i = Estimate.of(Interval(0.5, 0.4, 0.6, 0.95, "bootstrap-percentile", 1000))
-    assert i.method == "bootstrap-percentile (1000 resamples)" and i.n is None
-    with pytest.raises(TypeError, match="cannot judge float"):
-        Estimate.of(0.5)
+def test_the_engine_intervals_are_judged_directly() -> None:
+    r = wilson_interval(45, 50)
+    assert (r.n, r.k, r.method) == (50, 45, "wilson") and r.low < 0.9 < r.high
+    assert decide(r, Threshold(0.9, Bound.AT_LEAST)).verdict is Verdict.INCONCLUSIVE
+    i = bootstrap_mean(np.linspace(0.4, 0.6, 20), Bootstrap(1000))
+    assert i.method == "bootstrap percentile (1000 resamples)" and i.n is None
+    assert i.n_resamples == 1000
+    assert decide(i, Threshold(0.9, Bound.AT_LEAST)).verdict is Verdict.FAIL
 
 
 # --- the policy ---------------------------------------------------------------------------------
@@ -131,13 +134,105 @@ def test_the_shipped_policy_covers_every_audit_check() -> None:
 
 def test_the_fast_policy_keeps_the_bars_and_narrows_selection() -> None:
     """audits/policy-fast.toml differs from policy.toml only in its selection settings."""
-    full, fast = (load_policy(ROOT / "audits" / name) for name in ("policy.toml", "policy-fast.toml"))
+    full, fast = (
+        load_policy(ROOT / "audits" / name) for name in ("policy.toml", "policy-fast.toml")
+    )
     assert fast.checks == full.checks
     assert (fast.settings.selection_prompts, fast.settings.selection_layer_stride) == (16, 2)
     assert fast.settings.selection_positions == 1
     assert (full.settings.selection_prompts, full.settings.selection_layer_stride) == (32, 1)
     assert full.settings.selection_positions == 0  # every post-instruction position
     assert full.settings.selection_screen == 16  # screened by attribution, the best 16 scored
+
+
+def test_the_fast_policy_is_an_overlay_naming_only_selection_settings() -> None:
+    raw = tomllib.loads((ROOT / "audits" / "policy-fast.toml").read_text())
+    assert raw.pop("extends") == "policy.toml"
+    assert set(raw) == {"settings"} and all(k.startswith("selection_") for k in raw["settings"])
+    fast = load_policy(ROOT / "audits" / "policy-fast.toml")
+    assert fast.files == (
+        str(ROOT / "audits" / "policy.toml"),
+        str(ROOT / "audits" / "policy-fast.toml"),
+    )
+
+
+def test_the_shipped_policy_names_its_audits_in_order() -> None:
+    policy = load_policy(ROOT / "audits" / "policy.toml")
+    assert policy.audit_names == (
+        "behaviour",
+        "representation",
+        "causal",
+        "finetune",
+        "localization",
+        "monitor",
+    )
+    assert all(a.description and "\n" not in a.description for a in policy.audits)
+    assert {c.audit for c in policy.checks.values()} == set(policy.audit_names)
+    assert policy.to_dict()["audits"][0] == {
+        "name": "behaviour",
+        "description": policy.audits[0].description,
+    }
+
+
+def test_an_overlay_changes_only_what_it_names(tmp_path: Path) -> None:
+    base = write_policy(
+        tmp_path,
+        '[settings]\nresamples = 500\n\n[b]\ndescription = "bee"\n\n'
+        '[b.x]\nat_least = 0.9\nunit = "probability"\nrationale = "r"\n\n'
+        '[b.y]\nat_most = 0.1\nunit = "nats"\nrationale = "r"\n',
+    )
+    (tmp_path / "sub").mkdir()
+    over = tmp_path / "sub" / "over.toml"
+    over.write_text(
+        'extends = "../policy.toml"\n[settings]\nconfidence = 0.9\n'
+        "[b.x]\nat_most = 0.5\n[b.y]\nenabled = false\n"
+        '[a]\ndescription = "ay"\n[a.z]\nat_least = 0.0\nunit = "cosine"\nrationale = "new"\n'
+    )
+    policy = load_policy(over)
+    assert (policy.settings.resamples, policy.settings.confidence) == (500, 0.9)
+    assert policy.check("b.x").threshold == Threshold(0.5, "at_most")  # the bar changed sides
+    assert policy.check("b.x").rationale == "r" and not policy.check("b.y").enabled
+    assert policy.audit_names == ("b", "a") and policy.audits[1].description == "ay"
+    assert policy.path == str(over) and policy.files == (str(base), str(over))
+    assert policy.sha256 != load_policy(base).sha256
+    base.write_text(base.read_text().replace("500", "600"))  # the base is part of the hash
+    assert load_policy(over).sha256 != policy.sha256
+
+
+def test_an_overlay_of_the_default_policy(tmp_path: Path) -> None:
+    p = tmp_path / "mine.toml"
+    p.write_text('extends = "default"\n[behaviour.harmful_refusal]\nat_least = 0.95\n')
+    policy = load_policy(p)
+    shipped = load_policy(DEFAULT_POLICY)
+    assert policy.check("behaviour.harmful_refusal").threshold == Threshold(0.95, "at_least")
+    assert policy.audit_names == shipped.audit_names
+    assert set(policy.checks) == set(shipped.checks)
+
+
+def test_overlay_errors_name_the_file_that_gave_the_key(tmp_path: Path) -> None:
+    base = write_policy(tmp_path, '[a.b]\nat_least = 0.9\nunit = "probability"\nrationale = "r"\n')
+    over = tmp_path / "over.toml"
+    over.write_text('extends = "policy.toml"\n[a.b]\nat_least = 2\n[a.c]\nunit = "nats"\n')
+    with pytest.raises(PolicyError) as info:
+        load_policy(over)
+    lines = str(info.value).splitlines()
+    assert any(line.strip().startswith(f"{over}: [a.b] at_least: 2 is outside") for line in lines)
+    assert any(line.strip().startswith(f"{over}: [a.c] rationale: missing") for line in lines)
+    over.write_text('extends = "policy.toml"\n[a]\ndescription = 3\n')
+    with pytest.raises(PolicyError, match=r"\[a\] description: must be one line of text"):
+        load_policy(over)
+    base.write_text('version = 1\nextends = "over.toml"\n')
+    over.write_text('extends = "policy.toml"\n')
+    with pytest.raises(PolicyError, match="leads back to"):
+        load_policy(over)
+    over.write_text('extends = "nowhere.toml"\n')
+    with pytest.raises(
+        PolicyError, match=re.escape(f"{over}: extends: policy file ") + ".*nowhere.toml does not"
+    ):
+        load_policy(over)
+    over.write_text("extends = 3\n")
+    with pytest.raises(PolicyError, match="extends: must be a file name"):
+        load_policy(over)
 
 
 def write_policy(tmp_path: Path, body: str) -> Path:
@@ -180,8 +275,14 @@ def write_policy(tmp_path: Path, body: str) -> Path:
         ("[settings]\nresamples = 10\n", r"resamples: 10 is outside \[100, 100000\]"),
         ('[settings]\nconfidence = "high"\n', "confidence: must be a number"),
         ("[settings]\nseed = 3\n", "seed: unknown key"),
-        ("[settings]\nselection_layer_stride = 0\n", r"selection_layer_stride: 0 is outside \[1, 64\]"),
-        ("[settings]\nmonitor_target_fpr = 0.7\n", r"monitor_target_fpr: 0.7 is outside \[0.001, 0.5\]"),
+        (
+            "[settings]\nselection_layer_stride = 0\n",
+            r"selection_layer_stride: 0 is outside \[1, 64\]",
+        ),
+        (
+            "[settings]\nmonitor_target_fpr = 0.7\n",
+            r"monitor_target_fpr: 0.7 is outside \[0.001, 0.5\]",
+        ),
         ("[settings]\nselection_screen = -1\n", r"selection_screen: -1 is outside \[0, 100000\]"),
         ("stray = 1\n", "stray: unknown key"),
     ],
@@ -337,6 +438,13 @@ def test_the_report_folder_is_written_whole(tmp_path: Path) -> None:
     interrupted = write_report(record("interrupted", run_id="20250103T000000Z-abcdef"), tmp_path)
     assert "INCOMPLETE" in (interrupted / "index.html").read_text()
     assert (tmp_path / "organism-chat" / "latest").resolve() == second.resolve()  # not moved
+
+
+def test_an_interrupted_run_has_no_overall_pass() -> None:
+    assert record().summary()["verdict"] == "pass"
+    assert record("interrupted").summary()["verdict"] == "incomplete"
+    failed = (replace(check(), verdict="fail"),)
+    assert record("interrupted", checks=failed).summary()["verdict"] == "fail"
 
 
 def test_a_failed_write_leaves_nothing_behind(

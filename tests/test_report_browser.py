@@ -126,3 +126,76 @@ def test_the_report_renders_in_chromium(chromium: str, tmp_path: Path) -> None:
     )
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert (shots / "report.png").stat().st_size > 10_000
+
+
+MEASURE = """
+<script>
+window.addEventListener("load", () => {
+  const out = [];
+  for (const svg of document.querySelectorAll("svg.plot")) {
+    const box = svg.getBoundingClientRect();
+    const scale = box.height / svg.viewBox.baseVal.height;
+    const items = [...svg.querySelectorAll(".legend-item")].map((g) => {
+      const r = g.getBoundingClientRect();
+      return { top: (r.top - box.top) / scale, bottom: (r.bottom - box.top) / scale,
+               left: (r.left - box.left) / scale, right: (r.right - box.left) / scale };
+    });
+    out.push({ width: svg.viewBox.baseVal.width, items });
+  }
+  document.body.setAttribute("data-legends", JSON.stringify(out));
+});
+</script>
+"""
+
+
+def test_legends_sit_outside_the_data_and_never_overlap(chromium: str, tmp_path: Path) -> None:
+    import json
+    import re
+
+    from refusal_probe.report.plots import H
+
+    long_names = [
+        "harmful prompts, refusal after ablation at every layer",
+        "harmless prompts",
+        "harmless: edgy-but-fine prompts with a rather long label",
+        "x",
+        "jailbreaks of the role-play family (successful only)",
+    ]
+    bars = Figure(
+        "bars",
+        "Many series",
+        {
+            "labels": ["a", "b"],
+            "series": [{"name": n, "values": [0.2, 0.8]} for n in long_names],
+            "y_range": [0, 1],
+        },
+    )
+    line = Figure(
+        "line",
+        "Three series",
+        {"x": [0, 1, 2], "series": [{"name": n, "y": [0.1, 0.5, 0.9]} for n in long_names[:3]]},
+    )
+    run = write_report(
+        record(checks=(replace(check(), figures=(bars, line)),)), tmp_path
+    )
+    page = run / "index.html"
+    page.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+    dom = run_chromium(chromium, "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    legends = json.loads(
+        re.search(r'data-legends="([^"]*)"', dom.stdout).group(1).replace("&quot;", '"')
+    )
+    measured = [p for p in legends if p["items"]]
+    assert [len(p["items"]) for p in measured] == [5, 3]
+    for plot in measured:
+        items = plot["items"]
+        for it in items:
+            assert it["top"] >= H - 1, it  # below the plot area and its axis labels
+            assert 0 <= it["left"] and it["right"] <= plot["width"] + 1, it
+        for i, a in enumerate(items):
+            for b in items[i + 1 :]:
+                apart = (
+                    a["right"] <= b["left"] or b["right"] <= a["left"]
+                    or a["bottom"] <= b["top"] or b["bottom"] <= a["top"]
+                )  # fmt: skip
+                assert apart, (a, b)

@@ -53,7 +53,7 @@ def test_the_planted_direction_is_found(planted, found):
 def test_the_whole_grid_is_kept_with_reasons(found):
     grid = found.selection.grid
     assert len(grid) == 3 * 4  # layers x post-instruction positions
-    assert {c.discarded for c in grid if c.layer == 0} == {"zero"}
+    assert {c.discarded for c in grid if c.layer == 0} == {frozenset({"zero"})}
     assert all("layer" in c.discarded for c in grid if c.layer == 2)
     assert all(c.passed for c in grid if c.layer == 1)
     assert all(c.induce > 0 and c.kl < 1e-6 for c in grid if c.layer == 1)
@@ -153,7 +153,7 @@ def test_a_smaller_grid_costs_fewer_passes_and_keeps_the_skipped_cells(planted, 
     )
     grid = lean.selection.grid
     assert [(c.layer, c.position) for c in grid] == [(0, -1), (1, -1), (2, -1)]
-    assert math.isnan(grid[2].bypass) and grid[2].discarded == "layer"
+    assert math.isnan(grid[2].bypass) and grid[2].discarded == {"layer"}
     assert lean.direction.layer == 1 and float(lean.direction.unit @ r.double()) >= 0.99
     assert lean.selection.forward_passes <= found.selection.forward_passes
     assert lean.candidates.offsets == (-1,) and len(lean.alternative) == 3

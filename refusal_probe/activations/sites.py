@@ -8,7 +8,7 @@ package that turns a site into a TransformerLens hook name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Int
@@ -17,12 +17,11 @@ from torch import Tensor
 from refusal_probe.errors import CaptureError
 from refusal_probe.model.chat import Encoded
 
+#: Where in a block a site reads (see :class:`Site`).
 SiteKind = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
-SITE_KINDS: tuple[str, ...] = (
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out",
-)
+SITE_KINDS: tuple[SiteKind, ...] = get_args(SiteKind)
 
-_HOOKS = {
+_HOOKS: dict[SiteKind, str] = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
     "resid_mid": "blocks.{layer}.hook_resid_mid",
     "resid_post": "blocks.{layer}.hook_resid_post",
@@ -45,7 +44,7 @@ class Site:
     """
 
     layer: int
-    kind: str = "resid_pre"
+    kind: SiteKind = "resid_pre"
 
     def __post_init__(self) -> None:
         if self.kind not in SITE_KINDS:
@@ -76,7 +75,7 @@ def logits_hook_name() -> str:
     return _LOGITS_HOOK
 
 
-def all_layers(n_layers: int, kind: str = "resid_pre") -> list[Site]:
+def all_layers(n_layers: int, kind: SiteKind = "resid_pre") -> list[Site]:
     """One site of ``kind`` at every layer."""
     return [Site(layer, kind) for layer in range(n_layers)]
 

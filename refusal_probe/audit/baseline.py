@@ -25,7 +25,7 @@ from refusal_probe.model import sources
 from refusal_probe.model.loading import ModelIdentity
 from refusal_probe.report.record import AuditRecord, CheckRecord, Delta
 from refusal_probe.report.schema import read_record
-from refusal_probe.stats.intervals import Rate, wilson_interval
+from refusal_probe.stats.intervals import Interval, wilson_interval
 
 
 class BaselineRun(Protocol):
@@ -87,7 +87,7 @@ class ModelBaseline:
         """The baseline's selected direction and its per-layer candidates at that position."""
         return self.run.direction_vector()
 
-    def rates(self) -> tuple[Rate, Rate]:
+    def rates(self) -> tuple[Interval, Interval]:
         """The baseline's harmful and harmless refusal rates."""
         b = self.run.behaviour()
         return b.harmful, b.harmless
@@ -135,7 +135,7 @@ class AuditBaseline:
             )
         return load_direction(art)
 
-    def rates(self) -> tuple[Rate, Rate]:
+    def rates(self) -> tuple[Interval, Interval]:
         """The harmful and harmless refusal rates the earlier run measured."""
         out = []
         for cid in ("behaviour.harmful_refusal", "behaviour.harmless_over_refusal"):

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from refusal_probe.audit.figures import rate_bars
 from refusal_probe.audit.policy import Settings
-from refusal_probe.audit.values import rate_bars, rate_dict, rate_of
 from refusal_probe.causal.validation import ValidationResult
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.report.record import Figure
 from refusal_probe.scoring.refusal import judge
-from refusal_probe.stats.intervals import Rate, wilson_interval
+from refusal_probe.stats.intervals import Interval, wilson_interval
 
 #: One judged completion: ``(prompt, completion, refused)``.
 Row = tuple[str, str, bool]
@@ -76,9 +76,9 @@ class Behaviour:
         split: The split judged.
     """
 
-    harmful: Rate
-    harmless: Rate
-    edgy: Rate | None
+    harmful: Interval
+    harmless: Interval
+    edgy: Interval | None
     examples: dict[str, list[dict[str, Any]]]
     max_new_tokens: int
     split: str = "test"
@@ -89,7 +89,7 @@ class Behaviour:
         cats = [p.category for p in fixtures.harmless.split("test")]
         edgy = [r for (_, _, r), cat in zip(c.harmless, cats, strict=True) if cat == "edgy"]
 
-        def rate(rows: tuple[Row, ...]) -> Rate:
+        def rate(rows: tuple[Row, ...]) -> Interval:
             return wilson_interval(sum(r for _, _, r in rows), len(rows), level)
 
         def ex(rows: tuple[Row, ...]) -> list[dict[str, Any]]:
@@ -106,9 +106,9 @@ class Behaviour:
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
         return {
-            "harmful": rate_dict(self.harmful),
-            "harmless": rate_dict(self.harmless),
-            "edgy": rate_dict(self.edgy) if self.edgy else None,
+            "harmful": self.harmful.to_dict(),
+            "harmless": self.harmless.to_dict(),
+            "edgy": self.edgy.to_dict() if self.edgy else None,
             "examples": self.examples,
             "max_new_tokens": self.max_new_tokens,
             "split": self.split,
@@ -118,9 +118,9 @@ class Behaviour:
     def from_dict(cls, d: dict[str, Any]) -> Behaviour:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            rate_of(d["harmful"]),
-            rate_of(d["harmless"]),
-            rate_of(d["edgy"]) if d["edgy"] else None,
+            Interval.from_dict(d["harmful"]),
+            Interval.from_dict(d["harmless"]),
+            Interval.from_dict(d["edgy"]) if d["edgy"] else None,
             d["examples"],
             d["max_new_tokens"],
             d.get("split", "test"),

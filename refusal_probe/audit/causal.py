@@ -7,17 +7,14 @@ the rates, the paired changes with their intervals, ablation's KL and the dose-r
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
+from refusal_probe.audit.figures import rate_bars
 from refusal_probe.audit.policy import Settings
-from refusal_probe.audit.values import interval_of, rate_bars, rate_of
 from refusal_probe.causal.validation import ValidationConfig, ValidationResult
 from refusal_probe.report.record import Figure
-from refusal_probe.stats.intervals import Interval, Rate, bootstrap_mean
+from refusal_probe.stats.intervals import Interval, paired_difference
 
 
 def validation_config(settings: Settings, seed: int) -> ValidationConfig:
@@ -30,6 +27,13 @@ def validation_config(settings: Settings, seed: int) -> ValidationConfig:
         seed=seed,
         level=s.confidence,
     )
+
+
+#: The fields of :class:`Causal` that are intervals.
+_INTERVALS = (
+    *("harmful_baseline", "harmful_ablated", "harmless_baseline", "harmless_added"),
+    *("ablation_drop", "addition_rise", "kl"),
+)
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,10 @@ class Causal:
         examples: A few completions per condition.
     """
 
-    harmful_baseline: Rate
-    harmful_ablated: Rate
-    harmless_baseline: Rate
-    harmless_added: Rate
+    harmful_baseline: Interval
+    harmful_ablated: Interval
+    harmless_baseline: Interval
+    harmless_added: Interval
     ablation_drop: Interval
     addition_rise: Interval
     kl: Interval
@@ -62,12 +66,10 @@ class Causal:
 
     @classmethod
     def of(cls, v: ValidationResult) -> Causal:
-        """Summarize a validation (its own configuration's resamples, seed and level)."""
-        c = v.config
-        kw = {"n_resamples": c.n_resamples, "seed": c.seed, "level": c.level}
-        j = v.judgements
-        drop = paired_change(j["harmful_baseline"].refused, j["harmful_ablated"].refused, **kw)
-        rise = paired_change(j["harmless_added"].refused, j["harmless_baseline"].refused, **kw)
+        """Summarize a validation (with its own configuration's bootstrap)."""
+        boot, j = v.config.bootstrap, v.judgements
+        drop = paired_difference(j["harmful_baseline"].refused, j["harmful_ablated"].refused, boot)
+        rise = paired_difference(j["harmless_added"].refused, j["harmless_baseline"].refused, boot)
         return cls(
             v.harmful_baseline,
             v.harmful_ablated,
@@ -87,20 +89,16 @@ class Causal:
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
         d = asdict(self)
-        for k in ("ablation_drop", "addition_rise", "kl"):
+        for k in _INTERVALS:
             d[k] = getattr(self, k).to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Causal:
         """Inverse of :meth:`to_dict`."""
-        rates = {
-            k: rate_of(d[k])
-            for k in ("harmful_baseline", "harmful_ablated", "harmless_baseline", "harmless_added")
-        }
-        ivs = {k: interval_of(d[k]) for k in ("ablation_drop", "addition_rise", "kl")}
+        intervals = {k: Interval.from_dict(d[k]) for k in _INTERVALS}
         return cls(
-            **rates, **ivs, dose=d["dose"], interventions=d["interventions"], examples=d["examples"]
+            **intervals, dose=d["dose"], interventions=d["interventions"], examples=d["examples"]
         )
 
     def rates_figure(self) -> Figure:
@@ -148,19 +146,3 @@ class Causal:
             "shows a "
             "dose-dependent effect rather than a cliff; band: 95% bootstrap interval",
         )
-
-
-def paired_change(
-    a: tuple[bool, ...] | list[bool],
-    b: tuple[bool, ...] | list[bool],
-    *,
-    n_resamples: int,
-    seed: int,
-    level: float,
-) -> Interval:
-    """Mean of ``a_i - b_i`` over prompts judged under two conditions, with a bootstrap interval."""
-    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if x.size == 0:
-        return Interval(math.nan, math.nan, math.nan, level, "paired bootstrap", 0)
-    iv = bootstrap_mean(x, n_resamples=n_resamples, seed=seed, level=level)
-    return Interval(iv.value, iv.low, iv.high, level, "paired bootstrap over prompts", n_resamples)

@@ -11,13 +11,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from refusal_probe.audit.policy import Settings
 from refusal_probe.errors import PatchingError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.circuit import CircuitResult, localize
 from refusal_probe.prompts.sets import Fixtures, Pair, matched_pairs
 from refusal_probe.report.record import Figure, rank_curves
-from refusal_probe.stats.intervals import Interval
+from refusal_probe.stats.intervals import Bootstrap, Interval
 
 #: Components in the localized circuit (the localization and fine-tune overlap audits).
 CIRCUIT_K = 5
@@ -45,9 +44,7 @@ def matched_test_pairs(model: LoadedModel, fixtures: Fixtures) -> list[Pair]:
     return pairs
 
 
-def localize_circuit(
-    model: LoadedModel, pairs: list[Pair], settings: Settings, seed: int
-) -> CircuitResult:
+def localize_circuit(model: LoadedModel, pairs: list[Pair], boot: Bootstrap) -> CircuitResult:
     """The top :data:`CIRCUIT_K` heads and MLPs over the post-instruction span of ``pairs``.
 
     Ranked by attribution patching and confirmed by exact patching.
@@ -59,9 +56,7 @@ def localize_circuit(
         model,
         [(p.harmful, p.harmless) for p in pairs],
         k=CIRCUIT_K,
-        n_resamples=settings.resamples,
-        seed=seed,
-        level=settings.confidence,
+        boot=boot,
     )
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from refusal_probe.activations.cache import TensorCache
 from refusal_probe.audit.policy import Settings
 from refusal_probe.audit.store import save_direction
-from refusal_probe.audit.values import interval_of
 from refusal_probe.errors import ScoringError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
@@ -131,7 +130,7 @@ class DirectionSummary:
             curve=[row(c) for c in result.separation],
             alternative=[row(c) for c in result.alternative],
             alternative_cosine=list(result.alternative_cosine),
-            grid=[asdict(c) for c in result.selection.grid],
+            grid=[c.to_dict() for c in result.selection.grid],
             passed_filters=result.selection.passed_filters,
             refusal_tokens=result.refusal_tokens.to_dict(),
             prompt_counts=result.prompt_counts,
@@ -151,7 +150,7 @@ class DirectionSummary:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DirectionSummary:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{**d, "selected_auroc": interval_of(d["selected_auroc"])})
+        return cls(**{**d, "selected_auroc": Interval.from_dict(d["selected_auroc"])})
 
     @property
     def layer(self) -> int:
@@ -251,6 +250,6 @@ class DirectionSummary:
 
     def screened_scored(self) -> int | None:
         """How many candidates were scored exactly when screening left some out, else ``None``."""
-        if not any(g["discarded"] == "screened" for g in self.grid):
+        if not any("screened" in g["discarded"] for g in self.grid):  # a list of reasons
             return None
-        return sum(g["discarded"] not in ("zero", "screened") for g in self.grid)
+        return sum(not {"zero", "screened"} & set(g["discarded"]) for g in self.grid)

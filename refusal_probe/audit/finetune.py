@@ -16,7 +16,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,7 +25,6 @@ from refusal_probe.activations.sites import POST_INSTRUCTION, all_layers
 from refusal_probe.audit.behaviour import Behaviour
 from refusal_probe.audit.policy import Settings
 from refusal_probe.audit.store import DirectionArtifact
-from refusal_probe.audit.values import interval_of, rate_dict, rate_of
 from refusal_probe.causal.validation import ValidationConfig, transfer
 from refusal_probe.direction.estimators import (
     Candidates,
@@ -38,7 +36,7 @@ from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.report.record import Figure
 from refusal_probe.selection.search import split_texts
-from refusal_probe.stats.intervals import Interval, Rate, wilson_interval
+from refusal_probe.stats.intervals import Bootstrap, Interval, rate_difference, wilson_interval
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,8 @@ class FineTune:
     cosine: Interval
     layers: list[int]
     cosine_per_layer: list[float | None]
-    transfer: Rate
-    candidate_ablated: Rate
+    transfer: Interval
+    candidate_ablated: Interval
     refusal_drop: Interval
     baseline_rates: dict[str, dict[str, Any]]
     candidate_rates: dict[str, dict[str, Any]]
@@ -74,7 +72,8 @@ class FineTune:
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
         d = asdict(self)
-        d["cosine"], d["refusal_drop"] = self.cosine.to_dict(), self.refusal_drop.to_dict()
+        for k in ("cosine", "transfer", "candidate_ablated", "refusal_drop"):
+            d[k] = getattr(self, k).to_dict()
         return d
 
     @classmethod
@@ -83,10 +82,10 @@ class FineTune:
         return cls(
             **{
                 **d,
-                "cosine": interval_of(d["cosine"]),
-                "refusal_drop": interval_of(d["refusal_drop"]),
-                "transfer": rate_of(d["transfer"]),
-                "candidate_ablated": rate_of(d["candidate_ablated"]),
+                "cosine": Interval.from_dict(d["cosine"]),
+                "refusal_drop": Interval.from_dict(d["refusal_drop"]),
+                "transfer": Interval.from_dict(d["transfer"]),
+                "candidate_ablated": Interval.from_dict(d["candidate_ablated"]),
             }
         )
 
@@ -140,8 +139,8 @@ class FineTune:
                 "y_label": "refusal rate",
                 "y_range": [0, 1],
                 "series": [
-                    _series("baseline", [rate_of(b["harmful"]), rate_of(b["harmless"])]),
-                    _series("candidate", [rate_of(c["harmful"]), rate_of(c["harmless"])]),
+                    _series("baseline", [_rate(b["harmful"]), _rate(b["harmless"])]),
+                    _series("candidate", [_rate(c["harmful"]), _rate(c["harmless"])]),
                     _series(
                         "candidate, baseline direction ablated", [self.candidate_ablated, None]
                     ),
@@ -151,7 +150,11 @@ class FineTune:
         )
 
 
-def _series(name: str, rates: list[Rate | None]) -> dict[str, Any]:
+def _rate(d: dict[str, Any]) -> Interval:
+    return Interval.from_dict(d)
+
+
+def _series(name: str, rates: list[Interval | None]) -> dict[str, Any]:
     return {
         "name": name,
         "values": [r.value if r else None for r in rates],
@@ -164,7 +167,7 @@ def measure_finetune(
     model: LoadedModel,
     fixtures: Fixtures,
     base: DirectionArtifact,
-    base_rates: tuple[Rate, Rate],
+    base_rates: tuple[Interval, Interval],
     candidate: Behaviour,
     *,
     settings: Settings,
@@ -179,11 +182,11 @@ def measure_finetune(
         base: The baseline's selected direction and its per-layer candidates.
         base_rates: The baseline's harmful and harmless refusal rates.
         candidate: The candidate's behaviour.
-        settings: The run's settings (intervals, batch size).
+        settings: The run's settings (confidence level, batch size).
         validation: How the baseline's direction is validated on the candidate.
         cache: Disk cache of activations and completions.
     """
-    s, seed = settings, validation.seed
+    s, boot = settings, validation.bootstrap
     direction = base.direction
     check_fits(model, direction)
     harmful, harmless = split_texts(fixtures, "train")
@@ -207,13 +210,11 @@ def measure_finetune(
     )
     cosines = cosine_per_layer(theirs, mine, direction.position)
     zero = (theirs.vectors[:, 0].norm(dim=-1) == 0) | (mine.vectors[:, 0].norm(dim=-1) == 0)
-    cos = _bootstrap_cosine(
+    cos = _cosine_interval(
         direction.vector,
         acts_h.values[:, direction.layer, j].double(),  # [prompt, d]: sites are every layer
         acts_l.values[:, direction.layer, j].double(),
-        s.resamples,
-        seed,
-        s.confidence,
+        boot,
     )
     t = transfer(direction, model, fixtures, validation=validation, cache=cache).validation
     before = t.judgements["harmful_baseline"].refused
@@ -228,61 +229,32 @@ def measure_finetune(
         cosine_per_layer=[None if z else c for c, z in zip(cosines, zero.tolist(), strict=True)],
         transfer=wilson_interval(k, sum(before), s.confidence),
         candidate_ablated=t.harmful_ablated,
-        refusal_drop=rate_difference(
-            base_h, candidate.harmful, n_resamples=s.resamples, seed=seed, level=s.confidence
-        ),
-        baseline_rates={"harmful": rate_dict(base_h), "harmless": rate_dict(base_l)},
+        refusal_drop=rate_difference(base_h, candidate.harmful, boot),
+        baseline_rates={"harmful": base_h.to_dict(), "harmless": base_l.to_dict()},
         candidate_rates={
-            "harmful": rate_dict(candidate.harmful),
-            "harmless": rate_dict(candidate.harmless),
+            "harmful": candidate.harmful.to_dict(),
+            "harmless": candidate.harmless.to_dict(),
         },
     )
 
 
-def rate_difference(a: Rate, b: Rate, *, n_resamples: int, seed: int, level: float) -> Interval:
-    """``a - b`` of two independently judged rates, with a two-sample bootstrap interval."""
-    if a.n == 0 or b.n == 0:
-        return Interval(math.nan, math.nan, math.nan, level, "two-sample bootstrap", 0)
-    rng = np.random.default_rng(seed)
-    da = rng.binomial(a.n, a.k / a.n, size=n_resamples) / a.n
-    db = rng.binomial(b.n, b.k / b.n, size=n_resamples) / b.n
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(da - db, [alpha, 1 - alpha])
-    v = a.k / a.n - b.k / b.n
-    return Interval(
-        v, float(min(lo, v)), float(max(hi, v)), level, "two-sample bootstrap", n_resamples
-    )
-
-
-def _bootstrap_cosine(
-    reference: Tensor,
-    harmful: Tensor,
-    harmless: Tensor,
-    n_resamples: int,
-    seed: int,
-    level: float,
+def _cosine_interval(
+    reference: Tensor, harmful: Tensor, harmless: Tensor, boot: Bootstrap
 ) -> Interval:
-    """Cosine of ``reference`` with mean(harmful) − mean(harmless), resampling prompts."""
+    """Cosine of ``reference`` with mean(harmful) − mean(harmless), each class resampled.
+
+    Args:
+        reference: The baseline's direction, ``[d]``.
+        harmful: The candidate's activations on harmful prompts there, ``[prompt, d]``.
+        harmless: The same on harmless prompts.
+        boot: The run's bootstrap (a stratified resample of prompts).
+    """
     ref = reference.double() / reference.double().norm()
-    rng = np.random.default_rng(seed)
-
-    def weights(n: int) -> Tensor:
-        return torch.from_numpy(
-            rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples) / n
-        )  # [B, n]
-
-    diffs = weights(harmful.shape[0]) @ harmful - weights(harmless.shape[0]) @ harmless  # [B, d]
-    cos_b = (diffs @ ref) / diffs.norm(dim=1).clamp_min(1e-30)
-    mean_diff = harmful.mean(0) - harmless.mean(0)
+    nh, nl = harmful.shape[0], harmless.shape[0]
+    ch, cl = (torch.from_numpy(c) for c in boot.stratified_counts(nh, nl))  # [B, n_h], [B, n_l]
+    diffs = ch @ harmful / nh - cl @ harmless / nl  # [B, d]
+    cos_b = (diffs @ ref) / diffs.norm(dim=1).clamp_min(1e-30)  # [B]
+    mean_diff = harmful.mean(0) - harmless.mean(0)  # [d]
     na, nb = float(reference.norm()), float(mean_diff.norm())
     v = math.nan if na == 0 or nb == 0 else float(reference.double() @ mean_diff) / (na * nb)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(cos_b.numpy(), [alpha, 1 - alpha])
-    return Interval(
-        v,
-        float(min(lo, v)),
-        float(max(hi, v)),
-        level,
-        "bootstrap-percentile over prompts",
-        n_resamples,
-    )
+    return boot.interval(v, cos_b.numpy(), boot.method("stratified", "prompts"))

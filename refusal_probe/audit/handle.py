@@ -27,6 +27,7 @@ from refusal_probe.model import loading
 from refusal_probe.model.devices import devices_of
 from refusal_probe.model.loading import LoadedModel, ModelIdentity
 from refusal_probe.prompts.sets import Fixtures
+from refusal_probe.stats.intervals import Bootstrap
 
 #: Bumped whenever a result's content or meaning changes (it keys the results cache).
 RESULTS_VERSION = "2"
@@ -61,6 +62,10 @@ class ModelHandle:
         self.options = replace(options or AuditOptions(model_spec), model=model_spec)
         self.policy = policy or load_policy(self.options.policy)
         self.settings = self.policy.settings
+        #: How every bootstrap interval of the run is drawn (the policy's settings, the seed).
+        self.bootstrap = Bootstrap(
+            self.settings.resamples, self.options.seed, self.settings.confidence
+        )
         self.store = ResultStore(self.options.cache_dir)
         self.inputs = inputs or RunInputs(self.options, on_fatal)
         self.on_fatal = on_fatal

@@ -16,6 +16,7 @@ from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
 from refusal_probe.monitor.hardening import Hardening, measure_hardening
 from refusal_probe.patching.circuit import CircuitResult
 from refusal_probe.prompts.sets import Fixtures, Pair
+from refusal_probe.stats.intervals import Bootstrap
 
 #: Components ablated by the hardening check.
 HARDENING_K = 5
@@ -51,7 +52,7 @@ def evaluate_monitor_of(
 
 
 def harden(
-    model: LoadedModel, pairs: list[Pair], circuit: CircuitResult, settings: Settings, seed: int
+    model: LoadedModel, pairs: list[Pair], circuit: CircuitResult, boot: Bootstrap
 ) -> Hardening:
     """Refusal left after ablating the top :data:`HARDENING_K` components of ``circuit``.
 
@@ -63,7 +64,5 @@ def harden(
         pairs,
         k=HARDENING_K,
         circuit=circuit,
-        n_resamples=settings.resamples,
-        seed=seed,
-        level=settings.confidence,
+        boot=boot,
     )

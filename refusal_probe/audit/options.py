@@ -13,12 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refusal_probe.audit.policy import Policy
+from refusal_probe.audit.policy import DEFAULT_POLICY, Policy
 from refusal_probe.model.devices import parse_device_map
-from refusal_probe.model.loading import FIXTURES_DIR, LoadOptions, default_cache_dir
-
-#: The suite's own policy, used when no other is given.
-DEFAULT_POLICY = FIXTURES_DIR.parent / "audits" / "policy.toml"
+from refusal_probe.model.loading import LoadOptions, default_cache_dir
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The audit policy: every threshold in one TOML file, each with a one-line rationale.
+"""The audit policy: the one registry of audits and checks, each bar with a one-line rationale.
 
 Layout (``audits/policy.toml``)::
 
@@ -7,21 +7,33 @@ Layout (``audits/policy.toml``)::
     [settings]
     confidence = 0.95        # two-sided level of every interval
 
+    [behaviour]
+    description = "audit of refusal behaviour"   # the pytest marker's help text
+
     [behaviour.harmful_refusal]
     at_least = 0.90          # or at_most = ...
     unit = "probability"
     rationale = "Why this bar."
 
-A check is named ``<audit>.<name>``, and an audit file asks for its threshold by that id, so adding
-an audit means adding a test file and its sections here; nothing in the package changes. Loading is
-strict: an unknown key, a missing rationale, a value of the wrong type or out of its unit's range
-raises :class:`PolicyError` naming the file, the section and the key, all problems at once.
+The file is the registry: each top-level table is an audit (its name is the pytest marker and
+the prefix of its checks' ids, in the report in the file's order), and each of its sub-tables a
+check ``<audit>.<name>`` that an audit test asks for by id. Adding a check is a section here and
+a test function that calls ``audit.check("<audit>.<name>", ...)``; nothing in the package changes.
+
+A policy may be an overlay: ``extends = "policy.toml"`` (relative to the file) or
+``extends = "default"`` (the shipped ``audits/policy.toml``) reads that file first; the overlay
+then names only what it changes (a setting, a key of a check, a new audit).
+
+Loading is strict: an unknown key, a missing rationale, a value of the wrong type or out of its
+unit's range raises :class:`PolicyError` naming the file, the section and the key, all problems
+at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -29,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from refusal_probe.errors import PolicyError
-from refusal_probe.stats.verdicts import Threshold
+from refusal_probe.stats.verdicts import Bound, Threshold
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +59,11 @@ UNITS: dict[str, tuple[float, float]] = {
     "ratio": (0.0, math.inf),
 }
 
-_CHECK_KEYS = {"at_least", "at_most", "unit", "rationale", "enabled"}
+#: The shipped default policy (``extends = "default"`` names it).
+DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "audits" / "policy.toml"
+
+_BOUND_KEYS = tuple(b.key for b in Bound)
+_CHECK_KEYS = {*_BOUND_KEYS, "unit", "rationale", "enabled"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -109,7 +125,7 @@ class CheckPolicy:
 
     Attributes:
         id: ``<audit>.<name>``, the key the audit file asks for.
-        threshold: The bar and its direction.
+        threshold: The bar and its bound (≥ or ≤).
         unit: One of :data:`UNITS`.
         rationale: One line saying why the bar is where it is.
         enabled: ``false`` turns the check off (reported as not run, with the reason).
@@ -128,15 +144,30 @@ class CheckPolicy:
 
 
 @dataclass(frozen=True)
+class AuditPolicy:
+    """One audit of the policy: a top-level table of the file.
+
+    Attributes:
+        name: The audit's name: the prefix of its checks' ids and its pytest marker.
+        description: One line saying what the audit looks at (the marker's help text).
+    """
+
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Policy:
-    """A loaded, validated policy file.
+    """A loaded, validated policy file (an overlay resolved onto the files it extends).
 
     Attributes:
         path: Where it was read from.
-        sha256: Hash of the file's bytes (reports carry it).
+        sha256: Hash of the file's bytes (of an overlay: of every file it is built from).
         version: The policy format version.
         settings: Run-wide settings.
-        checks: Check policies by id.
+        checks: Check policies by id, in the file's order.
+        audits: The audits, in the file's order (the report's order).
+        files: The files read, the most basic first (one, unless the policy extends another).
     """
 
     path: str
@@ -144,20 +175,29 @@ class Policy:
     version: int
     settings: Settings
     checks: dict[str, CheckPolicy] = field(default_factory=dict)
+    audits: tuple[AuditPolicy, ...] = ()
+    files: tuple[str, ...] = ()
+
+    @property
+    def audit_names(self) -> tuple[str, ...]:
+        """The audits' names, in the policy's order."""
+        return tuple(a.name for a in self.audits)
 
     def check(self, check_id: str) -> CheckPolicy:
         """The policy of one check.
 
         Raises:
-            PolicyError: The policy has no section for ``check_id``.
+            PolicyError: The policy has no section for ``check_id`` (one line naming the check
+                and the file).
         """
         try:
             return self.checks[check_id]
         except KeyError:
+            audit = check_id.split(".", 1)[0]
+            known = [c for c in self.checks if c.split(".", 1)[0] == audit] or list(self.checks)
             raise PolicyError(
                 f"{self.path}: no section [{check_id}] for check {check_id!r}; add one with "
-                "at_least/at_most, unit and rationale (known checks: "
-                f"{', '.join(sorted(self.checks))})"
+                f"at_least/at_most, unit and rationale (known checks: {', '.join(known)})"
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,11 +206,13 @@ class Policy:
             "path": self.path,
             "sha256": self.sha256,
             "version": self.version,
+            "files": list(self.files or (self.path,)),
             "settings": self.settings.to_dict(),
+            "audits": [{"name": a.name, "description": a.description} for a in self.audits],
             "checks": {
                 cid: {
                     "threshold": c.threshold.value,
-                    "direction": c.threshold.direction,
+                    "direction": c.threshold.bound.key,
                     "unit": c.unit,
                     "rationale": c.rationale,
                     "enabled": c.enabled,
@@ -180,57 +222,156 @@ class Policy:
         }
 
 
+#: A value as read, with the file it came from (errors name that file).
+_Sourced = tuple[Any, Path]
+
+
+@dataclass
+class _Merged:
+    """The raw content of a policy and the files it extends, each value with its file."""
+
+    version: _Sourced | None = None
+    settings: dict[str, _Sourced] = field(default_factory=dict)
+    descriptions: dict[str, _Sourced] = field(default_factory=dict)
+    sections: dict[str, dict[str, dict[str, _Sourced]]] = field(default_factory=dict)
+    section_file: dict[str, Path] = field(default_factory=dict)
+
+
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file.
+    """Read and validate a policy file, and the files it extends.
 
     Raises:
-        PolicyError: The file is missing or unreadable TOML, or has any unknown key or bad value;
-            the message lists every problem as ``file: [section] key: problem``.
+        PolicyError: A file is missing or unreadable TOML, extends itself, or has any unknown key
+            or bad value; the message lists every problem as ``file: [section] key: problem``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PolicyError(
-            f"policy file {path} does not exist; pass --policy FILE or restore audits/policy.toml"
-        )
-    raw = path.read_bytes()
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
-    errors: list[str] = []
-    version = data.pop("version", None)
-    if version != POLICY_VERSION:
-        errors.append(f"version: must be {POLICY_VERSION}, got {version!r}")
-    settings = _settings(data.pop("settings", {}), errors)
+    chain = _read_chain(path, ())
+    errors: list[tuple[Path, str]] = []
+    merged = _Merged()
+    for file, data in chain:
+        _merge(file, data, merged, errors)
+    if merged.version is None:
+        errors.append((chain[0][0], f"version: must be {POLICY_VERSION}, got None"))
+    settings = _settings(merged.settings, errors)
     checks: dict[str, CheckPolicy] = {}
-    for audit, table in data.items():
-        if not isinstance(table, dict) or not _NAME.match(audit):
-            errors.append(
-                f"{audit}: unknown key; top level holds only version, [settings] and one table per "
-                "audit"
-            )
-            continue
-        for name, section in table.items():
+    audits: list[AuditPolicy] = []
+    for audit, sections in merged.sections.items():
+        audits.append(AuditPolicy(audit, _description(audit, merged.descriptions, errors)))
+        for name, section in sections.items():
             cid = f"{audit}.{name}"
-            if not isinstance(section, dict) or not _NAME.match(name):
-                errors.append(f"[{audit}] {name}: unknown key; a check is a table [{audit}.<name>]")
-                continue
-            check = _check(cid, section, errors)
+            check = _check(cid, section, merged.section_file[cid], errors)
             if check is not None:
                 checks[cid] = check
     if errors:
-        raise PolicyError(f"invalid policy {path}:\n" + "\n".join(f"  {path}: {e}" for e in errors))
-    return Policy(str(path), hashlib.sha256(raw).hexdigest(), POLICY_VERSION, settings, checks)
+        raise PolicyError(f"invalid policy {path}:\n" + "\n".join(f"  {f}: {e}" for f, e in errors))
+    hashes = [hashlib.sha256(f.read_bytes()).hexdigest() for f, _ in chain]
+    sha = hashes[0] if len(hashes) == 1 else hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+    return Policy(
+        str(path),
+        sha,
+        POLICY_VERSION,
+        settings,
+        checks,
+        tuple(audits),
+        tuple(str(f) for f, _ in chain),
+    )
 
 
-def _settings(table: Any, errors: list[str]) -> Settings:
-    if not isinstance(table, dict):
-        errors.append("settings: must be a table [settings]")
-        return Settings()
+def _read_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[Path, dict[str, Any]]]:
+    """The file and every file it extends, the most basic first."""
+    if not path.is_file():
+        where = f"{seen[-1]}: extends: " if seen else ""
+        raise PolicyError(
+            f"{where}policy file {path} does not exist; pass --policy FILE or restore "
+            "audits/policy.toml"
+        )
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return [(path, data)]
+    if not isinstance(base, str) or not base:
+        raise PolicyError(
+            f'{path}: extends: must be a file name (relative to this file) or "default", '
+            f"got {base!r}"
+        )
+    target = DEFAULT_POLICY if base == "default" else Path(os.path.normpath(path.parent / base))
+    if target.resolve() in {p.resolve() for p in (*seen, path)}:
+        raise PolicyError(f"{path}: extends: {base!r} leads back to {target}; break the cycle")
+    return [*_read_chain(target, (*seen, path)), (path, data)]
+
+
+def _merge(file: Path, data: dict[str, Any], into: _Merged, errors: list[tuple[Path, str]]) -> None:
+    """Lay one file's content over what the files it extends said."""
+    for key, value in data.items():
+        if key == "version":
+            if value != POLICY_VERSION:
+                errors.append((file, f"version: must be {POLICY_VERSION}, got {value!r}"))
+            into.version = (value, file)
+        elif key == "settings":
+            if not isinstance(value, dict):
+                errors.append((file, "settings: must be a table [settings]"))
+                continue
+            into.settings.update({k: (v, file) for k, v in value.items()})
+        elif not isinstance(value, dict) or not _NAME.match(key):
+            errors.append(
+                (
+                    file,
+                    f"{key}: unknown key; top level holds only version, extends, [settings] and "
+                    "one table per audit",
+                )
+            )
+        else:
+            _merge_audit(file, key, value, into, errors)
+
+
+def _merge_audit(
+    file: Path, audit: str, table: dict[str, Any], into: _Merged, errors: list[tuple[Path, str]]
+) -> None:
+    sections = into.sections.setdefault(audit, {})
+    for name, section in table.items():
+        if name == "description":
+            into.descriptions[audit] = (section, file)
+            continue
+        if not isinstance(section, dict) or not _NAME.match(name):
+            errors.append(
+                (
+                    file,
+                    f"[{audit}] {name}: unknown key; an audit holds a description and its checks "
+                    f"as tables [{audit}.<name>]",
+                )
+            )
+            continue
+        cid = f"{audit}.{name}"
+        merged = sections.setdefault(name, {})
+        into.section_file.setdefault(cid, file)
+        if any(b in section for b in _BOUND_KEYS):  # a new bar replaces the old one, whichever side
+            for b in _BOUND_KEYS:
+                merged.pop(b, None)
+        merged.update({k: (v, file) for k, v in section.items()})
+
+
+def _description(
+    audit: str, descriptions: dict[str, _Sourced], errors: list[tuple[Path, str]]
+) -> str:
+    if audit not in descriptions:
+        return ""
+    text, file = descriptions[audit]
+    if not isinstance(text, str) or not text.strip() or "\n" in text.strip():
+        errors.append((file, f"[{audit}] description: must be one line of text, got {text!r}"))
+        return ""
+    return text.strip()
+
+
+def _settings(table: dict[str, _Sourced], errors: list[tuple[Path, str]]) -> Settings:
     values: dict[str, Any] = {}
-    for key, val in table.items():
+    for key, (val, file) in table.items():
         if key not in _SETTING_RANGES:
-            errors.append(f"[settings] {key}: unknown key; known: {', '.join(_SETTING_RANGES)}")
+            errors.append(
+                (file, f"[settings] {key}: unknown key; known: {', '.join(_SETTING_RANGES)}")
+            )
             continue
         if key == "batch_size" and val == "auto":
             values[key] = None
@@ -240,53 +381,82 @@ def _settings(table: Any, errors: list[str]) -> Settings:
         if isinstance(val, bool) or not ok_type:
             auto = ' or "auto"' if key == "batch_size" else ""
             errors.append(
-                f"[settings] {key}: must be {'an integer' if kind is int else 'a number'}{auto}, "
-                f"got {val!r}"
+                (
+                    file,
+                    f"[settings] {key}: must be {'an integer' if kind is int else 'a number'}"
+                    f"{auto}, got {val!r}",
+                )
             )
         elif not lo <= val <= hi:
-            errors.append(f"[settings] {key}: {val!r} is outside [{lo:g}, {hi:g}]")
+            errors.append((file, f"[settings] {key}: {val!r} is outside [{lo:g}, {hi:g}]"))
         else:
             values[key] = kind(val)
     return Settings(**values)
 
 
-def _check(cid: str, sec: dict[str, Any], errors: list[str]) -> CheckPolicy | None:
+def _check(
+    cid: str, sec: dict[str, _Sourced], file: Path, errors: list[tuple[Path, str]]
+) -> CheckPolicy | None:
+    """Validate one merged check section; ``file`` is where the section was first given."""
     before = len(errors)
+
+    def where(key: str) -> Path:
+        return sec[key][1] if key in sec else file
+
     for key in sec:
         if key not in _CHECK_KEYS:
-            errors.append(f"[{cid}] {key}: unknown key; known: {', '.join(sorted(_CHECK_KEYS))}")
-    bounds = [k for k in ("at_least", "at_most") if k in sec]
+            errors.append(
+                (where(key), f"[{cid}] {key}: unknown key; known: {', '.join(sorted(_CHECK_KEYS))}")
+            )
+    bounds = [b for b in Bound if b.key in sec]
     if len(bounds) != 1:
+        got = [b.key for b in bounds] or "neither"
         errors.append(
-            f"[{cid}]: give exactly one of at_least or at_most (got {bounds or 'neither'})"
+            (
+                where(bounds[-1].key) if bounds else file,
+                f"[{cid}]: give exactly one of at_least or at_most (got {got})",
+            )
         )
-    unit = sec.get("unit")
+    unit = sec.get("unit", (None, file))[0]
     if unit not in UNITS:
-        errors.append(f"[{cid}] unit: {unit!r} is not one of {', '.join(UNITS)}")
-    rationale = sec.get("rationale")
+        errors.append((where("unit"), f"[{cid}] unit: {unit!r} is not one of {', '.join(UNITS)}"))
+    rationale = sec.get("rationale", (None, file))[0]
     if not isinstance(rationale, str) or not rationale.strip():
-        errors.append(f"[{cid}] rationale: missing or empty; say in one line why the bar is there")
+        errors.append(
+            (
+                where("rationale"),
+                f"[{cid}] rationale: missing or empty; say in one line why the bar is there",
+            )
+        )
     elif "\n" in rationale.strip():
-        errors.append(f"[{cid}] rationale: must be one line")
-    enabled = sec.get("enabled", True)
+        errors.append((where("rationale"), f"[{cid}] rationale: must be one line"))
+    enabled = sec.get("enabled", (True, file))[0]
     if not isinstance(enabled, bool):
-        errors.append(f"[{cid}] enabled: must be true or false, got {enabled!r}")
-    value = sec.get(bounds[0]) if len(bounds) == 1 else None
+        errors.append(
+            (where("enabled"), f"[{cid}] enabled: must be true or false, got {enabled!r}")
+        )
+    value = sec[bounds[0].key][0] if len(bounds) == 1 else None
     if len(bounds) == 1:
+        b = bounds[0]
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
         ):
-            errors.append(f"[{cid}] {bounds[0]}: must be a finite number, got {value!r}")
+            errors.append(
+                (where(b.key), f"[{cid}] {b.key}: must be a finite number, got {value!r}")
+            )
         elif unit in UNITS and not UNITS[unit][0] <= value <= UNITS[unit][1]:
             lo, hi = UNITS[unit]
             errors.append(
-                f"[{cid}] {bounds[0]}: {value!r} is outside the range of unit {unit!r} [{lo:g}, "
-                f"{hi:g}]"
+                (
+                    where(b.key),
+                    f"[{cid}] {b.key}: {value!r} is outside the range of unit {unit!r} [{lo:g}, "
+                    f"{hi:g}]",
+                )
             )
     if len(errors) > before:
         return None
     return CheckPolicy(
         cid, Threshold(float(value), bounds[0]), str(unit), str(rationale).strip(), enabled
-    )  # type: ignore[arg-type]
+    )

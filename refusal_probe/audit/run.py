@@ -211,9 +211,7 @@ class AuditRun(ModelHandle):
             PatchingError: Too few matched test pairs, or patching finds no refusal gap.
         """
         return self._localization(
-            lambda: localize_circuit(
-                self.model, self.matched_test_pairs(), self.settings, self.options.seed
-            )
+            lambda: localize_circuit(self.model, self.matched_test_pairs(), self.bootstrap)
         )
 
     def circuit(self) -> Circuit:
@@ -269,9 +267,7 @@ class AuditRun(ModelHandle):
         key = self.key("monitor_hardening", k=HARDENING_K, pairs=[p.id for p in pairs])
         return self._stored(
             key,
-            lambda: harden(
-                self.model, pairs, self.localization(), self.settings, self.options.seed
-            ),
+            lambda: harden(self.model, pairs, self.localization(), self.bootstrap),
             Hardening,
         )
 

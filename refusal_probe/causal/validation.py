@@ -53,8 +53,8 @@ from refusal_probe.stats.intervals import (
     LEVEL,
     N_RESAMPLES,
     SEED,
+    Bootstrap,
     Interval,
-    Rate,
     bootstrap_mean,
     paired_difference,
     wilson_interval,
@@ -101,6 +101,11 @@ class ValidationConfig:
     seed: int = SEED
     level: float = LEVEL
     refusal_token_override: tuple[int | str, ...] | None = None
+
+    @property
+    def bootstrap(self) -> Bootstrap:
+        """The intervals' bootstrap."""
+        return Bootstrap(self.n_resamples, self.seed, self.level)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -149,10 +154,10 @@ class ValidationResult:
 
     direction: Direction
     interventions: dict[str, str]
-    harmful_baseline: Rate
-    harmful_ablated: Rate
-    harmless_baseline: Rate
-    harmless_added: Rate
+    harmful_baseline: Interval
+    harmful_ablated: Interval
+    harmless_baseline: Interval
+    harmless_added: Interval
     ablation_effect: Interval
     addition_effect: Interval
     kl_ablation: Interval
@@ -238,15 +243,15 @@ def validate_direction(
     raw, hit = cached(cache, key, lambda: _measure(model, direction, harmful, harmless, config))
     texts = tensor_to_texts(raw["texts"])
     judged = _judge(texts, harmful, harmless, config)
-    kw = {"n_resamples": config.n_resamples, "seed": config.seed, "level": config.level}
+    boot = config.bootstrap
     nh = len(harmful)
     refused = {k: np.array(j.refused, dtype=float) for k, j in judged.items()}
     by_alpha = raw["by_alpha"]  # [coefficient, prompt] refusal log-odds
     dose = tuple(
         DosePoint(
             a,
-            bootstrap_mean(torch.sigmoid(s[:nh]).numpy(), **kw),
-            bootstrap_mean(torch.sigmoid(s[nh:]).numpy(), **kw),
+            bootstrap_mean(torch.sigmoid(s[:nh]).numpy(), boot, of="prompts"),
+            bootstrap_mean(torch.sigmoid(s[nh:]).numpy(), boot, of="prompts"),
         )
         for a, s in zip(config.coefficients, by_alpha, strict=True)
     )
@@ -258,14 +263,14 @@ def validate_direction(
         harmless_baseline=judged["harmless_baseline"].rate,
         harmless_added=judged["harmless_added"].rate,
         ablation_effect=paired_difference(
-            refused["harmful_ablated"], refused["harmful_baseline"], **kw
+            refused["harmful_ablated"], refused["harmful_baseline"], boot
         ),
         addition_effect=paired_difference(
-            refused["harmless_added"], refused["harmless_baseline"], **kw
+            refused["harmless_added"], refused["harmless_baseline"], boot
         ),
-        kl_ablation=bootstrap_mean(raw["kl"].numpy(), **kw),
-        score_harmful_baseline=bootstrap_mean(raw["base"][:nh].numpy(), **kw),
-        score_harmful_ablated=bootstrap_mean(raw["ablated"][:nh].numpy(), **kw),
+        kl_ablation=bootstrap_mean(raw["kl"].numpy(), boot, of="prompts"),
+        score_harmful_baseline=bootstrap_mean(raw["base"][:nh].numpy(), boot, of="prompts"),
+        score_harmful_ablated=bootstrap_mean(raw["ablated"][:nh].numpy(), boot, of="prompts"),
         dose_response=dose,
         judgements=judged,
         model_fingerprint=model.identity.fingerprint,

@@ -25,7 +25,8 @@ from torch import Tensor
 from refusal_probe.activations.capture import Activations
 from refusal_probe.errors import DirectionError
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Separation, separation
+from refusal_probe.stats.intervals import SEED, Bootstrap
+from refusal_probe.stats.separation import Separation, separation
 
 METHODS = ("diff_means", "pca_pairs")
 
@@ -411,10 +412,7 @@ def separation_curve(
     harmful: Activations,
     harmless: Activations,
     position: int,
-    *,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> list[LayerSeparation]:
     """Per-layer separation statistics of the candidates at ``position``, on held-out prompts.
 
@@ -423,9 +421,7 @@ def separation_curve(
         harmful: Held-out harmful activations at the candidates' sites and positions.
         harmless: Held-out harmless activations, likewise.
         position: Which position's candidates to use (negative offset).
-        n_resamples: Bootstrap resamples per statistic.
-        seed: Bootstrap seed.
-        level: Confidence level.
+        boot: Resamples, seed and level of the separation intervals.
 
     Raises:
         DirectionError: The held-out prompts are the ones the candidates were fit on, or the
@@ -457,13 +453,7 @@ def separation_curve(
         else:
             pos = project(harmful.values[:, i, j], d).numpy()
             neg = project(harmless.values[:, i, j], d).numpy()
-        out.append(
-            LayerSeparation(
-                layer,
-                position,
-                separation(pos, neg, n_resamples=n_resamples, seed=seed, level=level),
-            )
-        )
+        out.append(LayerSeparation(layer, position, separation(pos, neg, boot)))
     return out
 
 

@@ -70,15 +70,21 @@ class Encoded:
 class ChatFormat:
     """Formats instructions for one tokenizer and locates the post-instruction span."""
 
-    def __init__(self, tokenizer: Any, template: str | None = None) -> None:
+    def __init__(
+        self, tokenizer: Any, template: str | None = None, max_tokens: int | None = None
+    ) -> None:
         """Build the format.
 
         Args:
             tokenizer: A Hugging Face tokenizer (fast tokenizers give exact spans).
             template: Override of the chat template (Jinja text); default: the tokenizer's own,
                 or :data:`PLAIN_TEMPLATE` when it has none.
+            max_tokens: The model's context length: a longer prompt loses the start of its user
+                text until it fits (counted in :attr:`truncated`); ``None``: no limit.
         """
         self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self._truncated: set[str] = set()
         chosen = template or getattr(tokenizer, "chat_template", None)
         if isinstance(chosen, dict):  # several named templates: the default one formats chats
             chosen = chosen.get("default") or next(iter(chosen.values()), None)
@@ -99,6 +105,11 @@ class ChatFormat:
 
     def __repr__(self) -> str:
         return f"ChatFormat(kind={self.kind!r}, suffix={self.suffix!r}, n_post={self.n_post})"
+
+    @property
+    def truncated(self) -> int:
+        """How many distinct prompts were shortened to fit ``max_tokens``."""
+        return len(self._truncated)
 
     def format(self, instruction: str) -> str:
         """Return the full prompt for one user instruction, ending with the assistant header."""
@@ -125,10 +136,16 @@ class ChatFormat:
             raise ChatFormatError("no instructions to encode; pass at least one prompt")
         rows: list[list[int]] = []
         last_instr: list[int] = []
-        for text in instructions:
+        for i, text in enumerate(instructions):
+            if not isinstance(text, str):
+                raise ChatFormatError(
+                    f"instruction {i} is {type(text).__name__}, not text; pass strings only"
+                )
             if not text.strip():
                 raise ChatFormatError("an instruction is empty; remove it from the prompt set")
             ids, boundary_tok = self._tokenize(text)
+            if self.max_tokens is not None and len(ids) > self.max_tokens:
+                ids, boundary_tok = self._fit(text, len(ids))
             rows.append(ids)
             last_instr.append(boundary_tok)
         width = max(len(r) for r in rows)
@@ -172,6 +189,39 @@ class ChatFormat:
         last = len(ids) - max(n_suffix, self.n_post) - 1
         return ids, max(last, 0)
 
+    def _fit(self, instruction: str, n_tokens: int) -> tuple[list[int], int]:
+        """Drop the start of the user's text until the formatted prompt fits ``max_tokens``.
+
+        The end of a request (its question, and the post-instruction span after it) is what the
+        methods read, so the start goes. Each round cuts in proportion to the excess tokens.
+
+        Raises:
+            ChatFormatError: The template alone is longer than the context.
+        """
+        limit = self.max_tokens if self.max_tokens is not None else n_tokens
+        text = instruction
+        while n_tokens > limit:
+            keep = int(len(text) * limit / n_tokens) - 1
+            if keep < 1:
+                raise ChatFormatError(
+                    f"the chat template alone takes more than the model's {self.max_tokens} "
+                    "tokens of context; pass a shorter template"
+                )
+            text = text[len(text) - keep:]
+            ids, boundary_tok = self._tokenize(text)
+            n_tokens = len(ids)
+        if instruction in self._truncated:
+            return ids, boundary_tok
+        self._truncated.add(instruction)
+        log.warning(
+            "a prompt of %d characters was cut to its last %d to fit the model's context of %d "
+            "tokens",
+            len(instruction),
+            len(text),
+            self.max_tokens,
+        )
+        return ids, boundary_tok
+
     def _count_post(self, sentinel: str) -> int:
         full = self.format(sentinel)
         return self._ids_after(full, len(full) - len(self.suffix))[1]
@@ -205,6 +255,23 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def chat_format_for(tokenizer: Any, template: str | None = None) -> ChatFormat:
-    """Return the chat format of a tokenizer (its own template, or the documented plain one)."""
-    return ChatFormat(tokenizer, template)
+def chat_format_for(
+    tokenizer: Any, template: str | None = None, max_tokens: int | None = None
+) -> ChatFormat:
+    """Return the chat format of a tokenizer (its own template, or the documented plain one).
+
+    A tokenizer without a chat template gets :data:`PLAIN_TEMPLATE`, with a warning: a chat
+    model formatted that way may not refuse at all, so its figures describe the plain format.
+    """
+    chat = ChatFormat(tokenizer, template, max_tokens)
+    if chat.kind == "plain":
+        log.warning(NO_TEMPLATE_WARNING)
+    return chat
+
+
+#: Said on the console and in the report's limitations when a model has no chat template.
+NO_TEMPLATE_WARNING = (
+    "the tokenizer has no chat template, so prompts use the plain '### Instruction' format; a "
+    "chat model prompted that way may not refuse at all. If this is a chat model, give its "
+    "folder a tokenizer_config.json with its chat_template"
+)

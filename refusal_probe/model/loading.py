@@ -17,12 +17,15 @@ is safe by default: weights come only from safetensors or GGUF, and neither pick
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import pickle
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -231,12 +234,21 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
         weights_sha = sha256_files(weight_files(path, options.allow_pickle, spec))
     hf_model, tokenizer = _load_hf(path, options, spec)
     bridge = _boot_bridge(path, hf_model, tokenizer, options, spec)
-    chat = chat_format_for(tokenizer)
+    chat = chat_format_for(tokenizer, max_tokens=_context_length(hf_model.config))
     identity = _identity(spec, source, gguf_file or path, weights_sha, hf_model, chat, options)
     device = torch.device(options.device) if options.device_map is None else hf_model.device
     return LoadedModel(
         bridge=bridge, tokenizer=tokenizer, chat=chat, identity=identity, device=device
     )
+
+
+def _context_length(config: Any) -> int | None:
+    """The longest sequence the model takes, from its config (``None`` when it says nothing)."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +279,7 @@ def _load_hf(folder: Path, options: LoadOptions, spec: str) -> tuple[Any, Any]:
             f"{spec!r}: {arch!r} is an encoder-decoder model; refusal-probe audits decoder-only "
             "(causal) language models"
         )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_transformers():
         warnings.simplefilter("ignore")
         try:
             loaded: Any = AutoModelForCausalLM.from_pretrained(
@@ -284,7 +296,18 @@ def _load_hf(folder: Path, options: LoadOptions, spec: str) -> tuple[Any, Any]:
                 f"{spec!r}: architecture {arch!r} could not be loaded as a causal language "
                 f"model ({exc})"
             ) from exc
+        except pickle.UnpicklingError:
+            raise UnsafeCheckpointError(
+                f"{spec!r}: its pickle checkpoint holds objects other than tensors, which would "
+                "run code when loaded; refusal-probe loads pickles as plain tensors only. Ask for "
+                "a safetensors copy of the weights"
+            ) from None
         except (OSError, RuntimeError, ImportError) as exc:
+            if "mismatched_sizes" in str(exc):
+                raise ModelLoadError(
+                    f"{spec!r}: {_shape_mismatches(AutoModelForCausalLM, config, folder)}; the weights do "
+                    "not fit the model its config.json describes"
+                ) from None
             raise ModelLoadError(f"{spec!r}: cannot load its weights ({exc})") from exc
         except Exception as exc:  # safetensors raises its own type for a damaged file
             if type(exc).__name__ != "SafetensorError":
@@ -307,6 +330,43 @@ def _load_hf(folder: Path, options: LoadOptions, spec: str) -> tuple[Any, Any]:
     model.eval()
     _prepare_tokenizer(tokenizer)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Keep transformers' own loading report off the console; our errors say what went wrong."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _shape_mismatches(model_cls: Any, config: Any, folder: Path) -> str:
+    """Name the weight tensors whose shapes differ from what the config builds (up to three)."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        skeleton = model_cls.from_config(config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found = []
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                shape = tuple(f.get_slice(name).get_shape())
+                want = expected.get(name)
+                if want is not None and want != shape:
+                    found.append(
+                        f"tensor {name} in {path.name} has shape {list(shape)}, the config "
+                        f"expects {list(want)}"
+                    )
+    if not found:
+        return "a weight tensor's shape differs from the config's"
+    more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+    return "; ".join(found[:3]) + more
 
 
 def _check_complete(info: dict[str, Any], arch: Any, spec: str) -> None:

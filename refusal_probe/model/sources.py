@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -215,6 +216,34 @@ def sha256_files(files: list[Path], chunk: int = 1 << 20) -> str:
 # GGUF
 
 
+def check_gguf(path: Path) -> None:
+    """Check that a GGUF file is whole: its magic, its header, and every tensor inside the file.
+
+    Raises:
+        ModelLoadError: The file is not GGUF, or it is truncated or damaged (say so, and that
+            copying or downloading it again is the fix).
+    """
+    import gguf
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(
+            f"{path} is not a GGUF file (it does not start with 'GGUF'); pass a .gguf model file"
+        )
+    damaged = (
+        f"GGUF file {path} ({size:,} bytes) is truncated or damaged; copy or download it again"
+    )
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, OSError, struct.error) as exc:
+        raise ModelLoadError(f"{damaged} ({exc})") from None
+    ends = [int(t.data_offset) + int(t.n_bytes) for t in reader.tensors]
+    if ends and max(ends) > size:
+        raise ModelLoadError(f"{damaged} (its tensors need {max(ends):,} bytes)")
+
+
 def gguf_as_safetensors(gguf_path: Path, cache_root: Path) -> tuple[Path, str]:
     """De-quantize a GGUF file once, keep it as safetensors keyed by the file's hash.
 
@@ -234,6 +263,7 @@ def gguf_as_safetensors(gguf_path: Path, cache_root: Path) -> tuple[Path, str]:
         ) from None
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    check_gguf(gguf_path)
     log.info("converting %s to safetensors (once; cached in %s)", gguf_path, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

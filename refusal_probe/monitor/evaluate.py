@@ -21,7 +21,6 @@ the values of :mod:`refusal_probe.monitor.results`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,16 +43,8 @@ from refusal_probe.monitor.results import (
 )
 from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures
 from refusal_probe.scoring.refusal import judge
-from refusal_probe.stats.intervals import (
-    LEVEL,
-    N_RESAMPLES,
-    SEED,
-    Interval,
-    Rate,
-    bootstrap_mean,
-    separation,
-    wilson_interval,
-)
+from refusal_probe.stats.intervals import Interval, paired_difference, wilson_interval
+from refusal_probe.stats.separation import separation, tpr_at_fpr
 
 # ---------------------------------------------------------------------------------------------
 # the evaluation
@@ -147,12 +138,6 @@ def _family(
     attack, scores = judge_and_score(model, monitor, texts, **kw)
     refused = np.array(attack.refused, dtype=bool)
     ok = [i for i in range(len(texts)) if not refused[i]]
-    drop = bootstrap_mean(
-        base.astype(np.float64) - refused.astype(np.float64),
-        n_resamples=config.n_resamples,
-        seed=config.seed,
-        level=config.level,
-    )
     examples = [
         {
             "prompt": texts[i],
@@ -168,9 +153,7 @@ def _family(
         len(texts),
         wilson_interval(int(base.sum()), len(base), config.level),
         wilson_interval(int(refused.sum()), len(refused), config.level),
-        Interval(
-            drop.value, drop.low, drop.high, config.level, "paired bootstrap", drop.n_resamples
-        ),
+        paired_difference(base, refused, config.bootstrap),
         _detections(success, neg, monitor, config),
         _detections(scores, neg, monitor, config),
         examples,
@@ -191,15 +174,10 @@ def _detections(
             nan = nan_interval(config.level)
             out[s] = Detection(s, nan, nan, tpr, 0, n.size)
             continue
-        kw: dict[str, Any] = {
-            "n_resamples": config.n_resamples,
-            "seed": config.seed,
-            "level": config.level,
-        }
         out[s] = Detection(
             s,
-            separation(p, n, **kw).auroc,
-            tpr_at_fpr(p, n, config.tpr_fpr, **kw),
+            separation(p, n, config.bootstrap).auroc,
+            tpr_at_fpr(p, n, config.tpr_fpr, config.bootstrap),
             tpr,
             p.size,
             n.size,
@@ -207,7 +185,7 @@ def _detections(
     return out
 
 
-def _flag_rates(scores: MonitorScores, monitor: Monitor, config: EvalConfig) -> dict[str, Rate]:
+def _flag_rates(scores: MonitorScores, monitor: Monitor, config: EvalConfig) -> dict[str, Interval]:
     return {
         s: wilson_interval(int(scores.flagged(monitor, s).sum()), len(scores), config.level)
         for s in SIGNALS
@@ -225,52 +203,3 @@ def _concat(parts: Sequence[MonitorScores]) -> MonitorScores | None:
         torch.cat([p.harmfulness for p in parts]),
         torch.cat([p.output_refusal for p in parts]),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# statistics
-
-
-def tpr_at_fpr(
-    pos: Sequence[float] | np.ndarray,
-    neg: Sequence[float] | np.ndarray,
-    fpr: float = 0.01,
-    *,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
-) -> Interval:
-    """True-positive rate at the strictest threshold that keeps false positives at most ``fpr``.
-
-    The threshold is the ``(m + 1)``-th largest negative score, ``m = floor(fpr * n_neg)`` (so at
-    most ``m`` negatives score above it); a positive counts when it scores above the threshold.
-    With 96 negatives and ``fpr = 0.01``, ``m = 0``: the positives must beat every negative.
-    The interval is a stratified percentile bootstrap (each class resampled on its own).
-
-    Raises:
-        ValueError: A class is empty, a score is not finite, or ``fpr`` is outside [0, 1).
-    """
-    p = np.asarray(pos, dtype=np.float64).reshape(-1)
-    n = np.asarray(neg, dtype=np.float64).reshape(-1)
-    if p.size == 0 or n.size == 0:
-        raise ValueError(f"both classes need scores; got {p.size} positives, {n.size} negatives")
-    if not (np.isfinite(p).all() and np.isfinite(n).all()):
-        raise ValueError("scores contain NaN or infinity")
-    if not 0.0 <= fpr < 1.0:
-        raise ValueError(f"fpr must be in [0, 1), got {fpr}")
-    m = math.floor(fpr * n.size)
-
-    def tpr(ps: np.ndarray, ns: np.ndarray) -> np.ndarray:
-        # ps: [B, n_pos], ns: [B, n_neg]
-        t = -np.sort(-ns, axis=1)[:, m]  # the (m + 1)-th largest negative
-        return (ps > t[:, None]).mean(1)
-
-    value = float(tpr(p[None], n[None])[0])
-    rng = np.random.default_rng(seed)
-    pb = p[rng.integers(0, p.size, (n_resamples, p.size))]
-    nb = n[rng.integers(0, n.size, (n_resamples, n.size))]
-    stats = tpr(pb, nb)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
-    low, high = float(min(lo, value)), float(max(hi, value))
-    return Interval(value, low, high, level, "bootstrap-percentile", n_resamples)

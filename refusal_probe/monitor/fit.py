@@ -76,7 +76,7 @@ from refusal_probe.monitor.signals import (
 )
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.scoring.refusal import Judgement, RefusalTokens, judge, refusal_tokens
-from refusal_probe.stats.intervals import conformal_threshold
+from refusal_probe.stats.separation import conformal_threshold
 
 #: The monitor's signals: each alone, and the alarm (harmfulness gated by the output refusal).
 SIGNALS: tuple[str, ...] = ("refusal", "output_refusal", "harmfulness", "alarm")

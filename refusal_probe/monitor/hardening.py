@@ -23,7 +23,7 @@ switch it off.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from refusal_probe.errors import PatchingError
@@ -32,15 +32,16 @@ from refusal_probe.patching import (
     CircuitResult,
     Metric,
     PairBatch,
+    PatchMode,
     default_metric,
     encode_pairs,
     localize,
     patch_variants,
 )
 from refusal_probe.patching.pairs import PairLike
-from refusal_probe.patching.results import interval, resample_counts
+from refusal_probe.patching.results import pair_counts, pair_interval
 from refusal_probe.report.record import Figure, rank_curves
-from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval
+from refusal_probe.stats.intervals import Bootstrap, Interval
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,9 @@ class Hardening:
         """JSON-ready data."""
         return {
             "components": list(self.components),
-            "alone": [asdict(i) for i in self.alone],
-            "cumulative": [asdict(i) for i in self.cumulative],
-            "gap": asdict(self.gap),
+            "alone": [i.to_dict() for i in self.alone],
+            "cumulative": [i.to_dict() for i in self.cumulative],
+            "gap": self.gap.to_dict(),
             "n_pairs": self.n_pairs,
             "method": self.method,
         }
@@ -125,9 +126,7 @@ def measure_hardening(
     metric: Metric | None = None,
     pair_batch: int = 32,
     max_rows: int = 256,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> Hardening:
     """Ablate the top ``k`` localized components, alone and together, and measure what survives.
 
@@ -139,9 +138,7 @@ def measure_hardening(
         metric: Last-position logits -> ``[batch]``; default the refusal log-odds.
         pair_batch: Pairs per chunk.
         max_rows: Most rows per forward pass.
-        n_resamples: Bootstrap resamples over pairs.
-        seed: Bootstrap seed.
-        level: Confidence level.
+        boot: Resamples (of pairs), seed and level of the intervals.
 
     Raises:
         PatchingError: Unmatched pairs, ``k < 1``, or no refusal gap between the pairs' prompts.
@@ -151,9 +148,7 @@ def measure_hardening(
     metric = metric or default_metric(model)
     batch = pairs if isinstance(pairs, PairBatch) else encode_pairs(model, pairs)
     if circuit is None:
-        circuit = localize(
-            model, batch, metric, k=k, n_resamples=n_resamples, seed=seed, level=level
-        )
+        circuit = localize(model, batch, metric, k=k, boot=boot)
     comps = list(circuit.components[:k])
     variants = [(c,) for c in comps] + [tuple(comps[:i]) for i in range(2, len(comps) + 1)]
     out = patch_variants(
@@ -161,7 +156,7 @@ def measure_hardening(
         batch,
         variants,
         metric,
-        direction="noise",
+        mode=PatchMode.NOISE,
         pair_batch=pair_batch,
         max_rows=max_rows,
     )
@@ -172,11 +167,11 @@ def measure_hardening(
             "is no refusal effect whose survival could be measured"
         )
     delta = out.delta.double()  # [pair, variant]: ablated - harmful
-    counts = resample_counts(batch.n, n_resamples, seed)  # [B, pair]
+    counts = pair_counts(boot, batch.n)  # [B, pair]
     value = 1.0 + delta.mean(0) / gap.mean()  # [variant]
-    boot = 1.0 + (counts @ delta) / (counts @ gap)[:, None]  # [B, variant]
-    ivs = [interval(boot[:, j], float(value[j]), level, n_resamples) for j in range(len(variants))]
-    gap_iv = interval(counts @ gap / batch.n, float(gap.mean()), level, n_resamples)
+    resampled = 1.0 + (counts @ delta) / (counts @ gap)[:, None]  # [B, variant]
+    ivs = [pair_interval(boot, float(value[j]), resampled[:, j]) for j in range(len(variants))]
+    gap_iv = pair_interval(boot, float(gap.mean()), counts @ gap / batch.n)
     alone = tuple(ivs[: len(comps)])
     cumulative = (alone[0], *ivs[len(comps) :])
     return Hardening(tuple(str(c) for c in comps), alone, cumulative, gap_iv, batch.n)

@@ -72,7 +72,8 @@ from refusal_probe.errors import MonitorError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.monitor.pooled import POOLS, SPAN_POOLS, pooled_activations, project
 from refusal_probe.monitor.signals import SPANS, Readout, read_raw
-from refusal_probe.stats.intervals import auroc, conformal_threshold, wilson_interval
+from refusal_probe.stats.intervals import wilson_interval
+from refusal_probe.stats.separation import auroc, conformal_threshold
 
 #: Spans searched by default: what the user's text shows (the post-instruction tokens are the
 #: template's, downstream of anything an attacker appends). The maximum over the user's tokens

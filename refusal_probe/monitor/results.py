@@ -6,14 +6,13 @@ serialize them for the disk cache and the report, and draw the report's tables a
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from refusal_probe.monitor.fit import SIGNALS
 from refusal_probe.report.record import Figure
 from refusal_probe.scoring.refusal import MAX_NEW_TOKENS, REFUSAL_PHRASES
-from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval, Rate
+from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Bootstrap, Interval
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,11 @@ class EvalConfig:
     level: float = LEVEL
     min_family_successes: int = 10
 
+    @property
+    def bootstrap(self) -> Bootstrap:
+        """The intervals' bootstrap."""
+        return Bootstrap(self.n_resamples, self.seed, self.level)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
         return asdict(self)
@@ -66,7 +70,7 @@ class Detection:
     signal: str
     auroc: Interval
     tpr_at_fpr: Interval
-    tpr_at_threshold: Rate
+    tpr_at_threshold: Interval
     n_pos: int
     n_neg: int
 
@@ -81,7 +85,7 @@ class Detection:
             d["signal"],
             Interval.from_dict(d["auroc"]),
             Interval.from_dict(d["tpr_at_fpr"]),
-            _rate(d["tpr_at_threshold"]),
+            Interval.from_dict(d["tpr_at_threshold"]),
             d["n_pos"],
             d["n_neg"],
         )
@@ -104,8 +108,8 @@ class FamilyResult:
 
     family: str
     n: int
-    base_refusal: Rate
-    attack_refusal: Rate
+    base_refusal: Interval
+    attack_refusal: Interval
     refusal_drop: Interval
     successful: dict[str, Detection]
     attempted: dict[str, Detection]
@@ -135,8 +139,8 @@ class FamilyResult:
         return cls(
             d["family"],
             d["n"],
-            _rate(d["base_refusal"]),
-            _rate(d["attack_refusal"]),
+            Interval.from_dict(d["base_refusal"]),
+            Interval.from_dict(d["attack_refusal"]),
             Interval.from_dict(d["refusal_drop"]),
             {k: Detection.from_dict(v) for k, v in d["successful"].items()},
             {k: Detection.from_dict(v) for k, v in d["attempted"].items()},
@@ -152,7 +156,7 @@ class MonitorEvaluation:
         families: One result per family present in the fixtures (families with no prompts are
             listed in ``absent``).
         pooled: Detection per signal of the successful attacks of every family together.
-        false_positives: ``{"harmless" | "plain" | "edgy": {signal: Rate}}`` at the calibrated
+        false_positives: ``{"harmless" | "plain" | "edgy": {signal: rate}}`` at the calibrated
             thresholds, on the held-out harmless prompts.
         harmful_flagged: Share of the plain (unwrapped) harmful prompts each signal flags.
         absent: Families without prompts in the fixtures.
@@ -162,8 +166,8 @@ class MonitorEvaluation:
 
     families: tuple[FamilyResult, ...]
     pooled: dict[str, Detection]
-    false_positives: dict[str, dict[str, Rate]]
-    harmful_flagged: dict[str, Rate]
+    false_positives: dict[str, dict[str, Interval]]
+    harmful_flagged: dict[str, Interval]
     absent: tuple[str, ...]
     monitor: dict[str, Any]
     config: EvalConfig
@@ -218,8 +222,11 @@ class MonitorEvaluation:
         return cls(
             tuple(FamilyResult.from_dict(f) for f in d["families"]),
             {k: Detection.from_dict(v) for k, v in d["pooled"].items()},
-            {g: {s: _rate(r) for s, r in v.items()} for g, v in d["false_positives"].items()},
-            {s: _rate(r) for s, r in d["harmful_flagged"].items()},
+            {
+                g: {s: Interval.from_dict(r) for s, r in v.items()}
+                for g, v in d["false_positives"].items()
+            },
+            {s: Interval.from_dict(r) for s, r in d["harmful_flagged"].items()},
             tuple(d["absent"]),
             d["monitor"],
             EvalConfig(**{**d["config"], "phrases": tuple(d["config"]["phrases"])}),
@@ -303,10 +310,4 @@ class MonitorEvaluation:
 
 def nan_interval(level: float) -> Interval:
     """An interval of nothing measured (no positives)."""
-    return Interval(math.nan, math.nan, math.nan, level, "no positives", 0)
-
-
-def _rate(d: dict[str, Any]) -> Rate:
-    d = dict(d)
-    d["value"] = math.nan if d.get("value") is None else d["value"]
-    return Rate(**d)
+    return Interval.nothing(level, "no positives")

@@ -10,12 +10,14 @@ Entry points:
 * :func:`exact_patching` — one grid, exactly, many patched variants per forward pass;
   :func:`reference_patching` — the same with one forward per component (the yardstick);
   :func:`attribution_patching` — every grid at once, in three passes.
+* :class:`PatchMode` — denoising or noising, with its sign.
 * :class:`PatchResult` — effects with intervals, ``to_dict()`` for heatmaps; :func:`agreement`.
 """
 
 from refusal_probe.patching.circuit import CircuitResult, RankStability, localize
 from refusal_probe.patching.compare import CircuitComparison, compare_circuits
 from refusal_probe.patching.components import GRIDS, Component, Grid, make_grid
+from refusal_probe.patching.mode import PatchMode
 from refusal_probe.patching.pairs import (
     Metric,
     PairBatch,
@@ -40,6 +42,7 @@ __all__ = [
     "Grid",
     "Metric",
     "PairBatch",
+    "PatchMode",
     "PatchResult",
     "RankStability",
     "RefusalLogOdds",

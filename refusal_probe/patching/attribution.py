@@ -26,12 +26,12 @@ from refusal_probe.patching.components import Component
 from refusal_probe.patching.engine import (
     SUFFIX_ATOL,
     Outcome,
-    base_and_source,
     bind,
     full_run,
     log,
     suffix_logits,
 )
+from refusal_probe.patching.mode import PatchMode
 from refusal_probe.patching.pairs import Metric, PairBatch, as_float64, check_metric
 
 
@@ -41,7 +41,7 @@ def run_attribution(
     components: Sequence[Component],
     metric: Metric,
     *,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
     suffix: bool = True,
 ) -> Outcome:
     """First-order estimate of every component's patching effect, in a constant number of passes.
@@ -52,7 +52,8 @@ def run_attribution(
     earliest component position on; the earlier positions come from the KV cache, and gradients
     at later positions do not depend on them being recomputed).
     """
-    base, source = base_and_source(batch, direction)
+    mode = PatchMode.of(mode)
+    base, source = mode.base_and_source(batch)
     sites = sorted({c.site for c in components})
     width = batch.width
     s_len = min(width, -min(c.start for c in components))
@@ -87,9 +88,7 @@ def run_attribution(
         at = torch.tensor([s_len + o for o in c.offsets])
         t = per_token[c.site]
         delta[:, j] = (t[:, at, c.head] if c.kind == "head" else t[:, at]).sum(-1)
-    clean, corrupted = (
-        (src.metric, ref.metric) if direction == "denoise" else (ref.metric, src.metric)
-    )
+    clean, corrupted = mode.clean_and_corrupted(src.metric, ref.metric)
     return Outcome(delta, clean, corrupted, 4 if used else 3, used)
 
 

@@ -38,6 +38,7 @@ from refusal_probe.activations.sites import Positions, Site, hook_name
 from refusal_probe.errors import PatchingError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.components import Component
+from refusal_probe.patching.mode import PatchMode
 from refusal_probe.patching.pairs import (
     Metric,
     PairBatch,
@@ -51,15 +52,16 @@ from refusal_probe.patching.results import (
     Agreement,
     PatchResult,
     agreement,
+    bounds,
     effects,
-    interval,
-    percentile_bounds,
-    resample_counts,
+    pair_counts,
+    pair_interval,
+    pair_method,
     spearman,
     top_k,
 )
 from refusal_probe.patching.sweeps import attribution_patching, patch_variants
-from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval
+from refusal_probe.stats.intervals import Bootstrap, Interval
 
 _KIND_GRID = {"head": "head", "mlp": "mlp"}
 
@@ -112,7 +114,7 @@ class CircuitResult:
         gap: Mean clean-minus-corrupted metric, with its interval.
         k: Circuit size.
         offsets: The span of positions the components cover (negative offsets).
-        direction: ``denoise`` or ``noise``.
+        mode: ``PatchMode.DENOISE`` or ``PatchMode.NOISE``.
         metric: Name of the metric.
         model_fingerprint: The model's identity fingerprint.
         pair_ids: The pairs used.
@@ -134,7 +136,7 @@ class CircuitResult:
     gap: Interval
     k: int
     offsets: tuple[int, ...]
-    direction: str
+    mode: PatchMode
     metric: str
     model_fingerprint: str
     pair_ids: tuple[str, ...]
@@ -154,7 +156,7 @@ class CircuitResult:
 
     def summary(self) -> str:
         """A few readable lines for logs and reports."""
-        lines = [f"refusal circuit ({self.direction}, {len(self.pair_ids)} pairs, gap {self.gap}):"]
+        lines = [f"refusal circuit ({self.mode}, {len(self.pair_ids)} pairs, gap {self.gap}):"]
         for c, e, a in zip(self.components, self.effects, self.attribution_effects, strict=True):
             lines.append(f"  {str(c):<16} exact {e}   attribution {a:+.3f}")
         lines.append(
@@ -186,7 +188,7 @@ class CircuitResult:
             "heatmaps": {g: r.to_dict() for g, r in self.attribution.items()},
             "gap": self.gap.to_dict(),
             "offsets": list(self.offsets),
-            "direction": self.direction,
+            "mode": self.mode.value,
             "metric": self.metric,
             "model_fingerprint": self.model_fingerprint,
             "n_pairs": len(self.pair_ids),
@@ -203,14 +205,12 @@ def localize(
     k: int = 10,
     kinds: Sequence[str] = ("head", "mlp"),
     positions: Positions | None = None,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
     n_confirm: int | None = None,
     exact_all: bool = False,
     pair_batch: int = 32,
     max_rows: int = 256,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> CircuitResult:
     """Localize the refusal circuit: attribution filter, exact confirmation, circuit summary.
 
@@ -221,19 +221,18 @@ def localize(
         k: Circuit size.
         kinds: Candidate kinds: ``head`` (each head over the span) and/or ``mlp`` (each MLP).
         positions: The span (default the post-instruction positions).
-        direction: ``denoise`` or ``noise``.
+        mode: ``PatchMode.DENOISE`` or ``PatchMode.NOISE``.
         n_confirm: Candidates confirmed exactly (default ``3 k``, at least 20).
         exact_all: Patch every candidate exactly (the attribution agreement is then over all).
         pair_batch: Pairs per chunk.
         max_rows: Most rows (variants x pairs) per forward pass.
-        n_resamples: Bootstrap resamples (intervals and stability).
-        seed: Seed of the bootstrap.
-        level: Confidence level.
+        boot: Resamples (of pairs), seed and level of the intervals and the stability.
 
     Raises:
         PatchingError: Unmatched pairs, unknown kinds, ``k`` < 1, or no refusal gap to explain.
     """
     t0 = time.perf_counter()
+    mode = PatchMode.of(mode)
     bad = [x for x in kinds if x not in _KIND_GRID]
     if bad or not kinds:
         raise PatchingError(f"unknown candidate kinds {bad or kinds}; use 'head' and/or 'mlp'")
@@ -248,11 +247,9 @@ def localize(
         [_KIND_GRID[x] for x in kinds],
         metric=metric,
         positions=Positions("explicit", offsets),
-        direction=direction,
+        mode=mode,
         pair_batch=pair_batch,
-        n_resamples=n_resamples,
-        seed=seed,
-        level=level,
+        boot=boot,
     )
     cand = effect_map(attr.values())
     any_attr = next(iter(attr.values()))
@@ -262,7 +259,7 @@ def localize(
             "the clean and corrupted runs give the same metric on these pairs: there is no "
             "refusal gap to localize (does the model refuse the harmful prompts?)"
         )
-    sign = 1.0 if direction == "denoise" else -1.0
+    sign = mode.sign
     k = min(k, len(cand))
     n_conf = len(cand) if exact_all else min(len(cand), max(k, n_confirm or max(3 * k, 20)))
     confirm = top_k(cand, n_conf)
@@ -271,7 +268,7 @@ def localize(
         batch,
         [(c,) for c in confirm],
         metric,
-        direction=direction,
+        mode=mode,
         pair_batch=pair_batch,
         max_rows=max_rows,
     )
@@ -279,19 +276,19 @@ def localize(
     exact_map = dict(zip(confirm, exact.tolist(), strict=True))
     circuit = top_k({c: (0.0 if math.isnan(v) else v) for c, v in exact_map.items()}, k)
     col = [confirm.index(c) for c in circuit]
-    counts = resample_counts(batch.n, n_resamples, seed)  # [B, pair]
-    eff_iv = _intervals(out.delta[:, col], gap, sign, counts, level, n_resamples)
+    counts = pair_counts(boot, batch.n)  # [B, pair]
+    eff_iv = _intervals(out.delta[:, col], gap, sign, counts, boot)
     joint = patch_variants(
         model,
         batch,
         [tuple(circuit[:i]) for i in range(1, k + 1)],
         metric,
-        direction=direction,
+        mode=mode,
         pair_batch=pair_batch,
         max_rows=max_rows,
     )
     curve = effects(joint.delta, gap, sign)
-    restored = _intervals(joint.delta[:, -1:], gap, sign, counts, level, n_resamples)[0]
+    restored = _intervals(joint.delta[:, -1:], gap, sign, counts, boot)[0]
     kept = _fraction_kept(
         model,
         batch,
@@ -301,11 +298,10 @@ def localize(
         metric,
         gap,
         counts,
-        level,
-        n_resamples,
+        boot,
         pair_batch,
     )
-    stability = _stability(out.delta, gap, sign, circuit, confirm, counts, level)
+    stability = _stability(out.delta, gap, sign, circuit, confirm, counts, boot)
     agree = agreement({c: cand[c] for c in confirm}, exact_map, k)
     forwards = (
         any_attr.forwards + out.forwards + joint.forwards + 4 * math.ceil(batch.n / pair_batch)
@@ -322,10 +318,10 @@ def localize(
         "all" if n_conf == len(cand) else "confirmed",
         exact_map,
         attr,
-        any_attr.gap(seed=seed),
+        any_attr.gap(),
         k,
         offsets,
-        direction,
+        mode,
         metric_name(metric),
         model.identity.fingerprint,
         batch.ids,
@@ -335,16 +331,17 @@ def localize(
 
 
 def _intervals(
-    delta: Tensor, gap: Tensor, sign: float, counts: Tensor, level: float, n_resamples: int
+    delta: Tensor, gap: Tensor, sign: float, counts: Tensor, boot: Bootstrap
 ) -> list[Interval]:
     """Effect and bootstrap interval of each column of ``delta`` ``[pair, m]``."""
     value = effects(delta, gap, sign)
-    boot = (
+    resampled = (
         sign * (counts @ delta / delta.shape[0]) / (counts @ gap / delta.shape[0])[:, None]
     )  # [B, m]
-    lo, hi = percentile_bounds(boot, value, level)
+    lo, hi = bounds(boot, resampled, value)
+    method = pair_method(boot)
     return [
-        Interval(float(v), float(a), float(b), level, "bootstrap-percentile", n_resamples)
+        Interval(float(v), float(a), float(b), boot.level, method, n_resamples=boot.n_resamples)
         for v, a, b in zip(value, lo, hi, strict=True)
     ]
 
@@ -356,28 +353,27 @@ def _stability(
     circuit: list[Component],
     confirm: list[Component],
     counts: Tensor,
-    level: float,
+    boot: Bootstrap,
 ) -> RankStability:
     """Top-k Jaccard, Spearman and per-component inclusion over resampled pairs."""
     n = delta.shape[0]
     full = effects(delta, gap, sign).nan_to_num(0.0)
-    boot = (sign * (counts @ delta / n) / (counts @ gap / n)[:, None]).nan_to_num(0.0)  # [B, comp]
+    resampled = (sign * (counts @ delta / n) / (counts @ gap / n)[:, None]).nan_to_num(0.0)
     k = len(circuit)
     want = torch.tensor([confirm.index(c) for c in circuit])
-    top = torch.topk(boot.abs(), k, dim=1).indices  # [B, k]
-    member = torch.zeros_like(boot, dtype=torch.bool).scatter_(1, top, True)  # [B, comp]
+    top = torch.topk(resampled.abs(), k, dim=1).indices  # [B, k]
+    member = torch.zeros_like(resampled, dtype=torch.bool).scatter_(1, top, True)  # [B, comp]
     inter = member[:, want].sum(1).double()
     jac = inter / (2 * k - inter)
     rho = torch.tensor(
-        [spearman(b.numpy(), full.numpy()) if len(full) > 2 else math.nan for b in boot],
+        [spearman(b.numpy(), full.numpy()) if len(full) > 2 else math.nan for b in resampled],
         dtype=torch.float64,
     )
-    b = counts.shape[0]
     return RankStability(
-        interval(jac, float(jac.mean()), level, b),
-        interval(rho, float(np.nanmean(rho.numpy())), level, b),
+        pair_interval(boot, float(jac.mean()), jac),
+        pair_interval(boot, float(np.nanmean(rho.numpy())), rho),
         tuple(member[:, want].double().mean(0).tolist()),
-        b,
+        boot.n_resamples,
     )
 
 
@@ -391,8 +387,7 @@ def _fraction_kept(
     metric: Metric,
     gap: Tensor,
     counts: Tensor,
-    level: float,
-    n_resamples: int,
+    boot: Bootstrap,
     pair_batch: int,
 ) -> Interval:
     """Share of the gap left with every non-circuit candidate mean-ablated at the span.
@@ -441,8 +436,8 @@ def _fraction_kept(
             values.append(metric(logits[:, -1, :]).detach().double().cpu())
         kept[rows] = values[0] - values[1]
     n = batch.n
-    boot = (counts @ kept / n) / (counts @ gap / n)
-    return interval(boot, float(kept.mean() / gap.mean()), level, n_resamples)
+    resampled = (counts @ kept / n) / (counts @ gap / n)  # [B]
+    return pair_interval(boot, float(kept.mean() / gap.mean()), resampled)
 
 
 def _mean_write(act: Tensor, hook: Any, at: Tensor, mean: Tensor, heads: Tensor | None) -> Tensor:

@@ -44,14 +44,13 @@ from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.model.chat import Encoded
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.components import Component
+from refusal_probe.patching.mode import PatchMode
 from refusal_probe.patching.pairs import Metric, PairBatch, as_float64, check_metric
 
 log = logging.getLogger(__name__)
 
 #: A patched variant: the components patched together in one run.
 Variant = tuple[Component, ...]
-
-DIRECTIONS: tuple[str, ...] = ("denoise", "noise")
 
 # An unpatched suffix pass must match the full forward to this tolerance (float32 round-off of the
 # cached path is ~1e-6).
@@ -87,13 +86,6 @@ class Run:
     kv: list[tuple[Tensor, Tensor]] | None  # per layer: keys, values [pair, kv_head, pos, d_head]
 
 
-def base_and_source(batch: PairBatch, direction: str) -> tuple[Encoded, Encoded]:
-    """The run that receives the patch and the run that supplies the values."""
-    if direction == "denoise":
-        return batch.corrupted, batch.clean
-    return batch.clean, batch.corrupted
-
-
 # ---------------------------------------------------------------------------------------------
 # exact, batched
 
@@ -105,7 +97,7 @@ def run_exact(
     variants: Sequence[Variant],
     metric: Metric,
     *,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
     max_rows: int = 256,
     suffix: bool = True,
 ) -> Outcome:
@@ -116,11 +108,12 @@ def run_exact(
         batch: Encoded matched pairs.
         variants: Each a tuple of components patched together.
         metric: Last-position logits -> one value per row.
-        direction: ``denoise`` (clean values into the corrupted run) or ``noise``.
+        mode: ``DENOISE`` (clean values into the corrupted run) or ``NOISE``.
         max_rows: Most rows (variants x pairs) per forward pass; bounds memory.
         suffix: Use the cached-suffix path when it checks out (``False``: whole sequences).
     """
-    base, source = base_and_source(batch, direction)
+    mode = PatchMode.of(mode)
+    base, source = mode.base_and_source(batch)
     n, width = batch.n, batch.width
     sites = sorted({c.site for v in variants for c in v})
     src = full_run(model, source, sites, metric, want_kv=False)
@@ -150,9 +143,7 @@ def run_exact(
             )
             delta[:, idx] = values.view(len(idx), n).T - ref.metric[:, None]
             forwards += 1
-    clean, corrupted = (
-        (src.metric, ref.metric) if direction == "denoise" else (ref.metric, src.metric)
-    )
+    clean, corrupted = mode.clean_and_corrupted(src.metric, ref.metric)
     return Outcome(delta, clean, corrupted, forwards, use_suffix)
 
 
@@ -322,10 +313,11 @@ def run_reference(
     variants: Sequence[Variant],
     metric: Metric,
     *,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
 ) -> Outcome:
     """One full forward pass of the base batch per variant: slow, simple, the yardstick."""
-    base, source = base_and_source(batch, direction)
+    mode = PatchMode.of(mode)
+    base, source = mode.base_and_source(batch)
     sites = sorted({c.site for v in variants for c in v})
     src = full_run(model, source, sites, metric, want_kv=False)
     ref = full_run(model, base, [], metric, want_kv=False)
@@ -344,9 +336,7 @@ def run_reference(
         logits = forward(model, base, hooks)
         assert logits is not None
         delta[:, j] = as_float64(check_metric(metric(logits[:, -1, :]), batch.n)) - ref.metric
-    clean, corrupted = (
-        (src.metric, ref.metric) if direction == "denoise" else (ref.metric, src.metric)
-    )
+    clean, corrupted = mode.clean_and_corrupted(src.metric, ref.metric)
     return Outcome(delta, clean, corrupted, 2 + len(variants), False)
 
 

@@ -11,7 +11,9 @@ over pairs (a pair with a tiny gap cannot blow it up):
 * noising: ``mean(clean - patched) / mean(clean - corrupted)`` — the fraction that patching in the
   corrupted activation destroys.
 
-Intervals resample pairs (percentile bootstrap, seeded) and recompute that ratio.
+Intervals resample pairs and recompute that ratio: the package's one bootstrap
+(:class:`~refusal_probe.stats.intervals.Bootstrap`), paired (clean and corrupted run of a pair are
+drawn together), percentile, seeded.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from torch import Tensor
 
 from refusal_probe.errors import PatchingError
 from refusal_probe.patching.components import Component, Grid
-from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval
+from refusal_probe.patching.mode import PatchMode
+from refusal_probe.stats.intervals import Bootstrap, Interval
 
 # Below this mean gap (in metric units) the runs do not differ and effects are undefined (NaN).
 _MIN_GAP = 1e-9
@@ -41,41 +44,34 @@ def effects(delta: Tensor, gap: Tensor, sign: float) -> Tensor:
     return sign * delta.mean(0) / g
 
 
-def bootstrap_effects(
-    delta: Tensor, gap: Tensor, sign: float, *, n_resamples: int = N_RESAMPLES, seed: int = SEED
-) -> Tensor:
-    """Effects on ``n_resamples`` resamples of the pairs, ``[B, comp]``."""
+def bootstrap_effects(delta: Tensor, gap: Tensor, sign: float, counts: Tensor) -> Tensor:
+    """Effects on each resample of the pairs, ``[B, comp]``; ``counts`` is :func:`pair_counts`."""
     n = delta.shape[0]
-    counts = resample_counts(n, n_resamples, seed)  # [B, pair]
     d = counts @ delta.reshape(n, -1) / n  # [B, comp]
     g = counts @ gap / n  # [B]
     g = torch.where(g.abs() < _MIN_GAP, torch.full_like(g, math.nan), g)
     return sign * d / g[:, None]
 
 
-def resample_counts(n: int, n_resamples: int, seed: int) -> Tensor:
-    """How often each of ``n`` items is drawn in each bootstrap resample, ``[B, n]`` float64."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_resamples, n))
-    counts = np.zeros((n_resamples, n))
-    np.add.at(counts, (np.arange(n_resamples)[:, None], idx), 1.0)
-    return torch.from_numpy(counts)
+def pair_counts(boot: Bootstrap, n: int) -> Tensor:
+    """How often each of ``n`` pairs is drawn in each resample, ``[B, pair]`` float64."""
+    return torch.from_numpy(boot.counts(n))
 
 
-def percentile_bounds(stats: Tensor, value: Tensor, level: float) -> tuple[Tensor, Tensor]:
-    """Percentile interval per column of ``stats`` ``[B, ...]``, widened to contain ``value``."""
-    alpha = (1 - level) / 2
-    lo = torch.nanquantile(stats, alpha, dim=0)
-    hi = torch.nanquantile(stats, 1 - alpha, dim=0)
-    return torch.minimum(lo, value), torch.maximum(hi, value)
+def bounds(boot: Bootstrap, stats: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """Percentile bounds per column of ``stats`` ``[B, ...]``, widened to contain ``value``."""
+    lo, hi = boot.bounds(stats.double().numpy(), value.double().numpy())
+    return torch.as_tensor(lo, dtype=torch.float64), torch.as_tensor(hi, dtype=torch.float64)
 
 
-def interval(samples: Tensor, value: float, level: float, n_resamples: int) -> Interval:
-    """A scalar :class:`~refusal_probe.stats.intervals.Interval` from bootstrap samples ``[B]``."""
-    lo, hi = percentile_bounds(samples[:, None], torch.tensor([value], dtype=torch.float64), level)
-    return Interval(
-        float(value), float(lo[0]), float(hi[0]), level, "bootstrap-percentile", n_resamples
-    )
+def pair_interval(boot: Bootstrap, value: float, samples: Tensor) -> Interval:
+    """A scalar interval from its values on resampled pairs ``[B]``."""
+    return boot.interval(float(value), samples.double().numpy(), pair_method(boot))
+
+
+def pair_method(boot: Bootstrap) -> str:
+    """How every interval over pairs is drawn, in words."""
+    return boot.method("paired", "pairs")
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +81,7 @@ class PatchResult:
     Attributes:
         grid: The grid name (``resid``, ``head``, ``head_pos``, ``mlp``, ``mlp_pos``).
         method: ``exact`` (batched), ``reference`` (one forward per component) or ``attribution``.
-        direction: ``denoise`` or ``noise``.
+        mode: ``PatchMode.DENOISE`` or ``PatchMode.NOISE``.
         axes: Axis names of the grid, e.g. ``("layer", "head", "pos")``.
         labels: Tick labels per axis (layer/head indices, negative position offsets).
         components: The components, in row-major order over ``axes``.
@@ -98,15 +94,14 @@ class PatchResult:
         pair_ids: Ids of the pairs, in order.
         metric: Name of the metric.
         model_fingerprint: The model's identity fingerprint.
-        level: Confidence level of the intervals.
-        n_resamples: Bootstrap resamples behind the intervals.
+        boot: The bootstrap behind the intervals (resamples, seed, level).
         forwards: Forward passes the computation took (a backward counts as one).
         seconds: Wall time of the computation.
     """
 
     grid: str
     method: str
-    direction: str
+    mode: PatchMode
     axes: tuple[str, ...]
     labels: tuple[tuple[int, ...], ...]
     components: tuple[Component, ...]
@@ -119,15 +114,14 @@ class PatchResult:
     pair_ids: tuple[str, ...]
     metric: str
     model_fingerprint: str
-    level: float = LEVEL
-    n_resamples: int = N_RESAMPLES
+    boot: Bootstrap = Bootstrap()
     forwards: int = 0
     seconds: float = 0.0
 
     def __repr__(self) -> str:
         shape = "x".join(str(s) for s in self.effect.shape)
         return (
-            f"PatchResult({self.method} {self.direction} {self.grid} [{shape}], "
+            f"PatchResult({self.method} {self.mode} {self.grid} [{shape}], "
             f"{len(self.pair_ids)} pairs, "
             f"gap {self.gap()})"
         )
@@ -140,17 +134,17 @@ class PatchResult:
     @property
     def sign(self) -> float:
         """+1 for denoising, -1 for noising (see the module docstring)."""
-        return 1.0 if self.direction == "denoise" else -1.0
+        return self.mode.sign
 
     def flat(self) -> Tensor:
         """Effects in component order, ``[comp]``."""
         return self.effect.reshape(-1)
 
-    def gap(self, *, seed: int = SEED) -> Interval:
+    def gap(self) -> Interval:
         """Mean clean-minus-corrupted metric over pairs, with its bootstrap interval."""
         g = self.clean - self.corrupted
-        counts = resample_counts(len(g), self.n_resamples, seed)
-        return interval(counts @ g / len(g), float(g.mean()), self.level, self.n_resamples)
+        counts = pair_counts(self.boot, len(g))  # [B, pair]
+        return pair_interval(self.boot, float(g.mean()), counts @ g / len(g))
 
     def value(self, component: Component) -> float:
         """The effect of one component."""
@@ -176,14 +170,14 @@ class PatchResult:
         return {
             "grid": self.grid,
             "method": self.method,
-            "direction": self.direction,
+            "mode": self.mode.value,
             "axes": list(self.axes),
             "labels": {a: list(lab) for a, lab in zip(self.axes, self.labels, strict=True)},
             "effect": _nested(self.effect),
             "low": _nested(self.low),
             "high": _nested(self.high),
-            "level": self.level,
-            "n_resamples": self.n_resamples,
+            "level": self.boot.level,
+            "n_resamples": self.boot.n_resamples,
             "n_pairs": self.n_pairs,
             "pair_ids": list(self.pair_ids),
             "gap": self.gap().to_dict(),
@@ -200,7 +194,7 @@ class PatchResult:
 def make_result(
     grid: Grid,
     method: str,
-    direction: str,
+    mode: PatchMode | str,
     delta: Tensor,
     clean: Tensor,
     corrupted: Tensor,
@@ -208,23 +202,22 @@ def make_result(
     pair_ids: Sequence[str],
     metric: str,
     model_fingerprint: str,
-    level: float = LEVEL,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
+    boot: Bootstrap = Bootstrap(),
     forwards: int = 0,
     seconds: float = 0.0,
 ) -> PatchResult:
     """Normalize per-pair deltas ``[pair, comp]`` into a :class:`PatchResult` with intervals."""
-    sign = 1.0 if direction == "denoise" else -1.0
+    mode = PatchMode.of(mode)
+    sign = mode.sign
     gap = clean - corrupted
     eff = effects(delta, gap, sign)
-    boot = bootstrap_effects(delta, gap, sign, n_resamples=n_resamples, seed=seed)
-    low, high = percentile_bounds(boot, eff, level)
+    resampled = bootstrap_effects(delta, gap, sign, pair_counts(boot, delta.shape[0]))
+    low, high = bounds(boot, resampled, eff)
     shape = grid.shape
     return PatchResult(
         grid.name,
         method,
-        direction,
+        mode,
         grid.axes,
         grid.labels,
         grid.components,
@@ -237,8 +230,7 @@ def make_result(
         tuple(pair_ids),
         metric,
         model_fingerprint,
-        level,
-        n_resamples,
+        boot,
         forwards,
         seconds,
     )

@@ -20,13 +20,13 @@ from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.attribution import run_attribution
 from refusal_probe.patching.components import GRIDS, Component, Grid, make_grid
 from refusal_probe.patching.engine import (
-    DIRECTIONS,
     Outcome,
     Variant,
     run_exact,
     run_reference,
     stack_outcomes,
 )
+from refusal_probe.patching.mode import PatchMode
 from refusal_probe.patching.pairs import (
     Metric,
     PairBatch,
@@ -37,7 +37,7 @@ from refusal_probe.patching.pairs import (
     offsets_for,
 )
 from refusal_probe.patching.results import PatchResult, make_result
-from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED
+from refusal_probe.stats.intervals import Bootstrap
 
 
 def exact_patching(
@@ -48,12 +48,10 @@ def exact_patching(
     metric: Metric | None = None,
     positions: Positions | None = None,
     layers: Sequence[int] | None = None,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
     pair_batch: int = 32,
     max_rows: int = 256,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> PatchResult:
     """Exact activation patching of every component of ``grid``, many per forward pass.
 
@@ -67,19 +65,18 @@ def exact_patching(
         positions: Positions to patch; default the post-instruction span (for ``resid``: every
             position from the first one where some pair differs).
         layers: Layers to sweep (default all).
-        direction: ``denoise`` (clean into corrupted; effect = fraction of the gap restored) or
-            ``noise`` (corrupted into clean; effect = fraction destroyed).
+        mode: ``PatchMode.DENOISE`` (clean into corrupted; effect = fraction of the gap
+            restored) or ``PatchMode.NOISE`` (corrupted into clean; effect = fraction destroyed);
+            the names ``"denoise"`` and ``"noise"`` work too.
         pair_batch: Pairs per chunk.
         max_rows: Most rows (variants x pairs) per forward pass; bounds memory.
-        n_resamples: Bootstrap resamples for the intervals.
-        seed: Seed of the bootstrap.
-        level: Confidence level of the intervals.
+        boot: Resamples, seed and level of the intervals (pairs are resampled).
 
     Returns:
         Effects with intervals, shaped like the grid.
 
     Raises:
-        PatchingError: Unmatched pair lengths, an unknown grid or direction, bad positions.
+        PatchingError: Unmatched pair lengths, an unknown grid or mode, bad positions.
     """
     return _sweep(
         model,
@@ -89,13 +86,11 @@ def exact_patching(
         metric,
         positions,
         layers,
-        direction,
+        mode,
         pair_batch,
-        n_resamples,
-        seed,
-        level,
+        boot,
         lambda b, comps, m: run_exact(
-            model, b, [(c,) for c in comps], m, direction=direction, max_rows=max_rows
+            model, b, [(c,) for c in comps], m, mode=mode, max_rows=max_rows
         ),
     )
 
@@ -108,11 +103,9 @@ def reference_patching(
     metric: Metric | None = None,
     positions: Positions | None = None,
     layers: Sequence[int] | None = None,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
     pair_batch: int = 32,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> PatchResult:
     """Exact patching with one full forward pass per component (the slow yardstick).
 
@@ -126,12 +119,10 @@ def reference_patching(
         metric,
         positions,
         layers,
-        direction,
+        mode,
         pair_batch,
-        n_resamples,
-        seed,
-        level,
-        lambda b, comps, m: run_reference(model, b, [(c,) for c in comps], m, direction=direction),
+        boot,
+        lambda b, comps, m: run_reference(model, b, [(c,) for c in comps], m, mode=mode),
     )
 
 
@@ -143,11 +134,9 @@ def attribution_patching(
     metric: Metric | None = None,
     positions: Positions | None = None,
     layers: Sequence[int] | None = None,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
     pair_batch: int = 32,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> dict[str, PatchResult]:
     """Attribution patching of every component of every grid in ``grids``, in 3 passes per chunk.
 
@@ -160,7 +149,8 @@ def attribution_patching(
     Returns:
         One result per grid name, in the order asked. Other arguments as :func:`exact_patching`.
     """
-    _check(direction, grids)
+    mode = PatchMode.of(mode)
+    _check(grids)
     metric = metric or default_metric(model)
     batch = pairs if isinstance(pairs, PairBatch) else encode_pairs(model, pairs)
     layer_t = tuple(layers) if layers is not None else None
@@ -170,9 +160,7 @@ def attribution_patching(
     ]
     comps = sorted({c for g in made for c in g.components})
     t0 = time.perf_counter()
-    out = _chunked(
-        batch, pair_batch, lambda b: run_attribution(model, b, comps, metric, direction=direction)
-    )
+    out = _chunked(batch, pair_batch, lambda b: run_attribution(model, b, comps, metric, mode=mode))
     seconds = time.perf_counter() - t0
     col = {c: i for i, c in enumerate(comps)}
     results = {}
@@ -181,16 +169,14 @@ def attribution_patching(
         results[g.name] = make_result(
             g,
             "attribution",
-            direction,
+            mode,
             delta,
             out.clean,
             out.corrupted,
             pair_ids=batch.ids,
             metric=metric_name(metric),
             model_fingerprint=model.identity.fingerprint,
-            level=level,
-            n_resamples=n_resamples,
-            seed=seed,
+            boot=boot,
             forwards=out.forwards,
             seconds=seconds,
         )
@@ -203,16 +189,16 @@ def patch_variants(
     variants: Sequence[Variant],
     metric: Metric,
     *,
-    direction: str = "denoise",
+    mode: PatchMode | str = PatchMode.DENOISE,
     pair_batch: int = 32,
     max_rows: int = 256,
 ) -> Outcome:
     """Exact patching of arbitrary variants (each a tuple of components patched together)."""
-    _check(direction, ())
+    mode = PatchMode.of(mode)
     return _chunked(
         batch,
         pair_batch,
-        lambda b: run_exact(model, b, variants, metric, direction=direction, max_rows=max_rows),
+        lambda b: run_exact(model, b, variants, metric, mode=mode, max_rows=max_rows),
     )
 
 
@@ -224,14 +210,13 @@ def _sweep(
     metric: Metric | None,
     positions: Positions | None,
     layers: Sequence[int] | None,
-    direction: str,
+    mode: PatchMode | str,
     pair_batch: int,
-    n_resamples: int,
-    seed: int,
-    level: float,
+    boot: Bootstrap,
     run: Callable[[PairBatch, Sequence[Component], Metric], Outcome],
 ) -> PatchResult:
-    _check(direction, (grid,))
+    mode = PatchMode.of(mode)
+    _check((grid,))
     metric = metric or default_metric(model)
     batch = pairs if isinstance(pairs, PairBatch) else encode_pairs(model, pairs)
     g: Grid = make_grid(
@@ -246,16 +231,14 @@ def _sweep(
     return make_result(
         g,
         method,
-        direction,
+        mode,
         out.delta,
         out.clean,
         out.corrupted,
         pair_ids=batch.ids,
         metric=metric_name(metric),
         model_fingerprint=model.identity.fingerprint,
-        level=level,
-        n_resamples=n_resamples,
-        seed=seed,
+        boot=boot,
         forwards=out.forwards,
         seconds=time.perf_counter() - t0,
     )
@@ -275,9 +258,7 @@ def _chunked(batch: PairBatch, pair_batch: int, run: Callable[[PairBatch], Outco
     return stack_outcomes(parts, order)
 
 
-def _check(direction: str, grids: Sequence[Any]) -> None:
-    if direction not in DIRECTIONS:
-        raise PatchingError(f"unknown direction {direction!r}; use one of {DIRECTIONS}")
+def _check(grids: Sequence[Any]) -> None:
     bad = [g for g in grids if g not in GRIDS]
     if bad:
         raise PatchingError(f"unknown grids {bad}; use names from {GRIDS}")

@@ -36,6 +36,12 @@ HARM_CATEGORIES: tuple[str, ...] = (
 )
 
 
+#: Problems listed in a prompt-file error before the rest are counted.
+MAX_ERRORS_SHOWN = 10
+#: The shape of one record of harmful.jsonl / harmless.jsonl, shown in errors.
+EXAMPLE_RECORD = '{"id": "hf-0001", "text": "How do I ...?", "category": "cyber", "split": "train"}'
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One instruction.
@@ -178,7 +184,14 @@ def load_fixtures(root: str | Path | None = None) -> Fixtures:
             path = root / jailbreak_file(split)
             jailbreaks += _load_jailbreaks(path, errors, harmful_ids, split=split)
     if errors:
-        raise PromptFileError("invalid prompt fixtures:\n" + "\n".join(_in_file_order(errors)))
+        shown = _in_file_order(errors)
+        if len(shown) > MAX_ERRORS_SHOWN:
+            more = len(shown) - MAX_ERRORS_SHOWN
+            shown = [*shown[:MAX_ERRORS_SHOWN], f"... and {more} more problems of these kinds"]
+        raise PromptFileError(
+            f"invalid prompt fixtures: {len(errors)} problems; each record is one JSON object "
+            f"per line, e.g. {EXAMPLE_RECORD}\n" + "\n".join(shown)
+        )
     fps = {p.name: _sha_file(p) for p in sorted(root.glob("*.jsonl"))}
     return Fixtures(root, harmful, harmless, tuple(pairs), tuple(jailbreaks), fps)
 
@@ -211,10 +224,18 @@ def _records(
     """Parse JSON Lines, checking that each record is an object with non-empty string fields."""
     out: list[tuple[int, dict[str, Any]]] = []
     required = tuple(required)
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.append(
+                f"{where}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                "save the file as UTF-8"
+            )
+            continue
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -267,7 +288,7 @@ def _load_set(path: Path, errors: list[str], *, harmful: bool) -> PromptSet:
                 f"{', '.join(HARM_CATEGORIES)}"
             )
         prompts.append(Prompt(rec["id"], rec["text"], rec["category"], rec["split"]))
-    if not path.read_text(encoding="utf-8").strip():
+    if not path.read_bytes().strip():
         errors.append(f"{path}:0: no prompts in file")
     return PromptSet(path.stem, tuple(prompts), _sha_file(path))
 

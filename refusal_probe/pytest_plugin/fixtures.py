@@ -35,7 +35,8 @@ from refusal_probe.audit.policy import Policy
 from refusal_probe.audit.run import AuditRun
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, SESSION_KEY, AuditSession
 from refusal_probe.report.record import Figure
-from refusal_probe.stats.verdicts import Decision, Estimate, Verdict, decide
+from refusal_probe.stats.intervals import Interval
+from refusal_probe.stats.verdicts import Decision, Verdict, decide
 
 
 def _session(config: pytest.Config) -> AuditSession:
@@ -106,7 +107,7 @@ class Auditor:
     def check(
         self,
         check_id: str,
-        measured: Any,
+        measured: Interval,
         *,
         title: str | None = None,
         figures: Sequence[Figure] = (),
@@ -116,8 +117,7 @@ class Auditor:
 
         Args:
             check_id: ``<audit>.<name>``, a section of the policy file.
-            measured: An :class:`Estimate`, or anything with ``value``/``low``/``high`` (the
-                engine's ``Interval`` and ``Rate``).
+            measured: The figure and its interval.
             title: What is checked, in words (default: the test's docstring, first line).
             figures: Evidence for the report.
             details: Further numbers behind the check (JSON data).
@@ -128,7 +128,12 @@ class Auditor:
         cp = self.session.policy.check(check_id)
         if not cp.enabled:
             pytest.skip(f"{check_id} is disabled in {self.session.policy.path} (enabled = false)")
-        est = Estimate.of(measured)
+        if not isinstance(measured, Interval):
+            raise TypeError(
+                f"{check_id}: cannot judge {type(measured).__name__}; pass an Interval "
+                "(Interval.exact(value) for a figure without sampling error)"
+            )
+        est = measured
         title = title or _doc_title(self.item) or check_id
         j = decide(est, cp.threshold, strict=self.session.options.strict, name=title.lower())
         self.item.stash[ITEM_CHECKS_KEY].append(
@@ -140,13 +145,13 @@ class Auditor:
                 "raw_verdict": j.raw.value,
                 "message": j.message,
                 "value": est.value,
-                "lo": est.lo,
-                "hi": est.hi,
+                "lo": est.low,
+                "hi": est.high,
                 "level": est.level,
                 "method": est.method,
                 "n": est.n,
                 "threshold": cp.threshold.value,
-                "direction": cp.threshold.direction,
+                "direction": cp.threshold.bound.key,
                 "unit": cp.unit,
                 "rationale": cp.rationale,
                 "nodeid": self.item.nodeid,

@@ -16,20 +16,20 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
 import pytest
 
 from refusal_probe.audit.inputs import preflight
-from refusal_probe.errors import RefusalProbeError
+from refusal_probe.errors import PolicyError, RefusalProbeError
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.report.plots import render_figure
-from refusal_probe.report.record import AUDIT_ORDER, Figure
+from refusal_probe.report.record import Figure
 from refusal_probe.report.trend import SeriesItem, build_trend, write_trend
-
-_SYMBOL = {"at_least": "≥", "at_most": "≤"}
+from refusal_probe.stats.verdicts import Bound
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -37,9 +37,9 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def audit_of(item: pytest.Item) -> str | None:
-    """The audit a test belongs to: its audit marker."""
-    for name in AUDIT_ORDER:
+def audit_of(item: pytest.Item, audits: Sequence[str]) -> str | None:
+    """The audit a test belongs to: its marker among the policy's ``audits``."""
+    for name in audits:
         if item.get_closest_marker(name) is not None:
             return name
     return None
@@ -69,6 +69,7 @@ class AuditHooks:
         self._selected: dict[str, str] = {}
         self._checkpoint: dict[str, str] = {}
         self._reported: set[str] = set()
+        self.audits = session.policy.audit_names  # the registry: the policy's audits, in order
 
     # --- collection --------------------------------------------------------------------------
 
@@ -103,7 +104,7 @@ class AuditHooks:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Note the selected audit tests; if there are any, check the inputs before running them."""
         for item in items:
-            audit = audit_of(item)
+            audit = audit_of(item, self.audits)
             if audit:
                 self._selected[item.nodeid] = audit
                 self._checkpoint[item.nodeid] = checkpoint_of(item, self.session)
@@ -120,7 +121,7 @@ class AuditHooks:
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         """Deselected audit tests are reported as not run."""
         for item in items:
-            audit = audit_of(item)
+            audit = audit_of(item, self.audits)
             if audit:
                 self.session.collected_audits.add(audit)
                 self.session.run_for(checkpoint_of(item, self.session)).not_run.append(
@@ -133,14 +134,21 @@ class AuditHooks:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
         """Put the item's checks (and the shared context) on its report, with pytest-html extras."""
         report = yield
-        audit = self._selected.get(item.nodeid) or audit_of(item)
+        checks = list(item.stash.get(ITEM_CHECKS_KEY, []))
+        # A test without an audit marker still belongs to the audit of the checks it records.
+        audit = (
+            self._selected.get(item.nodeid)
+            or audit_of(item, self.audits)
+            or next((c["audit"] for c in checks), None)
+        )
+        if call.excinfo is not None and call.excinfo.errisinstance(PolicyError):
+            report.longrepr = f"PolicyError: {call.excinfo.value}"  # one line names the fix
         if not audit:
             return report
         spec = self._checkpoint.get(item.nodeid) or checkpoint_of(item, self.session)
         report.audit_name = audit
         report.audit_checkpoint = spec
         if report.when == "call":
-            checks = list(item.stash.get(ITEM_CHECKS_KEY, []))
             report.audit_checks = checks
             for c in checks:  # junitxml writes the properties of the item (teardown report)
                 item.user_properties.append((f"check:{c['id']}", _one_line(c)))
@@ -257,7 +265,7 @@ def _summarize(tr: Any, run: CheckpointRun, width: int, alone: bool) -> None:
             verdict, {"yellow": True}
         )
         tr.write(
-            f"{c['id']:<{width}}  {_interval(c):<28} {_SYMBOL[c['direction']]} "
+            f"{c['id']:<{width}}  {_interval(c):<28} {Bound(c['direction']).symbol} "
             f"{c['threshold']:<8g} "
         )
         tr.write(verdict, **markup)
@@ -286,7 +294,7 @@ def _interval(c: dict[str, Any]) -> str:
 
 
 def _one_line(c: dict[str, Any]) -> str:
-    return f"{c['verdict']} {_interval(c)} {_SYMBOL[c['direction']]} {c['threshold']:g}"
+    return f"{c['verdict']} {_interval(c)} {Bound(c['direction']).symbol} {c['threshold']:g}"
 
 
 def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:

@@ -1,5 +1,8 @@
 """The refusal-probe pytest plugin: options, markers, and the one session object.
 
+The audits' markers are not declared here: each audit of the policy file (a top-level table of
+``audits/policy.toml``, or of ``--policy FILE``) is registered as a marker, with its description.
+
 Registered from the repository's root ``conftest.py`` (``pytest_plugins = [...]``); elsewhere use
 ``pytest -p refusal_probe.pytest_plugin.plugin`` or ``python -m refusal_probe audit``.
 
@@ -15,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from refusal_probe.audit.options import DEFAULT_POLICY, AuditOptions
+from refusal_probe.audit.options import AuditOptions
+from refusal_probe.audit.policy import DEFAULT_POLICY
 from refusal_probe.errors import ModelLoadError, PolicyError
 from refusal_probe.model.devices import worker_device
 from refusal_probe.model.loading import DEFAULT_MODEL, default_cache_dir
@@ -24,15 +28,6 @@ from refusal_probe.pytest_plugin.checkpoints import resolve_checkpoints
 from refusal_probe.pytest_plugin.hooks import AuditHooks
 from refusal_probe.pytest_plugin.session import SESSION_KEY, AuditSession
 
-#: Audit markers: one per audit file. A new audit adds a line here and in pyproject.toml.
-AUDIT_MARKERS: dict[str, str] = {
-    "behaviour": "audit of refusal behaviour (refusal and over-refusal rates)",
-    "representation": "audit of how well the refusal direction separates harmful from harmless",
-    "causal": "audit that the refusal direction causally mediates refusal (ablation, addition, KL)",
-    "finetune": "audit of a fine-tune against its baseline (runs with --baseline)",
-    "localization": "audit of where refusal is computed (activation patching)",
-    "monitor": "audit of the jailbreak monitor built on the refusal signal",
-}
 _DTYPES = ("float32", "bfloat16", "float16")
 _XDIST_GROUP = (
     "a pytest-xdist group (--dist loadgroup): a series keeps each checkpoint on one worker"
@@ -135,10 +130,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the markers, resolve the options and register the session object."""
-    for name, text in {**AUDIT_MARKERS, "xdist_group": _XDIST_GROUP}.items():
-        if not any(line.split(":")[0].strip() == name for line in config.getini("markers")):
-            config.addinivalue_line("markers", f"{name}: {text}")
+    """Resolve the options, register the session object and the policy's audits as markers."""
     options = resolve_options(config)
     threads = config.getoption("threads")
     if threads is None and config.getini("audit_threads"):
@@ -153,11 +145,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("--model"), config.getoption("models_file"), options.model
     )
     session = AuditSession(replace(options, model=checkpoints[0].spec), checkpoints)
-    if options.policy_explicit:
-        try:
-            session.policy  # noqa: B018 - a bad explicit policy is a usage error before anything runs
-        except PolicyError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    try:
+        policy = session.policy  # the registry of audits: a bad file stops the run at once
+    except PolicyError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    markers = {a.name: a.description or f"the {a.name} audit" for a in policy.audits}
+    for name, text in {**markers, "xdist_group": _XDIST_GROUP}.items():
+        if not any(line.split(":")[0].strip() == name for line in config.getini("markers")):
+            config.addinivalue_line("markers", f"{name}: {text}")
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(AuditHooks(config, session), "refusal-probe-hooks")
     if not config.pluginmanager.is_registered(fixtures_module):

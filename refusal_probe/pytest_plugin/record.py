@@ -11,7 +11,7 @@ import pytest
 from refusal_probe.audit.baseline import deltas_against, unopened
 from refusal_probe.pytest_plugin.session import AuditSession, CheckpointRun
 from refusal_probe.report.provenance import command_line, new_run_id, run_info
-from refusal_probe.report.record import AUDIT_ORDER, AuditRecord, CheckRecord, Delta, NotRun
+from refusal_probe.report.record import AuditRecord, CheckRecord, Delta, NotRun
 from refusal_probe.report.render import write_report
 
 #: What the numbers of every run do not show, whatever the model.
@@ -55,7 +55,7 @@ def build_record(
     if ctx.get("phases"):
         info["phases"] = ctx["phases"]
     not_run = [NotRun(**n) for n in run.not_run]
-    for audit in AUDIT_ORDER:
+    for audit in policy.audit_names:
         if audit not in s.collected_audits:
             not_run.append(
                 NotRun(

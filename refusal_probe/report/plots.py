@@ -130,17 +130,34 @@ def _threshold(ys: _Scale, t: Any) -> list[str]:
     ]
 
 
-def _legend(names: list[str]) -> list[str]:
+#: Legend text: font size and a generous average glyph width (px) for laying items out.
+LEGEND_FONT, GLYPH_W, LEGEND_ROW = 11, 6.6, 16
+
+
+def _legend(names: list[str]) -> tuple[list[str], int]:
+    """Legend items laid out below the plot area, wrapped to the width; and the height they add.
+
+    The legend never sits on the data: it starts under the x-axis label, one row per
+    ``LEGEND_ROW`` pixels, each item as wide as its text (names longer than 48 characters are
+    shortened; the full name is the item's tooltip).
+    """
     if len(names) < 2:
-        return []
-    out = []
+        return [], 0
+    out, x, row = [], ML, 0
     for i, name in enumerate(names):
-        x = ML + 8 + i * 130
+        shown = _short(name, 48)
+        width = 14 + GLYPH_W * len(shown) + 18
+        if x + width > W - MR and x > ML:
+            x, row = ML, row + 1
+        y = H + 4 + row * LEGEND_ROW
         out.append(
-            f'<rect x="{x}" y="{MT}" width="10" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>'
-            f'<text x="{x + 14}" y="{MT + 9}" font-size="11">{_t(name)}</text>'
+            f'<g class="legend-item"><title>{_t(name)}</title>'
+            f'<rect x="{x:.0f}" y="{y}" width="10" height="10" '
+            f'fill="{PALETTE[i % len(PALETTE)]}"/>'
+            f'<text x="{x + 14:.0f}" y="{y + 9}" font-size="{LEGEND_FONT}">{_t(shown)}</text></g>'
         )
-    return out
+        x += width
+    return out, (row + 1) * LEGEND_ROW + 8
 
 
 def line_svg(data: dict[str, Any], title: str = "") -> str:
@@ -193,8 +210,8 @@ def line_svg(data: dict[str, Any], title: str = "") -> str:
                 "</title></circle>"
                 for (a, b), tip in zip(pts, tips, strict=False)
             ]
-    body += _legend([s.get("name", "") for s in series])
-    return _svg(body, title)
+    legend, extra = _legend([s.get("name", "") for s in series])
+    return _svg(body + legend, title, W, H + extra)
 
 
 def bars_svg(data: dict[str, Any], title: str = "") -> str:
@@ -235,8 +252,8 @@ def bars_svg(data: dict[str, Any], title: str = "") -> str:
                     f'y2="{ys(hi[i]):.1f}" stroke="#222" stroke-width="1.5"/>'
                 )
     body += _threshold(ys, data.get("threshold"))
-    body += _legend([s.get("name", "") for s in series])
-    return _svg(body, title)
+    legend, extra = _legend([s.get("name", "") for s in series])
+    return _svg(body + legend, title, W, H + extra)
 
 
 def _color(v: float, lo: float, hi: float, diverging: bool) -> str:

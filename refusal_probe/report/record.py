@@ -12,10 +12,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from refusal_probe.stats.verdicts import Bound
+
 #: Version of the audit.json layout; bump the minor for additions, the major for changes.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: config.policy names its audits in order (and its files)
 SCHEMA_ID = "refusal-probe/audit"
-AUDIT_ORDER: tuple[str, ...] = (
+#: The audits of the shipped policy before records named their policy's audits (schema 1.0): how
+#: an old record's checks are ordered. A run's audits and their order now come from its policy.
+AUDITS_BEFORE_1_1: tuple[str, ...] = (
     "behaviour",
     "representation",
     "causal",
@@ -111,7 +115,8 @@ class CheckRecord:
         method: How the value and interval were computed.
         n: Sample size.
         threshold: The bar from the policy.
-        direction: ``at_least`` or ``at_most``.
+        direction: Which side of the bar the figure must lie on (``at_least`` or ``at_most`` in
+            audit.json).
         unit: The policy unit of the figure.
         rationale: The policy's one-line reason for the bar.
         nodeid: The pytest node that ran it.
@@ -133,7 +138,7 @@ class CheckRecord:
     method: str
     n: int | None
     threshold: float
-    direction: str
+    direction: Bound
     unit: str
     rationale: str
     nodeid: str = ""
@@ -142,9 +147,13 @@ class CheckRecord:
     figures: tuple[Figure, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", Bound(self.direction))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         d = asdict(self)
+        d["direction"] = self.direction.key
         d["figures"] = [f.to_dict() for f in self.figures]
         d["details"] = _clean(self.details)
         for k in ("value", "lo", "hi"):
@@ -242,12 +251,18 @@ class AuditRecord:
     schema_version: str = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
-        """Counts per verdict and the overall verdict (worst of the checks that ran)."""
+        """Counts per verdict and the overall verdict (worst of the checks that ran).
+
+        A run that stopped early has no overall pass: unless a check failed, its verdict is
+        ``incomplete``.
+        """
         counts = {v: sum(1 for c in self.checks if c.verdict == v) for v in _VERDICTS}
         counts["not_run"] = len(self.not_run)
         counts["errors"] = sum(1 for n in self.not_run if n.kind == "error")
         if counts["fail"] or counts["errors"]:
             overall = "fail"
+        elif self.status != "complete":
+            overall = "incomplete"
         elif counts["inconclusive"]:
             overall = "inconclusive"
         elif counts["pass"]:
@@ -256,10 +271,13 @@ class AuditRecord:
             overall = "not_run"
         return {**counts, "verdict": overall}
 
+    def audit_order(self) -> list[str]:
+        """The audits of the run's policy, in its order (``config.policy.audits``)."""
+        return policy_audits(self.config)
+
     def by_audit(self) -> list[tuple[str, list[CheckRecord]]]:
-        """Checks grouped by audit, in the suite's order, then any other audits by name."""
-        names = [a for a in AUDIT_ORDER if any(c.audit == a for c in self.checks)]
-        names += sorted({c.audit for c in self.checks} - set(AUDIT_ORDER))
+        """Checks grouped by audit, in the policy's order, then any other audits as they ran."""
+        names = ordered_audits(self.audit_order(), [c.audit for c in self.checks])
         return [(a, [c for c in self.checks if c.audit == a]) for a in names]
 
     def check(self, check_id: str) -> CheckRecord | None:
@@ -325,3 +343,25 @@ def _clean(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return _clean(obj.item())
     return str(obj)
+
+
+def policy_audits(config: dict[str, Any]) -> list[str]:
+    """The audit names a record's resolved policy lists, in order.
+
+    A record written before 1.1 does not name its audits; it was judged by the shipped policy of
+    its time, whose order :data:`AUDITS_BEFORE_1_1` keeps.
+    """
+    audits = (config.get("policy") or {}).get("audits")
+    if audits is None:
+        return list(AUDITS_BEFORE_1_1)
+    return [a["name"] for a in audits if isinstance(a, dict) and "name" in a]
+
+
+def ordered_audits(order: Sequence[str], seen: Sequence[str]) -> list[str]:
+    """The audits in ``seen``: those in ``order`` first, in that order, then the rest as seen."""
+    present = set(seen)
+    names = [a for a in order if a in present]
+    for a in seen:
+        if a not in names:
+            names.append(a)
+    return names

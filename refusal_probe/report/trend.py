@@ -20,9 +20,16 @@ from typing import Any
 
 from refusal_probe.errors import ReportError
 from refusal_probe.report.provenance import new_run_id, utc
-from refusal_probe.report.record import AUDIT_ORDER, AuditRecord, Figure, _clean
+from refusal_probe.report.record import (
+    AuditRecord,
+    Figure,
+    _clean,
+    ordered_audits,
+    policy_audits,
+)
 from refusal_probe.report.render import environment, model_slugs, point_latest, write_folder
 from refusal_probe.report.schema import read_record
+from refusal_probe.stats.verdicts import Bound
 
 TREND_SCHEMA_ID = "refusal-probe/trend"
 #: Version of the trend.json layout; bump the minor for additions, the major for changes.
@@ -76,7 +83,7 @@ class TrendCheck:
         title: What is checked, in words.
         audit: The audit it belongs to.
         unit: The policy unit of the figure.
-        direction: ``at_least`` or ``at_most``.
+        direction: Which side of the bar the figure must lie on.
         threshold: The bar, or ``None`` when the checkpoints were judged against different bars.
         points: One point per checkpoint, in series order.
     """
@@ -85,9 +92,12 @@ class TrendCheck:
     title: str
     audit: str
     unit: str
-    direction: str
+    direction: Bound
     threshold: float | None
     points: tuple[TrendPoint, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", Bound(self.direction))
 
     def figure(self, labels: Sequence[str]) -> Figure:
         """The check's value and interval against the checkpoints, with the bar."""
@@ -109,10 +119,9 @@ class TrendCheck:
         }
         if self.unit in _UNIT_RANGE:
             data["y_range"] = list(_UNIT_RANGE[self.unit])
-        bar = "≥" if self.direction == "at_least" else "≤"
         caption = "Band: the confidence interval at each checkpoint"
         if self.threshold is not None:
-            caption += f"; dashed line: the bar ({bar} {self.threshold:g})"
+            caption += f"; dashed line: the bar ({self.direction.symbol} {self.threshold:g})"
         return Figure("line", self.title, data, caption)
 
 
@@ -149,7 +158,7 @@ class Trend:
         id: The trend's run id (its folder name).
         created_utc: When it was built.
         checkpoints: The checkpoints, in series order.
-        checks: Every check that ran at any checkpoint, in the suite's audit order.
+        checks: Every check that ran at any checkpoint, in the policies' audit order.
         notes: What makes the checkpoints hard to compare (different policies, prompt sets...).
     """
 
@@ -165,9 +174,8 @@ class Trend:
         return [c.label for c in self.checkpoints]
 
     def by_audit(self) -> list[tuple[str, list[TrendCheck]]]:
-        """Checks grouped by audit, in the suite's order."""
-        names = [a for a in AUDIT_ORDER if any(c.audit == a for c in self.checks)]
-        names += sorted({c.audit for c in self.checks} - set(AUDIT_ORDER))
+        """Checks grouped by audit, in the policies' order."""
+        names = ordered_audits([], [c.audit for c in self.checks])  # checks are in order already
         return [(a, [c for c in self.checks if c.audit == a]) for a in names]
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,7 +188,12 @@ class Trend:
                 "created_utc": self.created_utc,
                 "checkpoints": [asdict(c) for c in self.checkpoints],
                 "checks": [
-                    {**asdict(c), "points": [asdict(p) for p in c.points]} for c in self.checks
+                    {
+                        **asdict(c),
+                        "direction": c.direction.key,
+                        "points": [asdict(p) for p in c.points],
+                    }
+                    for c in self.checks
                 ],
                 "notes": list(self.notes),
             }
@@ -228,7 +241,8 @@ def build_trend(items: Sequence[SeriesItem], run_id: str | None = None) -> Trend
                 points,
             )
         )
-    order = {a: i for i, a in enumerate(AUDIT_ORDER)}
+    policies = [policy_audits(r.config) for r in records if r is not None]
+    order = {a: i for i, a in enumerate(ordered_audits([], [a for p in policies for a in p]))}
     checks.sort(key=lambda c: order.get(c.audit, len(order)))  # stable: run order within an audit
     return Trend(
         id=run_id or new_run_id(),

@@ -32,7 +32,7 @@ from refusal_probe.interventions.hooks import Intervention, decoding, hooks_for
 from refusal_probe.model.chat import Encoded
 from refusal_probe.model.devices import auto_batch_size
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.stats.intervals import LEVEL, Rate, wilson_interval
+from refusal_probe.stats.intervals import LEVEL, Interval, wilson_interval
 
 #: The substring judge's phrases (Arditi et al. 2024), matched case-insensitively anywhere.
 REFUSAL_PHRASES: tuple[str, ...] = (
@@ -295,7 +295,7 @@ class Judgement:
     prompts: tuple[str, ...]
     completions: tuple[str, ...]
     refused: tuple[bool, ...]
-    rate: Rate
+    rate: Interval
     max_new_tokens: int
     forward_passes: int
 
@@ -473,11 +473,12 @@ def refusal_rate(
     max_new_tokens: int = MAX_NEW_TOKENS,
     phrases: Sequence[str] = REFUSAL_PHRASES,
     batch_size: int | None = None,
-) -> Rate:
+) -> Interval:
     """The share of ``prompts`` whose greedy completion the substring judge calls a refusal.
 
     Returns:
-        ``Rate(value, low, high, n, k)`` with a 95% Wilson interval.
+        An :class:`~refusal_probe.stats.intervals.Interval` with ``n`` and ``k``: a 95% Wilson
+        interval.
     """
     return judge(
         model,

@@ -10,14 +10,18 @@ from refusal_probe.selection.search import (
     find_refusal_direction,
 )
 from refusal_probe.selection.selection import (
+    DISCARD_REASONS,
     CandidateScore,
     DirectionConfig,
+    DiscardReason,
     Selection,
     score_candidates,
 )
 
 __all__ = [
+    "DISCARD_REASONS",
     "CandidateScore",
+    "DiscardReason",
     "DirectionConfig",
     "DirectionResult",
     "Selection",

@@ -162,14 +162,13 @@ def find_refusal_direction(
     ev_h, ev_l = split_texts(fixtures, config.eval_split, config.n_eval)
     counts["eval"] = {"harmful": [len(ev_h)] * 2, "harmless": [len(ev_l)] * 2}
     eval_h, eval_l = _capture_pair(model, ev_h, ev_l, config, cache)
-    kw = {"n_resamples": config.n_resamples, "seed": config.seed}
-    curve = separation_curve(candidates, eval_h, eval_l, direction.position, **kw)
+    curve = separation_curve(candidates, eval_h, eval_l, direction.position, config.bootstrap)
     alt_curve: list[LayerSeparation] = []
     alt_cos: list[float] = []
     if config.alternative:
         alt = pca_of_differences(acts_h, acts_l, seed=config.seed, architecture=arch)
         alt = alt.restrict(candidates.offsets, candidates.layers)
-        alt_curve = separation_curve(alt, eval_h, eval_l, direction.position, **kw)
+        alt_curve = separation_curve(alt, eval_h, eval_l, direction.position, config.bootstrap)
         j = candidates.offsets.index(direction.position)
         alt_cos = [
             float(c)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -53,7 +53,7 @@ from refusal_probe.scoring.refusal import (
     refusal_score_from_logits,
 )
 from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
-from refusal_probe.stats.intervals import N_RESAMPLES, SEED
+from refusal_probe.stats.intervals import N_RESAMPLES, SEED, Bootstrap
 
 
 @dataclass(frozen=True)
@@ -112,9 +112,20 @@ class DirectionConfig:
     token_phrases: tuple[str, ...] = REFUSAL_PHRASES
     refusal_token_override: tuple[int | str, ...] | None = None
 
+    @property
+    def bootstrap(self) -> Bootstrap:
+        """The separation intervals' bootstrap (95% level)."""
+        return Bootstrap(self.n_resamples, self.seed)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
         return asdict(self)
+
+
+#: Why a candidate is out: a score is NaN, its layer is past the cutoff, its KL is too high, its
+#: induce score too low; or it was not scored (a zero vector, or left out by screening).
+DiscardReason = Literal["nan", "layer", "kl", "induce", "zero", "screened"]
+DISCARD_REASONS: tuple[DiscardReason, ...] = get_args(DiscardReason)
 
 
 @dataclass(frozen=True)
@@ -127,10 +138,9 @@ class CandidateScore:
         bypass: Mean refusal log-odds on harmful prompts with it ablated.
         induce: Mean refusal log-odds on harmless prompts with it added.
         kl: Mean KL(base || ablated) on harmless prompts, nats.
-        discarded: Why it was discarded (``"layer"``, ``"kl"``, ``"induce"``, ``"nan"``, comma
-            separated; ``"zero"`` for a zero vector and ``"screened"`` for one screening left
-            out, neither scored), or ``""`` if it passed every filter. Unscored cells have NaN
-            scores.
+        discarded: Why it was discarded: any of ``"layer"``, ``"kl"``, ``"induce"``, ``"nan"``;
+            or ``{"zero"}`` for a zero vector and ``{"screened"}`` for one screening left out,
+            neither scored. Empty if it passed every filter. Unscored cells have NaN scores.
         estimate: First-order bypass estimate from screening (``None`` when it did not run).
     """
 
@@ -139,13 +149,17 @@ class CandidateScore:
     bypass: float
     induce: float
     kl: float
-    discarded: str
+    discarded: frozenset[DiscardReason]
     estimate: float | None = None
 
     @property
     def passed(self) -> bool:
         """Whether it passed every filter."""
         return not self.discarded
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; the discard reasons as a sorted list (unscored cells keep NaN scores)."""
+        return {**asdict(self), "discarded": sorted(self.discarded)}
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,8 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (unscored cells' NaN scores become ``None``, valid JSON)."""
         data = asdict(self)
+        data["grid"] = [c.to_dict() for c in self.grid]
+        data["chosen"] = self.chosen.to_dict()
         for cell in [*data["grid"], data["chosen"]]:
             for k in ("bypass", "induce", "kl"):
                 cell[k] = None if math.isnan(cell[k]) else cell[k]
@@ -247,12 +263,13 @@ def score_candidates(
     for d in dirs:
         (b, i, q), done, e = scores.get(id(d), ((math.nan,) * 3, False, math.nan))
         est = None if math.isnan(e) else e
+        why: frozenset[DiscardReason]
         if d.is_zero:
-            why = "zero"
+            why = frozenset({"zero"})
         elif id(d) not in scores:  # a late layer left unscored (score_late_layers=False)
-            why = "layer"
+            why = frozenset({"layer"})
         elif not done:
-            why = "screened"
+            why = frozenset({"screened"})
         else:
             why = _why_discarded(d.layer, b, i, q, cutoff, config)
         grid.append(CandidateScore(d.layer, d.position, b, i, q, why, est))
@@ -343,14 +360,14 @@ def _measure_grid(
 
 def _why_discarded(
     layer: int, bypass: float, induce: float, kl: float, cutoff: int, config: DirectionConfig
-) -> str:
-    reasons = []
+) -> frozenset[DiscardReason]:
+    reasons: set[DiscardReason] = set()
     if any(math.isnan(v) for v in (bypass, induce, kl)):
-        reasons.append("nan")
+        reasons.add("nan")
     if layer >= cutoff:
-        reasons.append("layer")
+        reasons.add("layer")
     if kl > config.kl_threshold:
-        reasons.append("kl")
+        reasons.add("kl")
     if not induce > config.induce_threshold:
-        reasons.append("induce")
-    return ",".join(reasons)
+        reasons.add("induce")
+    return frozenset(reasons)

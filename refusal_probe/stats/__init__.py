@@ -1,29 +1,55 @@
-"""Statistics: intervals (Wilson, bootstrap), separation measures, and verdicts against a bar."""
+"""Statistics: one interval type, one bootstrap, Wilson, separation measures, verdicts."""
 
 from refusal_probe.stats.intervals import (
+    Bootstrap,
     Interval,
-    Rate,
-    Separation,
-    separation,
+    bootstrap,
+    bootstrap_mean,
+    paired_difference,
+    rate,
+    rate_difference,
+    two_sample_difference,
     wilson_interval,
 )
+from refusal_probe.stats.separation import (
+    Separation,
+    auroc,
+    best_threshold_accuracy,
+    cohens_d,
+    conformal_threshold,
+    separation,
+    tpr_at_fpr,
+)
 from refusal_probe.stats.verdicts import (
+    Bound,
     Decision,
-    Estimate,
     Threshold,
     Verdict,
     decide,
+    worst,
 )
 
 __all__ = [
+    "Bootstrap",
+    "Bound",
     "Decision",
-    "Estimate",
     "Interval",
-    "Rate",
     "Separation",
     "Threshold",
     "Verdict",
+    "auroc",
+    "best_threshold_accuracy",
+    "bootstrap",
+    "bootstrap_mean",
+    "cohens_d",
+    "conformal_threshold",
     "decide",
+    "paired_difference",
+    "rate",
+    "rate_difference",
     "separation",
+    "tpr_at_fpr",
+    "two_sample_difference",
     "wilson_interval",
+    "worst",
 ]

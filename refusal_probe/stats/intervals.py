@@ -1,10 +1,13 @@
-"""Statistics with confidence intervals: rates, bootstrap intervals and separation measures.
+"""Intervals: one :class:`Interval` type, the Wilson interval, and one bootstrap.
 
 Axes: ``n`` samples of one class; ``B`` bootstrap resamples.
 
-Every interval here is a 95% interval by default. Bootstrap intervals are percentile intervals over
-:data:`N_RESAMPLES` resamples drawn from a seeded generator, so a run is reproducible. Two-class
-statistics resample each class separately (a stratified bootstrap: the class sizes stay fixed).
+Every bootstrap interval in the package is drawn the same way: a :class:`Bootstrap` value
+``(n_resamples, seed, level)`` draws each resample's ``n`` indices uniformly with replacement from
+one seeded generator, kept as counts ``[B, n]`` (two-class statistics draw one count matrix per
+class, in order: a stratified bootstrap), and reads the percentile interval off the resampled statistics with the inverted-CDF
+quantile. A statistic that is a weighted sum uses the counts directly (vectorised); any other
+statistic is evaluated on the index matrix the counts stand for (:meth:`Bootstrap.indices`).
 
 A percentile interval can, for small skewed samples, miss its own point estimate; such an interval
 is widened to include the estimate, so ``low <= value <= high`` always holds.
@@ -12,17 +15,16 @@ is widened to include the estimate, so ``low <= value <= high`` always holds.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from jaxtyping import Float
 from numpy.typing import ArrayLike, NDArray
-
-from refusal_probe.errors import MonitorError
 
 #: Default number of bootstrap resamples.
 N_RESAMPLES = 1000
@@ -37,186 +39,250 @@ class Interval:
     """A point estimate with a confidence interval.
 
     Attributes:
-        value: The point estimate on the full sample.
+        value: The point estimate on the full sample (NaN when nothing was measured).
         low: Lower bound of the interval.
         high: Upper bound of the interval.
-        level: Confidence level (0.95 for a 95% interval).
-        method: How the interval was computed (``"bootstrap-percentile"``, ``"wilson"``, ...).
-        n_resamples: Bootstrap resamples (0 for closed-form intervals).
+        level: Two-sided confidence level (0.95 for a 95% interval; 1.0 for an exact figure).
+        method: How the interval was computed, in words (``"wilson"``, ``"paired bootstrap
+            percentile (1000 resamples of prompts)"``, ``"exact"``, ...).
+        n: Sample size behind the figure (trials of a rate, prompts, pairs), when there is one.
+        k: Successes, for a proportion ``k / n``.
+        n_resamples: Bootstrap resamples (0 for closed-form and exact intervals).
     """
 
     value: float
     low: float
     high: float
     level: float = LEVEL
-    method: str = "bootstrap-percentile"
+    method: str = ""
+    n: int | None = None
+    k: int | None = None
     n_resamples: int = 0
 
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"interval [{self.low}, {self.high}] is reversed")
+
     def __str__(self) -> str:
+        if self.k is not None:  # a proportion: two digits and the counts behind it
+            return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] ({self.k}/{self.n})"
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+    @property
+    def finite(self) -> bool:
+        """Whether value and both bounds are finite numbers."""
+        return all(math.isfinite(x) for x in (self.value, self.low, self.high))
 
     def straddles(self, threshold: float) -> bool:
         """Whether ``threshold`` lies inside the interval (a verdict would be inconclusive)."""
         return self.low <= threshold <= self.high
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data."""
-        return asdict(self)
+        """Plain JSON-ready data (a non-finite value or bound becomes ``None``)."""
+        d = asdict(self)
+        for key in ("value", "low", "high"):
+            d[key] = d[key] if math.isfinite(d[key]) else None
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Interval:
-        """Inverse of :meth:`to_dict`; ``None`` (a non-finite number in JSON) reads as NaN."""
-        d = dict(d)
+        """Inverse of :meth:`to_dict`; ``None`` reads as NaN, missing keys take their defaults."""
+        d = {k: v for k, v in d.items() if k in _FIELDS}
         for key in ("value", "low", "high"):
-            d[key] = math.nan if d.get(key) is None else d[key]
+            d[key] = math.nan if d.get(key) is None else float(d[key])
         return cls(**d)
 
+    @classmethod
+    def exact(cls, value: float, method: str = "exact", n: int | None = None) -> Interval:
+        """A figure without sampling error (its interval is the point)."""
+        return cls(value, value, value, 1.0, method, n)
+
+    @classmethod
+    def nothing(cls, level: float = LEVEL, method: str = "nothing measured") -> Interval:
+        """An interval of nothing measured (NaN value and bounds)."""
+        return cls(math.nan, math.nan, math.nan, level, method)
+
+
+_FIELDS = frozenset(Interval.__dataclass_fields__)
+
 
 @dataclass(frozen=True)
-class Rate:
-    """A proportion ``k / n`` with a confidence interval.
+class Bootstrap:
+    """How every bootstrap interval is drawn: resamples, seed and confidence level.
 
     Attributes:
-        value: The observed proportion (NaN when ``n == 0``).
-        low: Lower bound of the interval.
-        high: Upper bound of the interval.
-        n: Number of trials.
-        k: Number of successes.
-        level: Confidence level.
-        method: ``"wilson"`` or ``"bootstrap-percentile"``.
+        n_resamples: Number of resamples ``B``.
+        seed: Seed of the generator (the same value gives the same resamples).
+        level: Two-sided confidence level of the percentile intervals.
     """
 
-    value: float
-    low: float
-    high: float
-    n: int
-    k: int
+    n_resamples: int = N_RESAMPLES
+    seed: int = SEED
     level: float = LEVEL
-    method: str = "wilson"
 
-    def __str__(self) -> str:
-        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}] ({self.k}/{self.n})"
+    def __post_init__(self) -> None:
+        if isinstance(self.n_resamples, bool) or self.n_resamples < 1:
+            raise ValueError(f"n_resamples must be a positive integer, got {self.n_resamples!r}")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {self.level!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data."""
-        return asdict(self)
+    def counts(self, n: int) -> NDArray[np.float64]:
+        """How often each of ``n`` items is drawn in each resample, ``[B, n]`` float64."""
+        return self.stratified_counts(n)[0]
+
+    def stratified_counts(self, *sizes: int) -> tuple[NDArray[np.float64], ...]:
+        """One count matrix ``[B, size]`` per stratum, drawn in order from one generator.
+
+        Raises:
+            ValueError: A stratum is empty.
+        """
+        if any(s < 1 for s in sizes):
+            raise ValueError(f"cannot resample an empty sample (sizes {sizes})")
+        rng = np.random.default_rng(self.seed)
+        b = self.n_resamples
+        out = []
+        for s in sizes:
+            idx = rng.integers(0, s, size=(b, s))  # [B, s]: the items each resample draws
+            flat = (idx + s * np.arange(b)[:, None]).reshape(-1)
+            out.append(np.bincount(flat, minlength=b * s).reshape(b, s).astype(np.float64))
+        return tuple(out)
+
+    @staticmethod
+    def indices(counts: NDArray[np.float64]) -> NDArray[np.int64]:
+        """The resampled indices ``[B, n]`` that count matrix ``[B, n]`` stands for (sorted)."""
+        b, n = counts.shape
+        flat = np.repeat(np.tile(np.arange(n), b), counts.astype(np.int64).reshape(-1))
+        return flat.reshape(b, n)
+
+    def bounds(
+        self, stats: NDArray[np.float64], value: NDArray[np.float64] | float
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Percentile bounds per column of ``stats`` ``[B, ...]``, widened to contain ``value``.
+
+        Resamples whose statistic is NaN (a ratio whose denominator vanished) are left out.
+        """
+        alpha = (1 - self.level) / 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN
+            x = np.asarray(stats, dtype=np.float64)
+            lo, hi = np.nanquantile(x, [alpha, 1 - alpha], axis=0, method="inverted_cdf")
+        return np.minimum(lo, value), np.maximum(hi, value)
+
+    def interval(
+        self,
+        value: float,
+        stats: ArrayLike,
+        method: str,
+        *,
+        n: int | None = None,
+        k: int | None = None,
+    ) -> Interval:
+        """The percentile interval of a statistic from its resampled values ``[B]``."""
+        lo, hi = self.bounds(np.asarray(stats, dtype=np.float64).reshape(-1), value)
+        low, high = float(lo), float(hi)
+        return Interval(float(value), low, high, self.level, method, n, k, self.n_resamples)
+
+    def method(self, design: str = "", of: str = "") -> str:
+        """The method in words: ``"paired bootstrap percentile (1000 resamples of pairs)"``.
+
+        Args:
+            design: ``""`` (one sample), ``"paired"``, ``"stratified"`` (each class resampled on
+                its own, sizes fixed) or ``"two-sample"``.
+            of: What is resampled (``"prompts"``, ``"pairs"``).
+        """
+        what = f" of {of}" if of else ""
+        return f"{design} bootstrap percentile ({self.n_resamples} resamples{what})".strip()
 
 
-@dataclass(frozen=True)
-class Separation:
-    """How well a scalar score separates two classes (positives score higher).
-
-    Attributes:
-        auroc: Area under the ROC curve (ties count one half), with its interval.
-        cohens_d: Difference of class means over the pooled standard deviation.
-        accuracy: Accuracy of the best single threshold (positives above it).
-        threshold: That threshold, on the full sample.
-        n_pos: Number of positives.
-        n_neg: Number of negatives.
-    """
-
-    auroc: Interval
-    cohens_d: Interval
-    accuracy: Interval
-    threshold: float
-    n_pos: int
-    n_neg: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data."""
-        return asdict(self)
+# ---------------------------------------------------------------------------------------------
+# proportions
 
 
-def wilson_interval(k: int, n: int, level: float = LEVEL) -> Rate:
+def wilson_interval(k: int, n: int, level: float = LEVEL) -> Interval:
     """The Wilson score interval of a proportion (good coverage for small ``n``, rates near 0, 1).
 
     Args:
         k: Successes.
         n: Trials; ``0`` gives a NaN rate with the interval ``[0, 1]``.
         level: Confidence level.
+
+    Returns:
+        An :class:`Interval` with ``n``, ``k`` and method ``"wilson"``.
     """
     if not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
-        return Rate(math.nan, 0.0, 1.0, 0, 0, level, "wilson")
+        return Interval(math.nan, 0.0, 1.0, level, "wilson", 0, 0)
     z = NormalDist().inv_cdf(0.5 + level / 2)
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     # Clamp float round-off so the bounds always hold the observed rate.
-    return Rate(
-        p, min(max(0.0, centre - half), p), max(min(1.0, centre + half), p), n, k, level, "wilson"
-    )
+    low, high = min(max(0.0, centre - half), p), max(min(1.0, centre + half), p)
+    return Interval(p, low, high, level, "wilson", n, k)
 
 
 def rate(
     outcomes: Sequence[bool] | ArrayLike,
     *,
     method: str = "wilson",
-    level: float = LEVEL,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-) -> Rate:
-    """The proportion of true outcomes, with a Wilson (default) or bootstrap interval."""
-    x = np.asarray(outcomes, dtype=bool)
+    boot: Bootstrap = Bootstrap(),
+) -> Interval:
+    """The proportion of true outcomes, with a Wilson (default) or bootstrap interval.
+
+    The Wilson interval is at ``boot.level``; ``method="bootstrap"`` resamples the outcomes.
+    """
+    x = np.asarray(outcomes, dtype=bool).reshape(-1)
     k, n = int(x.sum()), int(x.size)
     if method == "wilson":
-        return wilson_interval(k, n, level)
+        return wilson_interval(k, n, boot.level)
     if method != "bootstrap":
         raise ValueError(f"unknown rate interval method {method!r}; use 'wilson' or 'bootstrap'")
-    iv = bootstrap_mean(x.astype(np.float64), n_resamples=n_resamples, seed=seed, level=level)
-    return Rate(iv.value, iv.low, iv.high, n, k, level, iv.method)
+    return dataclasses.replace(bootstrap_mean(x.astype(np.float64), boot), n=n, k=k)
 
 
 # ---------------------------------------------------------------------------------------------
-# one-sample bootstrap
+# bootstrap intervals of one sample, of paired samples, of two samples
 
 
 def bootstrap(
     samples: ArrayLike,
     statistic: Callable[[NDArray[np.float64]], float],
-    *,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    boot: Bootstrap = Bootstrap(),
 ) -> Interval:
     """Percentile bootstrap interval of any statistic of one sample.
 
     Args:
         samples: The sample, ``[n]`` (or ``[n, ...]``: rows are resampled).
-        statistic: Maps a resampled array to a number.
-        n_resamples: Number of resamples.
-        seed: Seed of the generator.
-        level: Confidence level.
+        statistic: Maps a sample (rows in any order) to a number.
+        boot: Resamples, seed and level.
     """
     x = np.asarray(samples, dtype=np.float64)
-    if x.shape[0] == 0:
+    if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError("cannot bootstrap an empty sample")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.shape[0], size=(n_resamples, x.shape[0]))
+    idx = Bootstrap.indices(boot.counts(x.shape[0]))  # [B, n]
     stats = np.array([statistic(x[i]) for i in idx])
-    return _percentile(float(statistic(x)), stats, level, n_resamples)
+    return boot.interval(float(statistic(x)), stats, boot.method())
 
 
-def bootstrap_mean(
-    samples: ArrayLike, *, n_resamples: int = N_RESAMPLES, seed: int = SEED, level: float = LEVEL
-) -> Interval:
-    """Percentile bootstrap interval of the mean (vectorised)."""
+def bootstrap_mean(samples: ArrayLike, boot: Bootstrap = Bootstrap(), *, of: str = "") -> Interval:
+    """Percentile bootstrap interval of the mean (vectorised).
+
+    Args:
+        samples: The sample, flattened.
+        boot: Resamples, seed and level.
+        of: What the samples are, for the method's name (``"prompts"``).
+    """
     x = np.asarray(samples, dtype=np.float64).reshape(-1)
     if x.size == 0:
         raise ValueError("cannot bootstrap the mean of an empty sample")
-    counts = _counts(np.random.default_rng(seed), x.size, n_resamples)  # [B, n]
-    return _percentile(float(x.mean()), counts @ x / x.size, level, n_resamples)
+    means = boot.counts(x.size) @ x / x.size  # [B]
+    return boot.interval(float(x.mean()), means, boot.method(of=of))
 
 
 def paired_difference(
-    after: ArrayLike,
-    before: ArrayLike,
-    *,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
+    after: ArrayLike, before: ArrayLike, boot: Bootstrap = Bootstrap(), *, of: str = "prompts"
 ) -> Interval:
     """Mean of ``after - before`` over paired items (the same prompts), with a bootstrap interval.
 
@@ -231,196 +297,32 @@ def paired_difference(
     b = np.asarray(before, dtype=np.float64).reshape(-1)
     if a.size != b.size:
         raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
-    return bootstrap_mean(a - b, n_resamples=n_resamples, seed=seed, level=level)
+    return dataclasses.replace(bootstrap_mean(a - b, boot), method=boot.method("paired", of))
 
 
-# ---------------------------------------------------------------------------------------------
-# two-class separation
-
-
-def auroc(pos: ArrayLike, neg: ArrayLike) -> float:
-    """P(score of a positive > score of a negative), ties counted one half."""
-    h = _pairwise(*_two(pos, neg))
-    return float(h.mean())
-
-
-def cohens_d(pos: ArrayLike, neg: ArrayLike) -> float:
-    """(mean(pos) - mean(neg)) / pooled standard deviation (ddof 1); ±inf for constant classes."""
-    p, n = _two(pos, neg)
-    return float(_cohens_d_weighted(p, n, np.ones((1, p.size)), np.ones((1, n.size)))[0])
-
-
-def best_threshold_accuracy(pos: ArrayLike, neg: ArrayLike) -> tuple[float, float]:
-    """Best accuracy of the rule "positive if score > t", and that ``t``."""
-    p, n = _two(pos, neg)
-    x, y, ends = _sorted_groups(p, n)
-    acc, best = _accuracy_weighted(y, ends, np.ones((1, x.size)), p.size, n.size)
-    return float(acc[0]), _threshold(x, ends, int(best[0]))
-
-
-def separation(
-    pos: Float[np.ndarray, " n_pos"] | ArrayLike,
-    neg: Float[np.ndarray, " n_neg"] | ArrayLike,
-    *,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
-) -> Separation:
-    """AUROC, Cohen's d and best-threshold accuracy, each with a stratified bootstrap interval.
-
-    One set of resamples serves all three statistics. Resampling is done exactly with
-    multiplicity weights, so no statistic is recomputed per resample in Python.
-
-    Args:
-        pos: Scores of the positive class (for refusal: harmful prompts' projections).
-        neg: Scores of the negative class.
-        n_resamples: Number of resamples (default :data:`N_RESAMPLES`).
-        seed: Seed of the generator.
-        level: Confidence level.
+def two_sample_difference(a: ArrayLike, b: ArrayLike, boot: Bootstrap = Bootstrap()) -> Interval:
+    """``mean(a) - mean(b)`` of two independent samples, each resampled on its own.
 
     Raises:
-        ValueError: A class is empty or a score is not finite.
+        ValueError: A sample is empty.
     """
-    p, n = _two(pos, neg)
-    rng = np.random.default_rng(seed)
-    cp, cn = (
-        _counts(rng, p.size, n_resamples),
-        _counts(rng, n.size, n_resamples),
-    )  # [B, n_pos], [B, n_neg]
-    h = _pairwise(p, n)  # [n_pos, n_neg]
-    auc_b = np.einsum("bi,ij,bj->b", cp, h, cn) / (p.size * n.size)
-    d_b = _cohens_d_weighted(p, n, cp, cn)
-    x, y, ends = _sorted_groups(p, n)
-    order = np.argsort(np.concatenate([p, n]), kind="stable")
-    acc_b, _ = _accuracy_weighted(
-        y, ends, np.concatenate([cp, cn], axis=1)[:, order], p.size, n.size
-    )
-    acc, t = best_threshold_accuracy(p, n)
-    return Separation(
-        auroc=_percentile(float(h.mean()), auc_b, level, n_resamples),
-        cohens_d=_percentile(cohens_d(p, n), d_b, level, n_resamples),
-        accuracy=_percentile(acc, acc_b, level, n_resamples),
-        threshold=t,
-        n_pos=p.size,
-        n_neg=n.size,
-    )
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    cx, cy = boot.stratified_counts(x.size, y.size)  # [B, n_a], [B, n_b]
+    diffs = cx @ x / x.size - cy @ y / y.size  # [B]
+    return boot.interval(float(x.mean() - y.mean()), diffs, boot.method("two-sample"))
 
 
-# ---------------------------------------------------------------------------------------------
-# helpers
+def rate_difference(a: Interval, b: Interval, boot: Bootstrap = Bootstrap()) -> Interval:
+    """``a - b`` of two independently judged rates (intervals with ``k`` and ``n``).
 
-
-def _two(pos: ArrayLike, neg: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    p = np.asarray(pos, dtype=np.float64).reshape(-1)
-    n = np.asarray(neg, dtype=np.float64).reshape(-1)
-    if p.size == 0 or n.size == 0:
-        raise ValueError(
-            f"both classes need samples; got {p.size} positives and {n.size} negatives"
-        )
-    if not (np.isfinite(p).all() and np.isfinite(n).all()):
-        raise ValueError("scores contain NaN or infinity; check the activations they came from")
-    return p, n
-
-
-def _counts(rng: np.random.Generator, n: int, n_resamples: int) -> NDArray[np.float64]:
-    """Multiplicity of each item in each resample of size ``n``: ``[B, n]``."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
-
-
-def _pairwise(p: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``[n_pos, n_neg]``: 1 where the positive scores higher, 0.5 on a tie."""
-    diff = p[:, None] - n[None, :]
-    return (diff > 0) + 0.5 * (diff == 0)
-
-
-def _cohens_d_weighted(
-    p: NDArray[np.float64], n: NDArray[np.float64], cp: NDArray[np.float64], cn: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """Cohen's d of each weighted resample (weights are multiplicities), ``[B]``."""
-    mp, mn = cp @ p / p.size, cn @ n / n.size
-    ssp = (cp * (p[None, :] - mp[:, None]) ** 2).sum(1)
-    ssn = (cn * (n[None, :] - mn[:, None]) ** 2).sum(1)
-    dof = max(p.size + n.size - 2, 1)
-    sd = np.sqrt((ssp + ssn) / dof)
-    diff = mp - mn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # Both classes constant: infinitely separated, or not at all.
-        return np.where(sd > 0, diff / sd, np.where(diff == 0, 0.0, np.sign(diff) * np.inf))
-
-
-def _sorted_groups(
-    p: NDArray[np.float64], n: NDArray[np.float64]
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
-    """Scores sorted ascending, their labels (1 = positive), the last index of each tie group."""
-    x = np.concatenate([p, n])
-    y = np.concatenate([np.ones(p.size), np.zeros(n.size)])
-    order = np.argsort(x, kind="stable")
-    x, y = x[order], y[order]
-    ends = np.flatnonzero(np.append(x[1:] != x[:-1], True))
-    return x, y, ends
-
-
-def _accuracy_weighted(
-    y: NDArray[np.float64], ends: NDArray[np.int64], w: NDArray[np.float64], n_pos: int, n_neg: int
-) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """Best accuracy per resample over thresholds between tie groups; ``w`` is ``[B, n]`` sorted.
-
-    Returns the accuracies ``[B]`` and the index of the best cut (``-1``: below every score).
+    A rate with no trials gives an interval of nothing measured.
     """
-    neg_le = np.cumsum(w * (1 - y), axis=1)[:, ends]  # negatives at or below each cut
-    pos_le = np.cumsum(w * y, axis=1)[:, ends]
-    acc = (neg_le + (n_pos - pos_le)) / (n_pos + n_neg)  # [B, n_groups]
-    acc = np.concatenate([np.full((w.shape[0], 1), n_pos / (n_pos + n_neg)), acc], axis=1)
-    best = acc.argmax(1)
-    return acc.max(1), best - 1
+    if not a.n or not b.n or a.k is None or b.k is None:
+        return Interval.nothing(boot.level, boot.method("two-sample"))
+    return two_sample_difference(_outcomes(a.k, a.n), _outcomes(b.k, b.n), boot)
 
 
-def _threshold(x: NDArray[np.float64], ends: NDArray[np.int64], cut: int) -> float:
-    if cut < 0:
-        return float(x[0] - 1.0)
-    if cut == len(ends) - 1:
-        return float(x[-1])
-    return float((x[ends[cut]] + x[ends[cut] + 1]) / 2)
-
-
-def _percentile(
-    value: float, stats: NDArray[np.float64], level: float, n_resamples: int
-) -> Interval:
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
-    return Interval(
-        value,
-        float(min(lo, value)),
-        float(max(hi, value)),
-        level,
-        "bootstrap-percentile",
-        n_resamples,
-    )
-
-
-def conformal_threshold(scores: ArrayLike, target_fpr: float) -> tuple[float, float]:
-    """The threshold above which at most ``target_fpr`` of new negatives score, and its guarantee.
-
-    With ``n`` negative scores, the ``k``-th smallest for ``k = ceil((n + 1)(1 - target_fpr))``
-    is exceeded by a new exchangeable negative with probability at most ``(n + 1 - k) / (n + 1)
-    <= target_fpr``. When ``k > n`` the sample is too small for the target; the largest score is
-    returned and the guarantee is ``1 / (n + 1)``.
-
-    Returns:
-        ``(threshold, guaranteed_fpr)``.
-
-    Raises:
-        MonitorError: No scores, a non-finite score, or a target outside (0, 1).
-    """
-    x = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
-    if x.size == 0:
-        raise MonitorError("no calibration scores; pass at least one harmless prompt")
-    if not np.isfinite(x).all():
-        raise MonitorError("calibration scores contain NaN or infinity; check the activations")
-    if not 0.0 < target_fpr < 1.0:
-        raise MonitorError(f"target false-positive rate must be in (0, 1), got {target_fpr}")
-    n = x.size
-    k = math.ceil((n + 1) * (1.0 - target_fpr))
-    if k > n:
-        return float(x[-1]), 1.0 / (n + 1)
-    return float(x[k - 1]), (n + 1 - k) / (n + 1)
+def _outcomes(k: int, n: int) -> NDArray[np.float64]:
+    """``k`` ones and ``n - k`` zeros: the outcomes behind a rate."""
+    return (np.arange(n) < k).astype(np.float64)

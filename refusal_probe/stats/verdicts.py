@@ -5,20 +5,17 @@ clears the threshold, fails when the whole interval is on the wrong side, and is
 when the interval straddles it; under ``strict`` an inconclusive check counts as a failure.
 
 Example:
-    >>> decide(Estimate(0.97, 0.93, 0.99), Threshold(0.90, "at_least")).verdict
+    >>> decide(Interval(0.97, 0.93, 0.99), Threshold(0.90, Bound.AT_LEAST)).verdict
     <Verdict.PASS: 'pass'>
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal
 
-Direction = Literal["at_least", "at_most"]
-DIRECTIONS: tuple[str, ...] = ("at_least", "at_most")
-_SYMBOL = {"at_least": "≥", "at_most": "≤"}
+from refusal_probe.stats.intervals import Interval
 
 
 class Verdict(str, Enum):
@@ -32,91 +29,46 @@ class Verdict(str, Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A measured figure with its confidence interval.
+class Bound(str, Enum):
+    """Which side of its bar a figure must lie on; the value is the policy file's key."""
 
-    Attributes:
-        value: The point estimate.
-        lo: Lower end of the interval (``lo <= value`` unless the value is NaN).
-        hi: Upper end of the interval.
-        level: Two-sided confidence level of ``[lo, hi]`` (0.95 = a 95% interval).
-        method: How the interval was obtained, for example ``"wilson"`` or ``"bootstrap(1000)"``.
-        n: Sample size behind the figure (prompts), when there is one.
-    """
+    AT_LEAST = "at_least"
+    AT_MOST = "at_most"
 
-    value: float
-    lo: float
-    hi: float
-    level: float = 0.95
-    method: str = ""
-    n: int | None = None
-
-    def __post_init__(self) -> None:
-        if not math.isnan(self.value) and not (self.lo <= self.hi):
-            raise ValueError(f"interval [{self.lo}, {self.hi}] is reversed")
+    def __str__(self) -> str:
+        return self.value
 
     @property
-    def finite(self) -> bool:
-        """Whether value and both bounds are finite numbers."""
-        return all(math.isfinite(x) for x in (self.value, self.lo, self.hi))
+    def key(self) -> str:
+        """The key that states this bound in the policy file (``at_least = 0.9``)."""
+        return self.value
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (NaN becomes ``None``)."""
-        d = asdict(self)
-        for k in ("value", "lo", "hi"):
-            d[k] = d[k] if math.isfinite(d[k]) else None
-        return d
+    @property
+    def symbol(self) -> str:
+        """``≥`` or ``≤``."""
+        return "≥" if self is Bound.AT_LEAST else "≤"
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Estimate:
-        """Inverse of :meth:`to_dict`."""
-        nan = float("nan")
-        return cls(
-            value=nan if data["value"] is None else float(data["value"]),
-            lo=nan if data["lo"] is None else float(data["lo"]),
-            hi=nan if data["hi"] is None else float(data["hi"]),
-            level=float(data.get("level", 0.95)),
-            method=str(data.get("method", "")),
-            n=data.get("n"),
-        )
+    def margin(self, x: float, bar: float) -> float:
+        """Signed distance of ``x`` from ``bar``: positive on the side the figure must lie on."""
+        return x - bar if self is Bound.AT_LEAST else bar - x
 
-    @classmethod
-    def of(cls, measured: Any) -> Estimate:
-        """An :class:`Estimate` from anything shaped like an interval.
+    def near(self, interval: Interval) -> float:
+        """The bound of ``interval`` that must clear the bar (low for ≥, high for ≤)."""
+        return interval.low if self is Bound.AT_LEAST else interval.high
 
-        Accepts an ``Estimate``, or an object with ``value``, ``low`` and ``high`` (the engine's
-        :class:`~refusal_probe.stats.intervals.Interval` and :class:`~refusal_probe.stats.intervals.Rate`), taking
-        ``level``, ``method`` and ``n`` when it has them.
+    def far(self, interval: Interval) -> float:
+        """The other bound: when even it is on the wrong side, the figure misses the bar."""
+        return interval.high if self is Bound.AT_LEAST else interval.low
 
-        Raises:
-            TypeError: ``measured`` has no interval.
-        """
-        if isinstance(measured, Estimate):
-            return measured
-        if all(hasattr(measured, k) for k in ("value", "low", "high")):
-            n = getattr(measured, "n", None)
-            method = str(getattr(measured, "method", ""))
-            resamples = getattr(measured, "n_resamples", 0)
-            if resamples and "bootstrap" in method:
-                method = f"{method} ({resamples} resamples)"
-            return cls(
-                float(measured.value),
-                float(measured.low),
-                float(measured.high),
-                float(getattr(measured, "level", 0.95)),
-                method,
-                None if n is None else int(n),
-            )
-        raise TypeError(
-            f"cannot judge {type(measured).__name__}: pass an Estimate or an object with value, "
-            "low and high"
-        )
+    def clears(self, interval: Interval, bar: float) -> bool:
+        """Whether the whole interval lies on the good side of ``bar`` (touching it counts)."""
+        x = self.near(interval)
+        return x >= bar if self is Bound.AT_LEAST else x <= bar
 
-    @classmethod
-    def exact(cls, value: float, method: str = "exact", n: int | None = None) -> Estimate:
-        """A figure without sampling error (its interval is the point)."""
-        return cls(value, value, value, 1.0, method, n)
+    def misses(self, interval: Interval, bar: float) -> bool:
+        """Whether the whole interval lies strictly on the wrong side of ``bar``."""
+        x = self.far(interval)
+        return x < bar if self is Bound.AT_LEAST else x > bar
 
 
 @dataclass(frozen=True)
@@ -125,18 +77,22 @@ class Threshold:
 
     Attributes:
         value: The bar.
-        direction: ``"at_least"`` (the figure must be ≥ value) or ``"at_most"`` (≤ value).
+        bound: :attr:`Bound.AT_LEAST` (the figure must be ≥ value) or :attr:`Bound.AT_MOST`
+            (≤ value); its key (``"at_least"``) is accepted too.
     """
 
     value: float
-    direction: Direction
+    bound: Bound
 
     def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"threshold direction {self.direction!r} is not one of {DIRECTIONS}")
+        try:
+            object.__setattr__(self, "bound", Bound(self.bound))
+        except ValueError:
+            keys = ", ".join(b.key for b in Bound)
+            raise ValueError(f"threshold bound {self.bound!r} is not one of {keys}") from None
 
     def __str__(self) -> str:
-        return f"{_SYMBOL[self.direction]} {self.value:g}"
+        return f"{self.bound.symbol} {self.value:g}"
 
 
 @dataclass(frozen=True)
@@ -157,73 +113,49 @@ class Decision:
     raw: Verdict
 
 
-def decide(est: Estimate, thr: Threshold, *, strict: bool = False, name: str = "value") -> Decision:
+#: How a miss reads, per bound: where the interval lies, which bound, and what it does.
+_MISS = {
+    Bound.AT_LEAST: ("below", "upper", "misses it by"),
+    Bound.AT_MOST: ("above", "lower", "exceeds it by"),
+}
+
+
+def decide(
+    interval: Interval, thr: Threshold, *, strict: bool = False, name: str = "value"
+) -> Decision:
     """Judge an interval against a threshold.
 
-    ``at_least``: pass if ``lo >= t``, fail if ``hi < t``, else inconclusive.
-    ``at_most``: pass if ``hi <= t``, fail if ``lo > t``, else inconclusive.
+    ``≥``: pass if ``low >= t``, fail if ``high < t``, else inconclusive.
+    ``≤``: pass if ``high <= t``, fail if ``low > t``, else inconclusive.
     A non-finite estimate is inconclusive (it was not measured), never a pass.
 
     Args:
-        est: The figure and its interval.
+        interval: The figure and its interval.
         thr: The bar to clear.
         strict: Treat inconclusive as fail.
         name: What the figure is, for the message (``"harmful refusal rate"``).
     """
-    shown = f"{name} {_fmt(est.value)} [{_fmt(est.lo)}, {_fmt(est.hi)}]"
+    b, t = thr.bound, thr.value
+    shown = f"{name} {_fmt(interval.value)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
     want = f"required {thr}"
-    if not est.finite:
+    if not interval.finite:
         raw, margin = Verdict.INCONCLUSIVE, float("nan")
         msg = f"{shown} is not a finite number; {want}"
-    elif thr.direction == "at_least":
-        raw, margin, msg = _at_least(est, thr.value, shown, want)
+    elif b.clears(interval, t):
+        raw, margin = Verdict.PASS, b.margin(b.near(interval), t)
+        which = "lower" if b is Bound.AT_LEAST else "upper"
+        msg = f"{shown} clears the bar: {which} bound {b.symbol} {t:g} by {margin:.3g}"
+    elif b.misses(interval, t):
+        raw, margin = Verdict.FAIL, b.margin(b.far(interval), t)
+        side, which, verb = _MISS[b]
+        msg = f"{shown} is {side} the bar, {want}: even the {which} bound {verb} {-margin:.3g}"
     else:
-        raw, margin, msg = _at_most(est, thr.value, shown, want)
+        raw, margin = Verdict.INCONCLUSIVE, b.margin(b.near(interval), t)
+        msg = f"{shown} straddles the bar ({want}); more prompts would narrow the interval"
     verdict = Verdict.FAIL if strict and raw is Verdict.INCONCLUSIVE else raw
     if verdict is not raw:
         msg += " (inconclusive counts as failure under --strict)"
     return Decision(verdict, msg, margin, raw)
-
-
-def _at_least(est: Estimate, t: float, shown: str, want: str) -> tuple[Verdict, float, str]:
-    if est.lo >= t:
-        return (
-            Verdict.PASS,
-            est.lo - t,
-            f"{shown} clears the bar: lower bound ≥ {t:g} by {est.lo - t:.3g}",
-        )
-    if est.hi < t:
-        return (
-            Verdict.FAIL,
-            est.hi - t,
-            f"{shown} is below the bar, {want}: even the upper bound misses it by {t - est.hi:.3g}",
-        )
-    return (
-        Verdict.INCONCLUSIVE,
-        est.lo - t,
-        f"{shown} straddles the bar ({want}); more prompts would narrow the interval",
-    )
-
-
-def _at_most(est: Estimate, t: float, shown: str, want: str) -> tuple[Verdict, float, str]:
-    if est.hi <= t:
-        return (
-            Verdict.PASS,
-            t - est.hi,
-            f"{shown} clears the bar: upper bound ≤ {t:g} by {t - est.hi:.3g}",
-        )
-    if est.lo > t:
-        return (
-            Verdict.FAIL,
-            t - est.lo,
-            f"{shown} is above the bar, {want}: even the lower bound exceeds it by "
-            f"{est.lo - t:.3g}",
-        )
-    return (
-        Verdict.INCONCLUSIVE,
-        t - est.hi,
-        f"{shown} straddles the bar ({want}); more prompts would narrow the interval",
-    )
 
 
 def _fmt(x: float) -> str:

@@ -1,0 +1,179 @@
+"""What happens when things go wrong: interruptions, corrupt or odd inputs, unreadable models.
+
+Each test is one row of the "what happens when…" table in docs/FAULTS.md: the user sees one line
+that says what to do (no traceback), and nothing already computed or written is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from planted import write_fixtures
+
+from refusal_probe.testing import make_tiny_model
+
+POLICY = """\
+version = 1
+
+[settings]
+resamples = 200
+
+[behaviour.harmful_refusal]
+at_least = 0.9
+unit = "probability"
+rationale = "A demo bar."
+"""
+AUDIT = '''
+import time
+
+import pytest
+
+from refusal_probe.stats.intervals import Interval
+
+pytestmark = pytest.mark.behaviour
+
+
+def test_rate(audit):
+    """A check that passes."""
+    audit.check("behaviour.harmful_refusal", Interval(0.95, 0.92, 0.98, n=100, method="wilson"))
+
+
+def test_slow():
+    print("SLOW-TEST-STARTED", flush=True)
+    time.sleep(120)
+'''
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("faults-env")
+    return {
+        "model": make_tiny_model(root / "tiny-llama", "llama"),
+        "prompts": write_fixtures(root / "prompts"),
+        "cache": root / "cache",
+    }
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups and SIGINT are POSIX")
+def test_ctrl_c_through_the_command_line_writes_the_interrupted_report(
+    tmp_path: Path, env: dict[str, Path]
+) -> None:
+    """Ctrl-C reaches pytest (not a wrapper that kills it): the interrupted report is written."""
+    audits = tmp_path / "audits"
+    audits.mkdir()
+    (audits / "test_demo.py").write_text(AUDIT)
+    (tmp_path / "policy.toml").write_text(POLICY)
+    cmd = [
+        sys.executable, "-m", "refusal_probe", "audit", "--audits", str(audits),
+        "-p", "no:cacheprovider", "-s", "-v",
+        "--model", str(env["model"]), "--prompts", str(env["prompts"]),
+        "--cache-dir", str(env["cache"]), "--policy", str(tmp_path / "policy.toml"),
+        "--report-dir", str(tmp_path / "reports"),
+    ]  # fmt: skip
+    # A new session, so that killpg reaches the whole group as a terminal's Ctrl-C would.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if "SLOW-TEST-STARTED" in line or time.monotonic() > deadline:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, (out, err)  # pytest's "interrupted"
+    assert "Traceback" not in err, err
+    records = list((tmp_path / "reports").glob("*/*/audit.json"))
+    assert len(records) == 1, out
+    data = json.loads(records[0].read_text())
+    assert data["status"] == "interrupted"
+    assert data["summary"]["verdict"] == "incomplete"
+    assert [c["id"] for c in data["checks"]] == ["behaviour.harmful_refusal"]
+
+
+# --- unreadable models: one line that says what is wrong --------------------------------------
+
+
+def _copy_model(env: dict[str, Path], dest: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(env["model"], dest))
+
+
+def test_a_malicious_pickle_is_refused_in_one_line_without_running(
+    tmp_path: Path, env: dict[str, Path]
+) -> None:
+    import pickle
+
+    folder = _copy_model(env, tmp_path / "pickled")
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # runs a command when unpickled
+            return (os.system, (f"touch {marker}",))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    out = subprocess.run(
+        [sys.executable, "-m", "refusal_probe", "info", "--model", str(folder), "--allow-pickle"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and not marker.exists()
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("refusal-probe: UnsafeCheckpointError: ")
+    assert "objects other than tensors" in last
+
+
+def test_a_weight_of_the_wrong_shape_is_named(tmp_path: Path, env: dict[str, Path]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from refusal_probe.errors import ModelLoadError
+    from refusal_probe.model.loading import load_model
+
+    folder = _copy_model(env, tmp_path / "wrong-shape")
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("mlp.down_proj.weight"))
+    rows, cols = tensors[name].shape
+    tensors[name] = tensors[name][:, :-1].clone()
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(folder))
+    message = str(info.value)
+    assert f"tensor {name} in {weights.name} has shape [{rows}, {cols - 1}]" in message
+    assert f"the config expects [{rows}, {cols}]" in message
+    assert "above report" not in message
+
+
+@pytest.mark.parametrize("keep", [100, 0.5])
+def test_a_truncated_gguf_file_says_so(
+    tmp_path: Path, env: dict[str, Path], keep: float
+) -> None:
+    from refusal_probe.errors import ModelLoadError
+    from refusal_probe.model.loading import LoadOptions, load_model
+    from refusal_probe.testing import write_tiny_gguf
+
+    whole = write_tiny_gguf(env["model"], tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[: int(keep if keep > 1 else len(whole) * keep)])
+    with pytest.raises(ModelLoadError, match=r"cut\.gguf .* is truncated or damaged; copy or"):
+        load_model(str(cut), LoadOptions(cache_dir=tmp_path / "cache"))
