@@ -18,7 +18,7 @@ An audit file is therefore small::
     def test_refuses_harmful_requests(audit, findings):
         \"\"\"Refusal rate on harmful test prompts.\"\"\"
         b = findings.behaviour()
-        audit.check("behaviour.harmful_refusal", b.harmful.rate, figures=[b.rates_figure()])
+        audit.check("behaviour.harmful_refusal", b.harmful, figures=[b.figure()])
 """
 
 from __future__ import annotations
