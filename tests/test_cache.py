@@ -133,7 +133,9 @@ def test_rendered_template_change_misses(tiny_model, tmp_path, monkeypatch):
     model = tiny_model("llama")
     other = copy.copy(model)
     other.chat = copy.copy(model.chat)
-    other.chat.rendered_sha256 = "0" * 64
+    real_format = model.chat.format
+    other.chat.format = lambda instruction: "Today is Monday.\n" + real_format(instruction)
+    assert other.chat.template_sha256 == model.chat.template_sha256
     cache = TensorCache(tmp_path)
     counter = _Counter(monkeypatch)
     capture(model, PROMPTS, SITES, cache=cache)

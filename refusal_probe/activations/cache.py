@@ -21,14 +21,31 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from refusal_probe.model.identity import ModelKey
+
 log = logging.getLogger(__name__)
 
-#: Bump when a change to the engine changes what a cached entry would contain.
-ENGINE_VERSION = "1"
+#: Bump when a change to the engine changes what a cached entry would contain or how it is laid
+#: out; entries written under another version are never looked up again.
+ENGINE_VERSION = "2"
 
 
 class CacheCorruptionWarning(UserWarning):
     """A cache entry was unreadable or failed its checksum and will be recomputed."""
+
+
+def cache_key(model: ModelKey, kind: str, **parts: Any) -> dict[str, Any]:
+    """The key of a cached result of ``kind`` on a model: its :class:`ModelKey` and ``parts``.
+
+    Every cache layer (activations, measurements, an audit's results) builds its keys here or
+    from ``model.to_dict()``, so what a result depends on about the model is said once.
+
+    Args:
+        model: The model's key (``LoadedModel.key``, taken now).
+        kind: What the result is (``"activations"``, ``"selection"``...).
+        **parts: What else it depends on, as JSON-able data.
+    """
+    return {"kind": kind, "model": model.to_dict(), **parts}
 
 
 def key_digest(key: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from refusal_probe.activations.cache import TensorCache
+from refusal_probe.activations.cache import TensorCache, cache_key
 from refusal_probe.activations.runner import StopForward, batched, forward
 from refusal_probe.activations.sites import POST_INSTRUCTION, SITE_KINDS, Positions, Site, hook_name
 from refusal_probe.errors import CaptureError
@@ -164,16 +164,13 @@ def _validate(model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...
 def _key(
     model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...], positions: Positions
 ) -> dict[str, Any]:
-    return {
-        "model": model.identity.fingerprint,
-        "weights": model.identity.weights_sha256,
-        "prompts": prompts_fingerprint(prompts),
-        "template": model.chat.template_sha256,
-        "rendered": model.chat.rendered_sha256,
-        "sites": [str(s) for s in sites],
-        "positions": str(positions),
-        "dtype": str(model.dtype),
-    }
+    return cache_key(
+        model.key,
+        "activations",
+        prompts=prompts_fingerprint(prompts),
+        sites=[str(s) for s in sites],
+        positions=str(positions),
+    )
 
 
 class _Reader:

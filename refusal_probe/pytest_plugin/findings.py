@@ -148,22 +148,10 @@ class Findings:
         return dict(fps)
 
     def _key(self, what: str, **extra: Any) -> dict[str, Any]:
-        m = self.model.identity
-        # The kind of device, not its index: the same GPU model gives the same figures whichever
-        # of a machine's GPUs (or xdist worker) ran it.
-        placement = (
-            {"device_map": self.options.device_map}
-            if self.options.device_map
-            else {"device": torch.device(self.options.device).type}
-        )
         return {
             "what": what,
             "measures": MEASURES_VERSION,
-            "model": m.fingerprint,
-            "weights": m.weights_sha256,
-            "template": m.chat_template_sha256,
-            **placement,
-            "dtype": self.options.dtype,
+            "model": self.model.key.to_dict(),
             "prompts": self._prompt_hashes(what),
             "seed": self.options.seed,
             "settings": self.settings.__dict__,

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from refusal_probe.activations.cache import TensorCache
+from refusal_probe.activations.cache import TensorCache, cache_key
 from refusal_probe.activations.runner import batched, forward, kv_cache_alias
 from refusal_probe.errors import ScoringError
 from refusal_probe.interventions.hooks import Intervention, decoding, hooks_for
@@ -495,15 +495,7 @@ def refusal_rate(
 
 def measurement_key(model: LoadedModel, kind: str, **parts: Any) -> dict[str, Any]:
     """A cache key for a measurement of ``kind`` on ``model``, from JSON-able ``parts``."""
-    ident = model.identity
-    return {
-        "kind": kind,
-        "model": ident.fingerprint,
-        "weights": ident.weights_sha256,
-        "template": model.chat.template_sha256,
-        "dtype": str(model.dtype),
-        **parts,
-    }
+    return cache_key(model.key, kind, **parts)
 
 
 def cached(
