@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from refusal_probe.activations.cache import TensorCache, cache_key
+from refusal_probe.activations.cache import TensorCache, cache_key, cached
 from refusal_probe.activations.runner import StopForward, batched, forward
 from refusal_probe.activations.sites import POST_INSTRUCTION, SITE_KINDS, Positions, Site, hook_name
 from refusal_probe.errors import CaptureError
@@ -111,12 +111,20 @@ def capture(
     sites = tuple(sites)
     _validate(model, prompts, sites)
     key = _key(model, prompts, sites, positions)
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return _wrap(hit["values"], model, prompts, sites, positions)
-    values = _run(model, list(prompts), sites, positions, batch_size, progress)
-    if cache is not None:
-        cache.put(key, {"values": values})
-    return _wrap(values, model, prompts, sites, positions)
+    stored, _ = cached(
+        cache,
+        key,
+        lambda: _Values(_run(model, list(prompts), sites, positions, batch_size, progress)),
+        _Values,
+    )
+    return _wrap(stored.values, model, prompts, sites, positions)
+
+
+@dataclass(frozen=True)
+class _Values:
+    """What the cache keeps of a capture: the values (the rest is in the key)."""
+
+    values: Tensor
 
 
 def _wrap(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from refusal_probe.activations.cache import TensorCache
+from refusal_probe.activations.cache import TensorCache, cache_key, cached
 from refusal_probe.activations.capture import prompts_fingerprint
 from refusal_probe.activations.sites import logits_hook_name
 from refusal_probe.direction.estimators import Candidates, Direction, check_fits, cosine_per_layer
@@ -36,16 +36,12 @@ from refusal_probe.scoring.refusal import (
     REFUSAL_PHRASES,
     Judgement,
     RefusalTokens,
-    cached,
     generate,
     is_refusal,
     kl_divergence,
     map_last_logits,
-    measurement_key,
     refusal_score_from_logits,
     refusal_tokens,
-    tensor_to_texts,
-    texts_to_tensor,
 )
 from refusal_probe.selection.search import candidate_directions, split_texts
 from refusal_probe.selection.selection import DirectionConfig
@@ -221,10 +217,9 @@ def validate_direction(
     t0 = time.perf_counter()
     harmful, harmless = split_texts(fixtures, config.split, config.n_prompts)
     ablate, add = Ablate(direction), Add(direction, alpha=config.alpha, span=config.add_span)
-    key = measurement_key(
-        model,
+    key = cache_key(
+        model.key,
         "validation",
-        layout=2,  # "kl" holds the harmless prompts only
         direction=direction.sha256,
         layer=direction.layer,
         harmful=prompts_fingerprint(harmful),
@@ -235,13 +230,14 @@ def validate_direction(
         coefficients=list(config.coefficients),
         tokens=list(_tokens(model, config).ids),
     )
-    raw, hit = cached(cache, key, lambda: _measure(model, direction, harmful, harmless, config))
-    texts = tensor_to_texts(raw["texts"])
-    judged = _judge(texts, harmful, harmless, config)
+    runs, hit = cached(
+        cache, key, lambda: _measure(model, direction, harmful, harmless, config), ValidationRuns
+    )
+    judged = _judge(list(runs.completions), harmful, harmless, config)
     kw = {"n_resamples": config.n_resamples, "seed": config.seed, "level": config.level}
     nh = len(harmful)
     refused = {k: np.array(j.refused, dtype=float) for k, j in judged.items()}
-    by_alpha = raw["by_alpha"]  # [coefficient, prompt] refusal log-odds
+    by_alpha = runs.by_alpha  # [coefficient, prompt] refusal log-odds
     dose = tuple(
         DosePoint(
             a,
@@ -263,13 +259,13 @@ def validate_direction(
         addition_effect=paired_difference(
             refused["harmless_added"], refused["harmless_baseline"], **kw
         ),
-        kl_ablation=bootstrap_mean(raw["kl"].numpy(), **kw),
-        score_harmful_baseline=bootstrap_mean(raw["base"][:nh].numpy(), **kw),
-        score_harmful_ablated=bootstrap_mean(raw["ablated"][:nh].numpy(), **kw),
+        kl_ablation=bootstrap_mean(runs.kl.numpy(), **kw),
+        score_harmful_baseline=bootstrap_mean(runs.base[:nh].numpy(), **kw),
+        score_harmful_ablated=bootstrap_mean(runs.ablated[:nh].numpy(), **kw),
         dose_response=dose,
         judgements=judged,
         model_fingerprint=model.identity.fingerprint,
-        forward_passes=0 if hit else int(raw["passes"][0]),
+        forward_passes=0 if hit else runs.forward_passes,
         wall_s=time.perf_counter() - t0,
         config=config,
     )
@@ -285,13 +281,37 @@ def _tokens(model: LoadedModel, config: ValidationConfig) -> RefusalTokens:
 CONDITIONS = ("harmful_baseline", "harmless_baseline", "harmful_ablated", "harmless_added")
 
 
+@dataclass(frozen=True)
+class ValidationRuns:
+    """What the forward passes of a validation measured, as the disk cache keeps them.
+
+    Axes: ``prompt`` the harmful then the harmless prompts, ``coefficient`` the dose-response's
+    coefficients, ``harmless`` the harmless prompts.
+
+    Attributes:
+        completions: The greedy completions of the four conditions, in :data:`CONDITIONS` order.
+        by_alpha: ``[coefficient, prompt]`` refusal log-odds with the vector added.
+        base: ``[prompt]`` refusal log-odds of the unmodified model.
+        ablated: ``[prompt]`` refusal log-odds with the direction ablated.
+        kl: ``[harmless]`` KL of the next-token distribution, ablated against unmodified.
+        forward_passes: Passes the generations and scorings took.
+    """
+
+    completions: tuple[str, ...]
+    by_alpha: Tensor
+    base: Tensor
+    ablated: Tensor
+    kl: Tensor
+    forward_passes: int
+
+
 def _measure(
     model: LoadedModel,
     direction: Direction,
     harmful: list[str],
     harmless: list[str],
     config: ValidationConfig,
-) -> dict[str, Tensor]:
+) -> ValidationRuns:
     """Every forward pass of a validation: completions of the four conditions, proxy scores, KL.
 
     Conditions share batches through one :class:`PerRow` plan; so do the scoring runs that
@@ -300,8 +320,7 @@ def _measure(
     KL on harmless prompts), the ablated harmful prompts' and the harmless prompts' with the
     vector added at ``config.alpha`` (in the prompt pass every position is the prompt's, so that
     is the dose-response's addition at that coefficient, whatever ``add_span``). Scoring passes
-    remain for the ablated harmless prompts (the KL) and the other coefficients. Returns the raw
-    measurements (what the cache keeps).
+    remain for the ablated harmless prompts (the KL) and the other coefficients.
     """
     ablate = Ablate(direction)
     plans = {
@@ -382,14 +401,14 @@ def _measure(
         if a == config.alpha:
             by_alpha[k, nh:] = scores("harmless_added")
         row += m
-    return {
-        "texts": texts_to_tensor(texts),
-        "by_alpha": by_alpha,
-        "base": base,
-        "ablated": torch.cat([scores("harmful_ablated"), out[:nl, 0]]),
-        "kl": out[:nl, 1].contiguous(),  # harmless prompts only
-        "passes": torch.tensor([gen_passes + n_rows]),  # 1-D: the cache cannot hash 0-D
-    }
+    return ValidationRuns(
+        completions=tuple(texts),
+        by_alpha=by_alpha,
+        base=base,
+        ablated=torch.cat([scores("harmful_ablated"), out[:nl, 0]]),
+        kl=out[:nl, 1].contiguous(),
+        forward_passes=gen_passes + n_rows,
+    )
 
 
 def _judge(

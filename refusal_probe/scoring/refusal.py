@@ -15,7 +15,6 @@ Both accept interventions, so the same code scores a model with a direction abla
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from refusal_probe.activations.cache import TensorCache, cache_key
 from refusal_probe.activations.runner import batched, forward, kv_cache_alias
 from refusal_probe.errors import ScoringError
 from refusal_probe.interventions.hooks import Intervention, decoding, hooks_for
@@ -487,34 +485,3 @@ def refusal_rate(
         phrases=phrases,
         batch_size=batch_size,
     ).rate
-
-
-# ---------------------------------------------------------------------------------------------
-# caching measurements on disk
-
-
-def measurement_key(model: LoadedModel, kind: str, **parts: Any) -> dict[str, Any]:
-    """A cache key for a measurement of ``kind`` on ``model``, from JSON-able ``parts``."""
-    return cache_key(model.key, kind, **parts)
-
-
-def cached(
-    cache: TensorCache | None, key: dict[str, Any], compute: Callable[[], dict[str, Tensor]]
-) -> tuple[dict[str, Tensor], bool]:
-    """``compute()``, or its stored result under ``key``; and whether it came from the cache."""
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit, True
-    out = compute()
-    if cache is not None:
-        cache.put(key, out)
-    return out, False
-
-
-def texts_to_tensor(texts: Sequence[str]) -> Tensor:
-    """Texts as a uint8 tensor of their JSON (so completions can live in a tensor cache)."""
-    return torch.tensor(list(json.dumps(list(texts)).encode()), dtype=torch.uint8)
-
-
-def tensor_to_texts(t: Tensor) -> list[str]:
-    """The inverse of :func:`texts_to_tensor`."""
-    return list(json.loads(bytes(t.tolist()).decode()))
