@@ -51,7 +51,8 @@ from refusal_probe.monitor.hardening import Hardening, measure_hardening
 from refusal_probe.monitor.harmfulness import DEFAULT_SHRINKAGES, DEFAULT_SPANS, POOLS
 from refusal_probe.monitor.live import JailbreakAlarm, guard
 from refusal_probe.prompts.sets import load_fixtures
-from refusal_probe.scoring.refusal import generate, refusal_scores
+from refusal_probe.scoring.generation import generate
+from refusal_probe.scoring.refusal import refusal_scores
 
 ATTACK = " " + "~^|~^|"  # a suffix of suppressor tokens
 

@@ -43,7 +43,7 @@ from refusal_probe.monitor.results import (
     nan_interval,
 )
 from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures
-from refusal_probe.scoring.refusal import judge
+from refusal_probe.scoring.generation import judge
 from refusal_probe.stats.intervals import (
     LEVEL,
     N_RESAMPLES,

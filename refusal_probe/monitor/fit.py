@@ -75,7 +75,8 @@ from refusal_probe.monitor.signals import (
     read_raw,
 )
 from refusal_probe.prompts.sets import Fixtures
-from refusal_probe.scoring.refusal import Judgement, RefusalTokens, judge, refusal_tokens
+from refusal_probe.scoring.generation import Judgement, judge
+from refusal_probe.scoring.refusal import RefusalTokens, refusal_tokens
 from refusal_probe.stats.intervals import conformal_threshold
 
 #: The monitor's signals: each alone, and the alarm (harmfulness gated by the output refusal).
@@ -433,7 +434,7 @@ def judge_and_score(
 ) -> tuple[Judgement, MonitorScores]:
     """Judged greedy completions and the monitor's signals of each prompt, in input order.
 
-    ``judge_kw`` go to :func:`refusal_probe.scoring.refusal.judge`. The signals are read in the
+    ``judge_kw`` go to :func:`refusal_probe.scoring.generation.judge`. The signals are read in the
     generation's own prompt pass, the one that yields the first reply token: what
     :func:`score_prompts` reads, without a pass of its own.
 

@@ -96,7 +96,7 @@ def guard(
     extra forward pass and happens before any token is produced. With ``action="raise"`` the pass
     is stopped by :class:`JailbreakAlarm`.
 
-    Works with :func:`refusal_probe.scoring.refusal.generate` and Hugging Face ``generate`` alike, given
+    Works with :func:`refusal_probe.scoring.generation.generate` and Hugging Face ``generate`` alike, given
     left-padded token ids (not ``inputs_embeds``) and, when padded, the attention mask.
 
     Example:

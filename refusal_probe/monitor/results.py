@@ -12,7 +12,8 @@ from typing import Any
 
 from refusal_probe.monitor.fit import SIGNALS
 from refusal_probe.report.record import Figure
-from refusal_probe.scoring.refusal import MAX_NEW_TOKENS, REFUSAL_PHRASES
+from refusal_probe.scoring.generation import MAX_NEW_TOKENS
+from refusal_probe.scoring.refusal import REFUSAL_PHRASES
 from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Interval, Rate
 
 

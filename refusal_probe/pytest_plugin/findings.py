@@ -234,7 +234,7 @@ class Findings:
         return self.shared("behaviour", self._behaviour, load=Behaviour.from_dict)
 
     def _behaviour(self) -> Behaviour:
-        from refusal_probe.scoring.refusal import judge
+        from refusal_probe.scoring.generation import judge
 
         fx, s = self.fixtures, self.settings
         harmful, harmless = fx.harmful.texts("test"), fx.harmless.texts("test")

@@ -21,11 +21,10 @@ from refusal_probe.activations.sites import POST_INSTRUCTION, all_layers
 from refusal_probe.direction.estimators import (
     Candidates,
     Direction,
-    LayerSeparation,
     difference_of_means,
     pca_of_differences,
-    separation_curve,
 )
+from refusal_probe.direction.separation import LayerSeparation, separation_curve
 from refusal_probe.errors import DirectionError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
