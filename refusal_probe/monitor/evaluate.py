@@ -28,19 +28,19 @@ from typing import Any
 import numpy as np
 
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.monitor.fit import (
-    SIGNALS,
-    Monitor,
-    MonitorScores,
-    judge_and_score,
-    score_prompts,
-)
 from refusal_probe.monitor.results import (
     Detection,
     EvalConfig,
     FamilyResult,
     MonitorEvaluation,
     nan_interval,
+)
+from refusal_probe.monitor.scoring import (
+    SIGNALS,
+    Monitor,
+    MonitorScores,
+    judge_and_score,
+    score_prompts,
 )
 from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures
 from refusal_probe.scoring.generation import judge

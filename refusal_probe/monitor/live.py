@@ -20,7 +20,13 @@ from torch import Tensor
 
 from refusal_probe.errors import MonitorError, RefusalProbeError
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.monitor.fit import SIGNALS, Monitor, MonitorScores, check_model, check_signal
+from refusal_probe.monitor.scoring import (
+    SIGNALS,
+    Monitor,
+    MonitorScores,
+    check_model,
+    check_signal,
+)
 from refusal_probe.monitor.signals import Layout, SignalReader, instruction_offset
 
 #: What a guard does with a flagged request.

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from refusal_probe.monitor.fit import SIGNALS
+from refusal_probe.monitor.scoring import SIGNALS
 from refusal_probe.report.record import Figure
 from refusal_probe.scoring.generation import MAX_NEW_TOKENS
 from refusal_probe.scoring.refusal import REFUSAL_PHRASES
