@@ -151,22 +151,10 @@ class Findings:
         return dict(fps)
 
     def _key(self, what: str, **extra: Any) -> dict[str, Any]:
-        m = self.model.identity
-        # The kind of device, not its index: the same GPU model gives the same figures whichever
-        # of a machine's GPUs (or xdist worker) ran it.
-        placement = (
-            {"device_map": self.options.device_map}
-            if self.options.device_map
-            else {"device": torch.device(self.options.device).type}
-        )
         return {
             "what": what,
             "measures": MEASURES_VERSION,
-            "model": m.fingerprint,
-            "weights": m.weights_sha256,
-            "template": m.chat_template_sha256,
-            **placement,
-            "dtype": self.options.dtype,
+            "model": self.model.key.to_dict(),
             "prompts": self._prompt_hashes(what),
             "seed": self.options.seed,
             "settings": self.settings.__dict__,
@@ -249,7 +237,7 @@ class Findings:
         return self.shared("behaviour", self._behaviour, load=Behaviour.from_dict)
 
     def _behaviour(self) -> Behaviour:
-        from refusal_probe.scoring.refusal import judge
+        from refusal_probe.scoring.generation import judge
 
         fx, s = self.fixtures, self.settings
         harmful, harmless = fx.harmful.texts("test"), fx.harmless.texts("test")
