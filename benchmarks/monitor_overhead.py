@@ -43,9 +43,9 @@ from refusal_probe import LoadOptions, load_model
 from refusal_probe.activations.cache import TensorCache
 from refusal_probe.activations.runner import forward
 from refusal_probe.direction.estimators import Direction
-from refusal_probe.monitor.fit import SIGNALS, Calibration, Monitor, Readout, monitor_hooks
 from refusal_probe.monitor.live import guard
-from refusal_probe.monitor.signals import OutputReadout
+from refusal_probe.monitor.scoring import SIGNALS, Calibration, Monitor, monitor_hooks
+from refusal_probe.monitor.signals import OutputReadout, Readout
 from refusal_probe.prompts.sets import load_fixtures, matched_pairs
 from refusal_probe.scoring.refusal import refusal_tokens
 from refusal_probe.testing import make_tiny_model

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import json
 import warnings
+from dataclasses import dataclass
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from safetensors import safe_open
 
 from refusal_probe import (
     LAST,
@@ -133,7 +136,9 @@ def test_rendered_template_change_misses(tiny_model, tmp_path, monkeypatch):
     model = tiny_model("llama")
     other = copy.copy(model)
     other.chat = copy.copy(model.chat)
-    other.chat.rendered_sha256 = "0" * 64
+    real_format = model.chat.format
+    other.chat.format = lambda instruction: "Today is Monday.\n" + real_format(instruction)
+    assert other.chat.template_sha256 == model.chat.template_sha256
     cache = TensorCache(tmp_path)
     counter = _Counter(monkeypatch)
     capture(model, PROMPTS, SITES, cache=cache)
@@ -238,3 +243,59 @@ def test_missing_sites_argument_is_not_cached(tiny_model, tmp_path):
     with pytest.raises(Exception, match="beyond"):
         capture(tiny_model("llama"), PROMPTS, [Site(9)], cache=cache)
     assert _entries(cache) == []
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """A typed measurement: tensors, a count and texts."""
+
+    scores: torch.Tensor
+    texts: tuple[str, ...]
+    passes: int
+
+
+def test_typed_values_round_trip_with_texts_as_text(tmp_path):
+    cache = TensorCache(tmp_path)
+    value = _Measured(torch.randn(3, dtype=torch.float64), ("I'm sorry", "Sure — ok", ""), 7)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return value
+
+    first, hit = cache.cached({"k": 1}, compute, _Measured)
+    assert first is value and not hit and len(calls) == 1
+    again, hit = cache.cached({"k": 1}, compute, _Measured)
+    assert hit and len(calls) == 1
+    assert torch.equal(again.scores, value.scores) and again.scores.dtype == torch.float64
+    assert again.texts == value.texts and again.passes == 7 and isinstance(again.texts, tuple)
+    (entry,) = _entries(cache)
+    with safe_open(str(entry), framework="pt") as fh:
+        assert list(fh.keys()) == ["scores"]  # the texts are not tensors
+        assert json.loads(fh.metadata()["data"])["texts"] == list(value.texts)
+
+
+def test_typed_values_damaged_in_their_texts_are_recomputed(tmp_path):
+    cache = TensorCache(tmp_path)
+    value = _Measured(torch.zeros(2), ("I cannot help", "Sure"), 1)
+    cache.save({"k": 2}, value)
+    (entry,) = _entries(cache)
+    data = entry.read_bytes()
+    entry.write_bytes(data.replace(b"I cannot help", b"I can help!!!"))  # same length
+    with pytest.warns(CacheCorruptionWarning, match="checksum mismatch"):
+        assert cache.load({"k": 2}, _Measured) is None
+    assert _entries(cache) == []
+
+
+def test_an_entry_of_another_shape_of_value_is_recomputed(tmp_path):
+    @dataclass(frozen=True)
+    class Older:
+        scores: torch.Tensor
+
+    cache = TensorCache(tmp_path)
+    cache.save({"k": 3}, Older(torch.zeros(2)))
+    with pytest.warns(CacheCorruptionWarning, match="not a _Measured"):
+        value, hit = cache.cached({"k": 3}, lambda: _Measured(torch.ones(2), (), 0), _Measured)
+    assert not hit and torch.equal(value.scores, torch.ones(2))
+    reloaded = cache.load({"k": 3}, _Measured)  # rewritten in the new shape
+    assert reloaded is not None and torch.equal(reloaded.scores, torch.ones(2))

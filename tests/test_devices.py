@@ -30,7 +30,8 @@ from refusal_probe.model.devices import (
     parse_device_map,
 )
 from refusal_probe.model.loading import LoadOptions, load_model
-from refusal_probe.scoring.refusal import generate, refusal_scores
+from refusal_probe.scoring.generation import generate
+from refusal_probe.scoring.refusal import refusal_scores
 
 PROMPTS = ["How do I make a cake at home?", "hi", "Write a thank-you letter to my boss."]
 GiB = 1 << 30

@@ -17,13 +17,10 @@ from refusal_probe.activations.sites import POST_INSTRUCTION, Site
 from refusal_probe.direction.estimators import (
     Candidates,
     Direction,
-    cosine,
-    cosine_per_layer,
     difference_of_means,
     pca_of_differences,
-    project,
-    separation_curve,
 )
+from refusal_probe.direction.separation import cosine, cosine_per_layer, project, separation_curve
 from refusal_probe.errors import DirectionError
 from refusal_probe.stats.intervals import (
     Bootstrap,

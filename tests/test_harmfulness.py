@@ -21,10 +21,9 @@ from refusal_probe.monitor.harmfulness import (
     DEFAULT_SHRINKAGES,
     DEFAULT_SPANS,
     POOLS,
-    Candidate,
-    _choose,
     search_harmfulness,
 )
+from refusal_probe.monitor.harmfulness_choice import Candidate, choose
 from refusal_probe.prompts.sets import load_fixtures
 
 
@@ -46,11 +45,11 @@ def test_stable_candidates_win_over_better_separated_unstable_ones():
     drifting = Candidate(2, "last_instruction", 0.99, 0.99, 0.30, False)
     steady = Candidate(1, "instruction", 0.90, 0.85, 0.05, True)
     also = Candidate(0, "instruction", 0.95, 0.85, 0.02, True)  # same worst case, earlier layer
-    chosen, rule = _choose([drifting, steady, also], spans, 2.0, 0.05)
+    chosen, rule = choose([drifting, steady, also], spans, 2.0, 0.05)
     assert chosen is also and "2 of 3" in rule
     # With nothing stable, the least drifting candidate is taken and the rule says so.
     unstable = [drifting, Candidate(0, "instruction", 0.6, 0.6, 0.2, False)]
-    chosen, rule = _choose(unstable, spans, 2.0, 0.05)
+    chosen, rule = choose(unstable, spans, 2.0, 0.05)
     assert chosen.fpr_unseen == 0.2 and rule.startswith("every candidate")
 
 
@@ -63,7 +62,7 @@ def test_detection_at_the_operating_point_decides_between_stable_candidates():
                        tpr_attack=0.97)  # fmt: skip
     # Detects best, but its threshold does not hold on harmless prompts of unseen categories.
     heavy = Candidate(1, "instruction", 0.99, 0.99, 0.05, False, auroc_attack=1.0, tpr_attack=1.0)
-    chosen, rule = _choose([ranks, clears, heavy], spans, 1.5, 0.02)
+    chosen, rule = choose([ranks, clears, heavy], spans, 1.5, 0.02)
     assert chosen is clears and "tpr_attack" in rule and "above 1.5 x 0.02" in rule
     assert clears.separation == 0.95 and ranks.separation == 0.6
     # Without attacks the operating-point score is left out, as auroc_attack is.

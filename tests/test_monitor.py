@@ -34,23 +34,21 @@ from refusal_probe.monitor.evaluate import (
     MonitorEvaluation,
     evaluate_monitor,
 )
-from refusal_probe.monitor.fit import (
+from refusal_probe.monitor.fit import MonitorConfig, calibrate, conformal_threshold, fit_monitor
+from refusal_probe.monitor.hardening import Hardening, measure_hardening
+from refusal_probe.monitor.harmfulness import DEFAULT_SHRINKAGES, DEFAULT_SPANS, POOLS
+from refusal_probe.monitor.live import JailbreakAlarm, guard
+from refusal_probe.monitor.scoring import (
     SIGNALS,
     Monitor,
-    MonitorConfig,
     MonitorScores,
-    calibrate,
-    conformal_threshold,
-    fit_monitor,
     judge_and_score,
     monitor_hooks,
     score_prompts,
 )
-from refusal_probe.monitor.hardening import Hardening, measure_hardening
-from refusal_probe.monitor.harmfulness import DEFAULT_SHRINKAGES, DEFAULT_SPANS, POOLS
-from refusal_probe.monitor.live import JailbreakAlarm, guard
 from refusal_probe.prompts.sets import load_fixtures
-from refusal_probe.scoring.refusal import generate, refusal_scores
+from refusal_probe.scoring.generation import generate
+from refusal_probe.scoring.refusal import refusal_scores
 from refusal_probe.stats import Bootstrap, Bound
 from refusal_probe.stats.separation import tpr_at_fpr
 

@@ -197,7 +197,8 @@ def test_command_reports_a_missing_folder(tmp_path, capsys):
 
 def test_adaptive_search_trades_refusal_against_the_alarm(planted):
     pm, model, fx = planted
-    from refusal_probe.monitor.fit import MonitorConfig, fit_monitor, score_prompts
+    from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
+    from refusal_probe.monitor.scoring import score_prompts
 
     prompts = fx.harmful.texts("test")[:3]
     cfg = RedTeamConfig(suffix_tokens=6, steps=10, candidates=32, top_k=16)

@@ -12,13 +12,10 @@ from refusal_probe import load_model
 from refusal_probe.errors import ScoringError
 from refusal_probe.model.loading import FIXTURES_DIR
 from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.scoring.generation import generate, is_refusal, judge, refusal_rate
 from refusal_probe.scoring.refusal import (
     filter_by_score,
-    generate,
-    is_refusal,
-    judge,
     kl_divergence,
-    refusal_rate,
     refusal_score_from_logits,
     refusal_scores,
     refusal_tokens,

@@ -10,7 +10,8 @@ import torch
 from planted import make_planted_model, write_fixtures
 
 from refusal_probe import load_model
-from refusal_probe.direction.estimators import Candidates, cosine
+from refusal_probe.direction.estimators import Candidates
+from refusal_probe.direction.separation import cosine
 from refusal_probe.errors import DirectionError, ScoringError
 from refusal_probe.interventions.hooks import Ablate, Add
 from refusal_probe.prompts.sets import load_fixtures

@@ -71,7 +71,7 @@ def test_scores_read_in_the_generations_prompt_pass_equal_their_own_passes(plant
     """The validation reads the baseline, ablated-harmful and added-at-alpha-harmless scores in
     the generation's prompt pass: on a random model (where every intervention moves the logits)
     they, the dose-response and the KL equal the numbers of separate scoring passes."""
-    from refusal_probe.causal.validation import _measure
+    from refusal_probe.causal.runs import run_conditions
     from refusal_probe.interventions.hooks import Ablate, Add
     from refusal_probe.scoring.refusal import kl_divergence, last_position_logits, refusal_tokens
 
@@ -81,22 +81,22 @@ def test_scores_read_in_the_generations_prompt_pass_equal_their_own_passes(plant
     gen = torch.Generator().manual_seed(0)
     d = Direction(torch.randn(model.d_model, generator=gen) * 3, 1, -1, "x", 1, 1)
     config = ValidationConfig(max_new_tokens=3, coefficients=(-1.0, 0.0, 1.0, 2.0), alpha=1.0)
-    raw = _measure(model, d, harmful, harmless, config)
+    runs = run_conditions(model, d, harmful, harmless, config)
     tokens = refusal_tokens(model.tokenizer)
     everyone = harmful + harmless
 
     def scores(*interventions):
         return refusal_scores(model, everyone, tokens, interventions, batch_size=2)
 
-    for a, row in zip(config.coefficients, raw["by_alpha"], strict=True):
+    for a, row in zip(config.coefficients, runs.by_alpha, strict=True):
         want = scores(Add(d, alpha=a)) if a else scores()
         assert torch.allclose(row, want, atol=1e-4), a
-    assert torch.allclose(raw["base"], scores(), atol=1e-4)
-    assert torch.allclose(raw["ablated"], scores(Ablate(d)), atol=1e-4)
+    assert torch.allclose(runs.base, scores(), atol=1e-4)
+    assert torch.allclose(runs.ablated, scores(Ablate(d)), atol=1e-4)
     base, _ = last_position_logits(model, harmless)
     ablated, _ = last_position_logits(model, harmless, [Ablate(d)])
-    assert torch.allclose(raw["kl"], kl_divergence(base, ablated), rtol=1e-3, atol=1e-7)
-    assert float(raw["kl"].min()) > 1e-4  # the ablation does move this model
+    assert torch.allclose(runs.kl, kl_divergence(base, ablated), rtol=1e-3, atol=1e-7)
+    assert float(runs.kl.min()) > 1e-4  # the ablation does move this model
 
 
 def test_validation_is_reportable(validated):

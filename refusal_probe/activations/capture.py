@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from refusal_probe.activations.cache import TensorCache
+from refusal_probe.activations.cache import TensorCache, cache_key, cached
 from refusal_probe.activations.runner import StopForward, batched, forward
 from refusal_probe.activations.sites import POST_INSTRUCTION, SITE_KINDS, Positions, Site, hook_name
 from refusal_probe.errors import CaptureError
@@ -111,12 +111,20 @@ def capture(
     sites = tuple(sites)
     _validate(model, prompts, sites)
     key = _key(model, prompts, sites, positions)
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return _wrap(hit["values"], model, prompts, sites, positions)
-    values = _run(model, list(prompts), sites, positions, batch_size, progress)
-    if cache is not None:
-        cache.put(key, {"values": values})
-    return _wrap(values, model, prompts, sites, positions)
+    stored, _ = cached(
+        cache,
+        key,
+        lambda: _Values(_run(model, list(prompts), sites, positions, batch_size, progress)),
+        _Values,
+    )
+    return _wrap(stored.values, model, prompts, sites, positions)
+
+
+@dataclass(frozen=True)
+class _Values:
+    """What the cache keeps of a capture: the values (the rest is in the key)."""
+
+    values: Tensor
 
 
 def _wrap(
@@ -164,16 +172,13 @@ def _validate(model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...
 def _key(
     model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...], positions: Positions
 ) -> dict[str, Any]:
-    return {
-        "model": model.identity.fingerprint,
-        "weights": model.identity.weights_sha256,
-        "prompts": prompts_fingerprint(prompts),
-        "template": model.chat.template_sha256,
-        "rendered": model.chat.rendered_sha256,
-        "sites": [str(s) for s in sites],
-        "positions": str(positions),
-        "dtype": str(model.dtype),
-    }
+    return cache_key(
+        model.key,
+        "activations",
+        prompts=prompts_fingerprint(prompts),
+        sites=[str(s) for s in sites],
+        positions=str(positions),
+    )
 
 
 class _Reader:

@@ -177,26 +177,18 @@ class ModelHandle:
         return self.store.cached(key, fresh, result_type)
 
     def key(self, what: str, **extra: Any) -> dict[str, Any]:
-        """What a result depends on: model, placement, dtype, prompt files, seed, settings."""
-        m = self.identity
-        # The kind of device, not its index: the same GPU model gives the same figures whichever
-        # of a machine's GPUs (or xdist worker) ran it.
-        placement = (
-            {"device_map": self.options.device_map}
-            if self.options.device_map
-            else {"device": torch.device(self.options.device).type}
-        )
+        """What a result depends on: the model's key, the prompt files, the seed and settings.
+
+        The model's key is the engine caches' own (weights, the chat template as rendered now,
+        placement, dtype): a template that writes the date gives other keys on another day.
+        """
         fps = self.fixtures.fingerprints
         if what in _CORE_RESULTS:  # regenerating the jailbreaks or pairs leaves these valid
             fps = {k: v for k, v in fps.items() if k in ("harmful.jsonl", "harmless.jsonl")}
         return {
             "what": what,
             "measures": RESULTS_VERSION,
-            "model": m.fingerprint,
-            "weights": m.weights_sha256,
-            "template": m.chat_template_sha256,
-            **placement,
-            "dtype": self.options.dtype,
+            "model": self.model.key.to_dict(),
             "prompts": dict(fps),
             "seed": self.options.seed,
             "settings": self.settings.__dict__,

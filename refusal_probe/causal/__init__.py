@@ -1,4 +1,4 @@
-"""Causal validation of a refusal direction: ablation, addition and their KL cost; transfer to another model."""
+"""Causal validation of a refusal direction: ablation, addition, their KL cost; transfer."""
 
 from refusal_probe.causal.validation import (
     DosePoint,

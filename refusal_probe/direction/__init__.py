@@ -3,10 +3,12 @@
 from refusal_probe.direction.estimators import (
     Candidates,
     Direction,
-    LayerSeparation,
-    cosine_per_layer,
     difference_of_means,
     pca_of_differences,
+)
+from refusal_probe.direction.separation import (
+    LayerSeparation,
+    cosine_per_layer,
     separation_curve,
 )
 

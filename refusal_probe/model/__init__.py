@@ -9,12 +9,12 @@ from refusal_probe.model.devices import (
     auto_batch_size,
     parse_device_map,
 )
+from refusal_probe.model.identity import ModelIdentity, ModelKey
 from refusal_probe.model.loading import (
     DEFAULT_MODEL,
     ORGANISM_ALIASES,
     LoadedModel,
     LoadOptions,
-    ModelIdentity,
     load_model,
 )
 
@@ -25,6 +25,7 @@ __all__ = [
     "LoadOptions",
     "LoadedModel",
     "ModelIdentity",
+    "ModelKey",
     "ORGANISM_ALIASES",
     "PLAIN_TEMPLATE",
     "auto_batch_size",

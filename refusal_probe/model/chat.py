@@ -93,15 +93,21 @@ class ChatFormat:
         text = self._template or PLAIN_TEMPLATE
         self.template_sha256 = hashlib.sha256(text.encode()).hexdigest()
         self.prefix, self.suffix = self._split(_SENTINEL)
-        # What the template renders around the instruction, which can depend on more than the
-        # template text (Llama 3's templates write today's date into the system prompt).
-        self.rendered_sha256 = hashlib.sha256(f"{self.prefix}\0{self.suffix}".encode()).hexdigest()
         self.n_post = self._count_post(_SENTINEL)
         if self.n_post < 1:
             raise ChatFormatError(
                 "the chat template adds no tokens after the user's text, so there is no "
                 "post-instruction span; pass a template with an assistant header"
             )
+
+    @property
+    def rendered_sha256(self) -> str:
+        """SHA-256 of a fixed probe conversation as the template renders it *now*.
+
+        What the template writes can depend on more than its text (Llama 3's templates write
+        today's date into the system prompt), so this renders afresh on every call.
+        """
+        return hashlib.sha256(self.format(_SENTINEL).encode()).hexdigest()
 
     def __repr__(self) -> str:
         return f"ChatFormat(kind={self.kind!r}, suffix={self.suffix!r}, n_post={self.n_post})"

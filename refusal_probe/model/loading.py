@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import os
 import pickle
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +32,7 @@ import torch
 
 from refusal_probe.errors import ModelLoadError, UnsafeCheckpointError
 from refusal_probe.model.chat import ChatFormat, chat_format_for
+from refusal_probe.model.identity import ModelIdentity, ModelKey, placement_of
 from refusal_probe.model.sources import (
     FIXTURES_DIR,
     ORGANISM_ALIASES,
@@ -60,6 +59,7 @@ __all__ = [
     "LoadOptions",
     "LoadedModel",
     "ModelIdentity",
+    "ModelKey",
     "PackagedModel",
     "default_cache_dir",
     "load_model",
@@ -88,55 +88,16 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What a report needs to name a checkpoint exactly.
-
-    Attributes:
-        spec: The spec string the user gave.
-        source: ``"organism"``, ``"local"``, ``"gguf"`` or ``"hub"``.
-        path: The folder (or GGUF file) the weights were read from.
-        weights_sha256: SHA-256 over the weight files, in name order, streamed.
-        architecture: The Hugging Face architecture class name.
-        n_layers: Number of transformer blocks.
-        d_model: Width of the residual stream.
-        n_heads: Attention (query) heads per block.
-        n_kv_heads: Key/value heads per block (fewer than ``n_heads`` under GQA).
-        d_vocab: Vocabulary size.
-        dtype: The dtype the model runs in.
-        chat_template: ``"model"`` when the tokenizer's chat template is used, ``"plain"`` for the
-            documented fallback of :mod:`refusal_probe.model.chat`.
-        chat_template_sha256: SHA-256 of the template text actually used.
-        fingerprint: Short stable hash of everything above except ``spec`` and ``path``; caches and
-            reports key on it.
-    """
-
-    spec: str
-    source: str
-    path: str
-    weights_sha256: str
-    architecture: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    d_vocab: int
-    dtype: str
-    chat_template: str
-    chat_template_sha256: str
-    fingerprint: str = field(default="")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the identity as plain JSON-ready data."""
-        return asdict(self)
-
-
 @dataclass
 class LoadedModel:
     """A thin handle: the bridge, its tokenizer, the chat format and the identity.
 
     Analysis lives in free functions (``capture(model, ...)``, ``ablate(...)``); this class only
     holds what they share.
+
+    Attributes:
+        placement: Where the model runs, as its :class:`ModelKey` names it (a device kind or a
+            device map); ``None`` means the kind of :attr:`device`.
     """
 
     bridge: Any
@@ -144,6 +105,12 @@ class LoadedModel:
     chat: ChatFormat
     identity: ModelIdentity
     device: torch.device
+    placement: str | None = None
+
+    @property
+    def key(self) -> ModelKey:
+        """What every cached result of this model depends on, with the template rendered now."""
+        return ModelKey.of(self.identity, self.chat, self.placement or self.device.type)
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -238,7 +205,12 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
     identity = _identity(spec, source, gguf_file or path, weights_sha, hf_model, chat, options)
     device = torch.device(options.device) if options.device_map is None else hf_model.device
     return LoadedModel(
-        bridge=bridge, tokenizer=tokenizer, chat=chat, identity=identity, device=device
+        bridge=bridge,
+        tokenizer=tokenizer,
+        chat=chat,
+        identity=identity,
+        device=device,
+        placement=placement_of(options.device, options.device_map),
     )
 
 
@@ -452,7 +424,4 @@ def _identity(
         chat_template=chat.kind,
         chat_template_sha256=chat.template_sha256,
     )
-    excluded = ("spec", "path", "source", "fingerprint")
-    payload = {k: v for k, v in ident.to_dict().items() if k not in excluded}
-    fp = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    return ModelIdentity(**{**ident.to_dict(), "fingerprint": fp})
+    return ident.with_fingerprint()

@@ -5,14 +5,7 @@ from refusal_probe.monitor.evaluate import (
     MonitorEvaluation,
     evaluate_monitor,
 )
-from refusal_probe.monitor.fit import (
-    Monitor,
-    MonitorConfig,
-    MonitorScores,
-    calibrate,
-    fit_monitor,
-    score_prompts,
-)
+from refusal_probe.monitor.fit import MonitorConfig, calibrate, fit_monitor
 from refusal_probe.monitor.hardening import (
     Hardening,
     measure_hardening,
@@ -22,6 +15,7 @@ from refusal_probe.monitor.live import (
     JailbreakAlarm,
     guard,
 )
+from refusal_probe.monitor.scoring import Monitor, MonitorScores, score_prompts
 
 __all__ = [
     "EvalConfig",

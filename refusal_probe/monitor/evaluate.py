@@ -27,13 +27,6 @@ from typing import Any
 import numpy as np
 
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.monitor.fit import (
-    SIGNALS,
-    Monitor,
-    MonitorScores,
-    judge_and_score,
-    score_prompts,
-)
 from refusal_probe.monitor.results import (
     Detection,
     EvalConfig,
@@ -41,8 +34,15 @@ from refusal_probe.monitor.results import (
     MonitorEvaluation,
     nan_interval,
 )
+from refusal_probe.monitor.scoring import (
+    SIGNALS,
+    Monitor,
+    MonitorScores,
+    judge_and_score,
+    score_prompts,
+)
 from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures
-from refusal_probe.scoring.refusal import judge
+from refusal_probe.scoring.generation import judge
 from refusal_probe.stats.intervals import Interval, paired_difference, wilson_interval
 from refusal_probe.stats.separation import separation, tpr_at_fpr
 

@@ -20,7 +20,13 @@ from torch import Tensor
 
 from refusal_probe.errors import MonitorError, RefusalProbeError
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.monitor.fit import SIGNALS, Monitor, MonitorScores, check_model, check_signal
+from refusal_probe.monitor.scoring import (
+    SIGNALS,
+    Monitor,
+    MonitorScores,
+    check_model,
+    check_signal,
+)
 from refusal_probe.monitor.signals import Layout, SignalReader, instruction_offset
 
 #: What a guard does with a flagged request.
@@ -96,7 +102,7 @@ def guard(
     extra forward pass and happens before any token is produced. With ``action="raise"`` the pass
     is stopped by :class:`JailbreakAlarm`.
 
-    Works with :func:`refusal_probe.scoring.refusal.generate` and Hugging Face ``generate`` alike, given
+    Works with :func:`refusal_probe.scoring.generation.generate` and Hugging Face ``generate`` alike, given
     left-padded token ids (not ``inputs_embeds``) and, when padded, the attention mask.
 
     Example:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from refusal_probe.monitor.fit import SIGNALS
+from refusal_probe.monitor.scoring import SIGNALS
 from refusal_probe.report.record import Figure
-from refusal_probe.scoring.refusal import MAX_NEW_TOKENS, REFUSAL_PHRASES
+from refusal_probe.scoring.generation import MAX_NEW_TOKENS
+from refusal_probe.scoring.refusal import REFUSAL_PHRASES
 from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Bootstrap, Interval
 
 

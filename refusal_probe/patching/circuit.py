@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from refusal_probe.activations.runner import Hook, forward
-from refusal_probe.activations.sites import Positions, Site, hook_name
+from refusal_probe.activations.sites import Positions
 from refusal_probe.errors import PatchingError
 from refusal_probe.model.loading import LoadedModel
+from refusal_probe.patching.ablation import fraction_kept
 from refusal_probe.patching.components import Component
 from refusal_probe.patching.mode import PatchMode
 from refusal_probe.patching.pairs import (
@@ -289,7 +289,7 @@ def localize(
     )
     curve = effects(joint.delta, gap, sign)
     restored = _intervals(joint.delta[:, -1:], gap, sign, counts, boot)[0]
-    kept = _fraction_kept(
+    kept = fraction_kept(
         model,
         batch,
         circuit,
@@ -377,91 +377,9 @@ def _stability(
     )
 
 
-@torch.no_grad()
-def _fraction_kept(
-    model: LoadedModel,
-    batch: PairBatch,
-    circuit: list[Component],
-    candidates: list[Component],
-    offsets: tuple[int, ...],
-    metric: Metric,
-    gap: Tensor,
-    counts: Tensor,
-    boot: Bootstrap,
-    pair_batch: int,
-) -> Interval:
-    """Share of the gap left with every non-circuit candidate mean-ablated at the span.
-
-    The mean of each candidate's activation is taken over all clean and corrupted prompts, at each
-    span position.
-    """
-    rest = [c for c in candidates if c not in circuit]
-    sites = sorted({c.site for c in rest})
-    chunks = [list(range(i, min(i + pair_batch, batch.n))) for i in range(0, batch.n, pair_batch)]
-    sums: dict[Site, Tensor] = {}
-
-    def read(act: Tensor, hook: Any, site: Site, at: Tensor) -> None:
-        s = act[:, at.to(act.device)].double().sum(0).cpu()  # [span, ...]
-        sums[site] = sums[site] + s if site in sums else s
-
-    for rows in chunks:
-        part = batch.subset(rows)
-        at = torch.tensor([part.width + o for o in offsets])
-        for enc in (part.clean, part.corrupted):
-            forward(model, enc, [(hook_name(s), _partial(read, site=s, at=at)) for s in sites])
-    means = {s: v / (2 * batch.n) for s, v in sums.items()}
-    heads: dict[Site, list[int]] = {}
-    for c in rest:
-        heads.setdefault(c.site, []).append(max(c.head, 0))
-    kept = torch.zeros(batch.n, dtype=torch.float64)
-    for rows in chunks:
-        part = batch.subset(rows)
-        at = torch.tensor([part.width + o for o in offsets])
-        hooks: list[Hook] = [
-            (
-                hook_name(s),
-                _partial(
-                    _mean_write,
-                    at=at,
-                    mean=means[s],
-                    heads=torch.tensor(heads[s]) if s.per_head else None,
-                ),
-            )
-            for s in sites
-        ]
-        values = []
-        for enc in (part.clean, part.corrupted):
-            logits = forward(model, enc, hooks)
-            assert logits is not None
-            values.append(metric(logits[:, -1, :]).detach().double().cpu())
-        kept[rows] = values[0] - values[1]
-    n = batch.n
-    resampled = (counts @ kept / n) / (counts @ gap / n)  # [B]
-    return pair_interval(boot, float(kept.mean() / gap.mean()), resampled)
-
-
-def _mean_write(act: Tensor, hook: Any, at: Tensor, mean: Tensor, heads: Tensor | None) -> Tensor:
-    # act: [batch, pos, d] or [batch, pos, head, d_head]; mean: [span, d] or [span, head, d_head]
-    out = act.clone()
-    idx = at.to(out.device)
-    m = mean.to(out)
-    if heads is None:
-        out[:, idx] = m[None]
-    else:
-        h = heads.to(out.device)
-        out[:, idx[:, None], h[None, :]] = m[:, h][None]
-    return out
-
-
 def effect_map(results: Iterable[PatchResult]) -> dict[Component, float]:
     """Every component's effect, over several results."""
     return {c: v for r in results for c, v in zip(r.components, r.flat().tolist(), strict=True)}
-
-
-def _partial(fn: Any, **kwargs: Any) -> Any:
-    from functools import partial
-
-    return partial(fn, **kwargs)
 
 
 def _num(x: float) -> float | None:

@@ -1,4 +1,4 @@
-"""The patching engine: unpatched runs, batched exact patching, the reference loop.
+"""The patching engine: unpatched runs and batched exact patching over a cached suffix.
 
 Axes: ``pair`` matched pairs, ``variant`` patched variants of one forward, ``row`` = variant x pair
 (row ``v * n_pairs + i`` is pair ``i`` under variant ``v``), ``pos`` positions, ``head``,
@@ -18,12 +18,13 @@ suffix that holds its patches. Only the last position's logits are computed.
 TransformerLens 4.3 it still runs blocks ``0..k-1`` and discards their output, so it saves nothing.
 The KV cache needs one adapter: Hugging Face 5.x hands attention its cache as ``cache=``, while the
 bridge's attention components read ``past_key_values``;
-:func:`refusal_probe.activations.runner.kv_cache_alias` forwards it, for one call only. Whether the cached
-path reproduces the full forward is checked on every run (an unpatched suffix pass must give the
-base metric); if it does not, the engine falls back to running whole sequences and logs why.
+:func:`refusal_probe.activations.runner.kv_cache_alias` forwards it, for one call only. Whether the
+cached path reproduces the full forward is checked on every run (an unpatched suffix pass must give
+the base metric); if it does not, the engine falls back to running whole sequences and logs why.
 
 The cached-suffix forward and the unpatched runs are shared with
-:mod:`refusal_probe.patching.attribution`.
+:mod:`refusal_probe.patching.attribution`; the plain loop it is checked against is
+:mod:`refusal_probe.patching.reference`.
 """
 
 from __future__ import annotations
@@ -299,54 +300,6 @@ def _write(
         out[rows, pos, heads] = values.to(out.dtype)
     else:
         out[rows, pos] = values.to(out.dtype)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# reference: one full forward per variant (the TransformerLens approach)
-
-
-@torch.no_grad()
-def run_reference(
-    model: LoadedModel,
-    batch: PairBatch,
-    variants: Sequence[Variant],
-    metric: Metric,
-    *,
-    mode: PatchMode | str = PatchMode.DENOISE,
-) -> Outcome:
-    """One full forward pass of the base batch per variant: slow, simple, the yardstick."""
-    mode = PatchMode.of(mode)
-    base, source = mode.base_and_source(batch)
-    sites = sorted({c.site for v in variants for c in v})
-    src = full_run(model, source, sites, metric, want_kv=False)
-    ref = full_run(model, base, [], metric, want_kv=False)
-    delta = torch.zeros(batch.n, len(variants), dtype=torch.float64)
-    width = batch.width
-    for j, variant in enumerate(variants):
-        hooks: list[Hook] = []
-        for comp in variant:
-            at = torch.tensor([width + o for o in comp.offsets])
-            hooks.append(
-                (
-                    hook_name(comp.site),
-                    bind(_copy_in, at=at, head=comp.head_index, src=src.acts[comp.site]),
-                )
-            )
-        logits = forward(model, base, hooks)
-        assert logits is not None
-        delta[:, j] = as_float64(check_metric(metric(logits[:, -1, :]), batch.n)) - ref.metric
-    clean, corrupted = mode.clean_and_corrupted(src.metric, ref.metric)
-    return Outcome(delta, clean, corrupted, 2 + len(variants), False)
-
-
-def _copy_in(act: Tensor, hook: Any, at: Tensor, head: int | None, src: Tensor) -> Tensor:
-    out = act.clone()
-    at = at.to(out.device)
-    if head is None:
-        out[:, at] = src[:, at].to(out)
-    else:
-        out[:, at, head] = src[:, at, head].to(out)
     return out
 
 

@@ -19,13 +19,7 @@ from refusal_probe.errors import PatchingError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.attribution import run_attribution
 from refusal_probe.patching.components import GRIDS, Component, Grid, make_grid
-from refusal_probe.patching.engine import (
-    Outcome,
-    Variant,
-    run_exact,
-    run_reference,
-    stack_outcomes,
-)
+from refusal_probe.patching.engine import Outcome, Variant, run_exact, stack_outcomes
 from refusal_probe.patching.mode import PatchMode
 from refusal_probe.patching.pairs import (
     Metric,
@@ -36,6 +30,7 @@ from refusal_probe.patching.pairs import (
     metric_name,
     offsets_for,
 )
+from refusal_probe.patching.reference import run_reference
 from refusal_probe.patching.results import PatchResult, make_result
 from refusal_probe.stats.intervals import Bootstrap
 

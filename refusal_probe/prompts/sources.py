@@ -200,10 +200,10 @@ def _parquet_rows(path: Path) -> tuple[tuple[tuple[str, Mapping[str, Any]], ...]
 def _read_folder(path: Path) -> list[Table]:
     if any((path / m).is_file() for m in _DISK_MARKERS):
         return _dataset_tables(_load_from_disk(path), str(path), None)
+    # The folder's own files only: a subfolder is another set (the shipped prompts/ holds natural/).
     files = sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and p.suffix.lower() in SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        p for p in path.glob("*")
+        if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
     )
     sided = [p for p in files if _hint(p.stem, SIDE_NAMES) is not None]
     files = sided or files

@@ -20,7 +20,7 @@ from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.errors import MonitorError
 from refusal_probe.model.chat import Encoded
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.monitor.fit import Monitor, monitor_hooks
+from refusal_probe.monitor.scoring import Monitor, monitor_hooks
 from refusal_probe.scoring.refusal import RefusalTokens, refusal_score_from_logits, refusal_tokens
 
 #: Vocabularies the suffix may draw from.

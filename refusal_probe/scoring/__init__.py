@@ -1,13 +1,15 @@
 """Refusal scoring: the refusal-token logit proxy, greedy generation and the completion judge."""
 
-from refusal_probe.scoring.refusal import (
-    REFUSAL_PHRASES,
+from refusal_probe.scoring.generation import (
     Judgement,
-    RefusalTokens,
     generate,
     is_refusal,
     judge,
     refusal_rate,
+)
+from refusal_probe.scoring.refusal import (
+    REFUSAL_PHRASES,
+    RefusalTokens,
     refusal_scores,
     refusal_tokens,
 )

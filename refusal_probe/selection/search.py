@@ -15,26 +15,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from refusal_probe.activations.cache import TensorCache
+from refusal_probe.activations.cache import TensorCache, cache_key, cached
 from refusal_probe.activations.capture import Activations, capture, prompts_fingerprint
 from refusal_probe.activations.sites import POST_INSTRUCTION, all_layers
 from refusal_probe.direction.estimators import (
     Candidates,
     Direction,
-    LayerSeparation,
     difference_of_means,
     pca_of_differences,
-    separation_curve,
 )
+from refusal_probe.direction.separation import LayerSeparation, separation_curve
 from refusal_probe.errors import DirectionError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.scoring.refusal import (
     RefusalTokens,
-    cached,
     filter_by_score,
     map_last_logits,
-    measurement_key,
     refusal_score_from_logits,
     refusal_tokens,
 )
@@ -225,6 +222,19 @@ def split_texts(
     return (h[:n], l_[:n]) if n is not None else (h, l_)
 
 
+@dataclass(frozen=True)
+class BaseScores:
+    """The refusal log-odds of prompts on the unmodified model, as the disk cache keeps them.
+
+    Attributes:
+        scores: ``[prompt]`` refusal log-odds, float64, in input order.
+        forward_passes: Passes the scoring took.
+    """
+
+    scores: Tensor
+    forward_passes: int
+
+
 def _filter(
     model: LoadedModel,
     tokens: RefusalTokens,
@@ -238,20 +248,20 @@ def _filter(
     """Filter fit and selection prompts by their base refusal score, in one batched scoring run."""
     everything = fit_h + fit_l + sel_h + sel_l
 
-    def score() -> dict[str, Tensor]:
+    def score() -> BaseScores:
         s, n = map_last_logits(
             model,
             everything,
             lambda rows, x: refusal_score_from_logits(x, tokens),
             batch_size=config.batch_size,
         )
-        return {"scores": s, "passes": torch.tensor([n])}  # 1-D: the cache cannot hash 0-D
+        return BaseScores(s, n)
 
-    key = measurement_key(
-        model, "scores", prompts=prompts_fingerprint(everything), tokens=list(tokens.ids)
+    key = cache_key(
+        model.key, "scores", prompts=prompts_fingerprint(everything), tokens=list(tokens.ids)
     )
-    raw, hit = cached(cache, key, score)
-    scores, passes = raw["scores"], 0 if hit else int(raw["passes"][0])
+    measured, hit = cached(cache, key, score, BaseScores)
+    scores, passes = measured.scores, 0 if hit else measured.forward_passes
     a, b, c = len(fit_h), len(fit_h) + len(fit_l), len(fit_h) + len(fit_l) + len(sel_h)
     fh, fl = filter_by_score(
         fit_h, fit_l, scores[:a], scores[a:b], what=f"{config.fit_split} prompts"

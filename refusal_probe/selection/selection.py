@@ -37,7 +37,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from refusal_probe.activations.cache import TensorCache
+from refusal_probe.activations.cache import TensorCache, cache_key, cached
 from refusal_probe.activations.capture import prompts_fingerprint
 from refusal_probe.direction.estimators import Candidates, Direction
 from refusal_probe.errors import DirectionError
@@ -46,10 +46,8 @@ from refusal_probe.model.loading import LoadedModel
 from refusal_probe.scoring.refusal import (
     REFUSAL_PHRASES,
     RefusalTokens,
-    cached,
     kl_divergence,
     map_last_logits,
-    measurement_key,
     refusal_score_from_logits,
 )
 from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
@@ -237,8 +235,8 @@ def score_candidates(
     # Zero vectors (layer-0 template tokens) have no direction; late layers may be skipped.
     live = [d for d in dirs if not d.is_zero and (config.score_late_layers or d.layer < cutoff)]
     extra = {"screen": config.screen} if config.screen is not None else {}
-    key = measurement_key(
-        model,
+    key = cache_key(
+        model.key,
         "selection",
         candidates=[d.sha256 for d in live],
         tokens=list(tokens.ids),
@@ -246,17 +244,19 @@ def score_candidates(
         harmless=prompts_fingerprint(harmless),
         **extra,
     )
-    raw, hit = cached(
-        cache, key, lambda: _measure_grid(model, live, harmful, harmless, tokens, config, cutoff)
+    grid_scores, hit = cached(
+        cache,
+        key,
+        lambda: _measure_grid(model, live, harmful, harmless, tokens, config, cutoff),
+        GridScores,
     )
     nh, nl = len(harmful), len(harmless)
-    base_scores = raw["base"]
-    # entries cached before screening existed hold neither field: everything was scored
-    done_all = raw.get("scored", torch.ones(len(live), dtype=torch.bool))
-    estimates = raw.get("estimate", torch.full((len(live),), math.nan))
+    base_scores = grid_scores.base
     scores = {
         id(d): (tuple(float(x) for x in row), bool(done), float(e))
-        for d, row, done, e in zip(live, raw["scores"], done_all, estimates, strict=True)
+        for d, row, done, e in zip(
+            live, grid_scores.scores, grid_scores.scored, grid_scores.estimate, strict=True
+        )
     }
 
     grid = []
@@ -289,9 +289,34 @@ def score_candidates(
         baseline_harmless=float(base_scores[nh:].mean()),
         n_harmful=nh,
         n_harmless=nl,
-        forward_passes=0 if hit else int(raw["passes"][0]),
-        reference_forward_passes=int(raw["passes"][1]) + 3 * len(dirs),
+        forward_passes=0 if hit else grid_scores.forward_passes,
+        reference_forward_passes=grid_scores.base_forward_passes + 3 * len(dirs),
     )
+
+
+@dataclass(frozen=True)
+class GridScores:
+    """The measured scores of a candidate grid, as the disk cache keeps them.
+
+    Axes: ``cand`` the scored-or-screened candidates (zero vectors and skipped late layers
+    excluded), ``prompt`` the harmful then the harmless selection prompts.
+
+    Attributes:
+        scores: ``[cand, 3]`` mean bypass, induce and KL per candidate, float64; NaN where a
+            candidate was screened out.
+        scored: ``[cand]`` whether each candidate was scored exactly.
+        estimate: ``[cand]`` the screening's first-order bypass estimate (NaN without screening).
+        base: ``[prompt]`` the unmodified model's refusal log-odds.
+        forward_passes: Passes the measurement took, screening included.
+        base_forward_passes: Passes of the baseline scoring alone.
+    """
+
+    scores: Tensor
+    scored: Tensor
+    estimate: Tensor
+    base: Tensor
+    forward_passes: int
+    base_forward_passes: int
 
 
 def _measure_grid(
@@ -302,12 +327,8 @@ def _measure_grid(
     tokens: RefusalTokens,
     config: DirectionConfig,
     cutoff: int,
-) -> dict[str, Tensor]:
-    """The passes of selection: ``scores [cand, (bypass, induce, kl)]``, screening and baselines.
-
-    ``scored [cand]`` says which candidates were scored (the others have NaN scores) and
-    ``estimate [cand]`` holds the screening estimates (NaN without screening).
-    """
+) -> GridScores:
+    """The passes of selection: every live candidate's scores, the screening and the baselines."""
     prompts = harmful + harmless
     nh, nl = len(harmful), len(harmless)
     base, n_base = map_last_logits(model, prompts, lambda rows, x: x, batch_size=config.batch_size)
@@ -349,13 +370,14 @@ def _measure_grid(
         part[:, 1] = ind.view(k, nl).mean(1)
     scores = torch.full((len(live), 3), math.nan, dtype=torch.float64)
     scores[scored] = part
-    return {
-        "scores": scores,
-        "scored": scored,
-        "estimate": estimate,
-        "base": refusal_score_from_logits(base, tokens),
-        "passes": torch.tensor([n_base + n_screen + n_abl + n_ind, n_base]),
-    }
+    return GridScores(
+        scores=scores,
+        scored=scored,
+        estimate=estimate,
+        base=refusal_score_from_logits(base, tokens),
+        forward_passes=n_base + n_screen + n_abl + n_ind,
+        base_forward_passes=n_base,
+    )
 
 
 def _why_discarded(
