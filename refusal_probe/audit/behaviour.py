@@ -17,7 +17,7 @@ from refusal_probe.causal.validation import ValidationResult
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.report.record import Figure
-from refusal_probe.scoring.refusal import judge
+from refusal_probe.scoring.generation import judge
 from refusal_probe.stats.intervals import Interval, wilson_interval
 
 #: One judged completion: ``(prompt, completion, refused)``.

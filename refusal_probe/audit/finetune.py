@@ -26,12 +26,8 @@ from refusal_probe.audit.behaviour import Behaviour
 from refusal_probe.audit.policy import Settings
 from refusal_probe.audit.store import DirectionArtifact
 from refusal_probe.causal.validation import ValidationConfig, transfer
-from refusal_probe.direction.estimators import (
-    Candidates,
-    check_fits,
-    cosine_per_layer,
-    difference_of_means,
-)
+from refusal_probe.direction.estimators import Candidates, check_fits, difference_of_means
+from refusal_probe.direction.separation import cosine_per_layer
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.report.record import Figure
