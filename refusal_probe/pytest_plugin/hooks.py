@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from refusal_probe.audit.policy import Policy
 from refusal_probe.errors import PolicyError, RefusalProbeError
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.report.plots import render_figure
@@ -45,6 +48,36 @@ def check_id_of(nodeid: str, audit: str) -> str:
     """The check id a test stands for when it did not run: ``<audit>.<test name>``."""
     name = nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
     return f"{audit}.{name.removeprefix('test_')}"
+
+
+#: ``audit.check("<audit>.<name>", ...)`` with a literal id, as audit files write it.
+_CHECK_CALL = re.compile(r"""\.check\(\s*["']([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)["']""")
+
+
+def missing_checks(policy: Policy, items: Sequence[pytest.Item]) -> None:
+    """Stop before any test when the selected audit files record checks the policy lacks.
+
+    The check ids are read from the files' source (``audit.check("id", ...)`` with a literal id);
+    an id built at run time is still caught when its test records it.
+
+    Raises:
+        PolicyError: One line naming every missing section and the files that use them.
+    """
+    used: dict[str, set[str]] = {}  # check id -> the files that record it
+    for path in sorted({Path(str(item.path)) for item in items if item.path.suffix == ".py"}):
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for check_id in _CHECK_CALL.findall(source):
+            if check_id not in policy.checks:
+                used.setdefault(check_id, set()).add(path.name)
+    if used:
+        listed = "; ".join(f"[{c}] (used by {', '.join(sorted(f))})" for c, f in used.items())
+        raise PolicyError(
+            f"{policy.path}: no section for {len(used)} check(s) the audits record: {listed}; "
+            "add each with at_least/at_most, unit and rationale"
+        )
 
 
 def checkpoint_of(item: pytest.Item, session: AuditSession) -> str:
@@ -110,6 +143,7 @@ class AuditHooks:
             from refusal_probe.pytest_plugin.inputs import preflight
 
             try:
+                missing_checks(self.session.policy, items)
                 preflight(self.session)
             except RefusalProbeError as exc:
                 self.session.abort(str(exc))
