@@ -28,6 +28,7 @@ from refusal_probe.errors import PolicyError, RefusalProbeError
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.report.plots import render_figure
 from refusal_probe.report.record import Figure
+from refusal_probe.report.render import check_writable, model_slug
 from refusal_probe.stats.verdicts import Bound
 
 
@@ -144,9 +145,18 @@ class AuditHooks:
 
             try:
                 missing_checks(self.session.policy, items)
+                if self.session.options.write_report:
+                    check_writable(self.session.options.report_dir, self._report_slugs())
                 preflight(self.session)
             except RefusalProbeError as exc:
                 self.session.abort(str(exc))
+
+    def _report_slugs(self) -> list[str]:
+        """The model folders the run's reports go to (as :func:`save_record` names them)."""
+        checkpoints = self.session.checkpoints
+        if self.session.series:
+            return [c.label for c in checkpoints]
+        return [model_slug(c.spec) for c in checkpoints]
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         """Deselected audit tests are reported as not run."""
@@ -275,8 +285,11 @@ class AuditHooks:
                 now = time.time()
                 record = build_record(self.config, s, run, int(exitstatus), now, interrupted)
                 run.report_path = save_record(record, s, run)
-            except RefusalProbeError as exc:
+            except (RefusalProbeError, OSError) as exc:
                 run.report_error = str(exc)
+                # The report is what the run is for: losing it is never a green exit.
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if s.series:
             self._write_trend()
 
