@@ -19,16 +19,15 @@ import sys
 from pathlib import Path
 
 from refusal_probe.errors import RefusalProbeError
+from refusal_probe.resources import AUDITS_DIR
 
 PLUGIN = "refusal_probe.pytest_plugin.plugin"
 
 
 def default_audits_dir() -> Path:
     """``./audits`` if there is one, else the suite shipped beside the package."""
-    from refusal_probe.model.loading import FIXTURES_DIR
-
     here = Path.cwd() / "audits"
-    return here if here.is_dir() else FIXTURES_DIR.parent / "audits"
+    return here if here.is_dir() else AUDITS_DIR
 
 
 def cmd_audit(audits: Path | None, pytest_args: list[str]) -> int:
@@ -48,6 +47,10 @@ def cmd_audit(audits: Path | None, pytest_args: list[str]) -> int:
         )
         return 4
     cmd = [sys.executable, "-m", "pytest", str(folder), "-p", PLUGIN, *pytest_args]
+    if not _given(pytest_args, "--rootdir"):
+        # The shipped suite may live in site-packages: the run belongs to the folder it was
+        # started in (reports/ and pytest's own files go there), as it does in a checkout.
+        cmd.append(f"--rootdir={Path.cwd()}")
     if os.name == "posix":
         sys.stdout.flush()
         sys.stderr.flush()
@@ -58,6 +61,11 @@ def cmd_audit(audits: Path | None, pytest_args: list[str]) -> int:
                 return child.wait()
             except KeyboardInterrupt:
                 continue  # the child got the same Ctrl-C: let it write its report and exit
+
+
+def _given(args: list[str], option: str) -> bool:
+    """Whether ``option`` is among ``args`` (as ``--opt value`` or ``--opt=value``)."""
+    return any(a == option or a.startswith(option + "=") for a in args)
 
 
 def cmd_compare(a: str, b: str, out: str | None) -> int:

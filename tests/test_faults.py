@@ -177,3 +177,91 @@ def test_a_truncated_gguf_file_says_so(
     cut.write_bytes(whole[: int(keep if keep > 1 else len(whole) * keep)])
     with pytest.raises(ModelLoadError, match=r"cut\.gguf .* is truncated or damaged; copy or"):
         load_model(str(cut), LoadOptions(cache_dir=tmp_path / "cache"))
+
+
+# --- bad policies stop the run before any test -------------------------------------------------
+
+
+def test_a_policy_missing_a_section_the_audits_use_stops_before_any_test(
+    tmp_path: Path, env: dict[str, Path]
+) -> None:
+    audits = tmp_path / "audits"
+    audits.mkdir()
+    (audits / "test_demo.py").write_text(AUDIT.replace("time.sleep(120)", "pass"))
+    policy = POLICY.replace("[behaviour.harmful_refusal]", "[behaviour.harmless_over_refusal]")
+    policy = policy.replace("at_least = 0.9", "at_most = 0.1")
+    (tmp_path / "policy.toml").write_text(policy)
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "refusal_probe", "audit", "--audits", str(audits),
+            "-p", "no:cacheprovider", "--model", str(env["model"]),
+            "--prompts", str(env["prompts"]), "--cache-dir", str(env["cache"]),
+            "--policy", str(tmp_path / "policy.toml"), "--report-dir", str(tmp_path / "reports"),
+        ],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 4, (out.stdout, out.stderr)
+    text = out.stdout + out.stderr
+    assert "no section for 1 check(s) the audits record: [behaviour.harmful_refusal] (used by " \
+        "test_demo.py)" in text  # fmt: skip
+    assert "SLOW-TEST-STARTED" not in text and "Traceback" not in text
+    assert not (tmp_path / "reports").exists()
+
+
+# --- reports are never lost while the run looks green ------------------------------------------
+
+
+def _audit_cmd(tmp_path: Path, env: dict[str, Path], audits: Path, reports: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "refusal_probe", "audit", "--audits", str(audits),
+        "-p", "no:cacheprovider", "--model", str(env["model"]),
+        "--prompts", str(env["prompts"]), "--cache-dir", str(env["cache"]),
+        "--policy", str(tmp_path / "policy.toml"), "--report-dir", str(reports),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("blocked", ["root", "model folder"])
+def test_a_report_folder_that_cannot_be_written_stops_before_any_test(
+    tmp_path: Path, env: dict[str, Path], blocked: str
+) -> None:
+    audits = tmp_path / "audits"
+    audits.mkdir()
+    (audits / "test_demo.py").write_text(AUDIT.replace("time.sleep(120)", "pass"))
+    (tmp_path / "policy.toml").write_text(POLICY)
+    reports = tmp_path / "reports"
+    if blocked == "root":
+        reports.write_text("a file where the reports folder should be")
+    else:
+        reports.mkdir()
+        (reports / env["model"].name).write_text("a file where the model's folder should be")
+    out = subprocess.run(
+        _audit_cmd(tmp_path, env, audits, reports),
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 4, (out.stdout, out.stderr)
+    text = out.stdout + out.stderr
+    assert "cannot write reports under" in text and "is a file, not a folder" in text
+    assert "SLOW-TEST-STARTED" not in text and "Traceback" not in text
+
+
+def test_a_report_that_fails_to_write_at_the_end_is_not_a_green_exit(
+    tmp_path: Path, env: dict[str, Path]
+) -> None:
+    audits = tmp_path / "audits"
+    audits.mkdir()
+    reports = tmp_path / "reports"
+    sabotage = (
+        "\n\ndef test_z_reports_folder_vanishes():\n"
+        "    import shutil\n"
+        f"    shutil.rmtree({str(reports)!r}, ignore_errors=True)\n"
+        f"    open({str(reports)!r}, 'w').write('now a file')\n"
+    )
+    (audits / "test_demo.py").write_text(AUDIT.replace("time.sleep(120)", "pass") + sabotage)
+    (tmp_path / "policy.toml").write_text(POLICY)
+    out = subprocess.run(
+        _audit_cmd(tmp_path, env, audits, reports),
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "no report written" in out.stdout + out.stderr
+    assert "3 passed" in out.stdout

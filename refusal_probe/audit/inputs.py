@@ -1,19 +1,23 @@
 """What a run reads besides computing: the checks before anything runs, and what runs share.
 
 :func:`preflight` checks every checkpoint's spec, the baseline, the device map and the prompt
-files, loading no model. :class:`RunInputs` holds what every checkpoint of a run shares, each
+files, loading no model; :func:`missing_checks`, that the policy has a section for every check
+the audit files record. :class:`RunInputs` holds what every checkpoint of a run shares, each
 opened once: the prompt sets, the baseline, and every checkpoint's
 :class:`~refusal_probe.audit.run.AuditRun`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from refusal_probe.audit.baseline import Baseline, check_baseline_compatible, spec_config
 from refusal_probe.audit.options import AuditOptions
-from refusal_probe.errors import PromptFileError
+from refusal_probe.audit.policy import Policy
+from refusal_probe.errors import PolicyError, PromptFileError
 from refusal_probe.model.devices import parse_device_map
 from refusal_probe.prompts import sets
 from refusal_probe.prompts.sets import Fixtures
@@ -87,3 +91,34 @@ def preflight(
     if options.baseline:
         for spec, origin, config in configs:
             check_baseline_compatible(spec, config, options.baseline, what=origin)
+
+
+#: ``audit.check("<audit>.<name>", ...)`` with a literal id, as audit files write it.
+_CHECK_CALL = re.compile(r"""\.check\(\s*["']([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)["']""")
+
+
+def missing_checks(policy: Policy, files: Iterable[Path]) -> None:
+    """Stop before any test when the audit ``files`` record checks the policy lacks.
+
+    The check ids are read from the files' source (``audit.check("id", ...)`` with a literal id);
+    an id built at run time is still caught when its test records it. Files that are not Python
+    source are skipped.
+
+    Raises:
+        PolicyError: One line naming every missing section and the files that use them.
+    """
+    used: dict[str, set[str]] = {}  # check id -> the files that record it
+    for path in sorted(p for p in set(files) if p.suffix == ".py"):
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for check_id in _CHECK_CALL.findall(source):
+            if check_id not in policy.checks:
+                used.setdefault(check_id, set()).add(path.name)
+    if used:
+        listed = "; ".join(f"[{c}] (used by {', '.join(sorted(f))})" for c, f in used.items())
+        raise PolicyError(
+            f"{policy.path}: no section for {len(used)} check(s) the audits record: {listed}; "
+            "add each with at_least/at_most, unit and rationale"
+        )

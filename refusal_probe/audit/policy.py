@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from refusal_probe.errors import PolicyError
+from refusal_probe.resources import DEFAULT_POLICY
 from refusal_probe.stats.verdicts import Bound, Threshold
 
 if sys.version_info >= (3, 11):
@@ -59,8 +60,6 @@ UNITS: dict[str, tuple[float, float]] = {
     "ratio": (0.0, math.inf),
 }
 
-#: The shipped default policy (``extends = "default"`` names it).
-DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "audits" / "policy.toml"
 
 _BOUND_KEYS = tuple(b.key for b in Bound)
 _CHECK_KEYS = {*_BOUND_KEYS, "unit", "rationale", "enabled"}

@@ -25,14 +25,9 @@ from typing import Any
 import torch
 
 from refusal_probe.errors import ModelLoadError, UnsafeCheckpointError
+from refusal_probe.resources import FIXTURES_DIR
 
 log = logging.getLogger(__name__)
-
-#: Where the shipped fixtures live: the repository's ``fixtures/`` folder, or
-#: ``$REFUSAL_PROBE_FIXTURES``.
-FIXTURES_DIR = Path(
-    os.environ.get("REFUSAL_PROBE_FIXTURES", Path(__file__).resolve().parents[2] / "fixtures")
-)
 
 #: Short names of the shipped model organism checkpoints (folders under ``fixtures/models``).
 ORGANISM_ALIASES: tuple[str, ...] = (

@@ -18,16 +18,18 @@ import json
 import time
 from collections.abc import Sequence
 from html import escape
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from refusal_probe.audit.inputs import preflight
+from refusal_probe.audit.inputs import missing_checks, preflight
 from refusal_probe.errors import PolicyError, RefusalProbeError
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.report.plots import render_figure
 from refusal_probe.report.record import Figure
+from refusal_probe.report.render import check_writable, model_slug
 from refusal_probe.report.trend import SeriesItem, build_trend, write_trend
 from refusal_probe.stats.verdicts import Bound
 
@@ -113,10 +115,19 @@ class AuditHooks:
         if self._selected:
             s = self.session
             try:
-                s.policy  # noqa: B018 - raises PolicyError naming the bad key
+                missing_checks(s.policy, {Path(str(item.path)) for item in items})
+                if s.options.write_report:
+                    check_writable(s.options.report_dir, self._report_slugs())
                 preflight(s.options, [(c.spec, c.origin) for c in s.checkpoints], s.inputs)
             except RefusalProbeError as exc:
                 self.session.abort(str(exc))
+
+    def _report_slugs(self) -> list[str]:
+        """The model folders the run's reports go to (as :func:`save_record` names them)."""
+        checkpoints = self.session.checkpoints
+        if self.session.series:
+            return [c.label for c in checkpoints]
+        return [model_slug(c.spec) for c in checkpoints]
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         """Deselected audit tests are reported as not run."""
@@ -215,8 +226,11 @@ class AuditHooks:
                 now = time.time()
                 record = build_record(self.config, s, run, int(exitstatus), now, interrupted)
                 run.report_path = save_record(record, s, run)
-            except RefusalProbeError as exc:
+            except (RefusalProbeError, OSError) as exc:
                 run.report_error = str(exc)
+                # The report is what the run is for: losing it is never a green exit.
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if s.series:
             self._write_trend()
 
@@ -328,38 +342,24 @@ def _error_line(report: pytest.TestReport) -> str:
 
 def _html_extras(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """pytest-html extras: a verdict line per check and its figures as base64 SVG images."""
+
+    def extra(name: str, kind: str, mime: str | None, ext: str | None, content: str) -> dict:
+        keys = ("name", "format_type", "mime_type", "extension", "content")
+        return dict(zip(keys, (name, kind, mime, ext, content), strict=True))
+
     out: list[dict[str, Any]] = []
     for c in checks:
-        out.append(
-            {
-                "name": c["id"],
-                "format_type": "html",
-                "mime_type": None,
-                "extension": None,
-                "content": f'<div class="refusal-probe-check" data-check-id="{escape(c["id"])}">'
-                f"<b>{escape(c['verdict'].upper())}</b> {escape(c['message'])}</div>",
-            }
+        line = (
+            f'<div class="refusal-probe-check" data-check-id="{escape(c["id"])}">'
+            f"<b>{escape(c['verdict'].upper())}</b> {escape(c['message'])}</div>"
         )
+        out.append(extra(c["id"], "html", None, None, line))
         for f in c["figures"]:
             svg = render_figure(Figure.from_dict(f))
             if svg:
-                out.append(
-                    {
-                        "name": f["title"],
-                        "format_type": "image",
-                        "mime_type": "image/svg+xml",
-                        "extension": "svg",
-                        "content": base64.b64encode(svg.encode()).decode(),
-                    }
-                )
+                svg64 = base64.b64encode(svg.encode()).decode()
+                out.append(extra(f["title"], "image", "image/svg+xml", "svg", svg64))
             else:
-                out.append(
-                    {
-                        "name": f["title"],
-                        "format_type": "json",
-                        "mime_type": "application/json",
-                        "extension": "json",
-                        "content": json.dumps(f["data"]),
-                    }
-                )
+                data = json.dumps(f["data"])
+                out.append(extra(f["title"], "json", "application/json", "json", data))
     return out

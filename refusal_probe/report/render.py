@@ -140,6 +140,37 @@ def write_report(
     return final
 
 
+def check_writable(report_dir: str | Path, slugs: Sequence[str]) -> None:
+    """Check, before an audit runs, that its report folders can be written.
+
+    For the root and each model folder, the deepest part that exists must be a folder in which a
+    file can be created (a trial file is written and removed: permission bits alone do not show a
+    read-only file system).
+
+    Raises:
+        ReportError: One line naming the path, what is wrong and what to pass instead.
+    """
+    root = Path(report_dir)
+    for target in [root, *(root / s for s in slugs)]:
+        existing = target
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ReportError(
+                f"cannot write reports under {target}: {existing} is a file, not a folder; pass "
+                "--report-dir to a writable folder (or --no-report)"
+            )
+        try:
+            fd, trial = tempfile.mkstemp(prefix=".write-check-", dir=existing)
+        except OSError as exc:
+            raise ReportError(
+                f"cannot write reports under {target}: {existing} is not writable "
+                f"({exc.strerror}); pass --report-dir to a writable folder (or --no-report)"
+            ) from None
+        os.close(fd)
+        os.unlink(trial)
+
+
 def write_folder(
     parent: Path, name: str, texts: dict[str, str], files: dict[str, Path] | None = None
 ) -> Path:
