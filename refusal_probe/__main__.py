@@ -63,6 +63,28 @@ def cmd_audit(audits: Path | None, pytest_args: list[str]) -> int:
                 continue  # the child got the same Ctrl-C: let it write its report and exit
 
 
+def audit_help() -> int:
+    """Print the command's own help, then the audit options the pytest plugin defines."""
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub.choices["audit"].print_help()
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", PLUGIN, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    lines = out.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("refusal-probe audits:")), None)
+    if start is not None:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()),
+            len(lines),
+        )
+        print("\n" + "\n".join(lines[start:end]).rstrip())
+    print("\nAny other pytest option (-k, -m, -x, --html, --junitxml, ...) passes through.")
+    return 0
+
+
 def _given(args: list[str], option: str) -> bool:
     """Whether ``option`` is among ``args`` (as ``--opt value`` or ``--opt=value``)."""
     return any(a == option or a.startswith(option + "=") for a in args)
@@ -130,9 +152,11 @@ def parser() -> argparse.ArgumentParser:
         "audit",
         help="run the audit suite (pytest options pass through)",
         allow_abbrev=False,
+        add_help=False,  # --help also lists the plugin's options: see audit_help()
         description="Run the audit suite; every pytest option (--model, --baseline, "
         "--policy, --report-dir, -k, -m, --html ...) passes through.",
     )
+    a.add_argument("-h", "--help", action="store_true", help="show this help and the audit options")
     a.add_argument(
         "--audits",
         type=Path,
@@ -178,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser().parse_known_args(argv)
     try:
         if args.command == "audit":
+            if args.help:
+                return audit_help()
             return cmd_audit(args.audits, rest)
         if rest:
             parser().error(f"unrecognized arguments: {' '.join(rest)}")

@@ -17,9 +17,7 @@ _CHECKOUT = _PACKAGE.parent
 
 
 def _shipped(name: str) -> Path:
-    """The checkout's top-level folder ``name`` when this package runs from a checkout, else
-    the copy installed inside the package.
-    """
+    """The folder ``name`` of the checkout this package runs from, else the installed copy."""
     if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / name).is_dir():
         return _CHECKOUT / name
     return _PACKAGE / "shipped" / name

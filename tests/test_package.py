@@ -72,3 +72,13 @@ def test_the_installed_wheel_audits_the_default_model_from_an_empty_folder(
     data = json.loads(record.read_text())
     assert data["status"] == "complete" and data["summary"]["verdict"] == "pass"
     assert data["summary"]["pass"] == 12
+
+
+def test_audit_help_lists_the_audit_options() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "refusal_probe", "audit", "--help"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for option in ("--audits", "--model=SPEC", "--baseline=", "--policy=", "--report-dir="):
+        assert option in out.stdout
