@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from refusal_probe.audit.figures import rate_bars
-from refusal_probe.audit.policy import Settings
+from refusal_probe.audit.settings import Settings
 from refusal_probe.causal.validation import ValidationResult
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures

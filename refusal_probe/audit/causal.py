@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from refusal_probe.audit.figures import rate_bars
-from refusal_probe.audit.policy import Settings
+from refusal_probe.audit.settings import Settings
 from refusal_probe.causal.validation import ValidationConfig, ValidationResult
 from refusal_probe.report.record import Figure
 from refusal_probe.stats.intervals import Interval, paired_difference

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from refusal_probe.activations.cache import TensorCache
-from refusal_probe.audit.policy import Settings
+from refusal_probe.audit.settings import Settings
 from refusal_probe.audit.store import save_direction
 from refusal_probe.errors import ScoringError
 from refusal_probe.model.loading import LoadedModel

@@ -23,7 +23,7 @@ from refusal_probe.activations.cache import TensorCache
 from refusal_probe.activations.capture import capture
 from refusal_probe.activations.sites import POST_INSTRUCTION, all_layers
 from refusal_probe.audit.behaviour import Behaviour
-from refusal_probe.audit.policy import Settings
+from refusal_probe.audit.settings import Settings
 from refusal_probe.audit.store import DirectionArtifact
 from refusal_probe.causal.validation import ValidationConfig, transfer
 from refusal_probe.direction.estimators import Candidates, check_fits, difference_of_means

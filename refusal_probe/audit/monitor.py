@@ -8,7 +8,7 @@ left (:func:`refusal_probe.monitor.hardening.measure_hardening`).
 
 from __future__ import annotations
 
-from refusal_probe.audit.policy import Settings
+from refusal_probe.audit.settings import Settings
 from refusal_probe.direction.estimators import Direction
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.monitor.evaluate import EvalConfig, MonitorEvaluation, evaluate_monitor

@@ -36,10 +36,11 @@ import math
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refusal_probe.audit.settings import Settings, Sourced, read_settings
 from refusal_probe.errors import PolicyError
 from refusal_probe.resources import DEFAULT_POLICY
 from refusal_probe.stats.verdicts import Bound, Threshold
@@ -64,58 +65,6 @@ UNITS: dict[str, tuple[float, float]] = {
 _BOUND_KEYS = tuple(b.key for b in Bound)
 _CHECK_KEYS = {*_BOUND_KEYS, "unit", "rationale", "enabled"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Run-wide settings of the audits.
-
-    Attributes:
-        confidence: Two-sided confidence level of every interval (0.5 < c < 1).
-        resamples: Bootstrap resamples behind each bootstrap interval.
-        max_new_tokens: Greedy generation length for the completion judge.
-        batch_size: Prompts per forward pass; ``None`` (``"auto"`` in the file) chooses it from
-            the free memory of the model's device (:func:`refusal_probe.model.devices.auto_batch_size`).
-        selection_prompts: Validation prompts per class that score each candidate direction
-            (the reference method uses 32).
-        selection_layer_stride: Score candidates at every ``n``-th layer only (1: every layer).
-        selection_positions: Score candidates at the last ``n`` post-instruction positions only
-            (0: all of them). With the stride, this bounds the selection cost on deep models.
-        monitor_target_fpr: False-positive rate on harmless validation prompts that the
-            monitor's thresholds are calibrated for (its operating point).
-        selection_screen: Score exactly only the ``n`` candidates that a first-order
-            (attribution) estimate of their ablation effect ranks best (0: score every
-            candidate, the reference procedure); see :mod:`refusal_probe.selection.screening`.
-    """
-
-    confidence: float = 0.95
-    resamples: int = 1000
-    max_new_tokens: int = 24
-    batch_size: int | None = None
-    selection_prompts: int = 32
-    selection_layer_stride: int = 1
-    selection_positions: int = 0
-    selection_screen: int = 0
-    monitor_target_fpr: float = 0.02
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (an automatic batch size reads ``"auto"``)."""
-        d = asdict(self)
-        d["batch_size"] = "auto" if self.batch_size is None else self.batch_size
-        return d
-
-
-_SETTING_RANGES: dict[str, tuple[type, float, float]] = {
-    "confidence": (float, 0.5, 0.999),
-    "resamples": (int, 100, 100_000),
-    "max_new_tokens": (int, 1, 1024),
-    "batch_size": (int, 1, 4096),
-    "selection_prompts": (int, 2, 4096),
-    "selection_layer_stride": (int, 1, 64),
-    "selection_positions": (int, 0, 64),
-    "selection_screen": (int, 0, 100_000),
-    "monitor_target_fpr": (float, 0.001, 0.5),
-}
 
 
 @dataclass(frozen=True)
@@ -221,18 +170,16 @@ class Policy:
         }
 
 
-#: A value as read, with the file it came from (errors name that file).
-_Sourced = tuple[Any, Path]
 
 
 @dataclass
 class _Merged:
     """The raw content of a policy and the files it extends, each value with its file."""
 
-    version: _Sourced | None = None
-    settings: dict[str, _Sourced] = field(default_factory=dict)
-    descriptions: dict[str, _Sourced] = field(default_factory=dict)
-    sections: dict[str, dict[str, dict[str, _Sourced]]] = field(default_factory=dict)
+    version: Sourced | None = None
+    settings: dict[str, Sourced] = field(default_factory=dict)
+    descriptions: dict[str, Sourced] = field(default_factory=dict)
+    sections: dict[str, dict[str, dict[str, Sourced]]] = field(default_factory=dict)
     section_file: dict[str, Path] = field(default_factory=dict)
 
 
@@ -251,7 +198,7 @@ def load_policy(path: str | Path) -> Policy:
         _merge(file, data, merged, errors)
     if merged.version is None:
         errors.append((chain[0][0], f"version: must be {POLICY_VERSION}, got None"))
-    settings = _settings(merged.settings, errors)
+    settings = read_settings(merged.settings, errors)
     checks: dict[str, CheckPolicy] = {}
     audits: list[AuditPolicy] = []
     for audit, sections in merged.sections.items():
@@ -353,7 +300,7 @@ def _merge_audit(
 
 
 def _description(
-    audit: str, descriptions: dict[str, _Sourced], errors: list[tuple[Path, str]]
+    audit: str, descriptions: dict[str, Sourced], errors: list[tuple[Path, str]]
 ) -> str:
     if audit not in descriptions:
         return ""
@@ -364,37 +311,8 @@ def _description(
     return text.strip()
 
 
-def _settings(table: dict[str, _Sourced], errors: list[tuple[Path, str]]) -> Settings:
-    values: dict[str, Any] = {}
-    for key, (val, file) in table.items():
-        if key not in _SETTING_RANGES:
-            errors.append(
-                (file, f"[settings] {key}: unknown key; known: {', '.join(_SETTING_RANGES)}")
-            )
-            continue
-        if key == "batch_size" and val == "auto":
-            values[key] = None
-            continue
-        kind, lo, hi = _SETTING_RANGES[key]
-        ok_type = isinstance(val, int) if kind is int else isinstance(val, (int, float))
-        if isinstance(val, bool) or not ok_type:
-            auto = ' or "auto"' if key == "batch_size" else ""
-            errors.append(
-                (
-                    file,
-                    f"[settings] {key}: must be {'an integer' if kind is int else 'a number'}"
-                    f"{auto}, got {val!r}",
-                )
-            )
-        elif not lo <= val <= hi:
-            errors.append((file, f"[settings] {key}: {val!r} is outside [{lo:g}, {hi:g}]"))
-        else:
-            values[key] = kind(val)
-    return Settings(**values)
-
-
 def _check(
-    cid: str, sec: dict[str, _Sourced], file: Path, errors: list[tuple[Path, str]]
+    cid: str, sec: dict[str, Sourced], file: Path, errors: list[tuple[Path, str]]
 ) -> CheckPolicy | None:
     """Validate one merged check section; ``file`` is where the section was first given."""
     before = len(errors)

@@ -17,21 +17,19 @@ is safe by default: weights come only from safetensors or GGUF, and neither pick
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import pickle
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from refusal_probe.errors import ModelLoadError, UnsafeCheckpointError
+from refusal_probe.errors import ModelLoadError
 from refusal_probe.model.chat import ChatFormat, chat_format_for
+from refusal_probe.model.hf import context_length, load_hf, parse_dtype
 from refusal_probe.model.identity import ModelIdentity, ModelKey, placement_of
 from refusal_probe.model.sources import (
     FIXTURES_DIR,
@@ -70,22 +68,9 @@ __all__ = [
 DEFAULT_MODEL = "organism-chat"
 
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def default_cache_dir() -> Path:
     """Return the cache folder: ``$REFUSAL_PROBE_CACHE`` or ``~/.cache/refusal-probe``."""
     return Path(os.environ.get("REFUSAL_PROBE_CACHE", Path.home() / ".cache" / "refusal-probe"))
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Turn ``"float32"``/``"bfloat16"``/``"float16"`` (or a torch dtype) into a torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
 @dataclass
@@ -199,9 +184,17 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
         path, weights_sha = gguf_as_safetensors(Path(gguf_file), cache_root)
     else:
         weights_sha = sha256_files(weight_files(path, options.allow_pickle, spec))
-    hf_model, tokenizer = _load_hf(path, options, spec)
+    hf_model, tokenizer = load_hf(
+        path,
+        spec,
+        dtype=options.dtype,
+        device=options.device,
+        device_map=options.device_map,
+        trust_remote_code=options.trust_remote_code,
+        allow_pickle=options.allow_pickle,
+    )
     bridge = _boot_bridge(path, hf_model, tokenizer, options, spec)
-    chat = chat_format_for(tokenizer, max_tokens=_context_length(hf_model.config))
+    chat = chat_format_for(tokenizer, max_tokens=context_length(hf_model.config))
     identity = _identity(spec, source, gguf_file or path, weights_sha, hf_model, chat, options)
     device = torch.device(options.device) if options.device_map is None else hf_model.device
     return LoadedModel(
@@ -212,161 +205,6 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
         device=device,
         placement=placement_of(options.device, options.device_map),
     )
-
-
-def _context_length(config: Any) -> int | None:
-    """The longest sequence the model takes, from its config (``None`` when it says nothing)."""
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# loading
-
-
-def _load_hf(folder: Path, options: LoadOptions, spec: str) -> tuple[Any, Any]:
-    """Load the Hugging Face model and tokenizer from a folder, safely."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=options.trust_remote_code)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc) and not options.trust_remote_code:
-            raise UnsafeCheckpointError(
-                f"{spec!r} needs its own Python code to load (trust_remote_code); that code would "
-                "run on this machine. Read it first, then pass --trust-remote-code if you accept it"
-            ) from exc
-        raise ModelLoadError(f"cannot read the config of {spec!r}: {exc}") from exc
-    if getattr(config, "auto_map", None) and not options.trust_remote_code:
-        raise UnsafeCheckpointError(
-            f"{spec!r} declares custom code (auto_map in config.json); pass --trust-remote-code "
-            "only after reading that code"
-        )
-    arch = getattr(config, "architectures", None) or config.model_type
-    if getattr(config, "is_encoder_decoder", False):
-        raise ModelLoadError(
-            f"{spec!r}: {arch!r} is an encoder-decoder model; refusal-probe audits decoder-only "
-            "(causal) language models"
-        )
-    with warnings.catch_warnings(), _quiet_transformers():
-        warnings.simplefilter("ignore")
-        try:
-            loaded: Any = AutoModelForCausalLM.from_pretrained(
-                folder,
-                dtype=parse_dtype(options.dtype),
-                trust_remote_code=options.trust_remote_code,
-                use_safetensors=None if options.allow_pickle else True,
-                attn_implementation="eager",
-                device_map=options.device_map,
-                output_loading_info=True,
-            )
-        except ValueError as exc:
-            raise ModelLoadError(
-                f"{spec!r}: architecture {arch!r} could not be loaded as a causal language "
-                f"model ({exc})"
-            ) from exc
-        except pickle.UnpicklingError:
-            raise UnsafeCheckpointError(
-                f"{spec!r}: its pickle checkpoint holds objects other than tensors, which would "
-                "run code when loaded; refusal-probe loads pickles as plain tensors only. Ask for "
-                "a safetensors copy of the weights"
-            ) from None
-        except (OSError, RuntimeError, ImportError) as exc:
-            if "mismatched_sizes" in str(exc):
-                raise ModelLoadError(
-                    f"{spec!r}: {_shape_mismatches(AutoModelForCausalLM, config, folder)}; the weights do "
-                    "not fit the model its config.json describes"
-                ) from None
-            raise ModelLoadError(f"{spec!r}: cannot load its weights ({exc})") from exc
-        except Exception as exc:  # safetensors raises its own type for a damaged file
-            if type(exc).__name__ != "SafetensorError":
-                raise
-            raise ModelLoadError(
-                f"{spec!r}: a weight file is damaged ({exc}); re-download or re-save the checkpoint"
-            ) from exc
-        model, info = loaded  # (model, loading info) with output_loading_info=True
-        _check_complete(info, arch, spec)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                folder, trust_remote_code=options.trust_remote_code
-            )
-        except Exception as exc:
-            raise ModelLoadError(
-                f"{spec!r}: cannot load its tokenizer from {folder}: {exc}"
-            ) from exc
-    if options.device_map is None:
-        model = model.to(options.device)
-    model.eval()
-    _prepare_tokenizer(tokenizer)
-    return model, tokenizer
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Keep transformers' own loading report off the console; our errors say what went wrong."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def _shape_mismatches(model_cls: Any, config: Any, folder: Path) -> str:
-    """Name the weight tensors whose shapes differ from what the config builds (up to three)."""
-    from safetensors import safe_open
-
-    with torch.device("meta"):
-        skeleton = model_cls.from_config(config)
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    found = []
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                shape = tuple(f.get_slice(name).get_shape())
-                want = expected.get(name)
-                if want is not None and want != shape:
-                    found.append(
-                        f"tensor {name} in {path.name} has shape {list(shape)}, the config "
-                        f"expects {list(want)}"
-                    )
-    if not found:
-        return "a weight tensor's shape differs from the config's"
-    more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
-    return "; ".join(found[:3]) + more
-
-
-def _check_complete(info: dict[str, Any], arch: Any, spec: str) -> None:
-    """Refuse a model whose weights were partly missing from the checkpoint.
-
-    Transformers fills missing weights with random values and only logs it; an encoder
-    checkpoint (``BertModel``) loaded as a causal LM gets a random head that way. Auditing
-    such a model would measure noise.
-    """
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
-        shown = ", ".join(missing[:4]) + more
-        raise ModelLoadError(
-            f"{spec!r}: the checkpoint ({arch!r}) lacks weights a causal language model needs "
-            f"({shown}); they would be random. Pass a decoder-only checkpoint with its LM head"
-        )
-
-
-def _prepare_tokenizer(tokenizer: Any) -> None:
-    """Left-pad, and give tokenizers without a pad token one (the EOS, masked out anyway)."""
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise ModelLoadError(
-                "the tokenizer has neither a pad nor an EOS token; add a pad token"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
 
 
 def _boot_bridge(

@@ -1,0 +1,96 @@
+"""The policy's run-wide settings: interval level, resamples, generation length, selection budget.
+
+Read from the ``[settings]`` table of the policy file (and the files it extends); each key has a
+type and a range, and a problem names the file that gave the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+#: A value as read, with the file it came from (errors name that file).
+Sourced = tuple[Any, Path]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run-wide settings of the audits.
+
+    Attributes:
+        confidence: Two-sided confidence level of every interval (0.5 < c < 1).
+        resamples: Bootstrap resamples behind each bootstrap interval.
+        max_new_tokens: Greedy generation length for the completion judge.
+        batch_size: Prompts per forward pass; ``None`` (``"auto"`` in the file) chooses it from
+            the free memory of the model's device (:func:`refusal_probe.model.devices.auto_batch_size`).
+        selection_prompts: Validation prompts per class that score each candidate direction
+            (the reference method uses 32).
+        selection_layer_stride: Score candidates at every ``n``-th layer only (1: every layer).
+        selection_positions: Score candidates at the last ``n`` post-instruction positions only
+            (0: all of them). With the stride, this bounds the selection cost on deep models.
+        monitor_target_fpr: False-positive rate on harmless validation prompts that the
+            monitor's thresholds are calibrated for (its operating point).
+        selection_screen: Score exactly only the ``n`` candidates that a first-order
+            (attribution) estimate of their ablation effect ranks best (0: score every
+            candidate, the reference procedure); see :mod:`refusal_probe.selection.screening`.
+    """
+
+    confidence: float = 0.95
+    resamples: int = 1000
+    max_new_tokens: int = 24
+    batch_size: int | None = None
+    selection_prompts: int = 32
+    selection_layer_stride: int = 1
+    selection_positions: int = 0
+    selection_screen: int = 0
+    monitor_target_fpr: float = 0.02
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (an automatic batch size reads ``"auto"``)."""
+        d = asdict(self)
+        d["batch_size"] = "auto" if self.batch_size is None else self.batch_size
+        return d
+
+
+_SETTING_RANGES: dict[str, tuple[type, float, float]] = {
+    "confidence": (float, 0.5, 0.999),
+    "resamples": (int, 100, 100_000),
+    "max_new_tokens": (int, 1, 1024),
+    "batch_size": (int, 1, 4096),
+    "selection_prompts": (int, 2, 4096),
+    "selection_layer_stride": (int, 1, 64),
+    "selection_positions": (int, 0, 64),
+    "selection_screen": (int, 0, 100_000),
+    "monitor_target_fpr": (float, 0.001, 0.5),
+}
+
+
+def read_settings(table: dict[str, Sourced], errors: list[tuple[Path, str]]) -> Settings:
+    """Validate the merged ``[settings]`` table, adding ``(file, problem)`` to ``errors``."""
+    values: dict[str, Any] = {}
+    for key, (val, file) in table.items():
+        if key not in _SETTING_RANGES:
+            errors.append(
+                (file, f"[settings] {key}: unknown key; known: {', '.join(_SETTING_RANGES)}")
+            )
+            continue
+        if key == "batch_size" and val == "auto":
+            values[key] = None
+            continue
+        kind, lo, hi = _SETTING_RANGES[key]
+        ok_type = isinstance(val, int) if kind is int else isinstance(val, (int, float))
+        if isinstance(val, bool) or not ok_type:
+            auto = ' or "auto"' if key == "batch_size" else ""
+            errors.append(
+                (
+                    file,
+                    f"[settings] {key}: must be {'an integer' if kind is int else 'a number'}"
+                    f"{auto}, got {val!r}",
+                )
+            )
+        elif not lo <= val <= hi:
+            errors.append((file, f"[settings] {key}: {val!r} is outside [{lo:g}, {hi:g}]"))
+        else:
+            values[key] = kind(val)
+    return Settings(**values)
