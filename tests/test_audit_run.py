@@ -161,3 +161,19 @@ def test_the_numbers_are_those_the_plugin_records(
     for cid, iv in expected.items():
         got = checks[cid]
         assert (got["value"], got["lo"], got["hi"]) == (iv.value, iv.low, iv.high), cid
+
+
+def test_the_documented_example_runs_as_written(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/AUDITS.md's notebook example, extracted and run (on this module's cache)."""
+    import re
+
+    text = (ROOT / "docs" / "AUDITS.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- example: audit-run -->\n```python\n(.*?)```", text, re.S)
+    assert block, "docs/AUDITS.md lost its AuditRun example"
+    monkeypatch.setenv("REFUSAL_PROBE_CACHE", str(cache))
+    exec(compile(block.group(1), "docs/AUDITS.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "harmful refusal 1.00 [0.96, 1.00] (96/96)" in out and "ablation drop " in out
+    assert "'causal'" in out and "'direction'" in out
