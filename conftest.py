@@ -1,7 +1,7 @@
-"""Root conftest: registers the refusal-probe plugin for `pytest audits/` and `pytest tests/`.
+"""Root conftest: pytester for the plugin's own tests.
 
-The plugin is registered here only (pyproject declares no pytest11 entry point, so it is never
-loaded twice). Outside this repository use ``pytest -p refusal_probe.pytest_plugin.plugin``.
+The refusal-probe plugin itself is loaded by its pytest11 entry point (pyproject.toml) whenever
+the package is installed, here as in any other project, so it is registered once.
 """
 
-pytest_plugins = ["refusal_probe.pytest_plugin.plugin", "pytester"]
+pytest_plugins = ["pytester"]
