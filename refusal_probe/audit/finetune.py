@@ -253,4 +253,4 @@ def _cosine_interval(
     mean_diff = harmful.mean(0) - harmless.mean(0)  # [d]
     na, nb = float(reference.norm()), float(mean_diff.norm())
     v = math.nan if na == 0 or nb == 0 else float(reference.double() @ mean_diff) / (na * nb)
-    return boot.interval(v, cos_b.numpy(), boot.method("stratified", "prompts"))
+    return boot.interval(v, cos_b.numpy(), boot.method("stratified", "prompts"), n=nh + nl)

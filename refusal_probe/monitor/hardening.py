@@ -170,8 +170,11 @@ def measure_hardening(
     counts = pair_counts(boot, batch.n)  # [B, pair]
     value = 1.0 + delta.mean(0) / gap.mean()  # [variant]
     resampled = 1.0 + (counts @ delta) / (counts @ gap)[:, None]  # [B, variant]
-    ivs = [pair_interval(boot, float(value[j]), resampled[:, j]) for j in range(len(variants))]
-    gap_iv = pair_interval(boot, float(gap.mean()), counts @ gap / batch.n)
+    ivs = [
+        pair_interval(boot, float(value[j]), resampled[:, j], n=batch.n)
+        for j in range(len(variants))
+    ]
+    gap_iv = pair_interval(boot, float(gap.mean()), counts @ gap / batch.n, n=batch.n)
     alone = tuple(ivs[: len(comps)])
     cumulative = (alone[0], *ivs[len(comps) :])
     return Hardening(tuple(str(c) for c in comps), alone, cumulative, gap_iv, batch.n)

@@ -86,7 +86,7 @@ def fraction_kept(
         kept[rows] = values[0] - values[1]
     n = batch.n
     resampled = (counts @ kept / n) / (counts @ gap / n)  # [B]
-    return pair_interval(boot, float(kept.mean() / gap.mean()), resampled)
+    return pair_interval(boot, float(kept.mean() / gap.mean()), resampled, n=n)
 
 
 def _mean_write(act: Tensor, hook: Any, at: Tensor, mean: Tensor, heads: Tensor | None) -> Tensor:

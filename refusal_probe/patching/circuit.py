@@ -341,7 +341,9 @@ def _intervals(
     lo, hi = bounds(boot, resampled, value)
     method = pair_method(boot)
     return [
-        Interval(float(v), float(a), float(b), boot.level, method, n_resamples=boot.n_resamples)
+        Interval(
+            float(v), float(a), float(b), boot.level, method, delta.shape[0], None, boot.n_resamples
+        )
         for v, a, b in zip(value, lo, hi, strict=True)
     ]
 
@@ -370,8 +372,8 @@ def _stability(
         dtype=torch.float64,
     )
     return RankStability(
-        pair_interval(boot, float(jac.mean()), jac),
-        pair_interval(boot, float(np.nanmean(rho.numpy())), rho),
+        pair_interval(boot, float(jac.mean()), jac, n=n),
+        pair_interval(boot, float(np.nanmean(rho.numpy())), rho, n=n),
         tuple(member[:, want].double().mean(0).tolist()),
         boot.n_resamples,
     )

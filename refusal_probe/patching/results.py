@@ -64,9 +64,11 @@ def bounds(boot: Bootstrap, stats: Tensor, value: Tensor) -> tuple[Tensor, Tenso
     return torch.as_tensor(lo, dtype=torch.float64), torch.as_tensor(hi, dtype=torch.float64)
 
 
-def pair_interval(boot: Bootstrap, value: float, samples: Tensor) -> Interval:
-    """A scalar interval from its values on resampled pairs ``[B]``."""
-    return boot.interval(float(value), samples.double().numpy(), pair_method(boot))
+def pair_interval(
+    boot: Bootstrap, value: float, samples: Tensor, *, n: int | None = None
+) -> Interval:
+    """A scalar interval from its values on resampled pairs ``[B]``; ``n``: the pairs."""
+    return boot.interval(float(value), samples.double().numpy(), pair_method(boot), n=n)
 
 
 def pair_method(boot: Bootstrap) -> str:
@@ -144,7 +146,7 @@ class PatchResult:
         """Mean clean-minus-corrupted metric over pairs, with its bootstrap interval."""
         g = self.clean - self.corrupted
         counts = pair_counts(self.boot, len(g))  # [B, pair]
-        return pair_interval(self.boot, float(g.mean()), counts @ g / len(g))
+        return pair_interval(self.boot, float(g.mean()), counts @ g / len(g), n=len(g))
 
     def value(self, component: Component) -> float:
         """The effect of one component."""

@@ -263,7 +263,7 @@ def bootstrap(
         raise ValueError("cannot bootstrap an empty sample")
     idx = Bootstrap.indices(boot.counts(x.shape[0]))  # [B, n]
     stats = np.array([statistic(x[i]) for i in idx])
-    return boot.interval(float(statistic(x)), stats, boot.method())
+    return boot.interval(float(statistic(x)), stats, boot.method(), n=int(x.shape[0]))
 
 
 def bootstrap_mean(samples: ArrayLike, boot: Bootstrap = Bootstrap(), *, of: str = "") -> Interval:
@@ -278,7 +278,7 @@ def bootstrap_mean(samples: ArrayLike, boot: Bootstrap = Bootstrap(), *, of: str
     if x.size == 0:
         raise ValueError("cannot bootstrap the mean of an empty sample")
     means = boot.counts(x.size) @ x / x.size  # [B]
-    return boot.interval(float(x.mean()), means, boot.method(of=of))
+    return boot.interval(float(x.mean()), means, boot.method(of=of), n=int(x.size))
 
 
 def paired_difference(
@@ -310,7 +310,8 @@ def two_sample_difference(a: ArrayLike, b: ArrayLike, boot: Bootstrap = Bootstra
     y = np.asarray(b, dtype=np.float64).reshape(-1)
     cx, cy = boot.stratified_counts(x.size, y.size)  # [B, n_a], [B, n_b]
     diffs = cx @ x / x.size - cy @ y / y.size  # [B]
-    return boot.interval(float(x.mean() - y.mean()), diffs, boot.method("two-sample"))
+    n = int(x.size + y.size)
+    return boot.interval(float(x.mean() - y.mean()), diffs, boot.method("two-sample"), n=n)
 
 
 def rate_difference(a: Interval, b: Interval, boot: Bootstrap = Bootstrap()) -> Interval:

@@ -94,11 +94,11 @@ def separation(
         y, ends, np.concatenate([cp, cn], axis=1)[:, order], p.size, n.size
     )
     acc, t = best_threshold_accuracy(p, n)
-    method = boot.method("stratified")
+    method, size = boot.method("stratified"), int(p.size + n.size)
     return Separation(
-        auroc=boot.interval(float(h.mean()), auc_b, method),
-        cohens_d=boot.interval(cohens_d(p, n), d_b, method),
-        accuracy=boot.interval(acc, acc_b, method),
+        auroc=boot.interval(float(h.mean()), auc_b, method, n=size),
+        cohens_d=boot.interval(cohens_d(p, n), d_b, method, n=size),
+        accuracy=boot.interval(acc, acc_b, method, n=size),
         threshold=t,
         n_pos=p.size,
         n_neg=n.size,
@@ -131,7 +131,7 @@ def tpr_at_fpr(
     cp, cn = boot.stratified_counts(p.size, n.size)
     stats = tpr(p[Bootstrap.indices(cp)], n[Bootstrap.indices(cn)])  # [B]
     value = float(tpr(p[None], n[None])[0])
-    return boot.interval(value, stats, boot.method("stratified"))
+    return boot.interval(value, stats, boot.method("stratified"), n=int(p.size + n.size))
 
 
 def conformal_threshold(scores: ArrayLike, target_fpr: float) -> tuple[float, float]:
