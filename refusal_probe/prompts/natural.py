@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from refusal_probe.prompts.sets import HARM_CATEGORIES, SPLITS
+from refusal_probe.prompts.sets import HARM_CATEGORIES, SPLITS, jsonl_objects
 
 NATURAL_SEED = 16
 """Seed of the shipped split assignment (``assign_splits(records, NATURAL_SEED)``)."""
@@ -175,26 +175,7 @@ def read_jsonl(path: Path, problems: list[str]) -> list[tuple[int, dict[str, Any
     if not path.is_file():
         problems.append(f"{path}: file is missing")
         return []
-    data = path.read_bytes()
-    out: list[tuple[int, dict[str, Any]]] = []
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(f"{path}:{lineno}: not UTF-8 (byte {exc.start})")
-            continue
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-            continue
-        if not isinstance(rec, dict):
-            problems.append(f"{path}:{lineno}: expected a JSON object")
-            continue
-        out.append((lineno, rec))
-    return out
+    return jsonl_objects(path, problems)
 
 
 def _check_records(

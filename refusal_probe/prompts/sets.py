@@ -218,12 +218,12 @@ def _sha_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _records(
-    path: Path, errors: list[str], required: Iterable[str]
-) -> list[tuple[int, dict[str, Any]]]:
-    """Parse JSON Lines, checking that each record is an object with non-empty string fields."""
+def jsonl_objects(path: Path, errors: list[str]) -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a JSON Lines file with their line numbers; problems go to ``errors``.
+
+    Each problem is ``file:line: what``: a line that is not UTF-8, not JSON, or not an object.
+    """
     out: list[tuple[int, dict[str, Any]]] = []
-    required = tuple(required)
     for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
         where = f"{path}:{lineno}"
         try:
@@ -244,6 +244,18 @@ def _records(
         if not isinstance(rec, dict):
             errors.append(f"{where}: expected a JSON object, got {type(rec).__name__}")
             continue
+        out.append((lineno, rec))
+    return out
+
+
+def _records(
+    path: Path, errors: list[str], required: Iterable[str]
+) -> list[tuple[int, dict[str, Any]]]:
+    """Parse JSON Lines, checking that each record is an object with non-empty string fields."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    required = tuple(required)
+    for lineno, rec in jsonl_objects(path, errors):
+        where = f"{path}:{lineno}"
         bad = False
         for key in required:
             val = rec.get(key)
