@@ -114,7 +114,7 @@ def test_the_engine_intervals_are_judged_directly() -> None:
     assert (r.n, r.k, r.method) == (50, 45, "wilson") and r.low < 0.9 < r.high
     assert decide(r, Threshold(0.9, Bound.AT_LEAST)).verdict is Verdict.INCONCLUSIVE
     i = bootstrap_mean(np.linspace(0.4, 0.6, 20), Bootstrap(1000))
-    assert i.method == "bootstrap percentile (1000 resamples)" and i.n is None
+    assert i.method == "bootstrap percentile (1000 resamples)" and i.n == 20  # the sample size
     assert i.n_resamples == 1000
     assert decide(i, Threshold(0.9, Bound.AT_LEAST)).verdict is Verdict.FAIL
 
