@@ -54,6 +54,6 @@ class MonitorError(RefusalProbeError):
 class RefusalProbeWarning(UserWarning):
     """Something the audit worked around but a reader of its results must know.
 
-    Shown in pytest's warnings summary (and, where it bears on the figures, in the report's
-    limitations): a damaged cache entry recomputed, a baseline equal to the model.
+    Shown in pytest's warnings summary, and in the report's limitations: a tokenizer without a
+    chat template, a baseline equal to the model.
     """

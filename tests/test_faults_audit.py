@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_a_damaged_cached_direction_is_recomputed_with_a_warning(
     flip_bytes(cached)
     out = audit(tmp_path, env, "-m", "representation", cache=cache)
     assert out.returncode == 0, (out.stdout, out.stderr)
-    assert f"RefusalProbeWarning: {cached} is damaged" in out.stdout
+    assert f"CacheCorruptionWarning: {cached} is damaged" in out.stdout
     assert out.stdout.count(" is damaged: ") == 1  # warned once
     folder, record = latest_record(tmp_path, env)
     before = json.loads((first_run["report"] / "audit.json").read_text())
@@ -219,6 +220,7 @@ def test_the_needs_of_every_audit_are_listed_once() -> None:
 
 def test_a_tokenizer_without_a_chat_template_is_a_report_limitation(tmp_path: Path) -> None:
     from refusal_probe.audit import AuditOptions, AuditRun
+    from refusal_probe.errors import RefusalProbeWarning
     from refusal_probe.model.chat import NO_TEMPLATE_WARNING
 
     limitations = {}
@@ -226,8 +228,12 @@ def test_a_tokenizer_without_a_chat_template_is_a_report_limitation(tmp_path: Pa
         kept = {} if template == "with" else {"chat_template": None}
         spec = str(make_tiny_model(tmp_path / template, "llama", **kept))
         run = AuditRun(spec, AuditOptions(spec, cache_dir=tmp_path / "cache"))
-        run.model  # noqa: B018 - loads it
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            run.model  # noqa: B018 - loads it
         limitations[template] = run.context().get("limitations", [])
+        said = [str(w.message) for w in shown if w.category is RefusalProbeWarning]
+        assert said == ([] if template == "with" else [f"{spec}: {NO_TEMPLATE_WARNING}"])
     assert limitations["without"] == [f"The {NO_TEMPLATE_WARNING}."]
     assert limitations["with"] == []
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import tempfile
 import warnings
@@ -21,11 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from refusal_probe.activations.cache import key_digest
+from refusal_probe.activations.cache import CacheCorruptionWarning, key_digest
 from refusal_probe.direction.estimators import Direction
-from refusal_probe.errors import RefusalProbeWarning, ReportError
-
-log = logging.getLogger(__name__)
+from refusal_probe.errors import ReportError
 
 
 class Storable(Protocol):
@@ -75,7 +72,8 @@ class ResultStore:
                 raise ValueError("checksum mismatch")
             return dict(entry["result"])
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            log.warning("audit result cache entry %s is damaged (%s); recomputing", path, exc)
+            msg = f"audit result cache entry {path} is damaged ({exc}); recomputing it"
+            warnings.warn(msg, CacheCorruptionWarning, stacklevel=2)
             path.unlink(missing_ok=True)
             return None
 
@@ -207,8 +205,8 @@ def verified_direction(path: Path, vector_sha256: str | None = None) -> Directio
     """A run's own cached direction artifact if it verifies, else ``None`` (to be recomputed).
 
     A missing file is simply ``None``; one that fails verification (see :func:`load_direction`)
-    is deleted and reported as a :class:`~refusal_probe.errors.RefusalProbeWarning` (pytest's
-    warnings summary shows it): it is never served.
+    is deleted and reported as a :class:`~refusal_probe.activations.cache.CacheCorruptionWarning`
+    (pytest's warnings summary shows it): it is never served.
     """
     if not path.is_file():
         return None
@@ -216,6 +214,6 @@ def verified_direction(path: Path, vector_sha256: str | None = None) -> Directio
         return load_direction(path, vector_sha256)
     except ReportError as exc:
         damage = str(exc).partition("; re-run")[0]
-        warnings.warn(f"{damage}; recomputing it", RefusalProbeWarning, stacklevel=2)
+        warnings.warn(f"{damage}; recomputing it", CacheCorruptionWarning, stacklevel=2)
         path.unlink(missing_ok=True)
         return None

@@ -15,7 +15,7 @@ from typing import Any
 from refusal_probe.stats.verdicts import Bound
 
 #: Version of the audit.json layout; bump the minor for additions, the major for changes.
-SCHEMA_VERSION = "1.1"  # 1.1: config.policy names its audits in order (and its files)
+SCHEMA_VERSION = "1.2"  # 1.1: config.policy names its audits in order; 1.2: status errored
 SCHEMA_ID = "refusal-probe/audit"
 #: The audits of the shipped policy before records named their policy's audits (schema 1.0): how
 #: an old record's checks are ordered. A run's audits and their order now come from its policy.
