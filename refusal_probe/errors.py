@@ -49,3 +49,11 @@ class ReportError(RefusalProbeError):
 
 class MonitorError(RefusalProbeError):
     """The jailbreak monitor or its red-team cannot run as asked (uncalibrated, bad inputs)."""
+
+
+class RefusalProbeWarning(UserWarning):
+    """Something the audit worked around but a reader of its results must know.
+
+    Shown in pytest's warnings summary, and in the report's limitations: a tokenizer without a
+    chat template, a baseline equal to the model.
+    """

@@ -256,6 +256,9 @@ def test_broken(audit):
     err = [n for n in data["not_run"] if n["kind"] == "error"]
     assert len(err) == 1 and "engine exploded" in err[0]["reason"]
     assert data["summary"]["verdict"] == "fail"
+    # A run with an errored test is never complete, nor the one latest points to.
+    assert data["status"] == "errored"
+    assert not (run_dirs(pytester)[0].parent / "latest").exists()
 
 
 def test_pytest_html_and_junitxml_carry_the_checks(

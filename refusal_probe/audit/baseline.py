@@ -126,14 +126,30 @@ class AuditBaseline:
         }
 
     def direction(self) -> DirectionArtifact:
-        """The direction the earlier run selected (its ``direction.safetensors``)."""
+        """The direction the earlier run selected (its ``direction.safetensors``), verified.
+
+        The file must match its own checksums and the vector's SHA-256 the audit.json records.
+
+        Raises:
+            ReportError: The earlier run selected no direction, or its file is damaged.
+        """
         art = self.path.parent / "direction.safetensors"
         if not art.is_file():
             raise ReportError(
-                f"{art} is missing: the baseline run did not select a direction (its causal or "
-                "representation audit did not run); pass a model as --baseline instead"
+                f"--baseline {self.path}: that run selected no direction (no {art.name} beside "
+                "it; its representation, causal and monitor audits did not run), so the "
+                "fine-tune audit has nothing to compare; pass the parent model as --baseline, "
+                "or re-run that audit with its representation audit"
             )
-        return load_direction(art)
+        return load_direction(art, self.vector_sha256())
+
+    def vector_sha256(self) -> str | None:
+        """The selected direction's SHA-256 as the audit.json records it (``None``: not there)."""
+        for c in self.record.checks:
+            d = c.details.get("direction") if isinstance(c.details, dict) else None
+            if isinstance(d, dict) and d.get("vector_sha256"):
+                return str(d["vector_sha256"])
+        return None
 
     def rates(self) -> tuple[Interval, Interval]:
         """The harmful and harmless refusal rates the earlier run measured."""
@@ -150,6 +166,20 @@ class AuditBaseline:
 
 
 Baseline = ModelBaseline | AuditBaseline
+
+
+#: Said (console warning and report limitation) when ``--baseline`` is the audited model itself.
+SAME_AS_BASELINE = (
+    "The --baseline has the same weights fingerprint as the audited model, so the fine-tune "
+    "checks compare the model with itself and pass trivially; pass the parent checkpoint (or its "
+    "audit.json) as --baseline."
+)
+
+
+def is_same_model(candidate: ModelIdentity, baseline: Baseline) -> bool:
+    """Whether ``baseline`` is the candidate model itself (same weights fingerprint)."""
+    fingerprint = baseline.describe()["identity"].get("fingerprint")
+    return bool(fingerprint) and fingerprint == candidate.fingerprint
 
 
 def is_audit(spec: str) -> bool:

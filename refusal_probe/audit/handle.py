@@ -10,6 +10,7 @@ its own (:meth:`ModelHandle.shared`).
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -22,8 +23,9 @@ from refusal_probe.audit.once import Once, Phases
 from refusal_probe.audit.options import AuditOptions, load_options
 from refusal_probe.audit.policy import Policy, load_policy
 from refusal_probe.audit.store import R, ResultStore
-from refusal_probe.errors import ModelLoadError
+from refusal_probe.errors import ModelLoadError, RefusalProbeWarning
 from refusal_probe.model import loading
+from refusal_probe.model.chat import NO_TEMPLATE_WARNING
 from refusal_probe.model.devices import devices_of
 from refusal_probe.model.loading import LoadedModel, ModelIdentity
 from refusal_probe.prompts.sets import Fixtures
@@ -100,6 +102,10 @@ class ModelHandle:
                 self._fatal(f"--model {o.model}: {exc}")
                 raise
             self._identity = self._model.identity
+            if self._identity.chat_template == "plain":  # shown by pytest, not only logged
+                warnings.warn(
+                    f"{o.model}: {NO_TEMPLATE_WARNING}", RefusalProbeWarning, stacklevel=2
+                )
         return self._model
 
     @property

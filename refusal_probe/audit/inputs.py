@@ -10,11 +10,17 @@ opened once: the prompt sets, the baseline, and every checkpoint's
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from refusal_probe.audit.baseline import Baseline, check_baseline_compatible, spec_config
+from refusal_probe.audit.baseline import (
+    AuditBaseline,
+    Baseline,
+    check_baseline_compatible,
+    is_audit,
+    spec_config,
+)
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy
 from refusal_probe.errors import PolicyError, PromptFileError
@@ -67,9 +73,83 @@ class RunInputs:
         return self._fixtures is not None
 
 
+class Need(NamedTuple):
+    """Prompts an audit cannot run without.
+
+    Attributes:
+        kind: ``harmful``, ``harmless`` or ``pairs`` (the matched pairs).
+        split: The split they must be in.
+        at_least: How many it needs.
+        use: What it needs them for (for the reason a report gives).
+    """
+
+    kind: str
+    split: str
+    at_least: int
+    use: str
+
+
+_TEST = (Need("harmful", "test", 1, "measure"), Need("harmless", "test", 1, "measure"))
+#: Selecting the direction fits on train, selects on val and measures separation on test.
+_DIRECTION = (
+    Need("harmful", "train", 1, "fit the direction"),
+    Need("harmless", "train", 1, "fit the direction"),
+    Need("harmful", "val", 1, "select the direction"),
+    Need("harmless", "val", 1, "select the direction"),
+    *_TEST,
+)
+
+#: What each audit needs from the prompt sets: the one place the audits' splits are listed.
+NEEDS: dict[str, tuple[Need, ...]] = {
+    "behaviour": _TEST,
+    "representation": _DIRECTION,
+    "causal": _DIRECTION,
+    "localization": (Need("pairs", "test", 1, "localize the circuit"),),
+    "monitor": (
+        *_DIRECTION,
+        Need("harmful", "train", 4, "fit the monitor"),
+        Need("harmless", "train", 4, "fit the monitor"),
+        Need("harmless", "val", 1, "calibrate the monitor"),
+    ),
+    # against an audit.json (its direction read from disk) or a model (whose direction is
+    # selected here: see needs_of)
+    "finetune": (*_DIRECTION[:2], *_TEST),
+}
+
+
+def needs_of(audit: str, options: AuditOptions) -> tuple[Need, ...]:
+    """What ``audit`` needs from the prompt sets with these options (see :data:`NEEDS`)."""
+    if audit == "finetune" and options.baseline and not is_audit(options.baseline):
+        return _DIRECTION  # the baseline model's direction is selected on these prompts
+    return NEEDS.get(audit, ())
+
+
+def unmet_needs(fixtures: Fixtures, audits: Iterable[str], options: AuditOptions) -> dict[str, str]:
+    """Why each of ``audits`` cannot run on these prompt sets, by audit (absent: it can)."""
+    have = {
+        "harmful": fixtures.harmful.counts(),
+        "harmless": fixtures.harmless.counts(),
+        "pairs": {s: len(fixtures.pairs_in(s)) for s in sets.SPLITS},
+    }
+    out = {}
+    for audit in audits:
+        short = [n for n in needs_of(audit, options) if have[n.kind][n.split] < n.at_least]
+        if short:
+            n = short[0]
+            label = "matched pairs" if n.kind == "pairs" else f"{n.kind} prompts"
+            out[audit] = (
+                f"the prompt sets ({fixtures.root}) have {have[n.kind][n.split]} {label} in the "
+                f"{n.split!r} split; the {audit} audit needs at least {n.at_least} to {n.use}"
+            )
+    return out
+
+
 def preflight(
-    options: AuditOptions, checkpoints: Sequence[tuple[str, str]], inputs: RunInputs
-) -> None:
+    options: AuditOptions,
+    checkpoints: Sequence[tuple[str, str]],
+    inputs: RunInputs,
+    audits: Collection[str] = (),
+) -> dict[str, str]:
     """Check every checkpoint's spec, the prompts, the device map and the baseline.
 
     Loads no model.
@@ -79,10 +159,17 @@ def preflight(
         checkpoints: ``(spec, origin)`` of every checkpoint (origin: ``--model`` or
             ``FILE:LINE:`` of a models file).
         inputs: What the run shares (its prompt sets are read here).
+        audits: The audits selected to run.
+
+    Returns:
+        The audits the prompt sets cannot serve, each with its reason (see :data:`NEEDS`);
+        the others run.
 
     Raises:
         RefusalProbeError: Naming the problem, and for a checkpoint of a models file its
-            ``file:line``.
+            ``file:line``; or, when no selected audit can run on the prompt sets, every reason.
+        ReportError: A ``--baseline`` audit.json for the fine-tune audit has no direction
+            file, or a damaged one.
     """
     configs = [(spec, origin, spec_config(spec, origin)) for spec, origin in checkpoints]
     inputs.fixtures  # noqa: B018 - raises PromptFileError listing file:line problems
@@ -91,6 +178,13 @@ def preflight(
     if options.baseline:
         for spec, origin, config in configs:
             check_baseline_compatible(spec, config, options.baseline, what=origin)
+        if "finetune" in audits and is_audit(options.baseline):
+            inputs.baseline = AuditBaseline.open(options.baseline)
+            inputs.baseline.direction()  # present and verified, or a one-line ReportError
+    unmet = unmet_needs(inputs.fixtures, audits, options)
+    if unmet and len(unmet) == len(set(audits)):
+        raise PromptFileError("no selected audit can run: " + "; ".join(unmet.values()))
+    return unmet
 
 
 #: ``audit.check("<audit>.<name>", ...)`` with a literal id, as audit files write it.

@@ -27,12 +27,21 @@ own values; the others are small frozen dataclasses with ``to_dict``/``from_dict
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from refusal_probe.activations.cache import key_digest
-from refusal_probe.audit.baseline import AuditBaseline, Baseline, ModelBaseline, is_audit, mismatch
+from refusal_probe.audit.baseline import (
+    SAME_AS_BASELINE,
+    AuditBaseline,
+    Baseline,
+    ModelBaseline,
+    is_audit,
+    is_same_model,
+    mismatch,
+)
 from refusal_probe.audit.behaviour import (
     Behaviour,
     Completions,
@@ -60,9 +69,10 @@ from refusal_probe.audit.monitor import (
 from refusal_probe.audit.once import Once
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy
-from refusal_probe.audit.store import DirectionArtifact, load_direction
+from refusal_probe.audit.store import DirectionArtifact, load_direction, verified_direction
 from refusal_probe.causal.validation import ValidationResult, validate_direction
-from refusal_probe.errors import DirectionError, RefusalProbeError
+from refusal_probe.errors import DirectionError, RefusalProbeError, RefusalProbeWarning
+from refusal_probe.model.chat import NO_TEMPLATE_WARNING
 from refusal_probe.monitor.evaluate import MonitorEvaluation
 from refusal_probe.monitor.hardening import Hardening
 from refusal_probe.patching.circuit import CircuitResult
@@ -160,7 +170,7 @@ class AuditRun(ModelHandle):
         key = self.key("direction", config=config.to_dict())
         artifact = self.options.cache_dir / "audit-artifacts" / f"{key_digest(key)}.safetensors"
         self._artifact = artifact
-        if not artifact.is_file():  # a summary without its vector is of no use
+        if verified_direction(artifact) is None:  # a summary without its vector is of no use
             self.store.drop(key)
         return self._stored(
             key,
@@ -169,10 +179,19 @@ class AuditRun(ModelHandle):
         )
 
     def direction_vector(self) -> DirectionArtifact:
-        """The vectors of :meth:`direction`'s selected direction (read from its artifact)."""
-        self.direction()
+        """The vectors of :meth:`direction`'s selected direction (read from its artifact).
+
+        An artifact deleted or damaged since :meth:`direction` wrote it is selected again (with
+        a warning), never served.
+        """
+        summary = self.direction()
         assert self._artifact is not None  # set by direction()
-        return load_direction(self._artifact)
+        found = verified_direction(self._artifact, summary.direction["vector_sha256"])
+        if found is None:
+            config = direction_config(self.model, self.settings, self.options.seed)
+            select_direction(self.model, self.fixtures, config, self._cache(), self._artifact)
+            found = load_direction(self._artifact)
+        return found
 
     def validation(self) -> ValidationResult:
         """The engine's causal validation of the selected direction (kept in memory only).
@@ -298,6 +317,8 @@ class AuditRun(ModelHandle):
             if problem is not None:
                 self._fatal(problem)
                 raise DirectionError(problem)
+        if is_same_model(self.model.identity, opened):
+            warnings.warn(SAME_AS_BASELINE, RefusalProbeWarning, stacklevel=2)
         self.inputs.baseline = opened
         return opened
 
@@ -348,12 +369,16 @@ class AuditRun(ModelHandle):
             ctx["data"] = self.fixtures.summary()
         if self._artifact is not None and self._artifact.is_file():
             ctx["artifacts"] = {"direction.safetensors": str(self._artifact)}
-        direction = self._direction.peek()
-        if direction is not None and direction.limitations():
-            ctx["limitations"] = direction.limitations()
+        direction, baseline = self._direction.peek(), self._baseline.peek()
+        limitations = direction.limitations() if direction is not None else []
+        if self._identity is not None and self._identity.chat_template == "plain":
+            limitations.append(f"The {NO_TEMPLATE_WARNING}.")
+        if baseline is not None and self._identity and is_same_model(self._identity, baseline):
+            limitations.append(SAME_AS_BASELINE)
+        if limitations:
+            ctx["limitations"] = limitations
         if self.phases:
             ctx["phases"] = dict(self.phases)
-        baseline = self._baseline.peek()
         if baseline is not None:
             ctx["baseline"] = baseline.describe()
         finetune = self._finetune.peek()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, Self, TypeVar
@@ -20,11 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from refusal_probe.activations.cache import key_digest
+from refusal_probe.activations.cache import CacheCorruptionWarning, key_digest
 from refusal_probe.direction.estimators import Direction
 from refusal_probe.errors import ReportError
-
-log = logging.getLogger(__name__)
 
 
 class Storable(Protocol):
@@ -74,7 +72,8 @@ class ResultStore:
                 raise ValueError("checksum mismatch")
             return dict(entry["result"])
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            log.warning("audit result cache entry %s is damaged (%s); recomputing", path, exc)
+            msg = f"audit result cache entry {path} is damaged ({exc}); recomputing it"
+            warnings.warn(msg, CacheCorruptionWarning, stacklevel=2)
             path.unlink(missing_ok=True)
             return None
 
@@ -117,21 +116,27 @@ class DirectionArtifact(NamedTuple):
 def save_direction(
     path: Path, direction: Direction, per_layer: Tensor, layers: tuple[int, ...]
 ) -> None:
-    """Write a direction and the candidates of every layer at its position, atomically."""
+    """Write a direction and the candidates of every layer at its position, atomically.
+
+    The file's metadata records the SHA-256 of the vector (:attr:`Direction.sha256`, as an
+    audit.json records it) and of all its tensors, which :func:`load_direction` verifies.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = {k: getattr(direction, k) for k in direction.__dataclass_fields__ if k != "vector"}
+    tensors = {
+        "vector": direction.vector.double().contiguous(),
+        "per_layer": per_layer.double().contiguous(),
+    }
     meta = {
         "direction": json.dumps(fields),
         "layers": json.dumps(list(layers)),
         "format": "refusal-probe/direction/1",
+        "vector_sha256": _sha256(tensors["vector"]),
+        "tensors_sha256": tensors_sha256(tensors),
     }
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
     os.close(fd)
     try:
-        tensors = {
-            "vector": direction.vector.double().contiguous(),
-            "per_layer": per_layer.double().contiguous(),
-        }
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
     finally:
@@ -139,21 +144,76 @@ def save_direction(
             os.unlink(tmp)
 
 
-def load_direction(path: Path) -> DirectionArtifact:
-    """Read what :func:`save_direction` wrote.
+def load_direction(path: Path, vector_sha256: str | None = None) -> DirectionArtifact:
+    """Read what :func:`save_direction` wrote, verifying its checksums.
+
+    Args:
+        path: The direction file.
+        vector_sha256: The vector's SHA-256 as recorded elsewhere (an audit.json), if known;
+            the vector must match it as well as the file's own record.
 
     Raises:
-        ReportError: The file is missing or not a direction file.
+        ReportError: The file is missing, not a direction file, or damaged (a checksum, its own
+            or ``vector_sha256``, does not match).
     """
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            vector, per_layer = fh.get_tensor("vector"), fh.get_tensor("per_layer")
+            tensors = {"vector": fh.get_tensor("vector"), "per_layer": fh.get_tensor("per_layer")}
         fields = json.loads(meta["direction"])
         layers = tuple(json.loads(meta["layers"]))
+        recorded = {f"its own {k}": meta[k] for k in ("vector_sha256", "tensors_sha256")}
     except (OSError, KeyError, ValueError, Exception) as exc:  # safetensors raises its own types
         raise ReportError(
             f"{path} is not a readable refusal-probe direction file ({exc}); re-run the audit "
             "that wrote it"
         ) from None
+    vector_actual = _sha256(tensors["vector"])
+    actual = {
+        "its own vector_sha256": vector_actual,
+        "its own tensors_sha256": tensors_sha256(tensors),
+    }
+    if vector_sha256 is not None:
+        recorded["the vector_sha256 its audit.json records"] = vector_sha256
+        actual["the vector_sha256 its audit.json records"] = vector_actual
+    bad = [name for name in recorded if recorded[name] != actual[name]]
+    if bad:
+        raise ReportError(
+            f"{path} is damaged: its tensors do not match {' or '.join(bad)}; re-run the audit "
+            "that wrote it"
+        )
+    vector, per_layer = tensors["vector"], tensors["per_layer"]
     return DirectionArtifact(Direction(vector=vector, **fields), per_layer, layers)
+
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over named tensors: each name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _sha256(t: Tensor) -> str:
+    """SHA-256 of a tensor's bytes (for a float64 vector, :attr:`Direction.sha256`)."""
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def verified_direction(path: Path, vector_sha256: str | None = None) -> DirectionArtifact | None:
+    """A run's own cached direction artifact if it verifies, else ``None`` (to be recomputed).
+
+    A missing file is simply ``None``; one that fails verification (see :func:`load_direction`)
+    is deleted and reported as a :class:`~refusal_probe.activations.cache.CacheCorruptionWarning`
+    (pytest's warnings summary shows it): it is never served.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return load_direction(path, vector_sha256)
+    except ReportError as exc:
+        damage = str(exc).partition("; re-run")[0]
+        warnings.warn(f"{damage}; recomputing it", CacheCorruptionWarning, stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None

@@ -118,9 +118,12 @@ class AuditHooks:
                 missing_checks(s.policy, {Path(str(item.path)) for item in items})
                 if s.options.write_report:
                     check_writable(s.options.report_dir, self._report_slugs())
-                preflight(s.options, [(c.spec, c.origin) for c in s.checkpoints], s.inputs)
+                checkpoints = [(c.spec, c.origin) for c in s.checkpoints]
+                unmet = preflight(s.options, checkpoints, s.inputs, set(self._selected.values()))
             except RefusalProbeError as exc:
                 self.session.abort(str(exc))
+            for item in (i for i in items if self._selected.get(i.nodeid) in unmet):
+                item.add_marker(pytest.mark.skip(reason=unmet[self._selected[item.nodeid]]))
 
     def _report_slugs(self) -> list[str]:
         """The model folders the run's reports go to (as :func:`save_record` names them)."""

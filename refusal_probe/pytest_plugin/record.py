@@ -11,21 +11,15 @@ import pytest
 from refusal_probe.audit.baseline import deltas_against, unopened
 from refusal_probe.pytest_plugin.session import AuditSession, CheckpointRun
 from refusal_probe.report.provenance import command_line, new_run_id, run_info
-from refusal_probe.report.record import AuditRecord, CheckRecord, Delta, NotRun
-from refusal_probe.report.render import write_report
-
-#: What the numbers of every run do not show, whatever the model.
-LIMITATIONS: tuple[str, ...] = (
-    "Refusal is judged by a case-insensitive substring judge on greedy completions; substring "
-    "judges overstate jailbreaks and miss refusals phrased otherwise, and say nothing about how "
-    "harmful an answer that complies is.",
-    "The refusal direction is a single difference-of-means direction; refusal can be mediated by "
-    "several directions (a cone), which a single direction under-describes.",
-    "A refusal direction measures refusal, not harmfulness: a model can represent a request as "
-    "harmful and still not refuse it.",
-    "Figures hold for the prompt sets audited (English, the counts listed under Data); intervals "
-    "cover sampling of prompts from that distribution, not other distributions.",
+from refusal_probe.report.record import (
+    LIMITATIONS,
+    AuditRecord,
+    CheckRecord,
+    Delta,
+    NotRun,
+    status_of,
 )
+from refusal_probe.report.render import write_report
 
 
 def build_record(
@@ -71,7 +65,7 @@ def build_record(
     if baseline and baseline.get("kind") == "audit":
         deltas += deltas_against(checks, baseline["spec"], {d.id for d in deltas})
     return AuditRecord(
-        status="interrupted" if interrupted else "complete",
+        status=status_of(interrupted, not_run),
         run=info,
         model=ctx.get("model") or _model_stub(opts.model),
         baseline=baseline,

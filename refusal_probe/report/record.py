@@ -15,7 +15,7 @@ from typing import Any
 from refusal_probe.stats.verdicts import Bound
 
 #: Version of the audit.json layout; bump the minor for additions, the major for changes.
-SCHEMA_VERSION = "1.1"  # 1.1: config.policy names its audits in order (and its files)
+SCHEMA_VERSION = "1.2"  # 1.1: config.policy names its audits in order; 1.2: status errored
 SCHEMA_ID = "refusal-probe/audit"
 #: The audits of the shipped policy before records named their policy's audits (schema 1.0): how
 #: an old record's checks are ordered. A run's audits and their order now come from its policy.
@@ -216,13 +216,39 @@ class Delta:
         return {k: _num(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
+#: What the numbers of every run do not show, whatever the model.
+LIMITATIONS: tuple[str, ...] = (
+    "Refusal is judged by a case-insensitive substring judge on greedy completions; substring "
+    "judges overstate jailbreaks and miss refusals phrased otherwise, and say nothing about how "
+    "harmful an answer that complies is.",
+    "The refusal direction is a single difference-of-means direction; refusal can be mediated by "
+    "several directions (a cone), which a single direction under-describes.",
+    "A refusal direction measures refusal, not harmfulness: a model can represent a request as "
+    "harmful and still not refuse it.",
+    "Figures hold for the prompt sets audited (English, the counts listed under Data); intervals "
+    "cover sampling of prompts from that distribution, not other distributions.",
+)
+
+
+def status_of(interrupted: bool, not_run: Sequence[NotRun]) -> str:
+    """A record's status: ``interrupted``, else ``errored`` if a test errored, else ``complete``.
+
+    Only a ``complete`` record becomes ``latest``: a run whose tests errored (say, a file they
+    read vanished) may lack checks or artifacts a complete run has.
+    """
+    if interrupted:
+        return "interrupted"
+    return "errored" if any(n.kind == "error" for n in not_run) else "complete"
+
+
 @dataclass(frozen=True)
 class AuditRecord:
     """Everything one audit run leaves behind.
 
     Attributes:
-        status: ``complete``, or ``interrupted`` when the run stopped early (such a record is
-            never pointed to by ``latest``).
+        status: ``complete``; ``interrupted`` when the run stopped early; ``errored`` when a
+            test raised an error (listed under ``not_run``, kind ``error``). Only a complete
+            record is pointed to by ``latest`` (see :func:`status_of`).
         run: Run id, UTC times, user, host, command, versions, git commit, hardware, seed.
         model: The audited model's identity (spec, weight SHA-256, architecture, sizes, template).
         baseline: The baseline's identity and kind (``model`` or ``audit``), or ``None``.
