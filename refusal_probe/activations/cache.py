@@ -75,6 +75,18 @@ def _checksum(tensors: dict[str, torch.Tensor], data: str = "") -> str:
     return h.hexdigest()
 
 
+def save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file whole or not at all: a temporary file beside it, then a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 class TensorCache:
     """Tensors on disk under ``root/<namespace>/<digest>.safetensors``."""
 
@@ -106,14 +118,7 @@ class TensorCache:
             "key": json.dumps(key, sort_keys=True, default=str),
         }
         path = self.path(key_digest(key))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.dir)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_atomic(tensors, path, meta)
         return path
 
     def load(self, key: dict[str, Any], kind: type[Value]) -> Value | None:

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from refusal_probe.activations.cache import CacheCorruptionWarning, key_digest
+from refusal_probe.activations.cache import CacheCorruptionWarning, key_digest, save_atomic
 from refusal_probe.direction.estimators import Direction
 from refusal_probe.errors import ReportError
 
@@ -134,14 +133,7 @@ def save_direction(
         "vector_sha256": _sha256(tensors["vector"]),
         "tensors_sha256": tensors_sha256(tensors),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_atomic(tensors, path, meta)
 
 
 def load_direction(path: Path, vector_sha256: str | None = None) -> DirectionArtifact:
