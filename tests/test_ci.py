@@ -19,11 +19,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 from planted import write_fixtures
+from test_trend import check, record
 
 from refusal_probe.audit.policy import load_policy
 from refusal_probe.audit.required import parse_required, unmet
 from refusal_probe.errors import PolicyError
 from refusal_probe.model.loading import LoadOptions, load_model
+from refusal_probe.report.ci import RunOutcome, environment, suite_properties, worst
 from refusal_probe.report.schema import load_schema
 from refusal_probe.report.series import natural_key, runs_in
 from refusal_probe.testing import make_tiny_model
@@ -305,3 +307,26 @@ def test_runs_in_prefers_the_newest_complete_run(tmp_path: Path) -> None:
     got = [(p.parent.name, p.name[-6:]) for p in runs_in(tmp_path)]
     assert got == [("step-9", "cccccc"), ("step-10", "aaaaaa")]
     assert sorted(["b10", "b9", "a"], key=natural_key) == ["a", "b9", "b10"]
+
+
+def test_a_series_names_each_checkpoint_in_the_suite_properties() -> None:
+    a = record("ck/step-1", "20260101T000000Z-aaaaaa", check("demo.rate", 0.95, "pass"))
+    b = record("ck/step-2", "20260101T000000Z-bbbbbb", check("demo.rate", 0.5, "fail"))
+    outcomes = [
+        RunOutcome("step-1", "ck/step-1", a, Path("r/step-1/run")),
+        RunOutcome("step-2", "ck/step-2", b, None, ("demo.cost (skipped: no data)",)),
+        RunOutcome("step-3", "ck/step-3", None),
+    ]
+    props = suite_properties(outcomes, Path("r/trend/t"))
+    assert len(props) == len(dict(props))  # no name twice
+    p = dict(props)
+    assert p["refusal_probe.verdict"] == "fail"
+    assert p["refusal_probe.trend"] == str(Path("r/trend/t/index.html"))
+    assert p["refusal_probe.step-1.report"] == str(Path("r/step-1/run/index.html"))
+    assert p["refusal_probe.step-1.fingerprint"] == "ck/step-1"[-16:]
+    assert p["refusal_probe.step-2.unmet_required"] == "demo.cost (skipped: no data)"
+    assert "refusal_probe.step-2.report" not in p and p["refusal_probe.step-3.model"] == "ck/step-3"
+    rows = environment(outcomes)
+    assert rows["step-2: Audit verdict"] == "fail" and rows["step-1: Model"] == "ck/step-1"
+    assert worst(["pass", "inconclusive"]) == "inconclusive" and worst([]) == "not_run"
+    assert dict(suite_properties(outcomes[:1]))["refusal_probe.verdict"] == "pass"
