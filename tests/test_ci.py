@@ -197,6 +197,18 @@ def test_an_unknown_required_check_stops_before_any_test(
     assert "Traceback" not in r.stderr.str() and not (pytester.path / "reports").exists()
 
 
+def test_audit_help_lists_the_option_and_the_exit_codes() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "refusal_probe", "audit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--require-checks" in out and "exit codes" in out
+    codes = re.findall(r"^  ([0-9])  ", out, flags=re.M)
+    assert codes == ["0", "1", "2", "3", "4", "5"]
+
+
 def test_pytests_own_strict_is_left_alone(pytester: pytest.Pytester, env: dict[str, Path]) -> None:
     args = project(pytester, env, cost=COST_RUNS, v=0.9)  # 0.9 [0.87, 0.93] straddles 0.9
     r = pytester.runpytest(*args, "--strict")

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml  # installed with transformers, a dependency
 
 from refusal_probe.__main__ import parser as cli_parser
-
-yaml = pytest.importorskip("yaml")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "ci"
 
