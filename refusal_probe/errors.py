@@ -43,6 +43,10 @@ class PolicyError(RefusalProbeError):
     """The audit policy file has an unknown key or a bad value."""
 
 
+class OptionError(RefusalProbeError):
+    """A command-line option, or a file it names, is wrong (the plugin makes it a usage error)."""
+
+
 class ReportError(RefusalProbeError):
     """An audit record could not be read, validated or written."""
 
