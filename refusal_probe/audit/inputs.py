@@ -21,6 +21,7 @@ from refusal_probe.audit.baseline import (
     is_audit,
     spec_config,
 )
+from refusal_probe.audit.circuit import MIN_PAIRS
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy
 from refusal_probe.audit.prompt_inputs import (
@@ -151,17 +152,25 @@ def unmet_needs(fixtures: Fixtures, audits: Iterable[str], options: AuditOptions
         "harmless": fixtures.harmless.counts(),
         "pairs": {s: len(fixtures.pairs_in(s)) for s in sets.SPLITS},
     }
-    if not have["pairs"]["test"]:  # built from the test prompts of equal token length
-        have["pairs"]["test"] = min(have["harmful"]["test"], have["harmless"]["test"])
+    buildable = min(have["harmful"]["test"], have["harmless"]["test"])
+    if not have["pairs"]["test"] and buildable >= MIN_PAIRS:  # paired by token length later
+        have["pairs"]["test"] = buildable
     out = {}
     for audit in audits:
         short = [n for n in needs_of(audit, options) if have[n.kind][n.split] < n.at_least]
         if short:
             n = short[0]
             label = "matched pairs" if n.kind == "pairs" else f"{n.kind} prompts"
+            built = (
+                f" (and {buildable} test prompts per side to pair by token length, where "
+                f"{MIN_PAIRS} are needed)"
+                if n.kind == "pairs"
+                else ""
+            )
             out[audit] = (
                 f"the prompt sets ({fixtures.root}) have {have[n.kind][n.split]} {label} in the "
-                f"{n.split!r} split; the {audit} audit needs at least {n.at_least} to {n.use}"
+                f"{n.split!r} split{built}; the {audit} audit needs at least {n.at_least} to "
+                f"{n.use}"
             )
     return out
 

@@ -378,6 +378,7 @@ class AuditRun(ModelHandle):
             ctx["artifacts"] = {"direction.safetensors": str(self._artifact)}
         direction, baseline = self._direction.peek(), self._baseline.peek()
         limitations = direction.limitations() if direction is not None else []
+        limitations += prompts.limitations() if prompts is not None else []
         if self._identity is not None and self._identity.chat_template == "plain":
             limitations.append(f"The {NO_TEMPLATE_WARNING}.")
         if baseline is not None and self._identity and is_same_model(self._identity, baseline):
