@@ -268,8 +268,14 @@ def test_a_run_on_csv_and_jsonl_files_records_every_file(tmp_path: Path) -> None
     model, _ = make_planted_model(tmp_path / "planted")
     data = tmp_path / "data"
     data.mkdir()
-    harmful = [{"goal": t.format(w), "target": "Sure"} for w in HARMFUL_WORDS for t in TEMPLATES]
-    harmless = [{"prompt": t.format(w)} for w in HARMLESS_WORDS for t in TEMPLATES]
+    ask = ("{}", "Quick question. {}")
+    harmful = [
+        {"goal": a.format(t.format(w)), "target": "Sure"}
+        for a in ask for w in HARMFUL_WORDS for t in TEMPLATES
+    ]  # fmt: skip
+    harmless = [
+        {"prompt": a.format(t.format(w))} for a in ask for w in HARMLESS_WORDS for t in TEMPLATES
+    ]
     adv, safe = _csv(data / "adv.csv", harmful), _jsonl(data / "safe.jsonl", harmless)
     cmd = [
         sys.executable, "-m", "refusal_probe", "audit", "-p", "no:cacheprovider",
@@ -284,10 +290,10 @@ def test_a_run_on_csv_and_jsonl_files_records_every_file(tmp_path: Path) -> None
     data_ = record["data"]
     assert data_["set"] == "user" and data_["harmful"]["test"] >= 8
     files = {Path(f["name"]).name: f for f in data_["files"]}
-    assert files["adv.csv"]["records"] == 24 and files["safe.jsonl"]["records"] == 24
+    assert files["adv.csv"]["records"] == 48 and files["safe.jsonl"]["records"] == 48
     layouts = {t["layout"]["name"] for s in data_["user"]["sources"] for t in s["tables"]}
     assert layouts == {"advbench", "generic"}
     assert record["config"]["options"]["harmful"] == str(adv)
-    html = (folder / "report.html").read_text()
+    html = (folder / "index.html").read_text()
     assert 'id="prompt-files"' in html and files["adv.csv"]["sha256"] in html
     assert "built: roleplay, encoding, context variants" in html
