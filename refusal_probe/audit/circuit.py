@@ -15,6 +15,7 @@ from refusal_probe.errors import PatchingError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.circuit import CircuitResult, localize
 from refusal_probe.prompts.sets import Fixtures, Pair, matched_pairs
+from refusal_probe.prompts.variants import content_sha256, length_matched_pairs
 from refusal_probe.report.record import Figure, rank_curves
 from refusal_probe.stats.intervals import Bootstrap, Interval
 
@@ -24,8 +25,11 @@ CIRCUIT_K = 5
 MIN_PAIRS = 8
 
 
-def matched_test_pairs(model: LoadedModel, fixtures: Fixtures) -> list[Pair]:
+def matched_test_pairs(model: LoadedModel, fixtures: Fixtures, seed: int = 0) -> list[Pair]:
     """The test split's (harmful, harmless) pairs whose prompts have equal token lengths.
+
+    A set without test pairs gets them built: its harmful and harmless test prompts paired by
+    equal token length (:func:`~refusal_probe.prompts.variants.length_matched_pairs`).
 
     Raises:
         PatchingError: Fewer than :data:`MIN_PAIRS` of them under this tokenizer.
@@ -34,14 +38,37 @@ def matched_test_pairs(model: LoadedModel, fixtures: Fixtures) -> list[Pair]:
     def length(text: str) -> int:
         return int(model.chat.encode([text]).attention_mask.sum())
 
-    pairs = matched_pairs(fixtures.pairs_in("test"), length)
+    given = fixtures.pairs_in("test")
+    if given:
+        pairs = matched_pairs(given, length)
+        how = f"of the {len(given)} test pairs in {fixtures.root}"
+        fix = "add pairs.jsonl with harmful and harmless prompts of equal token length"
+    else:
+        pairs = length_matched_pairs(
+            fixtures.harmful.prompts, fixtures.harmless.prompts, length, seed=seed
+        )
+        n_h, n_l = len(fixtures.harmful.split("test")), len(fixtures.harmless.split("test"))
+        how = f"built from the {n_h} harmful and {n_l} harmless test prompts (paired by length)"
+        fix = (
+            "add test prompts of similar length on both sides, or a pairs.jsonl of harmful and "
+            "harmless prompts of equal token length"
+        )
     if len(pairs) < MIN_PAIRS:
         raise PatchingError(
-            f"only {len(pairs)} test pairs have equal token lengths under this tokenizer "
-            f"(need {MIN_PAIRS}); add pairs.jsonl with harmful and harmless prompts of equal "
-            "token length"
+            f"only {len(pairs)} pairs {how} have equal token lengths under this tokenizer "
+            f"(need {MIN_PAIRS}); {fix}"
         )
     return pairs
+
+
+def built_pairs_file(pairs: list[Pair]) -> dict[str, Any]:
+    """The report's data-table row of the pairs built for localization."""
+    return {
+        "name": "built: harmful and harmless test prompts paired by equal token length",
+        "kind": "pairs",
+        "records": len(pairs),
+        "sha256": content_sha256(pairs),
+    }
 
 
 def localize_circuit(model: LoadedModel, pairs: list[Pair], boot: Bootstrap) -> CircuitResult:

@@ -115,8 +115,8 @@ class ModelHandle:
 
     @property
     def fixtures(self) -> Fixtures:
-        """The prompt sets (``--prompts`` or the shipped fixtures), shared by the run."""
-        return self.inputs.fixtures
+        """The prompt sets this model is audited on (the user's, or its default set)."""
+        return self.inputs.fixtures_for(self.options.model)
 
     def release(self) -> None:
         """Drop the loaded model (its results and identity stay); the next use loads it again.

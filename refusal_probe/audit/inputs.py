@@ -21,8 +21,15 @@ from refusal_probe.audit.baseline import (
     is_audit,
     spec_config,
 )
+from refusal_probe.audit.circuit import MIN_PAIRS
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy
+from refusal_probe.audit.prompt_inputs import (
+    ResolvedPrompts,
+    default_set_name,
+    resolve_prompts,
+    user_given,
+)
 from refusal_probe.errors import PolicyError, PromptFileError
 from refusal_probe.model.devices import parse_device_map
 from refusal_probe.prompts import sets
@@ -53,24 +60,38 @@ class RunInputs:
         self.on_fatal = on_fatal
         self.baseline: Baseline | None = None
         self.runs: dict[str, Any] = {}
-        self._fixtures: Fixtures | None = None
+        self._prompts: dict[str, ResolvedPrompts] = {}
+
+    def prompts_for(self, spec: str) -> ResolvedPrompts:
+        """The prompt sets ``spec`` is audited on (see :mod:`~refusal_probe.audit.prompt_inputs`).
+
+        Read once per set: checkpoints on the same default set, or on the user's, share it.
+        """
+        try:
+            held_out = self.options.held_out or not user_given(self.options)
+            name = default_set_name(spec) if held_out else "user"
+            if name not in self._prompts:
+                self._prompts[name] = resolve_prompts(self.options, spec)
+            return self._prompts[name]
+        except PromptFileError as exc:
+            if self.on_fatal is not None:
+                self.on_fatal(str(exc))
+            raise
+
+    def fixtures_for(self, spec: str) -> Fixtures:
+        """The prompt sets of ``spec`` as the engine reads them."""
+        return self.prompts_for(spec).fixtures
 
     @property
     def fixtures(self) -> Fixtures:
-        """The prompt sets (``--prompts`` or the shipped fixtures)."""
-        if self._fixtures is None:
-            try:
-                self._fixtures = sets.load_fixtures(self.options.prompts)
-            except PromptFileError as exc:
-                if self.on_fatal is not None:
-                    self.on_fatal(str(exc))
-                raise
-        return self._fixtures
+        """The prompt sets of the run's (first) model."""
+        return self.fixtures_for(self.options.model)
 
-    @property
-    def fixtures_loaded(self) -> bool:
-        """Whether the prompt sets have been read (so a report can describe them)."""
-        return self._fixtures is not None
+    def loaded_for(self, spec: str) -> ResolvedPrompts | None:
+        """The prompt sets of ``spec`` if they have been read (so a report can describe them)."""
+        if not self._prompts:
+            return None
+        return self.prompts_for(spec)
 
 
 class Need(NamedTuple):
@@ -131,15 +152,25 @@ def unmet_needs(fixtures: Fixtures, audits: Iterable[str], options: AuditOptions
         "harmless": fixtures.harmless.counts(),
         "pairs": {s: len(fixtures.pairs_in(s)) for s in sets.SPLITS},
     }
+    buildable = min(have["harmful"]["test"], have["harmless"]["test"])
+    if not have["pairs"]["test"] and buildable >= MIN_PAIRS:  # paired by token length later
+        have["pairs"]["test"] = buildable
     out = {}
     for audit in audits:
         short = [n for n in needs_of(audit, options) if have[n.kind][n.split] < n.at_least]
         if short:
             n = short[0]
             label = "matched pairs" if n.kind == "pairs" else f"{n.kind} prompts"
+            built = (
+                f" (and {buildable} test prompts per side to pair by token length, where "
+                f"{MIN_PAIRS} are needed)"
+                if n.kind == "pairs"
+                else ""
+            )
             out[audit] = (
                 f"the prompt sets ({fixtures.root}) have {have[n.kind][n.split]} {label} in the "
-                f"{n.split!r} split; the {audit} audit needs at least {n.at_least} to {n.use}"
+                f"{n.split!r} split{built}; the {audit} audit needs at least {n.at_least} to "
+                f"{n.use}"
             )
     return out
 
@@ -172,7 +203,8 @@ def preflight(
             file, or a damaged one.
     """
     configs = [(spec, origin, spec_config(spec, origin)) for spec, origin in checkpoints]
-    inputs.fixtures  # noqa: B018 - raises PromptFileError listing file:line problems
+    # one line for a user's set (PromptSetError), file:line problems for a fixtures folder
+    every = {spec: inputs.fixtures_for(spec) for spec, _ in checkpoints}
     if options.device_map:
         parse_device_map(options.device_map)
     if options.baseline:
@@ -181,7 +213,9 @@ def preflight(
         if "finetune" in audits and is_audit(options.baseline):
             inputs.baseline = AuditBaseline.open(options.baseline)
             inputs.baseline.direction()  # present and verified, or a one-line ReportError
-    unmet = unmet_needs(inputs.fixtures, audits, options)
+    unmet: dict[str, str] = {}
+    for fixtures in every.values():
+        unmet = {**unmet_needs(fixtures, audits, options), **unmet}
     if unmet and len(unmet) == len(set(audits)):
         raise PromptFileError("no selected audit can run: " + "; ".join(unmet.values()))
     return unmet

@@ -35,7 +35,16 @@ class AuditOptions:
         cache_dir: Disk cache of activations and shared results.
         trust_remote_code: Allow a checkpoint's own code to run.
         allow_pickle: Allow pickle weight files.
-        prompts: A prompt folder to audit with instead of the shipped fixtures.
+        prompts: A labelled prompt set to audit with (a folder in the fixtures' schema, a file, a
+            ``datasets`` folder or ``hf:<name>[:<config>][@<split>]``); see
+            :mod:`refusal_probe.audit.prompt_inputs`.
+        harmful: A source read as the harmful side (same forms as ``prompts``).
+        harmless: A source read as the harmless side.
+        held_out: The given sets are the test split only; the direction is fit and selected on
+            the model's default set.
+        text_field: Column holding the request (overrides the recognised layout).
+        label_field: Column saying harmful or harmless.
+        category_field: Column holding the category.
         strict: Inconclusive verdicts count as failures.
         device_map: ``--device-map``: a strategy (``auto``, ``balanced`` ...) or a JSON file that
             spreads the model over several devices (then ``device`` is not used), or ``None``.
@@ -53,15 +62,22 @@ class AuditOptions:
     cache_dir: Path = field(default_factory=default_cache_dir)
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    prompts: Path | None = None
+    prompts: str | None = None
     strict: bool = False
     device_map: str | None = None
+    harmful: str | None = None
+    harmless: str | None = None
+    held_out: bool = False
+    text_field: str | None = None
+    label_field: str | None = None
+    category_field: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths as strings)."""
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-        if d["device_map"] is None:  # records of single-device runs read as they always did
-            del d["device_map"]
+        for k in _UNSET_OMITTED:  # records of runs without these read as they always did
+            if not d[k]:
+                del d[k]
         return d
 
     def sha256(self, policy: Policy) -> str:
@@ -77,6 +93,13 @@ class AuditOptions:
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()
+
+
+#: Options left out of :meth:`AuditOptions.to_dict` while unset (absent from older records).
+_UNSET_OMITTED = (
+    "device_map", "harmful", "harmless", "held_out", "text_field", "label_field",
+    "category_field",
+)
 
 
 def load_options(o: AuditOptions) -> LoadOptions:

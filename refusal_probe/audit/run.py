@@ -52,6 +52,7 @@ from refusal_probe.audit.causal import Causal, validation_config
 from refusal_probe.audit.circuit import (
     CIRCUIT_K,
     Circuit,
+    built_pairs_file,
     localize_circuit,
     matched_test_pairs,
 )
@@ -111,6 +112,7 @@ class AuditRun(ModelHandle):
         super().__init__(model_spec, options, policy, inputs=inputs, on_fatal=on_fatal)
         self.audits = frozenset(audits)
         self._artifact: Path | None = None
+        self._pairs: list[Pair] | None = None
         p = self._phases
         self._completions = Once[Completions]("completions", p)
         self._behaviour = Once[Behaviour]("behaviour", p, stored=True)
@@ -130,7 +132,9 @@ class AuditRun(ModelHandle):
 
     def matched_test_pairs(self) -> list[Pair]:
         """The test split's pairs of equal token length (see :func:`matched_test_pairs`)."""
-        return matched_test_pairs(self.model, self.fixtures)
+        if self._pairs is None:
+            self._pairs = matched_test_pairs(self.model, self.fixtures, self.options.seed)
+        return self._pairs
 
     # --- results -----------------------------------------------------------------------------
 
@@ -365,12 +369,16 @@ class AuditRun(ModelHandle):
         ctx: dict[str, Any] = {}
         if self._identity is not None:
             ctx["model"] = self._identity.to_dict()
-        if self.inputs.fixtures_loaded:
-            ctx["data"] = self.fixtures.summary()
+        prompts = self.inputs.loaded_for(self.options.model)
+        if prompts is not None:
+            ctx["data"] = prompts.summary()
+            if self._pairs is not None and not self.fixtures.pairs_in("test"):
+                ctx["data"]["files"].append(built_pairs_file(self._pairs))
         if self._artifact is not None and self._artifact.is_file():
             ctx["artifacts"] = {"direction.safetensors": str(self._artifact)}
         direction, baseline = self._direction.peek(), self._baseline.peek()
         limitations = direction.limitations() if direction is not None else []
+        limitations += prompts.limitations() if prompts is not None else []
         if self._identity is not None and self._identity.chat_template == "plain":
             limitations.append(f"The {NO_TEMPLATE_WARNING}.")
         if baseline is not None and self._identity and is_same_model(self._identity, baseline):

@@ -224,7 +224,9 @@ class FamilyBuilder:
         figures = evaluate.measure(model, self.tokenizer, self.prompts).as_dict()
         self.figures[name] = figures
         record = {
-            "name": name, "parent": parent, "seed": self.recipe.seed, "stages": stages,
+            # the audits' default prompt set for this model: the grammar set it was trained on
+            "name": name, "prompt_set": "grammar", "parent": parent, "seed": self.recipe.seed,
+            "stages": stages,
             "recipe": asdict(self.recipe), "training_seconds": round(seconds, 1),
             "evaluation_seconds": round(time.perf_counter() - start, 1),
             "parameters": sum(p.numel() for p in model.parameters()),

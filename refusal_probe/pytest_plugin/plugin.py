@@ -21,6 +21,7 @@ import pytest
 from refusal_probe.audit.checkpoints import resolve_checkpoints
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import DEFAULT_POLICY
+from refusal_probe.audit.prompt_inputs import HELD_OUT_HELP, PROMPT_OPTION_DESTS, PROMPT_OPTIONS
 from refusal_probe.audit.required import parse_required
 from refusal_probe.errors import ModelLoadError, OptionError, PolicyError
 from refusal_probe.model.devices import worker_device
@@ -111,7 +112,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="allow pickle weight files (.bin/.pt), which can run code when loaded",
     )
-    g.addoption("--prompts", metavar="DIR", default=None, help="audit with your own prompt folder")
+    for flag, metavar, help_text in PROMPT_OPTIONS:
+        g.addoption(flag, metavar=metavar, default=None, help=help_text)
+    g.addoption("--held-out", action="store_true", default=False, help=HELD_OUT_HELP)
     g.addoption(
         "--strict-verdicts",
         action="store_true",
@@ -194,16 +197,10 @@ def resolve_options(config: pytest.Config) -> AuditOptions:
             policy = DEFAULT_POLICY
     report_dir = Path(opt("--report-dir") or root / config.getini("audit_report_dir"))
     strict = bool(opt("strict_verdicts") or config.getini("audit_strict"))
-    prompts = opt("--prompts")
     if opt("device_map") and opt("--device"):
         raise pytest.UsageError(
             f"--device {opt('--device')} and --device-map {opt('device_map')}: a device map "
             "places every layer itself; pass one of the two"
-        )
-    if prompts is not None and not Path(prompts).is_dir():
-        raise pytest.UsageError(
-            f"--prompts {prompts}: not a folder; pass a folder with harmful.jsonl and "
-            "harmless.jsonl"
         )
     models = opt("--model")
     try:
@@ -223,9 +220,10 @@ def resolve_options(config: pytest.Config) -> AuditOptions:
         cache_dir=Path(opt("cache_dir") or default_cache_dir()),
         trust_remote_code=bool(opt("trust_remote_code")),
         allow_pickle=bool(opt("allow_pickle")),
-        prompts=Path(prompts) if prompts else None,
         strict=strict,
         device_map=opt("device_map"),
+        held_out=bool(opt("held_out")),
+        **{dest: opt(dest) for dest in PROMPT_OPTION_DESTS},
     )
 
 
