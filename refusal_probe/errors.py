@@ -7,6 +7,10 @@ class RefusalProbeError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
+class OptionError(RefusalProbeError):
+    """A command-line option, or a file it names, is wrong (the run stops before any test)."""
+
+
 class ModelLoadError(RefusalProbeError):
     """A model spec could not be resolved or loaded safely."""
 

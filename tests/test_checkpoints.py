@@ -15,8 +15,9 @@ import pytest
 from planted import write_fixtures
 from test_plugin import POLICY  # the same demo policy as the single-model plugin tests
 
+from refusal_probe.audit.checkpoints import read_models_file, resolve_checkpoints
+from refusal_probe.errors import OptionError
 from refusal_probe.model.loading import LoadOptions, load_model
-from refusal_probe.pytest_plugin.checkpoints import read_models_file, resolve_checkpoints
 from refusal_probe.testing import make_tiny_model
 
 # Counts loads in the inner run (and undoes the patch, since in-process runs share modules).
@@ -255,12 +256,12 @@ def test_models_files_skip_comments_and_read_paths_beside_the_file(tmp_path: Pat
         ("keep#this", f"{f}:5:"),  # a # inside a spec is not a comment
     ]
     f.write_text("# nothing\n\n")
-    with pytest.raises(pytest.UsageError, match=r"lists no checkpoint"):
+    with pytest.raises(OptionError, match=r"lists no checkpoint"):
         read_models_file(f)
     cps = resolve_checkpoints(["runs/a/ck", "runs/b/ck"], None, "organism-chat")
     assert [(c.label, c.origin) for c in cps] == [("a-ck", "--model"), ("b-ck", "--model")]
     assert [c.spec for c in resolve_checkpoints(None, None, "organism-chat")] == ["organism-chat"]
-    with pytest.raises(pytest.UsageError, match="already given at --model"):
+    with pytest.raises(OptionError, match="already given at --model"):
         resolve_checkpoints(["organism-chat", "organism-chat"], None, "x")
 
 

@@ -13,11 +13,8 @@ each test ``xdist_group(<label>)`` and, under ``-n N --dist loadgroup``, schedul
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import Sequence
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +24,7 @@ from refusal_probe.audit.inputs import missing_checks, preflight
 from refusal_probe.errors import PolicyError, RefusalProbeError
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
-from refusal_probe.report.plots import render_figure
-from refusal_probe.report.record import Figure
+from refusal_probe.report.extras import html_extras
 from refusal_probe.report.render import check_writable, model_slug
 from refusal_probe.report.trend import SeriesItem, build_trend, write_trend
 from refusal_probe.stats.verdicts import Bound
@@ -170,7 +166,7 @@ class AuditHooks:
             if checks and found is not None:
                 report.audit_context = found.context()
             if checks:
-                report.extras = list(getattr(report, "extras", [])) + _html_extras(checks)
+                report.extras = list(getattr(report, "extras", [])) + html_extras(checks)
         return report
 
     @pytest.hookimpl(tryfirst=True)
@@ -341,28 +337,3 @@ def _error_line(report: pytest.TestReport) -> str:
         return str(crash.message).splitlines()[0][:300]
     lines = [ln for ln in report.longreprtext.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "unknown error"
-
-
-def _html_extras(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """pytest-html extras: a verdict line per check and its figures as base64 SVG images."""
-
-    def extra(name: str, kind: str, mime: str | None, ext: str | None, content: str) -> dict:
-        keys = ("name", "format_type", "mime_type", "extension", "content")
-        return dict(zip(keys, (name, kind, mime, ext, content), strict=True))
-
-    out: list[dict[str, Any]] = []
-    for c in checks:
-        line = (
-            f'<div class="refusal-probe-check" data-check-id="{escape(c["id"])}">'
-            f"<b>{escape(c['verdict'].upper())}</b> {escape(c['message'])}</div>"
-        )
-        out.append(extra(c["id"], "html", None, None, line))
-        for f in c["figures"]:
-            svg = render_figure(Figure.from_dict(f))
-            if svg:
-                svg64 = base64.b64encode(svg.encode()).decode()
-                out.append(extra(f["title"], "image", "image/svg+xml", "svg", svg64))
-            else:
-                data = json.dumps(f["data"])
-                out.append(extra(f["title"], "json", "application/json", "json", data))
-    return out

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from refusal_probe.audit.checkpoints import resolve_checkpoints
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import DEFAULT_POLICY
-from refusal_probe.errors import ModelLoadError, PolicyError
+from refusal_probe.errors import ModelLoadError, OptionError, PolicyError
 from refusal_probe.model.devices import worker_device
 from refusal_probe.model.loading import DEFAULT_MODEL, default_cache_dir
 from refusal_probe.pytest_plugin import fixtures as fixtures_module
-from refusal_probe.pytest_plugin.checkpoints import resolve_checkpoints
 from refusal_probe.pytest_plugin.hooks import AuditHooks
 from refusal_probe.pytest_plugin.session import SESSION_KEY, AuditSession
 
@@ -141,13 +141,13 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(threads)
-    checkpoints = resolve_checkpoints(
-        config.getoption("--model"), config.getoption("models_file"), options.model
-    )
-    session = AuditSession(replace(options, model=checkpoints[0].spec), checkpoints)
     try:
+        checkpoints = resolve_checkpoints(
+            config.getoption("--model"), config.getoption("models_file"), options.model
+        )
+        session = AuditSession(replace(options, model=checkpoints[0].spec), checkpoints)
         policy = session.policy  # the registry of audits: a bad file stops the run at once
-    except PolicyError as exc:
+    except (OptionError, PolicyError) as exc:
         raise pytest.UsageError(str(exc)) from None
     markers = {a.name: a.description or f"the {a.name} audit" for a in policy.audits}
     for name, text in {**markers, "xdist_group": _XDIST_GROUP}.items():

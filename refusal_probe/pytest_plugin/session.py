@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from refusal_probe.audit.checkpoints import Checkpoint
 from refusal_probe.audit.inputs import RunInputs
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy, load_policy
 from refusal_probe.audit.run import AuditRun
-from refusal_probe.pytest_plugin.checkpoints import Checkpoint
 from refusal_probe.report.record import AuditRecord
 from refusal_probe.report.render import model_slug
 

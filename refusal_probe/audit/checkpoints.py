@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
+from refusal_probe.errors import OptionError
 from refusal_probe.report.render import model_slugs
 
 _COMMENT = re.compile(r"(^|\s)#.*$")
@@ -48,24 +47,24 @@ def read_models_file(path: str | Path) -> list[tuple[str, str]]:
     """The ``(spec, origin)`` entries of a models file, in order (see the module docstring).
 
     Raises:
-        pytest.UsageError: The file is missing, unreadable or lists no checkpoint.
+        OptionError: The file is missing, unreadable or lists no checkpoint.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise pytest.UsageError(
+        raise OptionError(
             f"--models-file {path}: no such file; pass a text file with one checkpoint per line"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise pytest.UsageError(f"--models-file {path}: cannot read it ({exc})") from None
+        raise OptionError(f"--models-file {path}: cannot read it ({exc})") from None
     entries = []
     for n, line in enumerate(text.splitlines(), start=1):
         spec = _COMMENT.sub("", line).strip()
         if spec:
             entries.append((_relative_to(spec, path.parent), f"{path}:{n}:"))
     if not entries:
-        raise pytest.UsageError(
+        raise OptionError(
             f"--models-file {path}: lists no checkpoint (only blank lines and # comments); put "
             "one model spec per line"
         )
@@ -91,7 +90,7 @@ def resolve_checkpoints(
         default: The model audited when neither option is given (the ini ``audit_model``).
 
     Raises:
-        pytest.UsageError: A checkpoint is given twice (naming both places), or the models file is
+        OptionError: A checkpoint is given twice (naming both places), or the models file is
             bad.
     """
     entries = [(m, "--model") for m in models or ()]
@@ -103,7 +102,7 @@ def resolve_checkpoints(
     for spec, origin in entries:
         key = str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else spec
         if key in first:
-            raise pytest.UsageError(
+            raise OptionError(
                 f"{origin.rstrip(':')}: checkpoint {spec!r} is already given at "
                 f"{first[key].rstrip(':')}; list each checkpoint once"
             )
