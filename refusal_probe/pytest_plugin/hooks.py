@@ -24,6 +24,7 @@ from refusal_probe.audit.inputs import missing_checks, preflight
 from refusal_probe.errors import PolicyError, RefusalProbeError
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
+from refusal_probe.pytest_plugin.terminal import terminal_progress
 from refusal_probe.report.extras import html_extras
 from refusal_probe.report.render import check_writable, model_slug
 from refusal_probe.report.trend import SeriesItem, build_trend, write_trend
@@ -137,6 +138,12 @@ class AuditHooks:
                 self.session.run_for(checkpoint_of(item, self.session)).not_run.append(
                     _not_run(item.nodeid, audit, "deselected", "deselected (-k/-m)")
                 )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        """Show the engine's progress on the terminal while the tests run."""
+        with terminal_progress(self.config):
+            return (yield)
 
     # --- per test ----------------------------------------------------------------------------
 
