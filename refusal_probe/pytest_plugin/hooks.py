@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from refusal_probe.audit.inputs import missing_checks, preflight
-from refusal_probe.errors import PolicyError, RefusalProbeError
+from refusal_probe.errors import RefusalProbeError
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.pytest_plugin.terminal import terminal_progress
@@ -158,8 +158,10 @@ class AuditHooks:
             or audit_of(item, self.audits)
             or next((c["audit"] for c in checks), None)
         )
-        if call.excinfo is not None and call.excinfo.errisinstance(PolicyError):
-            report.longrepr = f"PolicyError: {call.excinfo.value}"  # one line names the fix
+        if call.excinfo is not None and call.excinfo.errisinstance(RefusalProbeError):
+            # Our errors name the fix in one line; the traceback only under --full-trace or -vv.
+            if not (self.config.option.fulltrace or self.config.get_verbosity() >= 2):
+                report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
         if not audit:
             return report
         spec = self._checkpoint.get(item.nodeid) or checkpoint_of(item, self.session)
