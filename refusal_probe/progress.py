@@ -46,8 +46,8 @@ class Reporter(Protocol):
     def open(self, name: str, total: float | None, unit: str, scale: float) -> Bar:
         """Start a task (``total=None``: a phase, a step without a count)."""
 
-    def close(self, bar: Bar) -> None:
-        """End a task opened by :meth:`open` (also when its loop raised)."""
+    def close(self, bar: Bar, failed: bool = False) -> None:
+        """End a task opened by :meth:`open` (``failed``: its loop raised)."""
 
 
 class _Silent:
@@ -59,7 +59,7 @@ class _Silent:
     def open(self, name: str, total: float | None, unit: str, scale: float) -> Bar:
         return self
 
-    def close(self, bar: Bar) -> None:
+    def close(self, bar: Bar, failed: bool = False) -> None:
         """Nothing to close."""
 
 
@@ -85,8 +85,10 @@ def task(
     bar = reporter.open(name, total, unit, scale)
     try:
         yield bar
-    finally:
-        reporter.close(bar)
+    except BaseException:
+        reporter.close(bar, failed=True)
+        raise
+    reporter.close(bar)
 
 
 @contextmanager
@@ -96,8 +98,10 @@ def phase(name: str) -> Iterator[None]:
     bar = reporter.open(name, None, "", 1.0)
     try:
         yield
-    finally:
-        reporter.close(bar)
+    except BaseException:
+        reporter.close(bar, failed=True)
+        raise
+    reporter.close(bar)
 
 
 @contextmanager
@@ -187,13 +191,15 @@ class TerminalProgress:
         )
         return self._bar  # type: ignore[no-any-return]
 
-    def close(self, bar: Bar) -> None:
+    def close(self, bar: Bar, failed: bool = False) -> None:
         """The closing line of a task that took long enough, or of a phase."""
         if isinstance(bar, _Phase) and self._phases and self._phases[-1][0] == bar.name:
             name, start = self._phases.pop()
-            seconds = time.monotonic() - start
-            if seconds >= self.min_seconds:
-                self._line(f"{name} done in {tqdm.format_interval(seconds)}")
+            took = tqdm.format_interval(time.monotonic() - start)
+            if failed:
+                self._line(f"{name} stopped after {took}")
+            elif time.monotonic() - start >= self.min_seconds:
+                self._line(f"{name} done in {took}")
         elif bar is self._bar and bar is not None:
             self._bar = None
             if time.time() - bar.start_t >= self.min_seconds and not bar.disable:  # tqdm's clock

@@ -86,7 +86,11 @@ def test_a_task_that_raises_still_closes() -> None:
             raise ValueError("boom")
     with reporting(reporter), progress.task("next", 1, "prompt") as bar:
         bar.update(1)  # the failed task does not hold the terminal
-    assert "capture: 1/4" in out.getvalue() and "next: 1/1" in out.getvalue()
+    with reporting(reporter), pytest.raises(ValueError), progress.phase("loading x"):
+        raise ValueError("damaged weights")
+    text = out.getvalue()
+    assert "capture: 1/4" in text and "next: 1/1" in text
+    assert "refusal-probe: loading x stopped after 00:00" in text and "x done" not in text
 
 
 # --- through pytest ------------------------------------------------------------------------------
