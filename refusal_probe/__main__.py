@@ -4,7 +4,8 @@
   ``--baseline``, ``--policy``, ``-k`` ... pass straight through) and prints where the report is.
 * ``compare A B [-o OUT]`` writes an HTML page comparing two runs' ``audit.json`` files.
 * ``trend A B C ... [--report-dir DIR]`` writes the trend page of a series of runs' ``audit.json``
-  files, in the order given (``DIR/trend/<run-id>/index.html`` and ``trend.json``).
+  files, in the order given (``DIR/trend/<run-id>/index.html`` and ``trend.json``); a reports
+  folder that separate jobs audited into stands for each checkpoint's newest run.
 * ``info --model SPEC`` loads a model and prints its identity (weights hash, architecture, sizes,
   chat template).
 """
@@ -22,6 +23,17 @@ from refusal_probe.errors import RefusalProbeError
 from refusal_probe.resources import AUDITS_DIR
 
 PLUGIN = "refusal_probe.pytest_plugin.plugin"
+EXIT_CODES = """
+exit codes (pytest's):
+  0  every check that ran passed (or was inconclusive; --strict-verdicts fails those), and every
+     check --require-checks names ran
+  1  a check failed, a required check did not run, a test errored, or the report was not written
+  2  interrupted (Ctrl-C: the report of what finished is written), or pytest refused its own
+     command line
+  3  internal error
+  4  usage error before any test (bad --model, --policy, --prompts, --baseline, --require-checks,
+     an unwritable report folder ...): one line, no report
+  5  no test was collected"""
 
 
 def default_audits_dir() -> Path:
@@ -82,6 +94,7 @@ def audit_help() -> int:
         )
         print("\n" + "\n".join(lines[start:end]).rstrip())
     print("\nAny other pytest option (-k, -m, -x, --html, --junitxml, ...) passes through.")
+    print(EXIT_CODES)
     return 0
 
 
@@ -107,10 +120,12 @@ def cmd_compare(a: str, b: str, out: str | None) -> int:
 
 def cmd_trend(paths: list[str], report_dir: str) -> int:
     """Write the trend page of a series of runs and print where it is."""
+    from refusal_probe.report.series import expand_runs
     from refusal_probe.report.trend import trend_files
 
-    folder = trend_files(paths, report_dir)
-    print(f"trend of {len(paths)} checkpoints: {folder / 'index.html'}")
+    runs = expand_runs(paths)  # a reports folder stands for the newest run of each checkpoint
+    folder = trend_files(runs, report_dir)
+    print(f"trend of {len(runs)} checkpoints: {folder / 'index.html'}")
     return 0
 
 
@@ -173,9 +188,14 @@ def parser() -> argparse.ArgumentParser:
         "trend",
         help="plot every check against a series of runs (checkpoints)",
         description="Write the trend page of a series of runs: their audit.json files (or run "
-        "folders), in series order.",
+        "folders), in series order, or a reports folder that separate jobs audited into (the "
+        "newest complete run of each checkpoint, in natural order of the model specs).",
     )
-    t.add_argument("runs", nargs="+", help="audit.json files or run folders, in series order")
+    t.add_argument(
+        "runs",
+        nargs="+",
+        help="audit.json files or run folders in series order, or a reports folder",
+    )
     t.add_argument(
         "--report-dir",
         default="reports",

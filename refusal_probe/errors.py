@@ -7,10 +7,6 @@ class RefusalProbeError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
-class OptionError(RefusalProbeError):
-    """A command-line option, or a file it names, is wrong (the run stops before any test)."""
-
-
 class ModelLoadError(RefusalProbeError):
     """A model spec could not be resolved or loaded safely."""
 
@@ -45,6 +41,10 @@ class PatchingError(RefusalProbeError):
 
 class PolicyError(RefusalProbeError):
     """The audit policy file has an unknown key or a bad value."""
+
+
+class OptionError(RefusalProbeError):
+    """A command-line option, or a file it names, is wrong (the plugin makes it a usage error)."""
 
 
 class ReportError(RefusalProbeError):

@@ -27,6 +27,7 @@ from refusal_probe.stats import (
     bootstrap_mean,
     decide,
     paired_difference,
+    paired_rate_difference,
     rate_difference,
     separation,
     tpr_at_fpr,
@@ -69,6 +70,30 @@ def test_paired_difference_covers_the_true_change():
         after = before & (rng.random(60) < 0.5)  # half of the refusals removed: change -0.45
         hits.append(_covers(paired_difference(after, before, Bootstrap(B_SIM, seed=i)), -0.45))
     assert COVERAGE[0] <= np.mean(hits) <= COVERAGE[1]
+
+
+@pytest.mark.parametrize(("p_before", "p_removed"), [(0.9, 0.5), (1.0, 1.0), (0.95, 0.97)])
+def test_paired_rate_difference_covers_the_true_change(p_before, p_removed):
+    """Newcombe's paired score interval holds its level near 0 and 1, where a bootstrap fails."""
+    rng = np.random.default_rng(17)
+    truth = -p_before * p_removed
+    hits = []
+    for _ in range(N_SIM):
+        before = rng.random(40) < p_before
+        after = before & ~(rng.random(40) < p_removed)
+        hits.append(_covers(paired_rate_difference(after, before), truth))
+    assert np.mean(hits) >= COVERAGE[0]
+
+
+def test_paired_rate_difference_does_not_collapse_when_every_pair_moves():
+    every = paired_rate_difference([False] * 40, [True] * 40)
+    assert every.value == -1.0 and every.low == -1.0 and -0.9 < every.high < -0.85
+    assert every.n == 40 and every.method == "newcombe paired score"
+    assert paired_rate_difference([True] * 40, [False] * 40).low > 0.85
+    none = paired_rate_difference([True] * 40, [True] * 40)
+    assert none.low < 0 < none.high  # no change seen: both signs stay possible
+    with pytest.raises(ValueError, match="yes/no"):
+        paired_rate_difference([0.5, 1.0], [0.0, 1.0])
 
 
 def test_two_sample_rate_difference_covers_the_true_difference():

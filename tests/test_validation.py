@@ -187,8 +187,10 @@ def test_paired_effects_and_a_warm_cache(planted, validated, tmp_path):
     from refusal_probe import TensorCache
 
     model, fx, found = planted
-    assert validated.ablation_effect.value == -1.0 and validated.ablation_effect.high == -1.0
-    assert validated.addition_effect.value == 1.0
+    assert validated.ablation_effect.value == -1.0 and validated.ablation_effect.low == -1.0
+    assert -1.0 < validated.ablation_effect.high < -0.5  # every refusal removed: no collapse
+    assert validated.ablation_effect.method == "newcombe paired score"
+    assert validated.addition_effect.value == 1.0 and validated.addition_effect.low < 1.0
     cache = TensorCache(tmp_path / "cache")
     cold = validate_direction(model, found.direction, fx, PLANTED_JUDGE, cache=cache)
     warm = validate_direction(model, found.direction, fx, PLANTED_JUDGE, cache=cache)

@@ -38,7 +38,7 @@ Value = TypeVar("Value")
 
 #: Bump when a change to the engine changes what a cached entry would contain or how it is laid
 #: out; entries written under another version are never looked up again.
-ENGINE_VERSION = "2"
+ENGINE_VERSION = "3"
 
 
 class CacheCorruptionWarning(UserWarning):

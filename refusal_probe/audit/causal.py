@@ -14,7 +14,7 @@ from refusal_probe.audit.figures import rate_bars
 from refusal_probe.audit.settings import Settings
 from refusal_probe.causal.validation import ValidationConfig, ValidationResult
 from refusal_probe.report.record import Figure
-from refusal_probe.stats.intervals import Interval, paired_difference
+from refusal_probe.stats.intervals import Interval, paired_rate_difference
 
 
 def validation_config(settings: Settings, seed: int) -> ValidationConfig:
@@ -68,8 +68,12 @@ class Causal:
     def of(cls, v: ValidationResult) -> Causal:
         """Summarize a validation (with its own configuration's bootstrap)."""
         boot, j = v.config.bootstrap, v.judgements
-        drop = paired_difference(j["harmful_baseline"].refused, j["harmful_ablated"].refused, boot)
-        rise = paired_difference(j["harmless_added"].refused, j["harmless_baseline"].refused, boot)
+        drop = paired_rate_difference(
+            j["harmful_baseline"].refused, j["harmful_ablated"].refused, boot.level
+        )
+        rise = paired_rate_difference(
+            j["harmless_added"].refused, j["harmless_baseline"].refused, boot.level
+        )
         return cls(
             v.harmful_baseline,
             v.harmful_ablated,

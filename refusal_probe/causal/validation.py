@@ -42,7 +42,7 @@ from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.stats.intervals import (
     Interval,
     bootstrap_mean,
-    paired_difference,
+    paired_rate_difference,
     wilson_interval,
 )
 
@@ -200,11 +200,11 @@ def validate_direction(
         harmful_ablated=judged["harmful_ablated"].rate,
         harmless_baseline=judged["harmless_baseline"].rate,
         harmless_added=judged["harmless_added"].rate,
-        ablation_effect=paired_difference(
-            refused["harmful_ablated"], refused["harmful_baseline"], boot
+        ablation_effect=paired_rate_difference(
+            refused["harmful_ablated"], refused["harmful_baseline"], boot.level
         ),
-        addition_effect=paired_difference(
-            refused["harmless_added"], refused["harmless_baseline"], boot
+        addition_effect=paired_rate_difference(
+            refused["harmless_added"], refused["harmless_baseline"], boot.level
         ),
         kl_ablation=bootstrap_mean(runs.kl.numpy(), boot, of="prompts"),
         score_harmful_baseline=bootstrap_mean(runs.base[:nh].numpy(), boot, of="prompts"),

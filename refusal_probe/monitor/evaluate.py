@@ -44,7 +44,7 @@ from refusal_probe.monitor.scoring import (
 )
 from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures
 from refusal_probe.scoring.generation import judge
-from refusal_probe.stats.intervals import Interval, paired_difference, wilson_interval
+from refusal_probe.stats.intervals import Interval, paired_rate_difference, wilson_interval
 from refusal_probe.stats.separation import separation, tpr_at_fpr
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def _family(
         len(texts),
         wilson_interval(int(base.sum()), len(base), config.level),
         wilson_interval(int(refused.sum()), len(refused), config.level),
-        paired_difference(base, refused, config.bootstrap),
+        paired_rate_difference(base, refused, config.level),
         _detections(success, neg, monitor, config),
         _detections(scores, neg, monitor, config),
         examples,

@@ -19,13 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.junitxml import xml_key  # the LogXML that record_testsuite_property writes to
 
 from refusal_probe.audit.inputs import missing_checks, preflight
+from refusal_probe.audit.required import NOT_APPLICABLE, unmet
 from refusal_probe.errors import RefusalProbeError
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.pytest_plugin.terminal import terminal_progress
-from refusal_probe.report.extras import html_extras
+from refusal_probe.report.ci import (
+    RunOutcome,
+    check_properties,
+    environment,
+    html_extras,
+    suite_properties,
+)
 from refusal_probe.report.render import check_writable, model_slug
 from refusal_probe.report.trend import SeriesItem, build_trend, write_trend
 from refusal_probe.stats.verdicts import Bound
@@ -167,10 +175,13 @@ class AuditHooks:
         spec = self._checkpoint.get(item.nodeid) or checkpoint_of(item, self.session)
         report.audit_name = audit
         report.audit_checkpoint = spec
+        # A test that needs the baseline cannot apply to a run without one (not a lost check).
+        na = report.skipped and "baseline" in getattr(item, "fixturenames", ())
+        report.audit_not_applicable = na and not self.session.options.baseline
         if report.when == "call":
             report.audit_checks = checks
             for c in checks:  # junitxml writes the properties of the item (teardown report)
-                item.user_properties.append((f"check:{c['id']}", _one_line(c)))
+                item.user_properties += check_properties(c)
             found = self.session.loaded_run(spec)
             if checks and found is not None:
                 report.audit_context = found.context()
@@ -202,21 +213,24 @@ class AuditHooks:
         for c in checks:
             run.checks.append({**c, "duration_s": round(report.duration, 3)})
         if report.skipped:
-            run.not_run.append(_not_run(report.nodeid, audit, "skipped", _skip_reason(report)))
+            kind = NOT_APPLICABLE if getattr(report, "audit_not_applicable", False) else "skipped"
+            run.not_run.append(_not_run(report.nodeid, audit, kind, _skip_reason(report)))
         elif report.failed and not any(c["verdict"] == "fail" for c in checks):
             error = f"error in {report.when}: {_error_line(report)}"
             run.not_run.append(_not_run(report.nodeid, audit, "error", error))
 
     # --- end of run --------------------------------------------------------------------------
 
+    @pytest.hookimpl(tryfirst=True)  # before junitxml and pytest-html write their files
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Write each checkpoint's report folder, and a series' trend page (controller only).
 
         Nothing is written by workers, after an aborted run, or when no check ran; a checkpoint
         of a series without checks gets no report and shows as missing on the trend page.
+        Required checks that did not run turn a green exit into exit code 1.
         """
         s = self.session
-        if is_worker(self.config) or s.aborted or not s.options.write_report or not s.checks:
+        if is_worker(self.config) or s.aborted:
             return
         for nodeid, audit in self._selected.items():
             if nodeid not in self._reported:
@@ -228,19 +242,25 @@ class AuditHooks:
             session.shouldstop or session.shouldfail  # -x / --maxfail stop the run early
         )
         for run in s.runs.values():
+            ran = (c["id"] for c in run.checks)
+            run.unmet = [str(u) for u in unmet(s.required, ran, run.not_run)]
             if not run.checks:
                 continue
             try:
                 now = time.time()
-                record = build_record(self.config, s, run, int(exitstatus), now, interrupted)
-                run.report_path = save_record(record, s, run)
+                run.record = build_record(self.config, s, run, int(exitstatus), now, interrupted)
+                if s.options.write_report:
+                    run.report_path = save_record(run.record, s, run)
             except (RefusalProbeError, OSError) as exc:
                 run.report_error = str(exc)
                 # The report is what the run is for: losing it is never a green exit.
                 if session.exitstatus == pytest.ExitCode.OK:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if s.series:
+        if any(r.unmet for r in s.runs.values()) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a check that did not run
+        if s.series and s.options.write_report and s.checks:
             self._write_trend()
+        _publish(self.config, s)
 
     def _write_trend(self) -> None:
         s = self.session
@@ -273,6 +293,11 @@ class AuditHooks:
                 c = run.checkpoint
                 tr.line(f"{c.label} ({c.spec})", bold=True)
             _summarize(tr, run, width, alone=not s.series)
+        for run in (r for r in s.runs.values() if r.unmet):
+            label = f" of {run.checkpoint.label}" if s.series else ""
+            tr.line(f"required checks{label} that did not run (exit 1):", red=True, bold=True)
+            for u in run.unmet:
+                tr.line(f"  {u}", red=True)
         if s.trend_path is not None:
             tr.line(f"trend: {s.trend_path / 'index.html'}", bold=True)
         elif s.trend_error:
@@ -293,7 +318,9 @@ def _summarize(tr: Any, run: CheckpointRun, width: int, alone: bool) -> None:
         tr.write(verdict, **markup)
         tr.line("")
     for n in run.not_run:
-        if n["kind"] != "absent":
+        if n["kind"] == NOT_APPLICABLE:
+            tr.line(f"{n['id']:<{width}}  not applicable: {n['reason']}")
+        elif n["kind"] != "absent":
             tr.line(f"{n['id']:<{width}}  not run ({n['kind']}): {n['reason']}")
     if run.report_path is not None:
         tr.line(f"report: {run.report_path / 'index.html'}", bold=alone)
@@ -313,10 +340,6 @@ def _interval(c: dict[str, Any]) -> str:
         return "nan" if x is None or x != x else f"{x:.3f}"
 
     return f"{f(c['value'])} [{f(c['lo'])}, {f(c['hi'])}]"
-
-
-def _one_line(c: dict[str, Any]) -> str:
-    return f"{c['verdict']} {_interval(c)} {Bound(c['direction']).symbol} {c['threshold']:g}"
 
 
 def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
@@ -346,3 +369,22 @@ def _error_line(report: pytest.TestReport) -> str:
         return str(crash.message).splitlines()[0][:300]
     lines = [ln for ln in report.longreprtext.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "unknown error"
+
+
+def _publish(config: pytest.Config, s: AuditSession) -> None:
+    """The run's identity as JUnit suite properties and as pytest-html's Environment rows."""
+    outcomes = [
+        RunOutcome(r.checkpoint.label, r.checkpoint.spec, r.record, r.report_path, tuple(r.unmet))
+        for r in s.runs.values()
+    ]
+    xml = config.stash.get(xml_key, None)
+    if xml is not None:
+        for name, value in suite_properties(outcomes, s.trend_path):
+            xml.add_global_property(name, value)
+    try:  # pytest-html reads its Environment table from pytest-metadata's dict when it writes
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    metadata = config.stash.get(metadata_key, None)
+    if metadata is not None:
+        metadata.update(environment(outcomes))

@@ -21,6 +21,7 @@ import pytest
 from refusal_probe.audit.checkpoints import resolve_checkpoints
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import DEFAULT_POLICY
+from refusal_probe.audit.required import parse_required
 from refusal_probe.errors import ModelLoadError, OptionError, PolicyError
 from refusal_probe.model.devices import worker_device
 from refusal_probe.model.loading import DEFAULT_MODEL, default_cache_dir
@@ -115,7 +116,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--strict-verdicts",
         action="store_true",
         default=False,
-        help="inconclusive verdicts fail (pytest's --strict does the same)",
+        help="inconclusive verdicts fail",
+    )
+    g.addoption(
+        "--require-checks",
+        metavar="all|ID,...",
+        default=None,
+        help="exit 1 unless these checks ran: 'all' (every enabled check that applies; a "
+        "fine-tune check without --baseline does not), or check ids and audit names",
     )
     parser.addini("audit_model", "default --model", default=DEFAULT_MODEL)
     parser.addini(
@@ -127,6 +135,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("audit_device", "default --device", default="cpu")
     parser.addini("audit_threads", "default --threads (empty: torch's choice)", default="")
     parser.addini("audit_strict", "inconclusive verdicts fail", type="bool", default=False)
+    parser.addini("audit_require_checks", "default --require-checks", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -145,9 +154,14 @@ def pytest_configure(config: pytest.Config) -> None:
         checkpoints = resolve_checkpoints(
             config.getoption("--model"), config.getoption("models_file"), options.model
         )
-        session = AuditSession(replace(options, model=checkpoints[0].spec), checkpoints)
+    except OptionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    session = AuditSession(replace(options, model=checkpoints[0].spec), checkpoints)
+    try:
         policy = session.policy  # the registry of audits: a bad file stops the run at once
-    except (OptionError, PolicyError) as exc:
+        required = config.getoption("require_checks") or config.getini("audit_require_checks")
+        session.required = parse_required(required, policy)
+    except PolicyError as exc:
         raise pytest.UsageError(str(exc)) from None
     markers = {a.name: a.description or f"the {a.name} audit" for a in policy.audits}
     for name, text in {**markers, "xdist_group": _XDIST_GROUP}.items():
@@ -179,7 +193,7 @@ def resolve_options(config: pytest.Config) -> AuditOptions:
         if not policy.is_file():  # running outside the repository: the suite's own policy
             policy = DEFAULT_POLICY
     report_dir = Path(opt("--report-dir") or root / config.getini("audit_report_dir"))
-    strict = bool(opt("strict_verdicts") or config.getini("audit_strict") or _pytest_strict(config))
+    strict = bool(opt("strict_verdicts") or config.getini("audit_strict"))
     prompts = opt("--prompts")
     if opt("device_map") and opt("--device"):
         raise pytest.UsageError(
@@ -221,11 +235,3 @@ def _int_ini(config: pytest.Config, name: str) -> int:
         return int(value)
     except ValueError:
         raise pytest.UsageError(f"ini option {name} = {value!r}: give a whole number") from None
-
-
-def _pytest_strict(config: pytest.Config) -> bool:
-    """Pytest's own ``--strict`` (pytest ≥ 9) also makes inconclusive verdicts fail."""
-    try:
-        return bool(config.getini("strict"))
-    except (ValueError, KeyError):
-        return False

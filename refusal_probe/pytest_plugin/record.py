@@ -48,6 +48,8 @@ def build_record(
     )
     if ctx.get("phases"):
         info["phases"] = ctx["phases"]
+    if s.required is not None:
+        info["required"] = {"checks": list(s.required.ids), "unmet": list(run.unmet)}
     not_run = [NotRun(**n) for n in run.not_run]
     for audit in policy.audit_names:
         if audit not in s.collected_audits:

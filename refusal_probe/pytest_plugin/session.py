@@ -20,6 +20,7 @@ from refusal_probe.audit.checkpoints import Checkpoint
 from refusal_probe.audit.inputs import RunInputs
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy, load_policy
+from refusal_probe.audit.required import RequiredChecks
 from refusal_probe.audit.run import AuditRun
 from refusal_probe.report.record import AuditRecord
 from refusal_probe.report.render import model_slug
@@ -37,6 +38,7 @@ class CheckpointRun:
         record: The audit record built at the end (the trend page reads it).
         report_path: The run folder written at the end, if any.
         report_error: Why no report was written, if one should have been.
+        unmet: Required checks that did not run (``--require-checks``), ``"<id> (<why>)"``.
     """
 
     checkpoint: Checkpoint
@@ -46,6 +48,7 @@ class CheckpointRun:
     record: AuditRecord | None = None
     report_path: Path | None = None
     report_error: str | None = None
+    unmet: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class AuditSession:
     Attributes:
         options: The resolved options (``options.model`` is the first checkpoint).
         checkpoints: The checkpoints audited, in order (one, or a series).
+        required: The checks the run must run (``--require-checks``), or ``None``.
         started: Wall-clock start (seconds since the epoch).
         runs: What each checkpoint's tests collected, by spec, in checkpoint order.
         audit_items: Node id → audit name of every selected audit test.
@@ -66,6 +70,7 @@ class AuditSession:
 
     options: AuditOptions
     checkpoints: tuple[Checkpoint, ...] = ()
+    required: RequiredChecks | None = None
     started: float = field(default_factory=time.time)
     runs: dict[str, CheckpointRun] = field(default_factory=dict)
     audit_items: dict[str, str] = field(default_factory=dict)

@@ -15,7 +15,8 @@ from typing import Any
 from refusal_probe.stats.verdicts import Bound
 
 #: Version of the audit.json layout; bump the minor for additions, the major for changes.
-SCHEMA_VERSION = "1.2"  # 1.1: config.policy names its audits in order; 1.2: status errored
+SCHEMA_VERSION = "1.3"  # 1.1: config.policy names its audits in order; 1.2: status errored;
+# 1.3: not_run kind not_applicable, run.required
 SCHEMA_ID = "refusal-probe/audit"
 #: The audits of the shipped policy before records named their policy's audits (schema 1.0): how
 #: an old record's checks are ordered. A run's audits and their order now come from its policy.
@@ -178,7 +179,8 @@ class NotRun:
         reason: Why it did not run, in words.
         kind: ``skipped`` (by the test or the policy), ``deselected`` (``-k``/``-m``), ``absent``
             (no such audit file in the suite), ``not_reached`` (the run stopped first), or
-            ``error`` (the test raised before reaching its verdict).
+            ``error`` (the test raised before reaching its verdict), or ``not_applicable`` (the
+            check cannot apply to this run: a fine-tune check without ``--baseline``).
         nodeid: The pytest node, if there was one.
     """
 

@@ -29,6 +29,7 @@ from refusal_probe.report.record import (
 )
 from refusal_probe.report.render import environment, model_slugs, point_latest, write_folder
 from refusal_probe.report.schema import read_record
+from refusal_probe.report.series import expand_runs
 from refusal_probe.stats.verdicts import Bound
 
 TREND_SCHEMA_ID = "refusal-probe/trend"
@@ -298,9 +299,7 @@ def render_trend(trend: Trend, links: dict[str, str] | None = None) -> str:
     return (
         environment()
         .get_template("trend.html")
-        .render(
-            t=trend, figures=figures, links=links or {}, schema_version=TREND_SCHEMA_VERSION
-        )
+        .render(t=trend, figures=figures, links=links or {}, schema_version=TREND_SCHEMA_VERSION)
     )
 
 
@@ -334,9 +333,13 @@ def write_trend(trend: Trend, report_dir: str | Path) -> Path:
 def trend_files(paths: Sequence[str | Path], report_dir: str | Path) -> Path:
     """Build and write the trend of earlier runs' audit.json files (or run folders), in order.
 
+    A reports folder among ``paths`` stands for the run of each checkpoint audited into it
+    (:func:`refusal_probe.report.series.runs_in`: a series audited by separate jobs).
+
     Raises:
         ReportError: A file is missing, corrupted or of an unreadable schema version.
     """
+    paths = expand_runs(paths)
     records = [read_record(p) for p in paths]
     folders = [Path(p) if Path(p).is_dir() else Path(p).parent for p in paths]
     labels = model_slugs([str(r.model.get("spec", "model")) for r in records])

@@ -154,7 +154,7 @@ def decide(
         msg = f"{shown} straddles the bar ({want}); more prompts would narrow the interval"
     verdict = Verdict.FAIL if strict and raw is Verdict.INCONCLUSIVE else raw
     if verdict is not raw:
-        msg += " (inconclusive counts as failure under --strict)"
+        msg += " (inconclusive counts as failure under --strict-verdicts)"
     return Decision(verdict, msg, margin, raw)
 
 
