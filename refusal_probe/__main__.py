@@ -131,9 +131,11 @@ def cmd_trend(paths: list[str], report_dir: str) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Load the model and print its identity."""
-    from refusal_probe.model.devices import devices_of, parse_device_map
+    from refusal_probe.model.devices import check_device, devices_of, parse_device_map
     from refusal_probe.model.loading import LoadOptions, load_model
 
+    if not args.device_map:
+        check_device(args.device)
     model = load_model(
         args.model,
         LoadOptions(

@@ -265,3 +265,155 @@ def test_a_report_that_fails_to_write_at_the_end_is_not_a_green_exit(
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert "no report written" in out.stdout + out.stderr
     assert "3 passed" in out.stdout
+
+
+# --- what is knowable up front stops the run before any test, in one line ---------------------
+
+
+def _stopped_in_one_line(out: subprocess.CompletedProcess[str], expected: str) -> str:
+    """The run stopped before any test (exit 4) with one line naming the problem; return it."""
+    text = out.stdout + out.stderr
+    assert out.returncode == 4, text
+    assert "Traceback" not in text and " passed" not in text and " failed" not in text, text
+    lines = [ln for ln in text.splitlines() if expected in ln]
+    assert len(lines) == 1 and "refusal-probe: " in lines[0], text
+    assert len(text.splitlines()) < 15, text
+    return lines[0]
+
+
+def _demo_audits(tmp_path: Path) -> Path:
+    audits = tmp_path / "audits"
+    audits.mkdir()
+    (audits / "test_demo.py").write_text(AUDIT.replace("time.sleep(120)", "pass"))
+    (tmp_path / "policy.toml").write_text(POLICY)
+    return audits
+
+
+@pytest.mark.parametrize("hub", ["unreachable", "offline"])
+def test_a_hub_id_that_is_neither_cached_nor_reachable_stops_before_any_test(
+    tmp_path: Path, env: dict[str, Path], hub: str
+) -> None:
+    audits = _demo_audits(tmp_path)
+    cmd = _audit_cmd(tmp_path, env, audits, tmp_path / "reports")
+    cmd[cmd.index(str(env["model"]))] = "some-org/some-model"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    environ["HF_HOME"] = str(tmp_path / "hf-home")  # an empty hub cache
+    if hub == "unreachable":
+        environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: refused at once
+    else:
+        environ["HF_HUB_OFFLINE"] = "1"
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=environ
+    )
+    line = _stopped_in_one_line(out, "--model some-org/some-model: ")
+    if hub == "unreachable":
+        assert "could not reach the hub for 'some-org/some-model' (ConnectError" in line
+        assert "pass a local folder or a .gguf file instead" in line
+    else:
+        assert "HF_HUB_OFFLINE=1 is set" in line
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_device_this_machine_lacks_stops_before_any_test(
+    tmp_path: Path, env: dict[str, Path]
+) -> None:
+    import torch
+
+    audits = _demo_audits(tmp_path)
+    cmd = _audit_cmd(tmp_path, env, audits, tmp_path / "reports") + ["--device", "cuda:99"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    line = _stopped_in_one_line(out, "--device cuda:99: ")
+    if torch.version.cuda is None:
+        assert "is a CPU-only build; use --device cpu" in line
+    else:
+        assert "CUDA device(s) are visible" in line or "no CUDA device is visible" in line
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:99", "mps", "gpu"])
+def test_check_device_names_what_is_missing(device: str) -> None:
+    import torch
+
+    from refusal_probe.errors import ModelLoadError
+    from refusal_probe.model.devices import check_device
+
+    if device == "cuda" and torch.cuda.is_available():
+        assert check_device(device).type == "cuda"
+        return
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(ModelLoadError, match=rf"--device '?{device}'?"):
+        check_device(device)
+    assert check_device("cpu").type == "cpu"
+
+
+HALF_FAILS = '''
+import torch
+
+_matmul = torch.matmul
+
+
+def _no_half(a, b, *args, **kwargs):  # a device without float16 kernels
+    if a.dtype == torch.float16:
+        raise RuntimeError("\\"addmm_impl_cpu_\\" not implemented for 'Half'")
+    return _matmul(a, b, *args, **kwargs)
+
+
+torch.matmul = _no_half
+'''
+
+
+def test_a_dtype_the_device_cannot_compute_stops_before_any_test(
+    tmp_path: Path, env: dict[str, Path]
+) -> None:
+    audits = _demo_audits(tmp_path)
+    (audits / "conftest.py").write_text(HALF_FAILS)
+    cmd = _audit_cmd(tmp_path, env, audits, tmp_path / "reports")
+    out = subprocess.run(
+        [*cmd, "--dtype", "float16"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    line = _stopped_in_one_line(out, "--dtype float16 is not supported on cpu (")
+    assert "not implemented for 'Half'); use --dtype float32" in line
+    out = subprocess.run(
+        [*cmd, "--dtype", "bfloat16", "-k", "rate"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout, out.stderr)
+
+
+FIXTURE_ERROR = '''
+import pytest
+
+from refusal_probe.errors import PromptFileError
+
+
+@pytest.fixture
+def extra_prompts():
+    raise PromptFileError("extra.jsonl:3: not a JSON object; write one object per line")
+
+
+@pytest.mark.behaviour
+def test_with_extra_prompts(audit, extra_prompts):
+    pass
+'''
+
+
+@pytest.mark.parametrize("trace", ["", "--full-trace"])
+def test_an_error_of_ours_in_a_fixture_is_one_line(
+    tmp_path: Path, env: dict[str, Path], trace: str
+) -> None:
+    audits = _demo_audits(tmp_path)
+    (audits / "test_fixture_error.py").write_text(FIXTURE_ERROR)
+    cmd = _audit_cmd(tmp_path, env, audits, tmp_path / "reports") + ["-k", "rate or extra"]
+    out = subprocess.run(
+        cmd + ([trace] if trace else []), capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    message = "PromptFileError: extra.jsonl:3: not a JSON object; write one object per line"
+    assert message in out.stdout
+    if trace:  # the traceback, for whoever asks for it
+        assert 'raise PromptFileError("extra.jsonl:3' in out.stdout
+    else:
+        assert 'raise PromptFileError("extra.jsonl:3' not in out.stdout
+        errors = out.stdout.split(" ERRORS ")[1].split(" refusal-probe audit ")[0]
+        lines = [ln for ln in errors.splitlines() if ln.strip("= ")]
+        assert len(lines) == 2, errors  # the test's title, and the line

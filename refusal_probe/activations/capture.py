@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from refusal_probe import progress as progress_
 from refusal_probe.activations.cache import TensorCache, cache_key, cached
 from refusal_probe.activations.runner import StopForward, batched, forward
 from refusal_probe.activations.sites import POST_INSTRUCTION, SITE_KINDS, Positions, Site, hook_name
@@ -30,7 +30,12 @@ from refusal_probe.model.loading import LoadedModel
 
 # Order of sites inside one block, so the pass can stop after the deepest one.
 _ORDER_IN_BLOCK = {
-    "resid_pre": 0, "head_out": 1, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5,
+    "resid_pre": 0,
+    "head_out": 1,
+    "attn_out": 2,
+    "resid_mid": 3,
+    "mlp_out": 4,
+    "resid_post": 5,
 }
 
 
@@ -88,7 +93,7 @@ def capture(
     *,
     batch_size: int | None = None,
     cache: TensorCache | None = None,
-    progress: bool | None = None,
+    progress: bool = True,
 ) -> Activations:
     """Read activations at ``sites`` × ``positions`` for every prompt.
 
@@ -100,7 +105,8 @@ def capture(
         batch_size: Prompts per forward pass (prompts are grouped by length to limit padding);
             ``None`` chooses it from free memory (:func:`refusal_probe.model.devices.auto_batch_size`).
         cache: A disk cache; on a hit the model is not run at all.
-        progress: Show a progress bar (default: only on a terminal and for more than 4 batches).
+        progress: Report the prompts done to :mod:`refusal_probe.progress` (silent unless a
+            front end listens).
 
     Returns:
         The activations, float32 on the CPU.
@@ -161,7 +167,8 @@ def _validate(model: LoadedModel, prompts: Sequence[str], sites: tuple[Site, ...
         offered = sorted(k for k in SITE_KINDS if hook_name(Site(0, k)) in model.hook_names)
         why = (
             "; its blocks run attention and MLP in parallel, so there is no resid_mid"
-            if kinds == ["resid_mid"] else ""
+            if kinds == ["resid_mid"]
+            else ""
         )
         raise CaptureError(
             f"{model.identity.architecture} has no {', '.join(kinds)} site{why}; "
@@ -190,9 +197,7 @@ class _Reader:
     site's device once.
     """
 
-    def __init__(
-        self, buf: Tensor, index: Tensor, w_o: dict[int, Tensor], deepest: Site
-    ) -> None:
+    def __init__(self, buf: Tensor, index: Tensor, w_o: dict[int, Tensor], deepest: Site) -> None:
         self.buf, self.w_o, self.deepest = buf, w_o, deepest
         self.index = PerDevice(index)
         self.filled: set[int] = set()
@@ -225,7 +230,7 @@ def _run(
     sites: tuple[Site, ...],
     positions: Positions,
     batch_size: int | None,
-    progress: bool | None,
+    progress: bool,
 ) -> Tensor:
     n_pos = positions.count(model.chat.n_post)
     per_head = sites[0].per_head
@@ -237,18 +242,19 @@ def _run(
     # Group prompts of similar length so batches carry little padding; results go back in order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     chunks = batched(order, auto_batch_size(model, prompts, batch_size))
-    show = progress if progress is not None else len(chunks) > 4
-    for rows in tqdm(chunks, desc="capture", unit="batch", disable=not show or None, leave=False):
-        batch = model.chat.encode([prompts[i] for i in rows]).to(model.device)
-        buf = torch.empty((len(rows), *shape[1:]), dtype=torch.float32, device=model.device)
-        reader = _Reader(buf, positions.index(batch), w_o, deepest)
-        hooks = [(hook_name(s), reader.hook(j, s)) for j, s in enumerate(sites)]
-        forward(model, batch, hooks, stoppable=True)
-        if len(reader.filled) != len(sites):
-            silent = [str(s) for j, s in enumerate(sites) if j not in reader.filled]
-            raise CaptureError(
-                f"the hooks of {silent} never ran on {model.identity.architecture}; these sites "
-                "cannot be captured on this model"
-            )
-        out[torch.tensor(rows)] = reader.rows_on_cpu()
+    with progress_.task("capture", len(prompts), "prompt", show=progress) as bar:
+        for rows in chunks:
+            batch = model.chat.encode([prompts[i] for i in rows]).to(model.device)
+            buf = torch.empty((len(rows), *shape[1:]), dtype=torch.float32, device=model.device)
+            reader = _Reader(buf, positions.index(batch), w_o, deepest)
+            hooks = [(hook_name(s), reader.hook(j, s)) for j, s in enumerate(sites)]
+            forward(model, batch, hooks, stoppable=True)
+            if len(reader.filled) != len(sites):
+                silent = [str(s) for j, s in enumerate(sites) if j not in reader.filled]
+                raise CaptureError(
+                    f"the hooks of {silent} never ran on {model.identity.architecture}; these "
+                    "sites cannot be captured on this model"
+                )
+            out[torch.tensor(rows)] = reader.rows_on_cpu()
+            bar.update(len(rows))
     return out

@@ -259,8 +259,9 @@ def spec_config(spec: str, what: str) -> dict[str, Any] | None:
     """The ``config.json`` of a local spec (``None`` for hub ids and GGUF files), or a clear error.
 
     Resolution is the loader's own (:func:`refusal_probe.model.sources.resolve`), so an alias or a
-    path is judged here exactly as ``load_model`` will judge it; only hub ids are left for load
-    time, since resolving one may download it.
+    path is judged here exactly as ``load_model`` will judge it. A hub id is only checked to be
+    cached or reachable (:func:`~refusal_probe.model.sources.check_hub`): resolving one may
+    download it.
 
     Raises:
         ModelLoadError: The spec names nothing loadable (the loader's message, naming the option).
@@ -273,6 +274,10 @@ def spec_config(spec: str, what: str) -> dict[str, Any] | None:
         and spec not in sources.ORGANISM_ALIASES
     )
     if hub_like:
+        try:
+            sources.check_hub(spec)  # cached or reachable, before anything runs
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{what} {spec}: {exc}") from None
         return None
     try:
         source, folder, _ = sources.resolve(spec)

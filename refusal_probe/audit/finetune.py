@@ -187,7 +187,7 @@ def measure_finetune(
     check_fits(model, direction)
     harmful, harmless = split_texts(fixtures, "train")
     sites = all_layers(model.n_layers)
-    kw: dict[str, Any] = {"batch_size": s.batch_size, "cache": cache, "progress": False}
+    kw: dict[str, Any] = {"batch_size": s.batch_size, "cache": cache}
     acts_h = capture(model, harmful, sites, POST_INSTRUCTION, **kw)
     acts_l = capture(model, harmless, sites, POST_INSTRUCTION, **kw)
     all_means = difference_of_means(acts_h, acts_l)  # [layer, pos, d]

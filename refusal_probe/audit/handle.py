@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from refusal_probe import progress
 from refusal_probe.activations.cache import TensorCache
 from refusal_probe.audit.inputs import RunInputs
 from refusal_probe.audit.once import Once, Phases
@@ -96,7 +97,8 @@ class ModelHandle:
         if self._model is None:
             o = self.options
             try:
-                self._model = loading.load_model(o.model, load_options(o))
+                with progress.phase(f"loading {o.model}"):
+                    self._model = loading.load_model(o.model, load_options(o))
             except ModelLoadError as exc:
                 self._load_error = exc
                 self._fatal(f"--model {o.model}: {exc}")

@@ -31,7 +31,8 @@ from refusal_probe.audit.prompt_inputs import (
     user_given,
 )
 from refusal_probe.errors import PolicyError, PromptFileError
-from refusal_probe.model.devices import parse_device_map
+from refusal_probe.model.devices import check_device, check_dtype, parse_device_map
+from refusal_probe.model.hf import parse_dtype
 from refusal_probe.prompts import sets
 from refusal_probe.prompts.sets import Fixtures
 
@@ -181,9 +182,9 @@ def preflight(
     inputs: RunInputs,
     audits: Collection[str] = (),
 ) -> dict[str, str]:
-    """Check every checkpoint's spec, the prompts, the device map and the baseline.
+    """Check every checkpoint's spec, the prompts, the device (and dtype) and the baseline.
 
-    Loads no model.
+    Loads no model; a hub id is only looked up (cached, or the hub reachable).
 
     Args:
         options: The run's options.
@@ -207,6 +208,8 @@ def preflight(
     every = {spec: inputs.fixtures_for(spec) for spec, _ in checkpoints}
     if options.device_map:
         parse_device_map(options.device_map)
+    else:  # the device exists, and the dtype computes there
+        check_dtype(str(check_device(options.device)), parse_dtype(options.dtype))
     if options.baseline:
         for spec, origin, config in configs:
             check_baseline_compatible(spec, config, options.baseline, what=origin)

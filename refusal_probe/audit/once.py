@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Generic, TypeVar, cast
 
+from refusal_probe import progress
+
 T = TypeVar("T")
 
 
@@ -96,7 +98,7 @@ class Once(Generic[T]):
             timer = (
                 self._phases.timed(self.name, stored=self.stored) if self._phases else nullcontext()
             )
-            with timer:
+            with timer, progress.phase(self.name):
                 try:
                     self._value = compute()
                 except Exception as exc:

@@ -102,6 +102,63 @@ def worker_device(device: str, worker: str | None = None, n_gpus: int | None = N
     return f"cuda:{index % n_gpus}"
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device ``device`` names, if this machine has it.
+
+    Raises:
+        ModelLoadError: Not a device name, a CUDA device on a CPU-only torch or one that is not
+            visible, MPS where it is unavailable, or another device torch cannot allocate on.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(
+            f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if torch.version.cuda is None and torch.version.hip is None:
+            why = f"this torch ({torch.__version__}) is a CPU-only build"
+            fix = "use --device cpu, or install a CUDA build of torch"
+        elif n == 0:
+            why, fix = (
+                "no CUDA device is visible",
+                "use --device cpu (or check CUDA_VISIBLE_DEVICES)",
+            )
+        elif dev.index is not None and dev.index >= n:
+            why, fix = f"{n} CUDA device(s) are visible", f"use cuda:0 … cuda:{n - 1}"
+        else:
+            return dev
+        raise ModelLoadError(f"--device {device}: {why}; {fix}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"--device {device}: MPS is not available on this machine; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        try:
+            torch.empty(1, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelLoadError(f"--device {device}: torch cannot use it ({why})") from None
+    return dev
+
+
+def check_dtype(device: str, dtype: torch.dtype) -> None:
+    """Check that ``dtype`` computes on ``device``: a tiny matmul, softmax and layer norm.
+
+    Raises:
+        ModelLoadError: The operations a forward pass needs fail in ``dtype`` there.
+    """
+    try:
+        x = torch.ones(2, 4, dtype=dtype, device=device)
+        y = torch.matmul(x, x.T).softmax(-1)
+        torch.nn.functional.layer_norm(y, y.shape[-1:])
+    except (RuntimeError, TypeError) as exc:
+        name = str(dtype).removeprefix("torch.")
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"--dtype {name} is not supported on {device} ({why}); use --dtype float32"
+        ) from None
+
+
 def devices_of(model: LoadedModel) -> list[torch.device]:
     """The devices the model's weights live on, input device first."""
     found = [model.device]

@@ -150,28 +150,71 @@ def resolve(spec: str, allow_pickle: bool = False) -> tuple[str, Path, str | Non
     return "hub", _hub_snapshot(spec, allow_pickle), None
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _not_reachable(repo_id: str, why: str = "") -> ModelLoadError:
+    if _offline():
+        return ModelLoadError(
+            f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set; "
+            "download it where a hub is reachable and pass its local folder, or unset "
+            "HF_HUB_OFFLINE"
+        )
+    return ModelLoadError(
+        f"could not reach the hub for {repo_id!r}{why} and it is not cached; pass a local folder "
+        "or a .gguf file instead (or check the network, HF_ENDPOINT and proxy settings)"
+    )
+
+
+def check_hub(repo_id: str, timeout: float = 10.0) -> None:
+    """Check, without downloading, that a hub id is cached or can be fetched.
+
+    A model in the local hub cache passes at once; otherwise the hub is asked about the model
+    (one request, at most ``timeout`` seconds), so an unreachable hub or an unknown id is known
+    before anything runs.
+
+    Raises:
+        ModelLoadError: The id is not cached and the hub cannot be reached (or ``HF_HUB_OFFLINE``
+            is set), or the hub has no such model (or one this machine may not read).
+    """
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    if _offline():
+        raise _not_reachable(repo_id)
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except GatedRepoError:
+        raise ModelLoadError(
+            f"{repo_id!r} is gated on the hub; accept its terms on the hub and log in "
+            "(`hf auth login`), or pass a local folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(
+            f"the hub has no model {repo_id!r} (or it is private: log in with `hf auth login`); "
+            "check the id, or pass a local folder or a .gguf file"
+        ) from None
+    except Exception as exc:  # the hub client raises many types; the cause in a few words
+        cause = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise _not_reachable(repo_id, f" ({type(exc).__name__}: {cause})") from None
+
+
 def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
     """Find a hub model in the local cache, or download it where a hub is reachable."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = _offline()
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
     if allow_pickle:
         patterns += ["*.bin"]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
     except LocalEntryNotFoundError:
-        if offline:
-            raise ModelLoadError(
-                f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set; "
-                "download it where a hub is reachable and pass its local folder, or unset "
-                "HF_HUB_OFFLINE"
-            ) from None
-        raise ModelLoadError(
-            f"could not reach the hub for {repo_id!r} and it is not cached; pass a local folder or "
-            "a .gguf file instead"
-        ) from None
+        raise _not_reachable(repo_id) from None
     except Exception as exc:  # the hub client raises many types; name the spec and the cause
         raise ModelLoadError(
             f"could not fetch {repo_id!r} from the hub ({type(exc).__name__}: {exc}); pass a local "

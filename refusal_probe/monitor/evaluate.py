@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from refusal_probe import progress
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.monitor.results import (
     Detection,
@@ -94,7 +95,8 @@ def evaluate_monitor(
         if not jbs:
             absent.append(fam)
             continue
-        result, pos = _family(model, monitor, fam, jbs, by_id, base_cache, neg, config)
+        with progress.phase(f"jailbreaks ({fam})"):
+            result, pos = _family(model, monitor, fam, jbs, by_id, base_cache, neg, config)
         families.append(result)
         pooled_pos.append(pos)
     pooled = _detections(_concat(pooled_pos), neg, monitor, config)

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from refusal_probe import progress
 from refusal_probe.activations.runner import Hook, forward, kv_cache_alias
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.model.chat import Encoded
@@ -132,18 +133,20 @@ def run_exact(
     groups: dict[int, list[int]] = defaultdict(list)
     for i, s in enumerate(starts):
         groups[s if use_suffix else -width].append(i)
-    for start, members in sorted(groups.items()):
-        s_len = -start
-        for lo in range(0, len(members), per_forward):
-            idx = members[lo : lo + per_forward]
-            hooks = _patch_hooks(
-                [variants[i] for i in idx], src.acts, n, s_len, width, model.device
-            )
-            values = _suffix_metric(
-                model, base, ref if use_suffix else None, s_len, len(idx), hooks, metric
-            )
-            delta[:, idx] = values.view(len(idx), n).T - ref.metric[:, None]
-            forwards += 1
+    with progress.task("patching", len(variants), "variant") as bar:
+        for start, members in sorted(groups.items()):
+            s_len = -start
+            for lo in range(0, len(members), per_forward):
+                idx = members[lo : lo + per_forward]
+                hooks = _patch_hooks(
+                    [variants[i] for i in idx], src.acts, n, s_len, width, model.device
+                )
+                values = _suffix_metric(
+                    model, base, ref if use_suffix else None, s_len, len(idx), hooks, metric
+                )
+                delta[:, idx] = values.view(len(idx), n).T - ref.metric[:, None]
+                forwards += 1
+                bar.update(len(idx))
     clean, corrupted = mode.clean_and_corrupted(src.metric, ref.metric)
     return Outcome(delta, clean, corrupted, forwards, use_suffix)
 

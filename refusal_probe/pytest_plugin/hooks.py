@@ -23,9 +23,10 @@ from _pytest.junitxml import xml_key  # the LogXML that record_testsuite_propert
 
 from refusal_probe.audit.inputs import missing_checks, preflight
 from refusal_probe.audit.required import NOT_APPLICABLE, unmet
-from refusal_probe.errors import PolicyError, RefusalProbeError
+from refusal_probe.errors import RefusalProbeError
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
+from refusal_probe.pytest_plugin.terminal import terminal_progress
 from refusal_probe.report.ci import (
     RunOutcome,
     check_properties,
@@ -146,6 +147,12 @@ class AuditHooks:
                     _not_run(item.nodeid, audit, "deselected", "deselected (-k/-m)")
                 )
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        """Show the engine's progress on the terminal while the tests run."""
+        with terminal_progress(self.config):
+            return (yield)
+
     # --- per test ----------------------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True, trylast=True)
@@ -159,8 +166,10 @@ class AuditHooks:
             or audit_of(item, self.audits)
             or next((c["audit"] for c in checks), None)
         )
-        if call.excinfo is not None and call.excinfo.errisinstance(PolicyError):
-            report.longrepr = f"PolicyError: {call.excinfo.value}"  # one line names the fix
+        if call.excinfo is not None and call.excinfo.errisinstance(RefusalProbeError):
+            # Our errors name the fix in one line; the traceback only under --full-trace or -vv.
+            if not (self.config.option.fulltrace or self.config.get_verbosity() >= 2):
+                report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
         if not audit:
             return report
         spec = self._checkpoint.get(item.nodeid) or checkpoint_of(item, self.session)

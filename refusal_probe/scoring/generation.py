@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from refusal_probe import progress
 from refusal_probe.activations.runner import batched, forward, kv_cache_alias
 from refusal_probe.errors import ScoringError
 from refusal_probe.interventions.hooks import Intervention, decoding, hooks_for
@@ -101,13 +102,16 @@ def generate(
     texts: list[str] = [""] * len(prompts)
     passes = 0
     size = auto_batch_size(model, prompts, batch_size, new_tokens=max_new_tokens)
-    for rows in batched(order, size):
-        batch = model.chat.encode([prompts[i] for i in rows])
-        watch = list(observe(batch, rows)) if observe is not None else []
-        new, n = _greedy(model, batch, hooks_for(model, interventions, rows), max_new_tokens, watch)
-        passes += n
-        for r, ids in zip(rows, new, strict=True):
-            texts[r] = model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    with progress.task("generation", len(prompts), "prompt") as bar:
+        for rows in batched(order, size):
+            batch = model.chat.encode([prompts[i] for i in rows])
+            watch = list(observe(batch, rows)) if observe is not None else []
+            hooks = hooks_for(model, interventions, rows)
+            new, n = _greedy(model, batch, hooks, max_new_tokens, watch)
+            passes += n
+            for r, ids in zip(rows, new, strict=True):
+                texts[r] = model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            bar.update(len(rows))
     return texts, passes
 
 

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from refusal_probe import progress
 from refusal_probe.activations.runner import batched, forward
 from refusal_probe.errors import ScoringError
 from refusal_probe.interventions.hooks import Intervention, hooks_for
@@ -175,6 +176,7 @@ def map_last_logits(
     *,
     batch_size: int | None = None,
     max_batch: int | None = None,
+    shown_as: tuple[str, str, int] = ("scoring", "prompt", 1),
 ) -> tuple[Tensor, int]:
     """Apply ``fn(rows, next_token_logits)`` to every batch; results in input order, pass count.
 
@@ -184,7 +186,8 @@ def map_last_logits(
     runs on the CPU, in float32 logits (it may accumulate in float64 there).
 
     ``batch_size=None`` chooses the batch from free memory, at most ``max_batch`` prompts
-    (:func:`refusal_probe.model.devices.auto_batch_size`).
+    (:func:`refusal_probe.model.devices.auto_batch_size`). ``shown_as``: the task this loop is
+    to :mod:`refusal_probe.progress`: its name, its unit, and how many prompts make one unit.
     """
     if not prompts:
         raise ScoringError("no prompts to score; pass at least one prompt")
@@ -192,15 +195,18 @@ def map_last_logits(
     out: Tensor | None = None
     size = auto_batch_size(model, prompts, batch_size, max_batch=max_batch)
     chunks = batched(order, size)
-    for rows in chunks:
-        batch = model.chat.encode([prompts[i] for i in rows])
-        # Only the last position's logits are needed; the unembedding of the rest is skipped.
-        logits = forward(model, batch, hooks_for(model, interventions, rows), logits_to_keep=1)
-        assert logits is not None  # not stoppable
-        res = fn(rows, logits[:, -1, :].float().cpu())  # from [batch, 1, vocab]
-        if out is None:
-            out = torch.empty((len(prompts), *res.shape[1:]), dtype=res.dtype)
-        out[torch.tensor(list(rows))] = res
+    name, unit, per = shown_as
+    with progress.task(name, len(prompts), unit, scale=1 / per) as bar:
+        for rows in chunks:
+            batch = model.chat.encode([prompts[i] for i in rows])
+            # Only the last position's logits are needed; the unembedding of the rest is skipped.
+            logits = forward(model, batch, hooks_for(model, interventions, rows), logits_to_keep=1)
+            assert logits is not None  # not stoppable
+            res = fn(rows, logits[:, -1, :].float().cpu())  # from [batch, 1, vocab]
+            if out is None:
+                out = torch.empty((len(prompts), *res.shape[1:]), dtype=res.dtype)
+            out[torch.tensor(list(rows))] = res
+            bar.update(len(rows))
     assert out is not None
     return out, len(chunks)
 

@@ -280,7 +280,7 @@ def _capture_pair(
     cache: TensorCache | None,
 ) -> tuple[Activations, Activations]:
     sites = all_layers(model.n_layers, "resid_pre")
-    kw: dict[str, Any] = {"batch_size": config.batch_size, "cache": cache, "progress": False}
+    kw: dict[str, Any] = {"batch_size": config.batch_size, "cache": cache}
     return (
         capture(model, harmful, sites, POST_INSTRUCTION, **kw),
         capture(model, harmless, sites, POST_INSTRUCTION, **kw),

@@ -354,7 +354,10 @@ def _measure_grid(
             return torch.stack([score, kl_divergence(base[idx], logits)], dim=1)  # [batch, 2]
 
         plan = PerRow(tuple((Ablate(d),) for d in chosen for _ in prompts))
-        abl, n_abl = map_last_logits(model, prompts * k, ablated, [plan], max_batch=config.max_rows)
+        shown = ("candidates ablated", "candidate", len(prompts))
+        abl, n_abl = map_last_logits(
+            model, prompts * k, ablated, [plan], max_batch=config.max_rows, shown_as=shown
+        )
         abl = abl.view(k, len(prompts), 2)  # [cand, prompt, (score, kl)]
         part[:, 0], part[:, 2] = abl[:, :nh, 0].mean(1), abl[:, nh:, 1].mean(1)
 
@@ -366,6 +369,7 @@ def _measure_grid(
             lambda rows, x: refusal_score_from_logits(x, tokens),
             [plan],
             max_batch=config.max_rows,
+            shown_as=("candidates added", "candidate", len(harmless)),
         )
         part[:, 1] = ind.view(k, nl).mean(1)
     scores = torch.full((len(live), 3), math.nan, dtype=torch.float64)
