@@ -282,8 +282,12 @@ class DirectionSummary:
             },
             "Mean refusal log-odds on harmful validation prompts with the candidate ablated; "
             f"crossed out: discarded (layer ≥ {self.max_layer_fraction:g}·L, KL > "
-            f"{self.kl_threshold:g} or induce ≤ 0); grey: not scored {grey}; box: the selected "
-            "candidate",
+            f"{self.kl_threshold:g} or induce ≤ 0); grey: not scored {grey}; box: "
+            + (
+                "the selected candidate"
+                if self.chosen_by == "causal"
+                else "none passed, so none was selected: the best separator of the validation split"
+            ),
         )
 
     def screened_scored(self) -> int | None:
