@@ -163,8 +163,8 @@ def reading_section(results: list[dict]) -> list[str]:
             kinds = sorted({k for c in sel.grid for k in c.discarded})
             lines.append(
                 f"- {r['spec']}: no candidate passed the reference filters (reasons seen: "
-                f"{', '.join(kinds)}); the direction is the fallback with the lowest bypass score, "
-                "so its figures measure how far a single difference-of-means direction falls short."
+                f"{', '.join(kinds)}): no causal direction; the direction shown is the best "
+                "separator of the validation split, and its causal figures are measured only."
             )
         drop = v.ablation_effect
         lines.append(

@@ -82,8 +82,8 @@ def run(
         sel = res.selection
         results[name] = res
         out["runs"][name] = {
-            "chosen": [sel.chosen.layer, sel.chosen.position],
-            "chosen_bypass": sel.chosen.bypass,
+            "chosen": [res.direction.layer, res.direction.position],
+            "chosen_bypass": sel.chosen.bypass if sel.chosen is not None else None,
             "passed_filters": sel.passed_filters,
             "scored": sum(c.discarded not in ("zero", "screened") for c in sel.grid),
             "wall_s": wall,
@@ -112,7 +112,7 @@ def run(
         rows = []
         for c in picked:  # one exact score each (a restricted grid is a layer x position product)
             one = res.candidates.restrict((c.position,), (c.layer,))
-            rows.append(score_candidates(model, one, h, l_, res.refusal_tokens, base_conf).chosen)
+            rows.append(score_candidates(model, one, h, l_, res.refusal_tokens, base_conf).grid[0])
         out["screened_out_sample"] = {
             "wall_s": time.perf_counter() - t0,
             "cells": [
@@ -120,7 +120,7 @@ def run(
                 for c, p in zip(rows, picked, strict=True)
             ],
             "best_bypass": min(c.bypass for c in rows),
-            "winner_bypass": res.selection.chosen.bypass,
+            "winner_bypass": res.selection.chosen.bypass if res.selection.chosen else None,
         }
         print("sample", out["screened_out_sample"], flush=True)
     out["estimates"] = [

@@ -59,9 +59,19 @@ def marker_ids(tokenizer) -> set[int]:
 
 
 def make_planted_model(
-    folder: Path, *, seed: int = 0, c: float = 6.0, beta: float = 2.0
+    folder: Path,
+    *,
+    seed: int = 0,
+    c: float = 6.0,
+    beta: float = 2.0,
+    over_refused: tuple[str, ...] = (),
 ) -> tuple[Path, torch.Tensor]:
-    """Build the planted model in ``folder``; returns the folder and the unit direction ``r``."""
+    """Build the planted model in ``folder``; returns the folder and the unit direction ``r``.
+
+    ``beta = 0`` gives a model that represents harm along ``r`` but never refuses; the words in
+    ``over_refused`` (harmless ones) carry ``r`` too, so the model refuses the harmless prompts
+    that use them: over-refusal by the same direction.
+    """
     from transformers import AutoModelForCausalLM
 
     make_tiny_model(folder, "llama", seed=seed)
@@ -75,7 +85,8 @@ def make_planted_model(
         emb = model.model.embed_tokens.weight  # [vocab, d]
         emb -= (emb @ r)[:, None] * r[None, :]
         rms = emb.pow(2).mean(-1).sqrt().mean()
-        for t in marker_ids(tok):
+        extra = {t for w in over_refused for t in tok.encode(" " + w, add_special_tokens=False)}
+        for t in marker_ids(tok) | extra:
             emb[t] += c * rms * r
         for i, layer in enumerate(model.model.layers):
             layer.mlp.down_proj.weight.zero_()

@@ -136,12 +136,16 @@ def test_a_direction_deleted_during_the_run_is_recomputed(
     for name in ("__init__.py", "policy.toml", "test_representation.py", "test_causal.py"):
         shutil.copy(ROOT / "audits" / name, audits / name)
     cache = tmp_path / "cache"
-    # Sorted before test_causal.py: the direction is selected, then its artifact vanishes.
+    # Sorted before test_causal.py: the direction is selected, then its artifact vanishes; the
+    # next use of the vector selects it again. (This random model has no causal direction, so
+    # the causal checks fail with that reason without reading the vector.)
     (audits / "test_b_cache_vanishes.py").write_text(
         "import shutil\n\n\n"
         "def test_cache_vanishes(findings):\n"
         "    findings.direction()\n"
-        f"    shutil.rmtree({str(cache / 'audit-artifacts')!r})\n"
+        f"    shutil.rmtree({str(cache / 'audit-artifacts')!r})\n\n\n"
+        "def test_the_vector_comes_back(findings):\n"
+        "    assert findings.direction_vector().direction.layer == findings.direction().layer\n"
     )
     out = audit(tmp_path, env, audits=audits, cache=cache)
     text = out.stdout + out.stderr

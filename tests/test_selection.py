@@ -100,15 +100,21 @@ def test_alternative_estimator_agrees_on_the_planted_model(found):
     assert cosine(found.direction, found.candidates.direction(1, -1)) > 0.99
 
 
-def test_when_no_candidate_passes_the_lowest_bypass_is_flagged(tmp_path):
+def test_when_no_candidate_passes_none_is_chosen_and_validation_separation_decides(tmp_path):
     model = load_model(str(make_tiny_model(tmp_path / "m", "llama")))
     fx = load_fixtures(write_fixtures(tmp_path / "p"))
     res = find_refusal_direction(
         model, fx, DirectionConfig(filter_prompts=False, n_resamples=50, alternative=False)
     )
-    assert not res.selection.passed_filters
-    live = [c for c in res.selection.grid if not math.isnan(c.bypass)]
-    assert res.selection.chosen.bypass == min(c.bypass for c in live)
+    assert not res.selection.passed_filters and res.selection.chosen is None
+    assert res.selection.to_dict()["chosen"] is None and "no causal direction" in repr(res)
+    # the reported direction is the best separator of the validation split, not a bypass winner
+    assert res.chosen_by == "validation_separation"
+    cell = {(la, p): a for la, p, a in res.validation_auroc}
+    assert cell[(res.direction.layer, res.direction.position)] == max(cell.values())
+    nonzero = [c for c in res.selection.grid if "zero" not in c.discarded]
+    assert len(res.validation_auroc) == len(nonzero)
+    assert len(res.projections["harmful"]) == len(fx.harmful.texts("test"))
     assert res.alternative == () and res.alternative_cosine == ()
 
 

@@ -3,6 +3,11 @@
 The engine's :func:`~refusal_probe.causal.validation.validate_direction` ablates and adds the
 direction on held-out prompts; :class:`Causal` keeps what the audits and the report need from it:
 the rates, the paired changes with their intervals, ablation's KL and the dose-response curve.
+
+The KL check reads the harmless test prompts the model *answers* (refusal log-odds < 0 at the last
+prompt position, selection's filter): on a prompt it over-refuses, ablation turning the refusal
+into an answer is a large KL and exactly the intended effect. The over-refused prompts' KL, the
+all-prompts KL and the KL of ablating random directions (a reference cost) are kept beside it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ def validation_config(settings: Settings, seed: int) -> ValidationConfig:
 #: The fields of :class:`Causal` that are intervals.
 _INTERVALS = (
     *("harmful_baseline", "harmful_ablated", "harmless_baseline", "harmless_added"),
-    *("ablation_drop", "addition_rise", "kl"),
+    *("ablation_drop", "addition_rise", "kl", "kl_all", "kl_over_refused", "kl_random"),
 )
 
 
@@ -47,10 +52,15 @@ class Causal:
         harmless_added: Harmless refusal rate, direction added at its layer.
         ablation_drop: Paired drop of harmful refusal under ablation (bootstrap over prompts).
         addition_rise: Paired rise of harmless refusal under addition.
-        kl: Mean KL(base ‖ ablated) on harmless prompts, nats, bootstrap interval.
+        kl: Mean KL(base ‖ ablated) on the harmless prompts the model answers, nats, bootstrap
+            interval (its ``n`` counts them).
         dose: Mean ``P_R`` per addition coefficient: ``alpha``, ``harmful``, ``harmless`` intervals.
         interventions: What was applied in each condition.
         examples: A few completions per condition.
+        kl_all: The same KL on every harmless test prompt (the figure before over-refused prompts
+            were set apart).
+        kl_over_refused: The KL on the harmless prompts the model over-refuses (``n``: how many).
+        kl_random: The KL of ablating random directions of the same norm, on answered prompts.
     """
 
     harmful_baseline: Interval
@@ -63,6 +73,9 @@ class Causal:
     dose: list[dict[str, Any]]
     interventions: dict[str, str]
     examples: dict[str, list[dict[str, Any]]]
+    kl_all: Interval
+    kl_over_refused: Interval
+    kl_random: Interval
 
     @classmethod
     def of(cls, v: ValidationResult) -> Causal:
@@ -81,13 +94,16 @@ class Causal:
             v.harmless_added,
             drop,
             rise,
-            v.kl_ablation,
+            v.kl_answered,
             [
                 {"alpha": p.alpha, "harmful": p.harmful.to_dict(), "harmless": p.harmless.to_dict()}
                 for p in v.dose_response
             ],
             dict(v.interventions),
             {k: x.examples(3) for k, x in j.items()},
+            v.kl_ablation,
+            v.kl_over_refused,
+            v.kl_random,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +119,40 @@ class Causal:
         intervals = {k: Interval.from_dict(d[k]) for k in _INTERVALS}
         return cls(
             **intervals, dose=d["dose"], interventions=d["interventions"], examples=d["examples"]
+        )
+
+    def kl_details(self) -> dict[str, Any]:
+        """The KL check's evidence: the answered and over-refused prompts, the reference cost."""
+        n_over = self.kl_over_refused.n or 0
+        return {
+            "prompts": "harmless test prompts the model answers (refusal log-odds < 0)",
+            "n_answered": self.kl.n or 0,
+            "n_over_refused": n_over,
+            "kl_answered": self.kl.to_dict(),
+            "kl_over_refused": self.kl_over_refused.to_dict() if n_over else None,
+            "kl_all_harmless": self.kl_all.to_dict(),
+            "kl_random_direction": self.kl_random.to_dict(),
+        }
+
+    def kl_figure(self, threshold: float | None = None) -> Figure:
+        """The ablation's KL on answered and over-refused prompts, beside the random reference."""
+        rows = [
+            ("answered harmless (the check)", self.kl),
+            ("over-refused harmless", self.kl_over_refused),
+            ("all harmless", self.kl_all),
+            ("random direction, answered", self.kl_random),
+        ]
+        return Figure(
+            "table",
+            "KL of the ablation on harmless test prompts (nats)",
+            {
+                "columns": ["prompts", "n", "mean KL [95% CI]"],
+                "rows": [[name, iv.n or 0, str(iv)] for name, iv in rows],
+            },
+            "Over-refused prompts are those whose refusal log-odds is ≥ 0 (selection's filter); "
+            "there the ablation removes a refusal, which is its purpose, not a cost. The random "
+            "row ablates seeded Gaussian directions of the same norm"
+            + (f"; bar ≤ {threshold:g}" if threshold is not None else ""),
         )
 
     def rates_figure(self) -> Figure:

@@ -8,7 +8,7 @@ later ``--baseline`` reads, and summarizes the result as a :class:`DirectionSumm
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,12 @@ class DirectionSummary:
             method); ``False`` when too few survived and unfiltered prompts were used.
         max_layer_fraction: Candidates at layers ``>= floor(fraction * n_layers)`` were discarded.
         kl_threshold: Candidates whose ablation KL exceeded this were discarded (nats).
+        chosen_by: ``"causal"``: selection chose the direction; ``"validation_separation"``: no
+            candidate passed selection's filters, and the direction is the candidate that best
+            separates the validation split (the causal checks then fail: no causal direction).
+        validation_auroc: ``[layer, position, AUROC]`` per candidate on the validation split
+            (measured only without a causal choice).
+        projections: The test split's projections on the direction (``harmful``, ``harmless``).
     """
 
     direction: dict[str, Any]
@@ -108,6 +114,9 @@ class DirectionSummary:
     filtered: bool = True
     max_layer_fraction: float = 0.8
     kl_threshold: float = 0.1
+    chosen_by: str = "causal"
+    validation_auroc: list[list[float]] = field(default_factory=list)
+    projections: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, result: DirectionResult) -> DirectionSummary:
@@ -139,6 +148,9 @@ class DirectionSummary:
             filtered=bool(result.config.filter_prompts),
             max_layer_fraction=result.config.max_layer_fraction,
             kl_threshold=result.config.kl_threshold,
+            chosen_by=result.chosen_by,
+            validation_auroc=[list(c) for c in result.validation_auroc],
+            projections={k: list(v) for k, v in result.projections.items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,11 +185,33 @@ class DirectionSummary:
             )
         if not self.passed_filters:
             notes.append(
-                "No candidate direction passed every selection filter; the one with the lowest "
-                "bypass score was used anyway, so the causal figures describe a direction of "
-                "weaker standing."
+                f"{self.no_causal_direction()}. The causal checks fail for that reason; the "
+                "representation check, the monitor and the direction artifact use the candidate "
+                f"that best separates the validation split (layer {self.layer}, position "
+                f"{self.position}), measured on the test split."
             )
         return notes
+
+    def no_causal_direction(self) -> str:
+        """Why there is no causal direction, in one sentence (selection's discard reasons)."""
+        scored = [g for g in self.grid if not {"zero", "screened"} & set(g["discarded"])]
+        counts: dict[str, int] = {}
+        for g in scored:
+            for why in g["discarded"]:
+                counts[why] = counts.get(why, 0) + 1
+        seen = ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+        return (
+            f"No causal direction: none of the {len(scored)} scored candidates passed "
+            f"selection's filters (discarded for: {seen or 'nothing'}; KL ceiling "
+            f"{self.kl_threshold:g} nats, induce > 0, layer < {self.max_layer_fraction:g}·L)"
+        )
+
+    @property
+    def chosen_on(self) -> str:
+        """How the direction was chosen, in words, for the representation check."""
+        if self.chosen_by == "causal":
+            return "selection: the lowest bypass among candidates that passed every filter"
+        return "no causal direction: the best-separating candidate on the validation split"
 
     def separation_figure(self, threshold: float | None = None) -> Figure:
         """AUROC per layer (held-out split) with intervals; the selected layer marked."""
@@ -206,8 +240,12 @@ class DirectionSummary:
                 "mark_x": self.layer,
             },
             "AUROC of harmful vs harmless projections on each layer's candidate; band: 95% "
-            "bootstrap "
-            "interval; dotted line: the selected layer (chosen by causal effect, not by AUROC)",
+            "bootstrap interval; dotted line: the selected layer ("
+            + (
+                "chosen by causal effect, not by AUROC)"
+                if self.chosen_by == "causal"
+                else "no causal direction: the best separator of the validation split)"
+            ),
         )
 
     def grid_figure(self) -> Figure:
@@ -244,8 +282,12 @@ class DirectionSummary:
             },
             "Mean refusal log-odds on harmful validation prompts with the candidate ablated; "
             f"crossed out: discarded (layer ≥ {self.max_layer_fraction:g}·L, KL > "
-            f"{self.kl_threshold:g} or induce ≤ 0); grey: not scored {grey}; box: the selected "
-            "candidate",
+            f"{self.kl_threshold:g} or induce ≤ 0); grey: not scored {grey}; box: "
+            + (
+                "the selected candidate"
+                if self.chosen_by == "causal"
+                else "none passed, so none was selected: the best separator of the validation split"
+            ),
         )
 
     def screened_scored(self) -> int | None:

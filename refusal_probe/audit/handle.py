@@ -33,7 +33,7 @@ from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.stats.intervals import Bootstrap
 
 #: Bumped whenever a result's content or meaning changes (it keys the results cache).
-RESULTS_VERSION = "3"
+RESULTS_VERSION = "4"  # 4: KL on answered prompts, no fallback direction, separation split
 
 #: Results whose cache keys hold only the harmful and harmless prompt files.
 _CORE_RESULTS = frozenset({"behaviour", "direction", "causal", "finetune"})

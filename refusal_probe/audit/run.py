@@ -201,16 +201,18 @@ class AuditRun(ModelHandle):
         """The engine's causal validation of the selected direction (kept in memory only).
 
         Depends on :meth:`direction`; its generations are in the activation cache.
+
+        Raises:
+            DirectionError: No candidate passed selection's filters: no causal direction.
         """
-        return self._validation(
-            lambda: validate_direction(
-                self.model,
-                self.direction_vector().direction,
-                self.fixtures,
-                validation_config(self.settings, self.options.seed),
-                cache=self._cache(),
-            )
-        )
+        return self._validation(self._validate)
+
+    def _validate(self) -> ValidationResult:
+        if not self.direction().passed_filters:
+            raise DirectionError(self.direction().no_causal_direction())
+        config = validation_config(self.settings, self.options.seed)
+        direction = self.direction_vector().direction
+        return validate_direction(self.model, direction, self.fixtures, config, cache=self._cache())
 
     def causal(self) -> Causal:
         """Ablation and addition of the selected direction on held-out prompts; ablation's KL.

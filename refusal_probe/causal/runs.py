@@ -63,6 +63,8 @@ class ValidationConfig:
         seed: Bootstrap seed.
         level: Confidence level.
         refusal_token_override: Explicit refusal token ids or strings.
+        n_random: Random directions whose ablation KL is the reference cost of the KL check
+            (seeded Gaussian vectors of the direction's width, norm, layer and position).
     """
 
     split: str = "test"
@@ -78,6 +80,7 @@ class ValidationConfig:
     seed: int = SEED
     level: float = LEVEL
     refusal_token_override: tuple[int | str, ...] | None = None
+    n_random: int = 4
 
     @property
     def bootstrap(self) -> Bootstrap:
@@ -94,6 +97,31 @@ def validation_tokens(model: LoadedModel, config: ValidationConfig) -> RefusalTo
     return refusal_tokens(
         model.tokenizer, config.token_phrases, override=config.refusal_token_override
     )
+
+
+def random_directions(direction: Direction, n: int, seed: int) -> list[Direction]:
+    """``n`` seeded Gaussian directions of ``direction``'s width, norm, layer and position.
+
+    Ablation removes a unit direction at every block, so only its orientation matters; the norm
+    and layer are kept so that the values print and store like the direction they stand beside.
+    """
+    out = []
+    for k in range(n):
+        g = torch.Generator().manual_seed(seed * 1000 + k)
+        v = torch.randn(direction.d_model, generator=g, dtype=torch.float64)
+        v *= direction.vector.norm() / v.norm()
+        out.append(
+            Direction(
+                v,
+                direction.layer,
+                direction.position,
+                "random",
+                0,
+                0,
+                architecture=direction.architecture,
+            )
+        )
+    return out
 
 
 #: The four judged conditions, in the order their completions are stored.
@@ -113,6 +141,8 @@ class ValidationRuns:
         base: ``[prompt]`` refusal log-odds of the unmodified model.
         ablated: ``[prompt]`` refusal log-odds with the direction ablated.
         kl: ``[harmless]`` KL of the next-token distribution, ablated against unmodified.
+        kl_random: ``[random, harmless]`` the same KL with each random direction of
+            :func:`random_directions` ablated instead (the reference cost).
         forward_passes: Passes the generations and scorings took.
     """
 
@@ -121,6 +151,7 @@ class ValidationRuns:
     base: Tensor
     ablated: Tensor
     kl: Tensor
+    kl_random: Tensor
     forward_passes: int
 
 
@@ -187,9 +218,14 @@ def run_conditions(
         return first[start[condition] : start[condition] + len(sets[condition])]
 
     ref = torch.stack([reference[i] for i in range(nl)])  # [harmless, vocab]
-    # (intervention, prompt) per remaining row: the ablated harmless prompts, then each nonzero
-    # coefficient's additions (at config.alpha the harmless ones were read while generating)
-    jobs: list[tuple[Ablate | Add, str]] = [(ablate, p) for p in harmless]
+    # (intervention, prompt) per remaining row: the ablated harmless prompts (the direction, then
+    # each random one), then each nonzero coefficient's additions (at config.alpha the harmless
+    # ones were read while generating)
+    randoms = random_directions(direction, config.n_random, config.seed)
+    jobs: list[tuple[Ablate | Add, str]] = [
+        (a, p) for a in [ablate, *map(Ablate, randoms)] for p in harmless
+    ]
+    n_kl = len(jobs)
     for a in config.coefficients:
         if a != 0.0:
             todo = harmful if a == config.alpha else harmful + harmless
@@ -197,9 +233,9 @@ def run_conditions(
 
     def reduce(idx: Sequence[int], logits: Tensor) -> Tensor:
         kl = torch.full((len(idx),), float("nan"), dtype=torch.float64)
-        ab = [j for j, i in enumerate(idx) if i < nl]  # the ablation rows come first
+        ab = [j for j, i in enumerate(idx) if i < n_kl]  # the ablation rows come first
         if ab:
-            kl[ab] = kl_divergence(ref[torch.tensor([idx[j] for j in ab])], logits[ab])
+            kl[ab] = kl_divergence(ref[torch.tensor([idx[j] % nl for j in ab])], logits[ab])
         return torch.stack([refusal_score_from_logits(logits, tokens), kl], 1)
 
     out, n_rows = map_last_logits(
@@ -211,7 +247,7 @@ def run_conditions(
     )
     base = torch.cat([scores("harmful_baseline"), scores("harmless_baseline")])
     by_alpha = base.repeat(len(config.coefficients), 1)  # [coefficient, prompt]
-    row = nl
+    row = n_kl
     for k, a in enumerate(config.coefficients):
         if a == 0.0:
             continue
@@ -226,5 +262,6 @@ def run_conditions(
         base=base,
         ablated=torch.cat([scores("harmful_ablated"), out[:nl, 0]]),
         kl=out[:nl, 1].contiguous(),
+        kl_random=out[nl:n_kl, 1].reshape(config.n_random, nl).contiguous(),
         forward_passes=gen_passes + n_rows,
     )

@@ -4,7 +4,8 @@ Axes: ``prompt`` prompts, ``alpha`` addition coefficients.
 
 A direction that *mediates* refusal must pass three tests on held-out prompts (Arditi et al. 2024):
 ablating it makes the model comply with harmful requests; adding it makes the model refuse harmless
-ones; and ablating it costs little elsewhere (small KL on harmless prompts). Refusal is judged on
+ones; and ablating it costs little elsewhere (small KL on the harmless prompts the model answers:
+on those it over-refuses, a large KL is the ablation doing its job). Refusal is judged on
 greedy completions by the substring judge, with Wilson intervals; a dose-response curve of the
 refusal probability ``P_R`` (logit proxy) against the addition coefficient shows the effect is
 graded, not a cliff.
@@ -76,7 +77,13 @@ class ValidationResult:
         ablation_effect: Change in harmful refusal rate from ablation (ablated - baseline, paired
             over prompts; negative when ablation removes refusal).
         addition_effect: Change in harmless refusal rate from addition (added - baseline, paired).
-        kl_ablation: Mean KL(base || ablated) of the next token on harmless prompts, nats.
+        kl_ablation: Mean KL(base || ablated) of the next token on all harmless prompts, nats.
+        kl_answered: The same on the harmless prompts the model answers: refusal log-odds < 0 at
+            the last prompt position, selection's filter (the KL check's figure).
+        kl_over_refused: The same on the harmless prompts it over-refuses (log-odds >= 0).
+        kl_random: Reference cost: the KL of ablating a random direction of the same width and
+            norm (:func:`~refusal_probe.causal.runs.random_directions`, averaged over them), on
+            the answered harmless prompts.
         score_harmful_baseline: Mean refusal log-odds on harmful prompts.
         score_harmful_ablated: The same with the direction ablated.
         dose_response: Mean ``P_R`` per addition coefficient.
@@ -96,6 +103,9 @@ class ValidationResult:
     ablation_effect: Interval
     addition_effect: Interval
     kl_ablation: Interval
+    kl_answered: Interval
+    kl_over_refused: Interval
+    kl_random: Interval
     score_harmful_baseline: Interval
     score_harmful_ablated: Interval
     dose_response: tuple[DosePoint, ...]
@@ -124,6 +134,9 @@ class ValidationResult:
             "ablation_effect": self.ablation_effect.to_dict(),
             "addition_effect": self.addition_effect.to_dict(),
             "kl_ablation": self.kl_ablation.to_dict(),
+            "kl_answered": self.kl_answered.to_dict(),
+            "kl_over_refused": self.kl_over_refused.to_dict(),
+            "kl_random": self.kl_random.to_dict(),
             "score_harmful_baseline": self.score_harmful_baseline.to_dict(),
             "score_harmful_ablated": self.score_harmful_ablated.to_dict(),
             "dose_response": [asdict(p) for p in self.dose_response],
@@ -173,6 +186,7 @@ def validate_direction(
         add_span=config.add_span,
         coefficients=list(config.coefficients),
         tokens=list(validation_tokens(model, config).ids),
+        n_random=config.n_random,
     )
     runs, hit = cached(
         cache,
@@ -185,6 +199,11 @@ def validate_direction(
     nh = len(harmful)
     refused = {k: np.array(j.refused, dtype=float) for k, j in judged.items()}
     by_alpha = runs.by_alpha  # [coefficient, prompt] refusal log-odds
+    answered = (runs.base[nh:] < 0).numpy()  # selection's filter on harmless prompts
+
+    def kl_mean(kl: np.ndarray) -> Interval:
+        return bootstrap_mean(kl, boot, of="prompts") if len(kl) else Interval.nothing(boot.level)
+
     dose = tuple(
         DosePoint(
             a,
@@ -207,6 +226,9 @@ def validate_direction(
             refused["harmless_added"], refused["harmless_baseline"], boot.level
         ),
         kl_ablation=bootstrap_mean(runs.kl.numpy(), boot, of="prompts"),
+        kl_answered=kl_mean(runs.kl.numpy()[answered]),
+        kl_over_refused=kl_mean(runs.kl.numpy()[~answered]),
+        kl_random=kl_mean(runs.kl_random.mean(0).numpy()[answered]),
         score_harmful_baseline=bootstrap_mean(runs.base[:nh].numpy(), boot, of="prompts"),
         score_harmful_ablated=bootstrap_mean(runs.ablated[:nh].numpy(), boot, of="prompts"),
         dose_response=dose,

@@ -112,6 +112,7 @@ class Auditor:
         title: str | None = None,
         figures: Sequence[Figure] = (),
         details: dict[str, Any] | None = None,
+        failed: str | None = None,
     ) -> Decision:
         """Judge ``measured`` against the policy's threshold for ``check_id`` and record it.
 
@@ -121,6 +122,7 @@ class Auditor:
             title: What is checked, in words (default: the test's docstring, first line).
             figures: Evidence for the report.
             details: Further numbers behind the check (JSON data).
+            failed: Fail the check for this reason, whatever ``measured`` says.
 
         Returns:
             The judgement (a passing or inconclusive one; a failing one fails the test).
@@ -135,7 +137,8 @@ class Auditor:
             )
         est = measured
         title = title or _doc_title(self.item) or check_id
-        j = decide(est, cp.threshold, strict=self.session.options.strict, name=title.lower())
+        strict = self.session.options.strict
+        j = decide(est, cp.threshold, strict=strict, name=title.lower(), failed=failed)
         self.item.stash[ITEM_CHECKS_KEY].append(
             {
                 "id": check_id,

@@ -4,13 +4,18 @@ Data flow: prompts (fit, selection and evaluation splits) → activations at eve
 ``resid_pre`` and post-instruction position (:mod:`refusal_probe.activations.capture`) → difference-of-means
 candidates (:mod:`refusal_probe.direction.estimators`) → the causal choice among them
 (:mod:`refusal_probe.selection.selection`) → per-layer separation of the held-out split.
+
+When no candidate passes selection's filters there is no causal direction; the direction reported
+(and written for the monitor and a later ``--baseline``) is then the candidate that best separates
+the *validation* split's harmful from harmless prompts (AUROC of the projections, unfiltered
+prompts), so the test split still measures a direction it did not choose.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -22,9 +27,10 @@ from refusal_probe.direction.estimators import (
     Candidates,
     Direction,
     difference_of_means,
+    offsets_of,
     pca_of_differences,
 )
-from refusal_probe.direction.separation import LayerSeparation, separation_curve
+from refusal_probe.direction.separation import LayerSeparation, project, separation_curve
 from refusal_probe.errors import DirectionError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
@@ -36,6 +42,11 @@ from refusal_probe.scoring.refusal import (
     refusal_tokens,
 )
 from refusal_probe.selection.selection import DirectionConfig, Selection, score_candidates
+from refusal_probe.stats.separation import auroc
+
+#: How the reported direction was chosen: by its causal effect (selection), or, when no candidate
+#: passed selection's filters, as the best separator of the validation split.
+ChosenBy = Literal["causal", "validation_separation"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +54,8 @@ class DirectionResult:
     """Everything :func:`find_refusal_direction` found.
 
     Attributes:
-        direction: The selected direction (difference of means).
+        direction: The selected direction (difference of means): selection's choice, or the best
+            separator of the validation split when there is none (see ``chosen_by``).
         candidates: The whole candidate grid.
         selection: The scored grid and the choice.
         separation: Per-layer separation of the held-out split by the candidates at the selected
@@ -57,6 +69,12 @@ class DirectionResult:
         wall_s: Seconds for extraction and selection together.
         model_fingerprint: The model's identity fingerprint.
         config: The configuration used.
+        chosen_by: ``"causal"`` (selection chose it) or ``"validation_separation"`` (no candidate
+            passed selection's filters).
+        validation_auroc: ``(layer, position, AUROC)`` of every nonzero candidate on the
+            validation split, unfiltered; measured only when there is no causal choice.
+        projections: The held-out split's projections on ``direction``, ``"harmful"`` and
+            ``"harmless"``, in split order (what breakdowns of the separation read).
     """
 
     direction: Direction
@@ -71,13 +89,14 @@ class DirectionResult:
     wall_s: float
     model_fingerprint: str
     config: DirectionConfig = field(default_factory=DirectionConfig)
+    chosen_by: ChosenBy = "causal"
+    validation_auroc: tuple[tuple[int, int, float], ...] = ()
+    projections: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        s = self.selected_separation.stats.auroc
-        return (
-            f"DirectionResult({self.direction!r}, AUROC {s}, "
-            f"bypass {self.selection.chosen.bypass:.2f}, {self.wall_s:.1f}s)"
-        )
+        s, c = self.selected_separation.stats.auroc, self.selection.chosen
+        how = f"bypass {c.bypass:.2f}" if c is not None else "no causal direction"
+        return f"DirectionResult({self.direction!r}, AUROC {s}, {how}, {self.wall_s:.1f}s)"
 
     @property
     def selected_separation(self) -> LayerSeparation:
@@ -102,6 +121,9 @@ class DirectionResult:
             "wall_s": self.wall_s,
             "model_fingerprint": self.model_fingerprint,
             "config": self.config.to_dict(),
+            "chosen_by": self.chosen_by,
+            "validation_auroc": [list(c) for c in self.validation_auroc],
+            "projections": {k: list(v) for k, v in self.projections.items()},
         }
 
 
@@ -153,13 +175,28 @@ def find_refusal_direction(
     selection = score_candidates(model, candidates, sel_h, sel_l, tokens, config, cache=cache)
     passes["selection"] = selection.forward_passes
     passes["selection_reference"] = selection.reference_forward_passes
+    chosen_by: ChosenBy = "causal"
+    val_auroc: list[tuple[int, int, float]] = []
+    if selection.chosen is not None:
+        direction = candidates.direction(selection.chosen.layer, selection.chosen.position)
+    else:
+        chosen_by = "validation_separation"
+        val_h, val_l = split_texts(fixtures, config.select_split, config.n_select)
+        val_auroc = _cell_auroc(candidates, *_capture_pair(model, val_h, val_l, config, cache))
+        best = max(val_auroc, key=lambda c: (c[2], -c[0], c[1]))
+        direction = candidates.direction(best[0], best[1])
     wall = time.perf_counter() - t0
-    direction = candidates.direction(selection.chosen.layer, selection.chosen.position)
 
     ev_h, ev_l = split_texts(fixtures, config.eval_split, config.n_eval)
     counts["eval"] = {"harmful": [len(ev_h)] * 2, "harmless": [len(ev_l)] * 2}
     eval_h, eval_l = _capture_pair(model, ev_h, ev_l, config, cache)
     curve = separation_curve(candidates, eval_h, eval_l, direction.position, config.bootstrap)
+    i = [s.layer for s in eval_h.sites].index(direction.layer)
+    j = offsets_of(eval_h).index(direction.position)
+    projections = {
+        name: tuple(float(x) for x in project(acts.values[:, i, j], direction))
+        for name, acts in (("harmful", eval_h), ("harmless", eval_l))
+    }
     alt_curve: list[LayerSeparation] = []
     alt_cos: list[float] = []
     if config.alternative:
@@ -186,7 +223,27 @@ def find_refusal_direction(
         wall,
         model.identity.fingerprint,
         config,
+        chosen_by,
+        tuple(val_auroc),
+        projections,
     )
+
+
+def _cell_auroc(
+    candidates: Candidates, harmful: Activations, harmless: Activations
+) -> list[tuple[int, int, float]]:
+    """``(layer, position, AUROC)`` of every nonzero candidate on the given held-out prompts."""
+    layers, offsets = [s.layer for s in harmful.sites], offsets_of(harmful)
+    out = []
+    for d in candidates.all():
+        if d.is_zero:
+            continue
+        i, j = layers.index(d.layer), offsets.index(d.position)
+        h, l_ = project(harmful.values[:, i, j], d), project(harmless.values[:, i, j], d)
+        out.append((d.layer, d.position, auroc(h.numpy(), l_.numpy())))
+    if not out:
+        raise DirectionError("every candidate is a zero vector; there is no direction to report")
+    return out
 
 
 def candidate_directions(

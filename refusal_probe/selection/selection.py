@@ -14,6 +14,8 @@ Selection follows Arditi et al. (2024). For each candidate, on validation prompt
 
 A candidate is discarded if a score is NaN, its layer is ``>= floor(0.8 L)``, its KL exceeds 0.1 or
 its induce score is not above 0; the lowest bypass among the rest wins. The whole grid is kept.
+When none passes, none is chosen (``Selection.chosen is None``): the filters (the KL ceiling among
+them) come before bypass is compared, since a destructive ablation also lowers the log-odds.
 
 Screening (``DirectionConfig.screen``): on deep models the grid is large, so a first-order estimate
 of every candidate's bypass (:mod:`refusal_probe.selection.screening`: one forward and backward pass) ranks
@@ -166,8 +168,9 @@ class Selection:
 
     Attributes:
         grid: Every candidate's scores, layer-major.
-        chosen: The chosen candidate's scores.
-        passed_filters: False when no candidate passed and the lowest bypass was taken anyway.
+        chosen: The chosen candidate's scores: the lowest bypass among those that passed every
+            filter; ``None`` when none passed (there is no causal direction to choose).
+        passed_filters: Whether any candidate passed (``chosen is not None``).
         baseline_harmful: Mean refusal log-odds of the harmful prompts, no intervention.
         baseline_harmless: Mean refusal log-odds of the harmless prompts, no intervention.
         n_harmful: Harmful prompts scored.
@@ -179,7 +182,7 @@ class Selection:
     """
 
     grid: tuple[CandidateScore, ...]
-    chosen: CandidateScore
+    chosen: CandidateScore | None
     passed_filters: bool
     baseline_harmful: float
     baseline_harmless: float
@@ -192,8 +195,8 @@ class Selection:
         """Plain JSON-ready data (unscored cells' NaN scores become ``None``, valid JSON)."""
         data = asdict(self)
         data["grid"] = [c.to_dict() for c in self.grid]
-        data["chosen"] = self.chosen.to_dict()
-        for cell in [*data["grid"], data["chosen"]]:
+        data["chosen"] = self.chosen.to_dict() if self.chosen is not None else None
+        for cell in [*data["grid"], *([data["chosen"]] if self.chosen is not None else [])]:
             for k in ("bypass", "induce", "kl"):
                 cell[k] = None if math.isnan(cell[k]) else cell[k]
         return data
@@ -273,18 +276,18 @@ def score_candidates(
         else:
             why = _why_discarded(d.layer, b, i, q, cutoff, config)
         grid.append(CandidateScore(d.layer, d.position, b, i, q, why, est))
-    passed = [c for c in grid if c.passed]
-    pool = passed or [c for c in grid if not math.isnan(c.bypass)]
-    if not pool:
+    if all(math.isnan(c.bypass) for c in grid):
         raise DirectionError(
             f"every one of the {len(grid)} candidates is zero or scored NaN; the harmful "
             "and harmless activations do not differ at any layer"
         )
-    chosen = min(pool, key=lambda c: (c.bypass, c.layer, c.position))
+    # Only candidates that passed every filter (the KL ceiling included) compete on bypass.
+    passed = [c for c in grid if c.passed]
+    chosen = min(passed, key=lambda c: (c.bypass, c.layer, c.position)) if passed else None
     return Selection(
         grid=tuple(grid),
         chosen=chosen,
-        passed_filters=bool(passed),
+        passed_filters=chosen is not None,
         baseline_harmful=float(base_scores[:nh].mean()),
         baseline_harmless=float(base_scores[nh:].mean()),
         n_harmful=nh,

@@ -121,21 +121,31 @@ _MISS = {
 
 
 def decide(
-    interval: Interval, thr: Threshold, *, strict: bool = False, name: str = "value"
+    interval: Interval,
+    thr: Threshold,
+    *,
+    strict: bool = False,
+    name: str = "value",
+    failed: str | None = None,
 ) -> Decision:
     """Judge an interval against a threshold.
 
     ``≥``: pass if ``low >= t``, fail if ``high < t``, else inconclusive.
     ``≤``: pass if ``high <= t``, fail if ``low > t``, else inconclusive.
-    A non-finite estimate is inconclusive (it was not measured), never a pass.
+    A non-finite estimate is inconclusive (it was not measured), never a pass. With ``failed``
+    the check fails for that reason whatever the interval (say, there is no causal direction to
+    measure): a verdict on the model, not a figure that went missing.
 
     Args:
         interval: The figure and its interval.
         thr: The bar to clear.
         strict: Treat inconclusive as fail.
         name: What the figure is, for the message (``"harmful refusal rate"``).
+        failed: Why the check fails without a figure to judge.
     """
     b, t = thr.bound, thr.value
+    if failed is not None:
+        return Decision(Verdict.FAIL, f"{failed}; required {thr}", float("nan"), Verdict.FAIL)
     shown = f"{name} {_fmt(interval.value)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
     want = f"required {thr}"
     if not interval.finite:
