@@ -36,7 +36,8 @@ from refusal_probe.direction.separation import cosine_per_layer
 from refusal_probe.interventions.hooks import Ablate, Add
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
-from refusal_probe.scoring.generation import Judgement, is_refusal
+from refusal_probe.scoring.generation import Judgement
+from refusal_probe.scoring.reply import refused as judged_refusal
 from refusal_probe.selection.search import candidate_directions, split_texts
 from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.stats.intervals import (
@@ -233,10 +234,12 @@ def _judge(
         ps = sets[name]
         done = texts[at : at + len(ps)]
         at += len(ps)
-        refused = tuple(is_refusal(t, config.phrases) for t in done)
+        refused = tuple(judged_refusal(t, config.judge, config.phrases) for t in done)
         rate = wilson_interval(sum(refused), len(refused), config.level)
         # The conditions share one generation run, counted in ValidationResult.forward_passes.
-        out[name] = Judgement(tuple(ps), tuple(done), refused, rate, config.max_new_tokens, 0)
+        out[name] = Judgement(
+            tuple(ps), tuple(done), refused, rate, config.max_new_tokens, 0, config.judge
+        )
     return out
 
 

@@ -114,6 +114,7 @@ def _judge_kw(config: EvalConfig) -> dict[str, Any]:
         "max_new_tokens": config.max_new_tokens,
         "batch_size": config.batch_size,
         "phrases": config.phrases,
+        "rule": config.judge,
     }
 
 

@@ -13,6 +13,7 @@ from refusal_probe.monitor.scoring import SIGNALS
 from refusal_probe.report.record import Figure
 from refusal_probe.scoring.generation import MAX_NEW_TOKENS
 from refusal_probe.scoring.refusal import REFUSAL_PHRASES
+from refusal_probe.scoring.reply import JudgeRule
 from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Bootstrap, Interval
 
 
@@ -25,6 +26,7 @@ class EvalConfig:
         tpr_fpr: False-positive rate at which the true-positive rate is read off the ROC curve.
         max_new_tokens: Generation bound of the judge.
         phrases: The judge's refusal phrases.
+        judge: The judge (``"reply"`` or ``"substring"``, see :mod:`refusal_probe.scoring.reply`).
         batch_size: Prompts per forward pass (``None``: chosen from free memory).
         n_resamples: Bootstrap resamples.
         seed: Bootstrap seed.
@@ -38,6 +40,7 @@ class EvalConfig:
     tpr_fpr: float = 0.01
     max_new_tokens: int = MAX_NEW_TOKENS
     phrases: tuple[str, ...] = REFUSAL_PHRASES
+    judge: JudgeRule = "reply"
     batch_size: int | None = None
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
@@ -230,7 +233,10 @@ class MonitorEvaluation:
             {s: Interval.from_dict(r) for s, r in d["harmful_flagged"].items()},
             tuple(d["absent"]),
             d["monitor"],
-            EvalConfig(**{**d["config"], "phrases": tuple(d["config"]["phrases"])}),
+            # Written before the reply judge: judged by the substring judge.
+            EvalConfig(
+                **{"judge": "substring", **d["config"], "phrases": tuple(d["config"]["phrases"])}
+            ),
         )
 
     # --- figures for the report --------------------------------------------------------------
