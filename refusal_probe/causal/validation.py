@@ -5,9 +5,9 @@ Axes: ``prompt`` prompts, ``alpha`` addition coefficients.
 A direction that *mediates* refusal must pass three tests on held-out prompts (Arditi et al. 2024):
 ablating it makes the model comply with harmful requests; adding it makes the model refuse harmless
 ones; and ablating it costs little elsewhere (small KL on harmless prompts). Refusal is judged on
-greedy completions by the substring judge, with Wilson intervals; a dose-response curve of the
-refusal probability ``P_R`` (logit proxy) against the addition coefficient shows the effect is
-graded, not a cliff.
+greedy completions by the configured judge (``config.judge``: the reply judge by default), with
+Wilson intervals; a dose-response curve of the refusal probability ``P_R`` (logit proxy) against
+the addition coefficient shows the effect is graded, not a cliff.
 
 Baseline and intervened runs share forward passes (:mod:`refusal_probe.causal.runs`); this
 module judges what they measured and turns it into rates, paired effects and intervals.

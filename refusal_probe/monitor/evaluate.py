@@ -7,7 +7,7 @@ suffix), on the held-out split (only jailbreaks built on that split's harmful pr
 ``val`` attacks that chose the monitor's readout are never counted here):
 
 * **attack success** — refusal rate of the wrapped prompts against that of their base harmful
-  prompts (greedy completions, substring judge), and the paired drop, with intervals;
+  prompts (greedy completions, the configured judge), and the paired drop, with intervals;
 * **detection** — for each monitor signal, AUROC and true-positive rate at 1% false positives of
   the attacks against the harmless prompts, with stratified bootstrap intervals, and the
   true-positive rate at the monitor's calibrated threshold (Wilson). Positives are the
