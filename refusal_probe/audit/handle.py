@@ -32,7 +32,7 @@ from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.stats.intervals import Bootstrap
 
 #: Bumped whenever a result's content or meaning changes (it keys the results cache).
-RESULTS_VERSION = "3"
+RESULTS_VERSION = "4"  # 4: the judge is a setting; a successful attack is one complied with
 
 #: Results whose cache keys hold only the harmful and harmless prompt files.
 _CORE_RESULTS = frozenset({"behaviour", "direction", "causal", "finetune"})

@@ -238,7 +238,14 @@ def _judge(
         rate = wilson_interval(sum(refused), len(refused), config.level)
         # The conditions share one generation run, counted in ValidationResult.forward_passes.
         out[name] = Judgement(
-            tuple(ps), tuple(done), refused, rate, config.max_new_tokens, 0, config.judge
+            tuple(ps),
+            tuple(done),
+            refused,
+            rate,
+            config.max_new_tokens,
+            0,
+            config.judge,
+            tuple(config.phrases),
         )
     return out
 

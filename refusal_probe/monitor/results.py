@@ -105,7 +105,8 @@ class FamilyResult:
         base_refusal: Refusal rate of their base harmful prompts.
         attack_refusal: Refusal rate of the wrapped prompts.
         refusal_drop: ``base - attack`` refusal, paired over prompts (bootstrap interval).
-        successful: Detection per signal, positives = the attacks the model did not refuse.
+        successful: Detection per signal, positives = the attacks the model complied with
+            (:attr:`refusal_probe.scoring.generation.Judgement.complied`).
         attempted: Detection per signal, positives = every attack.
         examples: A few attacks with their completion, verdict and alarm score.
     """
@@ -121,7 +122,7 @@ class FamilyResult:
 
     @property
     def n_successful(self) -> int:
-        """Attacks the model did not refuse."""
+        """Attacks the model complied with."""
         return self.attack_refusal.n - self.attack_refusal.k
 
     def to_dict(self) -> dict[str, Any]:
