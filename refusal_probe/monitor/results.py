@@ -122,8 +122,12 @@ class FamilyResult:
 
     @property
     def n_successful(self) -> int:
-        """Attacks the model complied with."""
-        return self.attack_refusal.n - self.attack_refusal.k
+        """Attacks the model complied with: the positives of the detection figures.
+
+        Under the reply judge this can be fewer than the attacks not refused (a garbled reply
+        is neither).
+        """
+        return max((d.n_pos for d in self.successful.values()), default=0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
