@@ -1,6 +1,7 @@
 """Behaviour: does the model refuse harmful requests, and only those?
 
-Greedy completions of the held-out test prompts, judged by the substring judge (Arditi et al.).
+Greedy completions of the held-out test prompts, judged by the judge the policy names
+(settings.judge: the reply judge by default, or the substring judge of Arditi et al.).
 """
 
 import pytest

@@ -29,7 +29,9 @@ template_utils = importlib.import_module("transformers.utils.chat_template_utils
 #: The tiny template with the day of the month before the user's turn (Llama 3 writes the date).
 DATED_TEMPLATE = "{{ strftime_now('%d') }}" + TINY_CHAT_TEMPLATE
 FAST = DirectionConfig(n_resamples=100)
-JUDGE = ValidationConfig(phrases=(REFUSAL_TEXT,), max_new_tokens=4, n_resamples=100, add_span="all")
+JUDGE = ValidationConfig(
+    phrases=(REFUSAL_TEXT,), judge="substring", max_new_tokens=4, n_resamples=100, add_span="all"
+)
 
 
 class _Clock:

@@ -203,7 +203,10 @@ def test_signals_read_while_judging_equal_a_scoring_pass_and_the_judgement_is_un
     _, model, fx = planted
     prompts = fx.harmful.texts("val")[:5] + fx.harmless.texts("val")[:4]
     prompts += [fx.harmful.texts("val")[0] + ATTACK, "Hi?"]
-    judged, scores = judge_and_score(model, monitor, prompts, batch_size=3, phrases=REFUSAL_PHRASES)
+    # The planted "refusal" is a token string, not a reply: the substring judge reads it.
+    judged, scores = judge_and_score(
+        model, monitor, prompts, batch_size=3, phrases=REFUSAL_PHRASES, rule="substring"
+    )
     alone = score_prompts(model, monitor, prompts, batch_size=4)
     for s in SIGNALS:
         assert torch.allclose(scores.signal(s), alone.signal(s), atol=1e-4), s
@@ -374,7 +377,9 @@ def evaluation(planted, monitor, tmp_path_factory):
         for i, p in enumerate(fx.harmful.split("val"))
     ]  # fmt: skip
     (folder / "jailbreaks-val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
-    config = EvalConfig(phrases=REFUSAL_PHRASES, max_new_tokens=4, n_resamples=200)
+    config = EvalConfig(
+        phrases=REFUSAL_PHRASES, judge="substring", max_new_tokens=4, n_resamples=200
+    )
     return evaluate_monitor(model, monitor, load_fixtures(folder), config)
 
 

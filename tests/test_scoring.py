@@ -12,7 +12,7 @@ from refusal_probe import load_model
 from refusal_probe.errors import ScoringError
 from refusal_probe.model.loading import FIXTURES_DIR
 from refusal_probe.prompts.sets import load_fixtures
-from refusal_probe.scoring.generation import generate, is_refusal, judge, refusal_rate
+from refusal_probe.scoring.generation import generate, judge, refusal_rate
 from refusal_probe.scoring.refusal import (
     filter_by_score,
     kl_divergence,
@@ -20,6 +20,7 @@ from refusal_probe.scoring.refusal import (
     refusal_scores,
     refusal_tokens,
 )
+from refusal_probe.scoring.reply import is_refusal
 from refusal_probe.testing import make_tiny_model, tiny_tokenizer
 
 ORGANISM = FIXTURES_DIR / "models" / "organism-chat"
@@ -150,10 +151,10 @@ def test_generation_respects_the_token_bound(tiny):
 
 def test_refusal_rate_on_the_planted_model(planted):
     model, fx = planted
-    harmful = refusal_rate(
-        model, fx.harmful.texts("test"), phrases=(REFUSAL_TEXT,), max_new_tokens=4
-    )
-    harmless = judge(model, fx.harmless.texts("test"), phrases=(REFUSAL_TEXT,), max_new_tokens=4)
+    # The planted "refusal" is a token string, not a reply: the substring judge reads it.
+    kw = {"phrases": (REFUSAL_TEXT,), "max_new_tokens": 4, "rule": "substring"}
+    harmful = refusal_rate(model, fx.harmful.texts("test"), **kw)
+    harmless = judge(model, fx.harmless.texts("test"), **kw)
     assert (harmful.value, harmful.k, harmful.n) == (1.0, 8, 8)
     assert harmful.low > 0.6 and harmful.high == 1.0
     assert harmless.rate.value == 0.0 and not any(harmless.refused)

@@ -23,7 +23,7 @@ ORGANISM = FIXTURES_DIR / "models" / "organism-chat"
 # The planted model reads the direction at every position, generated ones included, so its
 # addition test adds there too (span "all"); the default span is the prompt's positions.
 PLANTED_JUDGE = ValidationConfig(
-    phrases=(REFUSAL_TEXT,), max_new_tokens=4, n_resamples=100, add_span="all"
+    phrases=(REFUSAL_TEXT,), judge="substring", max_new_tokens=4, n_resamples=100, add_span="all"
 )
 
 

@@ -32,11 +32,13 @@ class Completions:
         harmful: ``(prompt, completion, refused)`` per harmful test prompt, in file order.
         harmless: The same per harmless test prompt.
         max_new_tokens: The generation bound.
+        judge: The judge that gave ``refused`` (``"reply"`` or ``"substring"``).
     """
 
     harmful: tuple[Row, ...]
     harmless: tuple[Row, ...]
     max_new_tokens: int
+    judge: str = "reply"
 
 
 def generate_completions(model: LoadedModel, fixtures: Fixtures, settings: Settings) -> Completions:
@@ -48,9 +50,12 @@ def generate_completions(model: LoadedModel, fixtures: Fixtures, settings: Setti
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.batch_size,
         level=settings.confidence,
+        rule=settings.judge,
     )
     rows = tuple(zip(j.prompts, j.completions, j.refused, strict=True))
-    return Completions(rows[: len(harmful)], rows[len(harmful) :], settings.max_new_tokens)
+    return Completions(
+        rows[: len(harmful)], rows[len(harmful) :], settings.max_new_tokens, settings.judge
+    )
 
 
 def completions_of(v: ValidationResult) -> Completions:
@@ -60,7 +65,9 @@ def completions_of(v: ValidationResult) -> Completions:
     def rows(name: str) -> tuple[Row, ...]:
         return tuple(zip(j[name].prompts, j[name].completions, j[name].refused, strict=True))
 
-    return Completions(rows("harmful_baseline"), rows("harmless_baseline"), v.config.max_new_tokens)
+    return Completions(
+        rows("harmful_baseline"), rows("harmless_baseline"), v.config.max_new_tokens, v.config.judge
+    )
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class Behaviour:
         examples: A few prompt/completion/verdict triples per class.
         max_new_tokens: The generation bound of the judge.
         split: The split judged.
+        judge: The judge (``"reply"`` or ``"substring"``).
     """
 
     harmful: Interval
@@ -82,6 +90,7 @@ class Behaviour:
     examples: dict[str, list[dict[str, Any]]]
     max_new_tokens: int
     split: str = "test"
+    judge: str = "reply"
 
     @classmethod
     def of(cls, c: Completions, fixtures: Fixtures, level: float) -> Behaviour:
@@ -101,6 +110,7 @@ class Behaviour:
             edgy=wilson_interval(sum(edgy), len(edgy), level) if edgy else None,
             examples={"harmful": ex(c.harmful), "harmless": ex(c.harmless)},
             max_new_tokens=c.max_new_tokens,
+            judge=c.judge,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +122,7 @@ class Behaviour:
             "examples": self.examples,
             "max_new_tokens": self.max_new_tokens,
             "split": self.split,
+            "judge": self.judge,
         }
 
     @classmethod
@@ -124,6 +135,7 @@ class Behaviour:
             d["examples"],
             d["max_new_tokens"],
             d.get("split", "test"),
+            d.get("judge", "substring"),  # written before the reply judge
         )
 
     def figure(self, threshold: float | None = None) -> Figure:
@@ -136,7 +148,7 @@ class Behaviour:
             labels,
             [("refusal rate", list(rates))],
             threshold,
-            f"Refusal rates on the {self.split} split (greedy, substring judge)",
+            f"Refusal rates on the {self.split} split (greedy, {self.judge} judge)",
             "A safe chat model refuses nearly all harmful requests and almost no harmless ones; "
             "whiskers are 95% Wilson intervals",
         )

@@ -27,6 +27,7 @@ def validation_config(settings: Settings, seed: int) -> ValidationConfig:
     s = settings
     return ValidationConfig(
         max_new_tokens=s.max_new_tokens,
+        judge=s.judge,
         batch_size=s.batch_size,
         n_resamples=s.resamples,
         seed=seed,

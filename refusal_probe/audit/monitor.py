@@ -32,6 +32,7 @@ def eval_config(settings: Settings, seed: int) -> EvalConfig:
     s = settings
     return EvalConfig(
         max_new_tokens=s.max_new_tokens,
+        judge=s.judge,
         batch_size=s.batch_size,
         n_resamples=s.resamples,
         seed=seed,

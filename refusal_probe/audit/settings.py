@@ -1,4 +1,4 @@
-"""The policy's run-wide settings: interval level, resamples, generation length, selection budget.
+"""The policy's run-wide settings: interval level, resamples, judge, generation, selection budget.
 
 Read from the ``[settings]`` table of the policy file (and the files it extends); each key has a
 type and a range, and a problem names the file that gave the key.
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from refusal_probe.scoring.reply import JUDGES, JudgeRule
 
 #: A value as read, with the file it came from (errors name that file).
 Sourced = tuple[Any, Path]
@@ -22,6 +24,9 @@ class Settings:
         confidence: Two-sided confidence level of every interval (0.5 < c < 1).
         resamples: Bootstrap resamples behind each bootstrap interval.
         max_new_tokens: Greedy generation length for the completion judge.
+        judge: The completion judge: ``"reply"`` reads the whole completion (what follows a
+            refusal phrase included), ``"substring"`` counts any refusal phrase anywhere, as
+            the literature does (:mod:`refusal_probe.scoring.reply`).
         batch_size: Prompts per forward pass; ``None`` (``"auto"`` in the file) chooses it from
             the free memory of the model's device (:func:`refusal_probe.model.devices.auto_batch_size`).
         selection_prompts: Validation prompts per class that score each candidate direction
@@ -39,6 +44,7 @@ class Settings:
     confidence: float = 0.95
     resamples: int = 1000
     max_new_tokens: int = 24
+    judge: JudgeRule = "reply"
     batch_size: int | None = None
     selection_prompts: int = 32
     selection_layer_stride: int = 1
@@ -52,6 +58,9 @@ class Settings:
         d["batch_size"] = "auto" if self.batch_size is None else self.batch_size
         return d
 
+
+#: Settings that take one of a few words, and the words.
+_SETTING_CHOICES: dict[str, tuple[str, ...]] = {"judge": JUDGES}
 
 _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "confidence": (float, 0.5, 0.999),
@@ -70,10 +79,16 @@ def read_settings(table: dict[str, Sourced], errors: list[tuple[Path, str]]) -> 
     """Validate the merged ``[settings]`` table, adding ``(file, problem)`` to ``errors``."""
     values: dict[str, Any] = {}
     for key, (val, file) in table.items():
+        if key in _SETTING_CHOICES:
+            if val in _SETTING_CHOICES[key]:
+                values[key] = val
+            else:
+                words = " or ".join(f'"{c}"' for c in _SETTING_CHOICES[key])
+                errors.append((file, f"[settings] {key}: must be {words}, got {val!r}"))
+            continue
         if key not in _SETTING_RANGES:
-            errors.append(
-                (file, f"[settings] {key}: unknown key; known: {', '.join(_SETTING_RANGES)}")
-            )
+            known = ", ".join([*_SETTING_RANGES, *_SETTING_CHOICES])
+            errors.append((file, f"[settings] {key}: unknown key; known: {known}"))
             continue
         if key == "batch_size" and val == "auto":
             values[key] = None

@@ -35,6 +35,7 @@ from refusal_probe.scoring.refusal import (
     refusal_score_from_logits,
     refusal_tokens,
 )
+from refusal_probe.scoring.reply import JudgeRule
 from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Bootstrap
 
 #: Addition coefficients of the dose-response curve.
@@ -50,6 +51,8 @@ class ValidationConfig:
         n_prompts: Prompts per class (``None``: all of the split).
         max_new_tokens: Generation bound of the judge.
         phrases: The judge's refusal phrases.
+        judge: The judge: ``"reply"`` reads each whole completion, ``"substring"`` looks for a
+            refusal phrase anywhere (:mod:`refusal_probe.scoring.reply`).
         token_phrases: Phrases the refusal tokens of the logit proxy are derived from.
         coefficients: Addition coefficients of the dose-response curve.
         alpha: Coefficient of the addition test.
@@ -71,6 +74,7 @@ class ValidationConfig:
     n_prompts: int | None = None
     max_new_tokens: int = MAX_NEW_TOKENS
     phrases: tuple[str, ...] = REFUSAL_PHRASES
+    judge: JudgeRule = "reply"
     token_phrases: tuple[str, ...] = REFUSAL_PHRASES
     coefficients: tuple[float, ...] = COEFFICIENTS
     alpha: float = 1.0

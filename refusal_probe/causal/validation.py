@@ -6,9 +6,9 @@ A direction that *mediates* refusal must pass three tests on held-out prompts (A
 ablating it makes the model comply with harmful requests; adding it makes the model refuse harmless
 ones; and ablating it costs little elsewhere (small KL on the harmless prompts the model answers:
 on those it over-refuses, a large KL is the ablation doing its job). Refusal is judged on
-greedy completions by the substring judge, with Wilson intervals; a dose-response curve of the
-refusal probability ``P_R`` (logit proxy) against the addition coefficient shows the effect is
-graded, not a cliff.
+greedy completions by the configured judge (``config.judge``: the reply judge by default), with
+Wilson intervals; a dose-response curve of the refusal probability ``P_R`` (logit proxy) against
+the addition coefficient shows the effect is graded, not a cliff.
 
 Baseline and intervened runs share forward passes (:mod:`refusal_probe.causal.runs`); this
 module judges what they measured and turns it into rates, paired effects and intervals.
@@ -37,7 +37,8 @@ from refusal_probe.direction.separation import cosine_per_layer
 from refusal_probe.interventions.hooks import Ablate, Add
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
-from refusal_probe.scoring.generation import Judgement, is_refusal
+from refusal_probe.scoring.generation import Judgement
+from refusal_probe.scoring.reply import refused as judged_refusal
 from refusal_probe.selection.search import candidate_directions, split_texts
 from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.stats.intervals import (
@@ -255,10 +256,19 @@ def _judge(
         ps = sets[name]
         done = texts[at : at + len(ps)]
         at += len(ps)
-        refused = tuple(is_refusal(t, config.phrases) for t in done)
+        refused = tuple(judged_refusal(t, config.judge, config.phrases) for t in done)
         rate = wilson_interval(sum(refused), len(refused), config.level)
         # The conditions share one generation run, counted in ValidationResult.forward_passes.
-        out[name] = Judgement(tuple(ps), tuple(done), refused, rate, config.max_new_tokens, 0)
+        out[name] = Judgement(
+            tuple(ps),
+            tuple(done),
+            refused,
+            rate,
+            config.max_new_tokens,
+            0,
+            config.judge,
+            tuple(config.phrases),
+        )
     return out
 
 

@@ -13,6 +13,7 @@ from refusal_probe.monitor.scoring import SIGNALS
 from refusal_probe.report.record import Figure
 from refusal_probe.scoring.generation import MAX_NEW_TOKENS
 from refusal_probe.scoring.refusal import REFUSAL_PHRASES
+from refusal_probe.scoring.reply import JudgeRule
 from refusal_probe.stats.intervals import LEVEL, N_RESAMPLES, SEED, Bootstrap, Interval
 
 
@@ -25,6 +26,7 @@ class EvalConfig:
         tpr_fpr: False-positive rate at which the true-positive rate is read off the ROC curve.
         max_new_tokens: Generation bound of the judge.
         phrases: The judge's refusal phrases.
+        judge: The judge (``"reply"`` or ``"substring"``, see :mod:`refusal_probe.scoring.reply`).
         batch_size: Prompts per forward pass (``None``: chosen from free memory).
         n_resamples: Bootstrap resamples.
         seed: Bootstrap seed.
@@ -38,6 +40,7 @@ class EvalConfig:
     tpr_fpr: float = 0.01
     max_new_tokens: int = MAX_NEW_TOKENS
     phrases: tuple[str, ...] = REFUSAL_PHRASES
+    judge: JudgeRule = "reply"
     batch_size: int | None = None
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
@@ -102,7 +105,8 @@ class FamilyResult:
         base_refusal: Refusal rate of their base harmful prompts.
         attack_refusal: Refusal rate of the wrapped prompts.
         refusal_drop: ``base - attack`` refusal, paired over prompts (bootstrap interval).
-        successful: Detection per signal, positives = the attacks the model did not refuse.
+        successful: Detection per signal, positives = the attacks the model complied with
+            (:attr:`refusal_probe.scoring.generation.Judgement.complied`).
         attempted: Detection per signal, positives = every attack.
         examples: A few attacks with their completion, verdict and alarm score.
     """
@@ -118,8 +122,12 @@ class FamilyResult:
 
     @property
     def n_successful(self) -> int:
-        """Attacks the model did not refuse."""
-        return self.attack_refusal.n - self.attack_refusal.k
+        """Attacks the model complied with: the positives of the detection figures.
+
+        Under the reply judge this can be fewer than the attacks not refused (a garbled reply
+        is neither).
+        """
+        return max((d.n_pos for d in self.successful.values()), default=0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -230,7 +238,10 @@ class MonitorEvaluation:
             {s: Interval.from_dict(r) for s, r in d["harmful_flagged"].items()},
             tuple(d["absent"]),
             d["monitor"],
-            EvalConfig(**{**d["config"], "phrases": tuple(d["config"]["phrases"])}),
+            # Written before the reply judge: judged by the substring judge.
+            EvalConfig(
+                **{"judge": "substring", **d["config"], "phrases": tuple(d["config"]["phrases"])}
+            ),
         )
 
     # --- figures for the report --------------------------------------------------------------

@@ -220,9 +220,11 @@ class Delta:
 
 #: What the numbers of every run do not show, whatever the model.
 LIMITATIONS: tuple[str, ...] = (
-    "Refusal is judged by a case-insensitive substring judge on greedy completions; substring "
-    "judges overstate jailbreaks and miss refusals phrased otherwise, and say nothing about how "
-    "harmful an answer that complies is.",
+    "Refusal is judged on short greedy completions by the judge the settings name: the reply "
+    "judge reads each completion with fixed rules (a refusal that then complies, or a "
+    "disclaimer that answers, is compliance; garbled text is not a refusal), the substring judge "
+    "counts a refusal phrase anywhere and overstates refusal. Neither reads past the generation "
+    "bound, and neither says how harmful an answer that complies is.",
     "The refusal direction is a single difference-of-means direction; refusal can be mediated by "
     "several directions (a cone), which a single direction under-describes.",
     "A refusal direction measures refusal, not harmfulness: a model can represent a request as "

@@ -1,9 +1,8 @@
-"""Refusal scoring: the refusal-token logit proxy, greedy generation and the completion judge."""
+"""Refusal scoring: the refusal-token logit proxy, greedy generation and the completion judges."""
 
 from refusal_probe.scoring.generation import (
     Judgement,
     generate,
-    is_refusal,
     judge,
     refusal_rate,
 )
@@ -13,15 +12,20 @@ from refusal_probe.scoring.refusal import (
     refusal_scores,
     refusal_tokens,
 )
+from refusal_probe.scoring.reply import JUDGES, Reading, is_refusal, read_reply, refused
 
 __all__ = [
+    "JUDGES",
     "Judgement",
     "REFUSAL_PHRASES",
     "RefusalTokens",
     "generate",
     "is_refusal",
     "judge",
+    "Reading",
+    "read_reply",
     "refusal_rate",
     "refusal_scores",
     "refusal_tokens",
+    "refused",
 ]
