@@ -297,3 +297,34 @@ def test_a_run_on_csv_and_jsonl_files_records_every_file(tmp_path: Path) -> None
     html = (folder / "index.html").read_text()
     assert 'id="prompt-files"' in html and files["adv.csv"]["sha256"] in html
     assert "built: roleplay, encoding, context variants" in html
+
+
+def test_a_large_test_split_is_sampled_down_by_category_and_seed(tmp_path):
+    """test_prompts keeps each category's share of a larger test split, the same each run."""
+    from refusal_probe.audit.options import AuditOptions
+    from refusal_probe.audit.prompt_inputs import resolve_prompts
+
+    options = AuditOptions("some/other-model")  # not an organism: the natural set
+    full = resolve_prompts(options, options.model)
+    sampled = resolve_prompts(options, options.model, test_prompts=60)
+    again = resolve_prompts(options, options.model, test_prompts=60)
+    for side in ("harmful", "harmless"):
+        whole = getattr(full.fixtures, side)
+        part = getattr(sampled.fixtures, side)
+        assert len(whole.split("test")) > 60 and len(part.split("test")) == 60
+        assert part.split("train") == whole.split("train") and part.split("val") == whole.split(
+            "val"
+        )
+        assert part.sha256 != whole.sha256 and part.sha256 == getattr(again.fixtures, side).sha256
+        shares = {
+            c: sum(p.category == c for p in whole.split("test")) / len(whole.split("test"))
+            for c in {p.category for p in whole.split("test")}
+        }
+        for c, share in shares.items():
+            got = sum(p.category == c for p in part.split("test"))
+            assert abs(got - 60 * share) < 1 + 1e-9, (side, c)
+    jail = sampled.fixtures.jailbreaks_in("test")
+    kept = {p.id for p in sampled.fixtures.harmful.split("test")}
+    assert jail and {j.base_id for j in jail} <= kept
+    assert any("60 of the" in n and "test_prompts" in n for n in sampled.notes)
+    assert resolve_prompts(options, options.model, test_prompts=1000).fixtures == full.fixtures

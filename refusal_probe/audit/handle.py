@@ -71,7 +71,7 @@ class ModelHandle:
             self.settings.resamples, self.options.seed, self.settings.confidence
         )
         self.store = ResultStore(self.options.cache_dir)
-        self.inputs = inputs or RunInputs(self.options, on_fatal)
+        self.inputs = inputs or RunInputs(self.options, on_fatal, self.settings.test_prompts)
         self.on_fatal = on_fatal
         self._phases = Phases()
         self._model: LoadedModel | None = None

@@ -47,6 +47,8 @@ class RunInputs:
     Args:
         options: The run's options.
         on_fatal: Called with a message when the prompts cannot be loaded at all.
+        test_prompts: At most this many test prompts per side (the policy's ``test_prompts``;
+            ``0``: all).
 
     Attributes:
         baseline: The opened ``--baseline`` (``None`` until a checkpoint opens it).
@@ -55,9 +57,13 @@ class RunInputs:
     """
 
     def __init__(
-        self, options: AuditOptions, on_fatal: Callable[[str], None] | None = None
+        self,
+        options: AuditOptions,
+        on_fatal: Callable[[str], None] | None = None,
+        test_prompts: int = 0,
     ) -> None:
         self.options = options
+        self.test_prompts = test_prompts
         self.on_fatal = on_fatal
         self.baseline: Baseline | None = None
         self.runs: dict[str, Any] = {}
@@ -72,7 +78,7 @@ class RunInputs:
             held_out = self.options.held_out or not user_given(self.options)
             name = default_set_name(spec) if held_out else "user"
             if name not in self._prompts:
-                self._prompts[name] = resolve_prompts(self.options, spec)
+                self._prompts[name] = resolve_prompts(self.options, spec, self.test_prompts)
             return self._prompts[name]
         except PromptFileError as exc:
             if self.on_fatal is not None:

@@ -21,6 +21,7 @@ need the tokenizer and are built by the localization (:mod:`refusal_probe.audit.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from refusal_probe.model.sources import ORGANISM_ALIASES
 from refusal_probe.prompts import sets
 from refusal_probe.prompts.loaded import LoadedPrompts, prompt_set
 from refusal_probe.prompts.loading import Fields, load_user_prompts
-from refusal_probe.prompts.sets import Fixtures
+from refusal_probe.prompts.sets import Fixtures, Prompt
 from refusal_probe.prompts.variants import TEMPLATE_FAMILIES, content_sha256, jailbreak_variants
 from refusal_probe.resources import FIXTURES_DIR
 
@@ -165,14 +166,25 @@ class ResolvedPrompts:
         return out
 
 
-def resolve_prompts(options: AuditOptions, spec: str) -> ResolvedPrompts:
+def resolve_prompts(options: AuditOptions, spec: str, test_prompts: int = 0) -> ResolvedPrompts:
     """The prompt sets ``spec`` is audited on under ``options`` (reads files, loads no model).
 
     Raises:
         PromptFileError: One line naming the problem (a :class:`PromptSetError` for a user's
             set: unreadable, empty side, too few prompts for a split, duplicate ids, ``hf:``
             offline), or the ``file:line`` list of a folder in the fixtures' schema.
+
+    Args:
+        options: The run's options.
+        spec: The audited model.
+        test_prompts: At most this many test prompts per side, a seeded sample stratified by
+            category (the policy's ``test_prompts``; ``0``: all of them).
     """
+    resolved = _resolve(options, spec)
+    return _with_jailbreaks(_sample_test(resolved, test_prompts, options.seed), options.seed)
+
+
+def _resolve(options: AuditOptions, spec: str) -> ResolvedPrompts:
     if not user_given(options):
         if options.held_out:
             raise PromptFileError(
@@ -180,11 +192,11 @@ def resolve_prompts(options: AuditOptions, spec: str) -> ResolvedPrompts:
                 "whose prompts become the test split"
             )
         name = default_set_name(spec)
-        return _with_jailbreaks(_shipped(name, PROMPT_SETS[name]), options.seed)
+        return _shipped(name, PROMPT_SETS[name])
     if options.prompts and not (options.harmful or options.harmless) and not options.held_out:
         folder = Path(options.prompts)
         if _fixtures_schema(folder):
-            return _with_jailbreaks(_shipped("user", folder), options.seed)
+            return _shipped("user", folder)
     loaded = load_user_prompts(
         prompts=options.prompts,
         harmful=options.harmful,
@@ -198,7 +210,7 @@ def resolve_prompts(options: AuditOptions, spec: str) -> ResolvedPrompts:
         resolved = _held_out(loaded, _shipped(name, PROMPT_SETS[name]), name)
     else:
         resolved = _user(loaded)
-    return _with_jailbreaks(resolved, options.seed)
+    return resolved
 
 
 def _fixtures_schema(folder: Path) -> bool:
@@ -295,6 +307,60 @@ def _held_out(loaded: LoadedPrompts, default: ResolvedPrompts, name: str) -> Res
         tuple(notes),
         loaded.summary(),
     )
+
+
+def _sample_test(resolved: ResolvedPrompts, limit: int, seed: int) -> ResolvedPrompts:
+    """``resolved`` with at most ``limit`` test prompts per side (``0``: all).
+
+    The sample is stratified by category (each category keeps its share, rounded, of the
+    ``limit``) and seeded, so a rerun audits the same prompts; its fingerprint keys the caches.
+    """
+    fx = resolved.fixtures
+    sides, notes = {}, []
+    for name, pset in (("harmful", fx.harmful), ("harmless", fx.harmless)):
+        test = pset.split("test")
+        if not limit or len(test) <= limit:
+            sides[name] = pset
+            continue
+        keep = {p.id for p in stratified_sample(test, limit, f"{seed}-{name}")}
+        dropped = {p.id for p in test} - keep
+        sides[name] = prompt_set(pset.name, [p for p in pset.prompts if p.id not in dropped])
+        notes.append(f"{limit} of the {len(test)} {name} test prompts")
+    if not notes:
+        return resolved
+    kept = {p.id for p in sides["harmful"].prompts}
+    texts = {p.text for p in sides["harmful"].prompts}
+    fixtures = replace(
+        fx,
+        harmful=sides["harmful"],
+        harmless=sides["harmless"],
+        pairs=tuple(p for p in fx.pairs if p.split != "test" or p.harmful in texts),
+        jailbreaks=tuple(j for j in fx.jailbreaks if j.split != "test" or j.base_id in kept),
+        fingerprints={
+            **fx.fingerprints,
+            "harmful.jsonl": sides["harmful"].sha256,
+            "harmless.jsonl": sides["harmless"].sha256,
+        },
+    )
+    note = (
+        f"Audited on {' and '.join(notes)}: a seeded sample stratified by category (the "
+        "policy's test_prompts setting; 0 audits every test prompt, with narrower intervals)."
+    )
+    return replace(resolved, fixtures=fixtures, notes=(*resolved.notes, note))
+
+
+def stratified_sample(prompts: list[Prompt], k: int, seed: str) -> list[Prompt]:
+    """``k`` of ``prompts``, each category keeping its share (largest remainders), seeded."""
+    rng = random.Random(seed)
+    groups: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        groups.setdefault(p.category, []).append(p)
+    quota = {c: k * len(g) / len(prompts) for c, g in groups.items()}
+    take = {c: int(q) for c, q in quota.items()}
+    for c in sorted(quota, key=lambda c: (take[c] - quota[c], c))[: k - sum(take.values())]:
+        take[c] += 1
+    chosen = [p for c in sorted(groups) for p in rng.sample(groups[c], take[c])]
+    return sorted(chosen, key=prompts.index)
 
 
 def _with_jailbreaks(resolved: ResolvedPrompts, seed: int) -> ResolvedPrompts:

@@ -39,6 +39,9 @@ class Settings:
         selection_screen: Score exactly only the ``n`` candidates that a first-order
             (attribution) estimate of their ablation effect ranks best (0: score every
             candidate, the reference procedure); see :mod:`refusal_probe.selection.screening`.
+        test_prompts: Test prompts per side the audits measure: a larger test split is
+            sampled down to this many, stratified by category and seeded (0: every one). The
+            grammar set's 96 per side are all kept; the natural set's 262 and 314 are sampled.
     """
 
     confidence: float = 0.95
@@ -51,6 +54,7 @@ class Settings:
     selection_positions: int = 0
     selection_screen: int = 0
     monitor_target_fpr: float = 0.02
+    test_prompts: int = 128
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
@@ -72,6 +76,7 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "selection_positions": (int, 0, 64),
     "selection_screen": (int, 0, 100_000),
     "monitor_target_fpr": (float, 0.001, 0.5),
+    "test_prompts": (int, 0, 1_000_000),
 }
 
 

@@ -104,7 +104,9 @@ class AuditSession:
     def inputs(self) -> RunInputs:
         """What the checkpoints share: the prompt sets and the baseline, each opened once."""
         if self._inputs is None:
-            self._inputs = RunInputs(self.options, on_fatal=self.abort)
+            self._inputs = RunInputs(
+                self.options, on_fatal=self.abort, test_prompts=self.policy.settings.test_prompts
+            )
         return self._inputs
 
     def audit_run(self, spec: str) -> AuditRun:
