@@ -366,13 +366,10 @@ def _measure_grid(
 
         # Pass 2: every candidate added at its layer on the harmless prompts.
         plan = PerRow(tuple((Add(d),) for d in chosen for _ in harmless))
+        shown = ("candidates added", "candidate", len(harmless))
+        induce = lambda rows, x: refusal_score_from_logits(x, tokens)  # noqa: E731
         ind, n_ind = map_last_logits(
-            model,
-            harmless * k,
-            lambda rows, x: refusal_score_from_logits(x, tokens),
-            [plan],
-            max_batch=config.max_rows,
-            shown_as=("candidates added", "candidate", len(harmless)),
+            model, harmless * k, induce, [plan], max_batch=config.max_rows, shown_as=shown
         )
         part[:, 1] = ind.view(k, nl).mean(1)
     scores = torch.full((len(live), 3), math.nan, dtype=torch.float64)
