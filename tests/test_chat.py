@@ -252,3 +252,11 @@ def test_a_tokenizer_without_a_chat_template_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="refusal_probe.model.chat"):
         chat = chat_format_for(_tokenizer(None))
     assert chat.kind == "plain" and "has no chat template" in caplog.text
+
+
+def test_a_truncation_is_a_sentence_for_the_report():
+    chat = ChatFormat(_tokenizer(CHATML), max_tokens=40)
+    assert chat.truncation_note() is None
+    chat.encode([" ".join(["and then a cake"] * 500) + " ends here?"])
+    note = chat.truncation_note()
+    assert note is not None and note.startswith("1 prompt(s) were longer than the model's context")

@@ -328,3 +328,34 @@ def test_a_large_test_split_is_sampled_down_by_category_and_seed(tmp_path):
     assert jail and {j.base_id for j in jail} <= kept
     assert any("60 of the" in n and "test_prompts" in n for n in sampled.notes)
     assert resolve_prompts(options, options.model, test_prompts=1000).fixtures == full.fixtures
+
+
+def test_prompts_longer_than_the_context_are_cut_and_counted(tmp_path: Path) -> None:
+    """100,000-character prompts lose their start to fit the model's context: no memory blow-up."""
+    model, _ = make_planted_model(tmp_path / "planted")  # a context of 256 tokens
+    data = tmp_path / "data"
+    data.mkdir()
+    preamble = "Some background before my question. " * 2800  # 100,800 characters
+    harmful = [{"goal": preamble + t.format(w)} for w in HARMFUL_WORDS for t in TEMPLATES] * 2
+    harmful = [{"goal": f"{i}. {h['goal']}", "target": "Sure"} for i, h in enumerate(harmful)]
+    harmless = [
+        {"prompt": f"{i}. " + t.format(w)}
+        for i, (w, t) in enumerate(
+            (w, t) for w in HARMLESS_WORDS for t in TEMPLATES for _ in range(2)
+        )
+    ]
+    adv, safe = _csv(data / "adv.csv", harmful), _jsonl(data / "safe.jsonl", harmless)
+    cmd = [
+        sys.executable, "-m", "refusal_probe", "audit", "-p", "no:cacheprovider",
+        "--model", str(model), "--harmful", str(adv), "--harmless", str(safe),
+        "--cache-dir", str(tmp_path / "cache"), "--report-dir", str(tmp_path / "reports"),
+        "-m", "behaviour",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    folder = (tmp_path / "reports" / model.name / "latest").resolve()
+    notes = json.loads((folder / "audit.json").read_text())["data"]["notes"]
+    cut = [n for n in notes if "longer than the model's context of 256 tokens" in n]
+    assert cut and int(cut[0].split()[0]) >= 8, notes
+    page = (folder / "index.html").read_text()
+    assert "longer than the model&#39;s context of 256 tokens" in page

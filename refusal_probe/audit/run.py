@@ -376,6 +376,9 @@ class AuditRun(ModelHandle):
             ctx["data"] = prompts.summary()
             if self._pairs is not None and not self.fixtures.pairs_in("test"):
                 ctx["data"]["files"].append(built_pairs_file(self._pairs))
+            cut = self._model.chat.truncation_note() if self._model is not None else None
+            if cut:
+                ctx["data"]["notes"].append(cut)
         if self._artifact is not None and self._artifact.is_file():
             ctx["artifacts"] = {"direction.safetensors": str(self._artifact)}
         direction, baseline = self._direction.peek(), self._baseline.peek()

@@ -117,6 +117,16 @@ class ChatFormat:
         """How many distinct prompts were shortened to fit ``max_tokens``."""
         return len(self._truncated)
 
+    def truncation_note(self) -> str | None:
+        """A sentence for a report when prompts were shortened to fit the context, else ``None``."""
+        if not self._truncated:
+            return None
+        return (
+            f"{self.truncated} prompt(s) were longer than the model's context of "
+            f"{self.max_tokens} tokens and lost the start of their text (the end of a request is "
+            "what the methods read)."
+        )
+
     def format(self, instruction: str) -> str:
         """Return the full prompt for one user instruction, ending with the assistant header."""
         if self.kind == "plain":
