@@ -69,13 +69,13 @@ _REPORTER: ContextVar[Reporter] = ContextVar("refusal_probe_progress", default=_
 
 @contextmanager
 def task(
-    name: str, total: float, unit: str = "it", *, scale: float = 1.0, show: bool = True
+    name: str, total: float | None, unit: str = "it", *, scale: float = 1.0, show: bool = True
 ) -> Iterator[Bar]:
     """A counted loop: ``total`` units, ``bar.update(k)`` as ``k`` more are done.
 
     Args:
         name: What the loop does (``"capture"``, ``"generation"``).
-        total: Units the loop will do.
+        total: Units the loop will do (``None``: a phase without a count).
         unit: What one unit is, singular (``"prompt"``).
         scale: Factor from counted units to shown ones (count rows, show candidates:
             ``1 / rows_per_candidate``).
@@ -94,14 +94,8 @@ def task(
 @contextmanager
 def phase(name: str) -> Iterator[None]:
     """A long step without a count (loading a model, computing one result of an audit)."""
-    reporter = _REPORTER.get()
-    bar = reporter.open(name, None, "", 1.0)
-    try:
+    with task(name, None, ""):
         yield
-    except BaseException:
-        reporter.close(bar, failed=True)
-        raise
-    reporter.close(bar)
 
 
 @contextmanager

@@ -264,6 +264,19 @@ def test_bad_prompts_stop_the_run_with_one_line(
 # --- the plugin: a run on a user's set records it ------------------------------------------------
 
 
+def _behaviour_audit(tmp_path: Path, model: Path, harmful: Path, harmless: Path) -> Path:
+    """Run the behaviour audit on ``model`` with these two files; its run folder."""
+    cmd = [
+        sys.executable, "-m", "refusal_probe", "audit", "-p", "no:cacheprovider",
+        "--model", str(model), "--harmful", str(harmful), "--harmless", str(harmless),
+        "--cache-dir", str(tmp_path / "cache"), "--report-dir", str(tmp_path / "reports"),
+        "-m", "behaviour",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    return (tmp_path / "reports" / model.name / "latest").resolve()
+
+
 def test_a_run_on_csv_and_jsonl_files_records_every_file(tmp_path: Path) -> None:
     model, _ = make_planted_model(tmp_path / "planted")
     data = tmp_path / "data"
@@ -277,15 +290,7 @@ def test_a_run_on_csv_and_jsonl_files_records_every_file(tmp_path: Path) -> None
         {"prompt": a.format(t.format(w))} for a in ask for w in HARMLESS_WORDS for t in TEMPLATES
     ]
     adv, safe = _csv(data / "adv.csv", harmful), _jsonl(data / "safe.jsonl", harmless)
-    cmd = [
-        sys.executable, "-m", "refusal_probe", "audit", "-p", "no:cacheprovider",
-        "--model", str(model), "--harmful", str(adv), "--harmless", str(safe),
-        "--cache-dir", str(tmp_path / "cache"), "--report-dir", str(tmp_path / "reports"),
-        "-m", "behaviour",
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert out.returncode in (0, 1), out.stdout + out.stderr
-    folder = (tmp_path / "reports" / model.name / "latest").resolve()
+    folder = _behaviour_audit(tmp_path, model, adv, safe)
     record = json.loads((folder / "audit.json").read_text())
     data_ = record["data"]
     assert data_["set"] == "user" and data_["harmful"]["test"] >= 8
@@ -345,15 +350,7 @@ def test_prompts_longer_than_the_context_are_cut_and_counted(tmp_path: Path) -> 
         )
     ]
     adv, safe = _csv(data / "adv.csv", harmful), _jsonl(data / "safe.jsonl", harmless)
-    cmd = [
-        sys.executable, "-m", "refusal_probe", "audit", "-p", "no:cacheprovider",
-        "--model", str(model), "--harmful", str(adv), "--harmless", str(safe),
-        "--cache-dir", str(tmp_path / "cache"), "--report-dir", str(tmp_path / "reports"),
-        "-m", "behaviour",
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert out.returncode in (0, 1), out.stdout + out.stderr
-    folder = (tmp_path / "reports" / model.name / "latest").resolve()
+    folder = _behaviour_audit(tmp_path, model, adv, safe)
     notes = json.loads((folder / "audit.json").read_text())["data"]["notes"]
     cut = [n for n in notes if "longer than the model's context of 256 tokens" in n]
     assert cut and int(cut[0].split()[0]) >= 8, notes
