@@ -168,6 +168,7 @@ class TerminalProgress:
             return _Phase(name)
         desc = f"{self._phases[-1][0]}: {name}" if self._phases else name
         lines = not self.interactive
+        tqdm.monitor_interval = 0  # no monitor thread: nothing redraws or holds tqdm's lock
         self._bar = tqdm(
             total=total,
             desc=self.prefix + desc,
@@ -176,7 +177,7 @@ class TerminalProgress:
             file=_Lines(self.out) if lines else self.out,
             ncols=None if lines else self.width,  # a log's lines are never cut
             leave=True,
-            miniters=1,  # no dynamic miniters: tqdm's monitor thread never redraws behind us
+            miniters=1,
             mininterval=self.interval if lines else 0.2,
             delay=self.interval if lines else self.min_seconds,
             bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"

@@ -253,7 +253,7 @@ def test_bad_prompts_stop_the_run_with_one_line(
     args, expected = _bad_inputs(pytester.path / "data")[case]
     pytester.makeconftest('pytest_plugins = ["refusal_probe.pytest_plugin.plugin"]\n')
     pytester.makepyfile(test_audit=AUDIT_FILE)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--model", "org/model", *args)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--model", "organism-chat", *args)
     text = "\n".join(result.outlines + result.errlines)
     assert result.ret == 4, text
     lines = [ln for ln in text.splitlines() if "refusal-probe:" in ln]
