@@ -85,6 +85,9 @@ def test_ctrl_c_through_the_command_line_writes_the_interrupted_report(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As from a terminal: a job started in the background (CI scripts, `cmd &`) inherits
+        # SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 240
