@@ -102,7 +102,7 @@ def test_capture_matches_hugging_face_on_the_converted_weights(smollm2):
 
 
 def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
-    """The audit suite end to end on SmolLM2 (the grammar set, 48 test prompts per side).
+    """The audit suite end to end on SmolLM2 (the grammar set, policy-fast's selection grid).
 
     This model complies with most harmful requests (NOTES §7), so the audit must finish, write
     its report and fail the behaviour audit: that is the finding, not a crash.
@@ -120,12 +120,12 @@ def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
     if converted.is_dir():
         (cache / "gguf").symlink_to(converted, target_is_directory=True)
     reports = tmp_path / "reports"
-    # CI's budget on a 2-core CPU: the grammar set (short prompts) with its test split sampled to
-    # 48 per side, and policy-fast.toml's selection grid (every second layer, the last position,
-    # 16 prompts per class). A plain run audits SmolLM2 on the natural set with the full grid.
+    # CI's budget on a 2-core CPU: the grammar set (short prompts; all 96 test prompts per side,
+    # which localization needs for enough length-matched pairs under SmolLM2's tokenizer) and
+    # policy-fast.toml's selection grid. A plain run audits it on the natural set, full grid.
     policy = tmp_path / "policy-ci.toml"
     policy.write_text(
-        'extends = "default"\n\n[settings]\ntest_prompts = 48\nselection_prompts = 16\n'
+        'extends = "default"\n\n[settings]\nselection_prompts = 16\n'
         "selection_layer_stride = 2\nselection_positions = 1\n",
         encoding="utf-8",
     )
@@ -145,4 +145,4 @@ def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
     assert len(verdicts) + len(not_run) == 16, (verdicts, not_run)
     assert set(verdicts.values()) <= {"pass", "fail", "inconclusive"}
     assert {"direction", "causal", "circuit", "monitor"} <= set(audit["run"]["phases"])
-    assert audit["data"]["harmful"]["test"] == audit["data"]["harmless"]["test"] == 48
+    assert audit["data"]["harmful"]["test"] == audit["data"]["harmless"]["test"] == 96
