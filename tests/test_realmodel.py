@@ -144,5 +144,7 @@ def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
     assert {i for i in not_run if not i.startswith("finetune.")} == set()  # no baseline given
     assert len(verdicts) + len(not_run) == 16, (verdicts, not_run)
     assert set(verdicts.values()) <= {"pass", "fail", "inconclusive"}
-    assert {"direction", "causal", "circuit", "monitor"} <= set(audit["run"]["phases"])
+    # "causal" is timed only when a candidate passed selection's filters; SmolLM2 has none
+    # (no causal direction: the causal checks fail with that reason), so it is not asked for.
+    assert {"direction", "circuit", "monitor"} <= set(audit["run"]["phases"])
     assert audit["data"]["harmful"]["test"] == audit["data"]["harmless"]["test"] == 96
