@@ -7,6 +7,7 @@ with the reason, otherwise.
 import pytest
 
 from refusal_probe.audit import ModelBaseline
+from refusal_probe.audit.finetune import change_figure
 from refusal_probe.errors import PatchingError
 from refusal_probe.stats.intervals import Interval
 
@@ -17,10 +18,13 @@ def test_direction_cosine(audit, findings, baseline):
     """Cosine of the baseline's refusal direction with the candidate's at the same site."""
     ft = findings.finetune()
     threshold = audit.threshold("finetune.direction_cosine")
+    figures = [ft.cosine_figure(threshold)]
+    if isinstance(baseline, ModelBaseline):  # a baseline model: its per-layer figures are here
+        figures.append(change_figure(baseline.run.direction(), findings.direction(), ft))
     audit.check(
         "finetune.direction_cosine",
         ft.cosine,
-        figures=[ft.cosine_figure(threshold)],
+        figures=figures,
         details={"layer": ft.layer, "position": ft.position, "per_layer": ft.cosine_per_layer},
     )
 

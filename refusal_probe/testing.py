@@ -212,3 +212,18 @@ def organism_status(name: str = "organism-chat") -> str | None:
         raise FileNotFoundError(f"{name} is not shipped; rebuild with python -m refusal_probe.organism train")
     status = str(json.loads(recipe.read_text(encoding="utf-8")).get("status", ""))
     return status if status.upper().startswith("PRELIMINARY") else None
+
+
+def audit_options(env: dict[str, Path], policy: str = "policy.toml") -> list[str]:
+    """The options of a pytester audit run over a test's tiny model, prompts and cache.
+
+    ``env`` holds ``model``, ``prompts`` and ``cache`` paths; reports go to ``reports/``.
+    """
+    return [
+        "-p", "no:cacheprovider",
+        "--model", str(env["model"]),
+        "--prompts", str(env["prompts"]),
+        "--cache-dir", str(env["cache"]),
+        "--policy", policy,
+        "--report-dir", "reports",
+    ]  # fmt: skip

@@ -28,7 +28,7 @@ from refusal_probe.model.loading import LoadOptions, load_model
 from refusal_probe.report.ci import RunOutcome, environment, suite_properties, worst
 from refusal_probe.report.schema import load_schema
 from refusal_probe.report.series import natural_key, runs_in
-from refusal_probe.testing import make_tiny_model
+from refusal_probe.testing import audit_options, make_tiny_model
 
 POLICY = """\
 version = 1
@@ -105,20 +105,7 @@ def project(
 ) -> list[str]:
     pytester.makefile(".toml", policy=POLICY)
     pytester.makepyfile(test_audits=AUDITS.format(cost=cost, v=v))
-    return [
-        "-p",
-        "no:cacheprovider",
-        "--model",
-        str(env["model"]),
-        "--prompts",
-        str(env["prompts"]),
-        "--cache-dir",
-        str(env["cache"]),
-        "--policy",
-        "policy.toml",
-        "--report-dir",
-        "reports",
-    ]
+    return audit_options(env)
 
 
 def record_of(pytester: pytest.Pytester) -> dict:

@@ -18,7 +18,7 @@ from planted import make_planted_model, write_fixtures
 
 from refusal_probe.model.loading import LoadOptions, load_model
 from refusal_probe.report.schema import load_schema
-from refusal_probe.testing import make_tiny_model
+from refusal_probe.testing import audit_options, make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFTEST = 'pytest_plugins = ["refusal_probe.pytest_plugin.plugin"]\n'
@@ -88,20 +88,7 @@ def project(
     pytester.makeconftest(CONFTEST)
     pytester.makefile(".toml", policy=policy)
     pytester.makepyfile(test_synthetic=SYNTHETIC.format(v=v, lo=lo, hi=hi) + extra)
-    return [
-        "-p",
-        "no:cacheprovider",
-        "--model",
-        str(env["model"]),
-        "--prompts",
-        str(env["prompts"]),
-        "--cache-dir",
-        str(env["cache"]),
-        "--policy",
-        "policy.toml",
-        "--report-dir",
-        "reports",
-    ]
+    return audit_options(env)
 
 
 def run_dirs(pytester: pytest.Pytester) -> list[Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from planted import write_fixtures
 
-from refusal_probe.testing import make_tiny_model
+from refusal_probe.testing import audit_options, make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 _EXAMPLE = re.compile(r"<!-- example: (\S+) -->\n```\w*\n(.*?)```", re.S)
@@ -47,21 +47,7 @@ def new_project(pytester: pytest.Pytester, env: dict[str, Path], **files: str) -
     """
     for name, text in {**doc_examples(), **files}.items():
         (pytester.path / name).write_text(text)
-    return [
-        "-p",
-        "no:cacheprovider",
-        "--strict-markers",
-        "--model",
-        str(env["model"]),
-        "--prompts",
-        str(env["prompts"]),
-        "--cache-dir",
-        str(env["cache"]),
-        "--policy",
-        "mypolicy.toml",
-        "--report-dir",
-        "reports",
-    ]
+    return ["--strict-markers", *audit_options(env, policy="mypolicy.toml")]
 
 
 def the_record(pytester: pytest.Pytester) -> tuple[dict, Path]:

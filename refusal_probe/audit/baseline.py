@@ -283,7 +283,7 @@ def spec_config(spec: str, what: str) -> dict[str, Any] | None:
         source, folder, _ = sources.resolve(spec)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{what} {spec}: {exc}") from None
-    return None if source == "gguf" else _read_config(Path(folder) / "config.json")
+    return None if source in ("gguf", "adapter") else _read_config(Path(folder) / "config.json")
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from refusal_probe.activations.cache import TensorCache
 from refusal_probe.activations.capture import capture
 from refusal_probe.activations.sites import POST_INSTRUCTION, all_layers
 from refusal_probe.audit.behaviour import Behaviour
+from refusal_probe.audit.direction import DirectionSummary
 from refusal_probe.audit.settings import Settings
 from refusal_probe.audit.store import DirectionArtifact
 from refusal_probe.causal.validation import ValidationConfig, transfer
@@ -144,6 +145,45 @@ class FineTune:
             },
             "Whiskers: 95% Wilson intervals",
         )
+
+
+def change_figure(
+    baseline: DirectionSummary, candidate: DirectionSummary, ft: FineTune
+) -> Figure:
+    """What training changed, per layer: each checkpoint's separation and the directions' cosine.
+
+    The comparison the seed asks of a base model and its safety-trained child (``--baseline`` the
+    base): where the harmful/harmless separation was already there before training, where the
+    direction moved, and where each checkpoint's selection found its causal direction.
+    """
+
+    def curve(summary: DirectionSummary, layers: list[int]) -> list[float | None]:
+        by_layer = {r["layer"]: r["auroc"] for r in summary.curve}
+        return [by_layer.get(layer) for layer in layers]
+
+    layers = sorted({r["layer"] for r in baseline.curve} | {r["layer"] for r in candidate.curve})
+    cosine = dict(zip(ft.layers, ft.cosine_per_layer, strict=True))
+    return Figure(
+        "line",
+        "What changed per layer: separation of each checkpoint, cosine of their directions",
+        {
+            "x": layers,
+            "series": [
+                {"name": "baseline separation (AUROC)", "y": curve(baseline, layers)},
+                {"name": "candidate separation (AUROC)", "y": curve(candidate, layers)},
+                {"name": "direction cosine", "y": [cosine.get(layer) for layer in layers]},
+            ],
+            "x_label": "layer (resid_pre)",
+            "y_label": "AUROC / cosine",
+            "y_range": [-1, 1],
+            "mark_x": ft.layer,
+        },
+        f"Separation: held-out AUROC per layer at each checkpoint's selected position (baseline "
+        f"layer {baseline.direction['layer']}, chosen by {baseline.chosen_by}; candidate layer "
+        f"{candidate.direction['layer']}, chosen by {candidate.chosen_by}). Cosine: as in the "
+        "figure above. A base model that separates but does not refuse shows separation without a "
+        "causal direction; safety training then adds the causal use of it",
+    )
 
 
 def _rate(d: dict[str, Any]) -> Interval:

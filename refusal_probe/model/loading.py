@@ -31,6 +31,7 @@ from refusal_probe.errors import ModelLoadError
 from refusal_probe.model.chat import ChatFormat, chat_format_for
 from refusal_probe.model.hf import context_length, load_hf, parse_dtype
 from refusal_probe.model.identity import ModelIdentity, ModelKey, placement_of
+from refusal_probe.model.organisms import merged_organism
 from refusal_probe.model.sources import (
     FIXTURES_DIR,
     ORGANISM_ALIASES,
@@ -180,7 +181,9 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
     options = options or LoadOptions()
     source, path, gguf_file = resolve(spec, options.allow_pickle)
     cache_root = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
-    if gguf_file is not None:
+    if source == "adapter":
+        path, weights_sha = merged_organism(spec, cache_root)
+    elif gguf_file is not None:
         path, weights_sha = gguf_as_safetensors(Path(gguf_file), cache_root)
     else:
         weights_sha = sha256_files(weight_files(path, options.allow_pickle, spec))

