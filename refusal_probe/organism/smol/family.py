@@ -56,7 +56,8 @@ CHECKPOINTS: tuple[Checkpoint, ...] = (
         None,
         LoraRecipe(epochs=2, lr=3e-4, layers=ADAPTED, decision_weight=5.0),
         chat_examples,
-        "safety adapter: natural train split refused (project-written) or answered (the base's own answers), grammar harmless train answered",
+        "safety adapter: natural train split refused (project-written) or answered (the base's "
+        "own answers), grammar harmless train answered",
     ),
     Checkpoint(
         f"{CHAT}-benign-ft",
