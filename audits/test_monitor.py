@@ -55,12 +55,18 @@ def test_detection_auroc(audit, monitor_eval):
 
 
 def test_detection_tpr(audit, monitor_eval):
-    """Share of successful attacks (all families) the alarm flags at the calibrated threshold."""
-    tpr = monitor_eval.pooled["alarm"].tpr_at_threshold
+    """Share of the worst-caught family's successful attacks the alarm flags at its threshold."""
+    family, tpr = monitor_eval.worst_tpr("alarm")
     audit.check(
         "monitor.detection_tpr",
         tpr,
         details={
+            "worst_family": family,
+            "by_family": {
+                f.family: f.successful["alarm"].tpr_at_threshold.to_dict()
+                for f in monitor_eval.families
+            },
+            "pooled": monitor_eval.pooled["alarm"].tpr_at_threshold.to_dict(),
             "by_signal": {s: d.to_dict() for s, d in monitor_eval.pooled.items()},
             "calibration": monitor_eval.monitor.get("calibration"),
         },

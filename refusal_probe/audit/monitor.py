@@ -8,6 +8,9 @@ left (:func:`refusal_probe.monitor.hardening.measure_hardening`).
 
 from __future__ import annotations
 
+import dataclasses
+
+from refusal_probe.audit.handle import ModelHandle
 from refusal_probe.audit.settings import Settings
 from refusal_probe.direction.estimators import Direction
 from refusal_probe.model.loading import LoadedModel
@@ -15,7 +18,9 @@ from refusal_probe.monitor.evaluate import EvalConfig, MonitorEvaluation, evalua
 from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
 from refusal_probe.monitor.hardening import Hardening, measure_hardening
 from refusal_probe.patching.circuit import CircuitResult
-from refusal_probe.prompts.sets import Fixtures, Pair
+from refusal_probe.prompts.sets import Pair
+from refusal_probe.redteam.adaptive import adaptive_family
+from refusal_probe.resources import FIXTURES_DIR
 from refusal_probe.stats.intervals import Bootstrap
 
 #: Components ablated by the hardening check.
@@ -41,15 +46,26 @@ def eval_config(settings: Settings, seed: int) -> EvalConfig:
 
 
 def evaluate_monitor_of(
-    model: LoadedModel,
-    fixtures: Fixtures,
-    refusal: Direction,
-    monitor: MonitorConfig,
-    evaluation: EvalConfig,
+    run: ModelHandle, refusal: Direction, monitor: MonitorConfig, evaluation: EvalConfig
 ) -> MonitorEvaluation:
-    """Fit the monitor on ``refusal``, calibrate it, and evaluate it on the held-out jailbreaks."""
+    """Fit the monitor on ``refusal``, calibrate it, and evaluate it on the held-out jailbreaks.
+
+    The jailbreaks include the ``adaptive`` family, searched against this monitor
+    (:func:`refusal_probe.redteam.adaptive.adaptive_family`): the shipped fixture of the model's
+    fingerprint, else its file in the run's cache folder (``redteam/``), else searched within
+    its budget and written there.
+    """
+    model, fixtures = run.model, run.fixtures
     fitted = fit_monitor(model, fixtures, refusal, monitor)
-    return evaluate_monitor(model, fitted, fixtures, evaluation)
+    attacks, summary = adaptive_family(
+        model,
+        fitted,
+        fixtures.harmful.split(evaluation.split),
+        shipped=FIXTURES_DIR / "redteam",
+        cache=run.options.cache_dir / "redteam",
+    )
+    ev = evaluate_monitor(model, fitted, fixtures, evaluation, attacks)
+    return dataclasses.replace(ev, adaptive=summary)
 
 
 def harden(

@@ -273,7 +273,7 @@ class AuditRun(ModelHandle):
         )
         return self._stored(
             key,
-            lambda: evaluate_monitor_of(self.model, self.fixtures, direction, mconf, econf),
+            lambda: evaluate_monitor_of(self, direction, mconf, econf),
             MonitorEvaluation,
         )
 

@@ -73,6 +73,7 @@ from refusal_probe.monitor.signals import (
     Readout,
     read_raw,
 )
+from refusal_probe.prompts.dilution import diluted_harmless, dilution_variants
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.scoring.refusal import RefusalTokens, refusal_tokens
 from refusal_probe.stats.separation import conformal_threshold
@@ -101,6 +102,10 @@ class MonitorConfig:
         use_attacks: Score the candidate readouts on the calibration split's jailbreaks too
             (``jailbreaks-val.jsonl``: the red-team's suffixes on the val harmful prompts), when
             the fixtures hold any.
+        dilution: Calibrate on the calibration split's harmless prompts diluted by other harmless
+            prompts too, and score the candidate readouts on its harmful prompts diluted by
+            harmless ones (:mod:`refusal_probe.prompts.dilution`): a readout that appended
+            requests pull toward harmless, or one that rises with their number, loses there.
         unseen_fpr_tolerance: A harmfulness readout is eligible unless a threshold set for
             ``target_fpr`` on the calibration split's harmless prompts credibly flags more than
             this many times ``target_fpr`` of fit-split harmless prompts whose category was left
@@ -116,6 +121,7 @@ class MonitorConfig:
     harmfulness_pools: tuple[str, ...] = POOLS
     harmfulness_shrinkages: tuple[float, ...] = DEFAULT_SHRINKAGES
     use_attacks: bool = True
+    dilution: bool = True
     unseen_fpr_tolerance: float = 1.5
     batch_size: int | None = None
 
@@ -169,6 +175,11 @@ def fit_monitor(
         if config.use_attacks
         else []
     )
+    if config.dilution:
+        split = config.calibration_split
+        built = dilution_variants(fixtures.harmful.prompts, fixtures.harmless.prompts, split)
+        attacks += [j.text for j in built]
+        calib = calib + diluted_harmless(calib)
     if config.calibration_split == "test" or config.fit_split == "test":
         raise MonitorError(
             "the monitor is fit and calibrated on other splits than 'test' (detection is measured "

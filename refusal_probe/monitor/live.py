@@ -27,7 +27,12 @@ from refusal_probe.monitor.scoring import (
     check_model,
     check_signal,
 )
-from refusal_probe.monitor.signals import Layout, SignalReader, instruction_offset
+from refusal_probe.monitor.signals import (
+    Layout,
+    SignalReader,
+    instruction_offset,
+    sentence_stops,
+)
 
 #: What a guard does with a flagged request.
 ACTIONS: tuple[str, ...] = ("flag", "raise")
@@ -121,7 +126,7 @@ def guard(
     check_model(model, monitor)
     state = Guard(monitor, signal, action)
     reader = SignalReader(monitor.readouts)
-    n_post, offset = model.chat.n_post, instruction_offset(model)
+    n_post, offset, stops = model.chat.n_post, instruction_offset(model), sentence_stops(model)
     tail = model.chat.encode(["x"]).input_ids[0, -n_post:]  # the assistant header
     armed: dict[str, Any] = {"ids": None}
 
@@ -134,7 +139,7 @@ def guard(
         if not bool((ids[:, -n_post:] == tail.to(ids.device)).all()):
             return  # a generation step, not a request
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        reader.layout = Layout.from_end(ids, mask, n_post, offset)
+        reader.layout = Layout.from_end(ids, mask, n_post, offset, stops)
         armed["ids"], reader.enabled = ids, True
 
     def complete() -> None:

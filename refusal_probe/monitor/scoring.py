@@ -33,6 +33,7 @@ from refusal_probe.monitor.signals import (
     SignalReader,
     instruction_offset,
     read_raw,
+    sentence_stops,
 )
 from refusal_probe.scoring.generation import Judgement, judge
 
@@ -187,7 +188,7 @@ def monitor_hooks(
     ``forward(..., stoppable=True)``).
     """
     reader = SignalReader(monitor.readouts, stop)
-    reader.layout = Layout.of(batch, instruction_offset(model))
+    reader.layout = Layout.of(batch, instruction_offset(model), sentence_stops(model))
     return reader.hooks(), lambda: monitor.scores(reader.raw)
 
 
@@ -229,13 +230,13 @@ def judge_and_score(
     if not prompts:
         raise MonitorError("no prompts to judge; pass at least one prompt")
     check_model(model, monitor)
-    offset = instruction_offset(model)
+    offset, stops = instruction_offset(model), sentence_stops(model)
     raw = {r.name: torch.empty(len(prompts), dtype=torch.float64) for r in monitor.readouts}
     batches: list[tuple[Sequence[int], SignalReader]] = []
 
     def observe(batch: Encoded, rows: Sequence[int]) -> list[Hook]:
         reader = SignalReader(monitor.readouts)
-        reader.layout = Layout.of(batch, offset)
+        reader.layout = Layout.of(batch, offset, stops)
         batches.append((rows, reader))
         return reader.hooks()
 
