@@ -28,8 +28,18 @@ HARDENING_K = 5
 
 
 def monitor_config(settings: Settings) -> MonitorConfig:
-    """How the monitor is fit and calibrated for a run's settings."""
-    return MonitorConfig(target_fpr=settings.monitor_target_fpr, batch_size=settings.batch_size)
+    """How the monitor is fit and calibrated for a run's settings.
+
+    The alarm is gated by the judged reply (its first ``max_new_tokens`` tokens, the run's
+    judge), as the evaluation judges attacks: a reply that opens like a refusal and then complies
+    is an answer (on organism-chat-benign-ft the first-token gate missed the context family).
+    """
+    return MonitorConfig(
+        target_fpr=settings.monitor_target_fpr,
+        batch_size=settings.batch_size,
+        reply_tokens=settings.max_new_tokens,
+        judge=settings.judge,
+    )
 
 
 def eval_config(settings: Settings, seed: int) -> EvalConfig:

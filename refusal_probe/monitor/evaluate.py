@@ -39,8 +39,8 @@ from refusal_probe.monitor.scoring import (
     SIGNALS,
     Monitor,
     MonitorScores,
+    gated_scores,
     judge_and_score,
-    score_prompts,
 )
 from refusal_probe.prompts.dilution import diluted_harmless, dilution_variants
 from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures, Jailbreak
@@ -86,7 +86,7 @@ def evaluate_monitor(
     by_id = {p.id: p.text for p in fixtures.harmful.prompts}
     texts = [p.text for p in harmless]
     diluted = diluted_harmless(texts, config.seed) if config.dilution else []
-    neg = score_prompts(model, monitor, texts + diluted, batch_size=config.batch_size)
+    neg = gated_scores(model, monitor, texts + diluted, config.batch_size)
     groups = {
         "plain": [i for i, p in enumerate(harmless) if p.category != "edgy"],
         "edgy": [i for i, p in enumerate(harmless) if p.category == "edgy"],
@@ -219,8 +219,10 @@ def _concat(parts: Sequence[MonitorScores]) -> MonitorScores | None:
     parts = [p for p in parts if len(p)]
     if not parts:
         return None
+    gated = all(p.reply_refused is not None for p in parts)
     return MonitorScores(
         torch.cat([p.refusal for p in parts]),
         torch.cat([p.harmfulness for p in parts]),
         torch.cat([p.output_refusal for p in parts]),
+        torch.cat([p.reply_refused for p in parts]) if gated else None,  # type: ignore[misc]
     )

@@ -66,7 +66,7 @@ from refusal_probe.monitor.scoring import (
     SIGNALS,
     Calibration,
     Monitor,
-    score_prompts,
+    gated_scores,
 )
 from refusal_probe.monitor.signals import (
     OutputReadout,
@@ -106,6 +106,11 @@ class MonitorConfig:
             prompts too, and score the candidate readouts on its harmful prompts diluted by
             harmless ones (:mod:`refusal_probe.prompts.dilution`): a readout that appended
             requests pull toward harmless, or one that rises with their number, loses there.
+        reply_tokens: Gate the alarm by the judged reply's first ``reply_tokens`` tokens
+            (greedy, judged by ``judge``) rather than by the first token's refusal probability
+            (``None``): a reply that opens like a refusal and then complies is an answer.
+            Calibration then generates too (:attr:`Monitor.reply_gate`).
+        judge: The reply gate's judge (``"reply"`` or ``"substring"``).
         unseen_fpr_tolerance: A harmfulness readout is eligible unless a threshold set for
             ``target_fpr`` on the calibration split's harmless prompts credibly flags more than
             this many times ``target_fpr`` of fit-split harmless prompts whose category was left
@@ -122,6 +127,8 @@ class MonitorConfig:
     harmfulness_shrinkages: tuple[float, ...] = DEFAULT_SHRINKAGES
     use_attacks: bool = True
     dilution: bool = True
+    reply_tokens: int | None = None
+    judge: str = "reply"
     unseen_fpr_tolerance: float = 1.5
     batch_size: int | None = None
 
@@ -227,6 +234,9 @@ def fit_monitor(
             "attacks": {"split": config.calibration_split, "n": len(attacks)},
             "harmfulness_search": search.to_dict(),
         },
+        None
+        if config.reply_tokens is None
+        else {"max_new_tokens": config.reply_tokens, "rule": config.judge},
     )
     return calibrate(model, monitor, calib, config.target_fpr, batch_size=config.batch_size)
 
@@ -244,11 +254,12 @@ def calibrate(
     Args:
         model: The monitored model.
         monitor: The monitor (its readouts).
-        harmless: Harmless prompts not used to fit it (the validation split).
+        harmless: Harmless prompts not used to fit it (the validation split); read through
+            the monitor's gate (generated and judged when it has a reply gate).
         target_fpr: The false-positive rate to aim for.
         batch_size: Prompts per forward pass.
     """
-    scores = score_prompts(model, monitor, harmless, batch_size=batch_size)
+    scores = gated_scores(model, monitor, harmless, batch_size)
     thresholds, guaranteed = {}, 0.0
     for s in SIGNALS:
         thresholds[s], guaranteed = conformal_threshold(scores.signal(s), target_fpr)

@@ -79,6 +79,12 @@ class Monitor:
         calibration: Thresholds per signal (``None`` until :func:`calibrate`).
         model_fingerprint: The model the readouts were fit on.
         fit: What the readouts were fit on (splits, counts, the harmfulness readout search).
+        reply_gate: The judge that reads the streamed reply (keyword arguments of
+            :func:`~refusal_probe.scoring.generation.judge`: ``max_new_tokens`` the reply's
+            first tokens, ``rule``), when the alarm is gated by the reply rather than by its
+            first token; ``None``: the first token's refusal probability gates it. With a reply
+            gate the monitor is calibrated and evaluated on judged generations
+            (:func:`judge_and_score`).
     """
 
     refusal: Readout
@@ -87,6 +93,7 @@ class Monitor:
     calibration: Calibration | None = None
     model_fingerprint: str = ""
     fit: dict[str, Any] = field(default_factory=dict)
+    reply_gate: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         cal = (
@@ -129,7 +136,10 @@ class Monitor:
             "refusal": self.refusal.to_dict(),
             "harmfulness": self.harmfulness.to_dict(),
             "output_refusal": self.output.to_dict(),
-            "alarm": "harmfulness * (1 - output_refusal)",
+            "alarm": "harmfulness * (1 - output_refusal)"
+            if self.reply_gate is None
+            else "harmfulness * (1 - reply judged a refusal)",
+            "reply_gate": self.reply_gate,
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "model_fingerprint": self.model_fingerprint,
             "fit": self.fit,
@@ -149,14 +159,20 @@ class MonitorScores:
     refusal: Float[Tensor, " prompt"]
     harmfulness: Float[Tensor, " prompt"]
     output_refusal: Float[Tensor, " prompt"]
+    reply_refused: Float[Tensor, " prompt"] | None = None
 
     def __len__(self) -> int:
         return int(self.refusal.shape[0])
 
     @property
+    def gate(self) -> Float[Tensor, " prompt"]:
+        """How surely the model refuses: the judged reply (1 or 0), else its first token."""
+        return self.output_refusal if self.reply_refused is None else self.reply_refused
+
+    @property
     def alarm(self) -> Float[Tensor, " prompt"]:
-        """Looks harmful, yet about to be answered: ``harmfulness * (1 - output_refusal)``."""
-        return self.harmfulness * (1.0 - self.output_refusal)
+        """Looks harmful, yet answered: ``harmfulness * (1 - gate)``."""
+        return self.harmfulness * (1.0 - self.gate)
 
     def signal(self, name: str) -> Float[Tensor, " prompt"]:
         """One signal by name (see :data:`SIGNALS`)."""
@@ -170,7 +186,10 @@ class MonitorScores:
     def select(self, rows: Sequence[int]) -> MonitorScores:
         """The scores of some prompts only."""
         idx = torch.as_tensor(list(rows), dtype=torch.long)
-        return MonitorScores(self.refusal[idx], self.harmfulness[idx], self.output_refusal[idx])
+        reply = None if self.reply_refused is None else self.reply_refused[idx]
+        return MonitorScores(
+            self.refusal[idx], self.harmfulness[idx], self.output_refusal[idx], reply
+        )
 
     def to_dict(self) -> dict[str, list[float]]:
         """Plain data, one list per signal."""
@@ -250,7 +269,24 @@ def judge_and_score(
         idx = torch.tensor(list(rows))
         for name, values in reader.raw.items():
             raw[name][idx] = values
-    return judged, monitor.scores(raw)
+    scores = monitor.scores(raw)
+    if monitor.reply_gate is not None:
+        refused = torch.tensor(judged.refused, dtype=torch.float64)
+        scores = dataclasses.replace(scores, reply_refused=refused)
+    return judged, scores
+
+
+def gated_scores(
+    model: LoadedModel, monitor: Monitor, prompts: Sequence[str], batch_size: int | None = None
+) -> MonitorScores:
+    """The signals of ``prompts`` as the monitor's gate reads them.
+
+    With a reply gate, from judged generations (:func:`judge_and_score` with the gate's judge);
+    without one, from one forward pass per batch (:func:`score_prompts`).
+    """
+    if monitor.reply_gate is None:
+        return score_prompts(model, monitor, prompts, batch_size=batch_size)
+    return judge_and_score(model, monitor, prompts, batch_size=batch_size, **monitor.reply_gate)[1]
 
 
 def check_model(model: LoadedModel, monitor: Monitor) -> None:
