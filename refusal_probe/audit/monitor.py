@@ -19,7 +19,7 @@ from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
 from refusal_probe.monitor.hardening import Hardening, measure_hardening
 from refusal_probe.patching.circuit import CircuitResult
 from refusal_probe.prompts.sets import Pair
-from refusal_probe.redteam.adaptive import adaptive_family
+from refusal_probe.redteam.adaptive import AdaptiveConfig, adaptive_family
 from refusal_probe.resources import FIXTURES_DIR
 from refusal_probe.stats.intervals import Bootstrap
 
@@ -73,6 +73,7 @@ def evaluate_monitor_of(
         fixtures.harmful.split(evaluation.split),
         shipped=FIXTURES_DIR / "redteam",
         cache=run.options.cache_dir / "redteam",
+        config=AdaptiveConfig(max_prompts=run.settings.monitor_adaptive_prompts),
     )
     ev = evaluate_monitor(model, fitted, fixtures, evaluation, attacks)
     return dataclasses.replace(ev, adaptive=summary)

@@ -42,6 +42,9 @@ class Settings:
         test_prompts: Test prompts per side the audits measure: a larger test split is
             sampled down to this many, stratified by category and seeded (0: every one). The
             grammar set's 96 per side are all kept; the natural set's 262 and 314 are sampled.
+        monitor_adaptive_prompts: Harmful test prompts the monitor's adaptive attacker searches
+            a suffix for in the run when no fixture or cache file of the model holds its attacks
+            (:mod:`refusal_probe.redteam.adaptive`; about 2,000 forward rows each); 0: none.
     """
 
     confidence: float = 0.95
@@ -55,6 +58,7 @@ class Settings:
     selection_screen: int = 0
     monitor_target_fpr: float = 0.02
     test_prompts: int = 128
+    monitor_adaptive_prompts: int = 16
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
@@ -77,6 +81,7 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "selection_screen": (int, 0, 100_000),
     "monitor_target_fpr": (float, 0.001, 0.5),
     "test_prompts": (int, 0, 1_000_000),
+    "monitor_adaptive_prompts": (int, 0, 100_000),
 }
 
 

@@ -44,7 +44,8 @@ class AdaptiveConfig:
 
     Attributes:
         search: The suffix search (its ``monitor_weight`` must be positive).
-        max_prompts: Most harmful prompts attacked when the family is searched in the run.
+        max_prompts: Most harmful prompts attacked when the family is searched in the run
+            (0: never searched; the family then exists only where a file holds it).
         seed: Seed of that sample.
     """
 
@@ -89,6 +90,8 @@ def adaptive_family(
             if found:
                 return _jailbreaks(found, harmful), _summary(found, source, folder / name)
     prompts = _sample(harmful, config)
+    if not prompts:
+        return (), {"source": "none", "n": 0, "budget": None, "file": None}
     result = search_suffixes(model, [p.text for p in prompts], config.search, monitor=monitor)
     records = attack_records(result, prompts)
     path = write_records(cache / name, records) if cache is not None else None
@@ -147,6 +150,8 @@ def _sample(harmful: Sequence[Prompt], config: AdaptiveConfig) -> list[Prompt]:
     prompts = list(harmful)
     if len(prompts) <= config.max_prompts:
         return prompts
+    if config.max_prompts <= 0:
+        return []
     keep = set(random.Random(config.seed).sample(range(len(prompts)), config.max_prompts))
     return [p for i, p in enumerate(prompts) if i in keep]
 
