@@ -160,7 +160,10 @@ def test_signals_are_on_the_common_scale(planted, monitor):
     for s in (h, l_):
         assert bool(((s.output_refusal >= 0) & (s.output_refusal <= 1)).all())
     assert float(h.output_refusal.mean()) > 0.8 and float(l_.output_refusal.mean()) < 0.2
-    assert torch.allclose(h.alarm, h.harmfulness * (1 - h.output_refusal))
+    assert torch.allclose(h.alarm, h.evidence * (1 - h.output_refusal))
+    assert torch.allclose(
+        h.evidence, h.harmfulness + h.request_refusal + h.refusal.clamp_min(0)
+    )
 
 
 def test_harmfulness_readout_is_read_where_the_planted_direction_lives(planted, monitor):

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from refusal_probe import progress
 from refusal_probe.model.loading import LoadedModel
@@ -214,15 +215,18 @@ def _flag_rates(scores: MonitorScores, monitor: Monitor, config: EvalConfig) -> 
 
 
 def _concat(parts: Sequence[MonitorScores]) -> MonitorScores | None:
-    import torch
-
     parts = [p for p in parts if len(p)]
     if not parts:
         return None
-    gated = all(p.reply_refused is not None for p in parts)
     return MonitorScores(
-        torch.cat([p.refusal for p in parts]),
-        torch.cat([p.harmfulness for p in parts]),
-        torch.cat([p.output_refusal for p in parts]),
-        torch.cat([p.reply_refused for p in parts]) if gated else None,  # type: ignore[misc]
+        *(torch.cat([getattr(p, f) for p in parts]) for f in _FIELDS[:3]),
+        *(_cat_optional([getattr(p, f) for p in parts]) for f in _FIELDS[3:]),
     )
+
+
+#: The fields of :class:`MonitorScores`, in order; the last two are optional.
+_FIELDS = ("refusal", "harmfulness", "output_refusal", "reply_refused", "request_refusal")
+
+
+def _cat_optional(parts: Sequence[Any]) -> Any:
+    return None if any(p is None for p in parts) else torch.cat(list(parts))

@@ -106,6 +106,10 @@ class MonitorConfig:
             prompts too, and score the candidate readouts on its harmful prompts diluted by
             harmless ones (:mod:`refusal_probe.prompts.dilution`): a readout that appended
             requests pull toward harmless, or one that rises with their number, loses there.
+        request_refusal: Add the refusal direction read at the request's own sentence ends
+            (span ``request_max``) and the post-instruction refusal (clamped at 0) to the
+            harmfulness the alarm reads (``MonitorScores.evidence``), when harmful fit prompts
+            read above harmless ones there.
         reply_tokens: Gate the alarm by the judged reply's first ``reply_tokens`` tokens
             (greedy, judged by ``judge``) rather than by the first token's refusal probability
             (``None``): a reply that opens like a refusal and then complies is an answer.
@@ -127,6 +131,7 @@ class MonitorConfig:
     harmfulness_shrinkages: tuple[float, ...] = DEFAULT_SHRINKAGES
     use_attacks: bool = True
     dilution: bool = True
+    request_refusal: bool = True
     reply_tokens: int | None = None
     judge: str = "reply"
     unseen_fpr_tolerance: float = 1.5
@@ -210,14 +215,15 @@ def fit_monitor(
         Readout("refusal", refusal, "post_instruction"),
         Readout("harmfulness", harm, search.chosen.span),
     ]
+    if config.request_refusal:
+        readouts.append(Readout("request_refusal", refusal, "request_max"))
     raw_h = read_raw(model, readouts, harmful, batch_size=config.batch_size)
     raw_l = read_raw(model, readouts, harmless, batch_size=config.batch_size)
-    ref, harm_readout = (
-        dataclasses.replace(
-            r,
-            loc=float(raw_l[r.name].mean()),
-            scale=float(raw_h[r.name].mean() - raw_l[r.name].mean()),
-        )
+    gaps = {r.name: float(raw_h[r.name].mean() - raw_l[r.name].mean()) for r in readouts}
+    if gaps.get("request_refusal", 1.0) <= 0:  # no evidence there: the alarm reads harmfulness
+        readouts.pop()
+    ref, harm_readout, *request = (
+        dataclasses.replace(r, loc=float(raw_l[r.name].mean()), scale=gaps[r.name])
         for r in readouts
     )
     monitor = Monitor(
@@ -237,6 +243,7 @@ def fit_monitor(
         None
         if config.reply_tokens is None
         else {"max_new_tokens": config.reply_tokens, "rule": config.judge},
+        request[0] if request else None,
     )
     return calibrate(model, monitor, calib, config.target_fpr, batch_size=config.batch_size)
 

@@ -85,6 +85,9 @@ class Monitor:
             first token; ``None``: the first token's refusal probability gates it. With a reply
             gate the monitor is calibrated and evaluated on judged generations
             (:func:`judge_and_score`).
+        request_refusal: The refusal direction read at the request's own sentence ends
+            (span ``request_max``), when the alarm adds up the evidence (see
+            :attr:`MonitorScores.evidence`); ``None``: the alarm reads harmfulness alone.
     """
 
     refusal: Readout
@@ -94,6 +97,7 @@ class Monitor:
     model_fingerprint: str = ""
     fit: dict[str, Any] = field(default_factory=dict)
     reply_gate: dict[str, Any] | None = None
+    request_refusal: Readout | None = None
 
     def __repr__(self) -> str:
         cal = (
@@ -104,16 +108,20 @@ class Monitor:
         return f"Monitor({self.refusal!r}, {self.harmfulness!r}, {cal})"
 
     @property
-    def readouts(self) -> tuple[Readout, Readout, OutputReadout]:
-        """The three readouts: refusal, harmfulness, output refusal."""
-        return (self.refusal, self.harmfulness, self.output)
+    def readouts(self) -> tuple[Readout | OutputReadout, ...]:
+        """The readouts: refusal, harmfulness, output refusal (and the request's refusal)."""
+        extra = () if self.request_refusal is None else (self.request_refusal,)
+        return (self.refusal, self.harmfulness, self.output, *extra)
 
     def scores(self, raw: dict[str, Tensor]) -> MonitorScores:
         """Signals on the common scale from raw readouts (``{name: [prompt]}``)."""
+        req = self.request_refusal
         return MonitorScores(
             self.refusal.standardize(raw["refusal"]),
             self.harmfulness.standardize(raw["harmfulness"]),
             self.output.standardize(raw[self.output.name]),
+            None,
+            None if req is None else req.standardize(raw[req.name]),
         )
 
     def threshold(self, signal: str = "alarm") -> float:
@@ -136,9 +144,19 @@ class Monitor:
             "refusal": self.refusal.to_dict(),
             "harmfulness": self.harmfulness.to_dict(),
             "output_refusal": self.output.to_dict(),
-            "alarm": "harmfulness * (1 - output_refusal)"
-            if self.reply_gate is None
-            else "harmfulness * (1 - reply judged a refusal)",
+            "alarm": (
+                "harmfulness"
+                if self.request_refusal is None
+                else "(harmfulness + request_refusal + max(refusal, 0))"
+            )
+            + (
+                " * (1 - output_refusal)"
+                if self.reply_gate is None
+                else " * (1 - reply judged a refusal)"
+            ),
+            "request_refusal": None
+            if self.request_refusal is None
+            else self.request_refusal.to_dict(),
             "reply_gate": self.reply_gate,
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "model_fingerprint": self.model_fingerprint,
@@ -160,9 +178,22 @@ class MonitorScores:
     harmfulness: Float[Tensor, " prompt"]
     output_refusal: Float[Tensor, " prompt"]
     reply_refused: Float[Tensor, " prompt"] | None = None
+    request_refusal: Float[Tensor, " prompt"] | None = None
 
     def __len__(self) -> int:
         return int(self.refusal.shape[0])
+
+    @property
+    def evidence(self) -> Float[Tensor, " prompt"]:
+        """How harmful the request reads: harmfulness (+ ``request_refusal + max(refusal, 0)``).
+
+        The second term comes with a request refusal readout. Harmfulness and it are read at the request's own sentence ends, which nothing appended to it
+        can change; the refusal at the post-instruction tokens is downstream of any suffix, so
+        it only adds (clamped at 0): an attacker can remove its share, never subtract.
+        """
+        if self.request_refusal is None:
+            return self.harmfulness
+        return self.harmfulness + self.request_refusal + self.refusal.clamp_min(0.0)
 
     @property
     def gate(self) -> Float[Tensor, " prompt"]:
@@ -171,8 +202,8 @@ class MonitorScores:
 
     @property
     def alarm(self) -> Float[Tensor, " prompt"]:
-        """Looks harmful, yet answered: ``harmfulness * (1 - gate)``."""
-        return self.harmfulness * (1.0 - self.gate)
+        """Looks harmful, yet answered: ``evidence * (1 - gate)``."""
+        return self.evidence * (1.0 - self.gate)
 
     def signal(self, name: str) -> Float[Tensor, " prompt"]:
         """One signal by name (see :data:`SIGNALS`)."""
@@ -186,9 +217,11 @@ class MonitorScores:
     def select(self, rows: Sequence[int]) -> MonitorScores:
         """The scores of some prompts only."""
         idx = torch.as_tensor(list(rows), dtype=torch.long)
-        reply = None if self.reply_refused is None else self.reply_refused[idx]
+        reply, req = (
+            None if t is None else t[idx] for t in (self.reply_refused, self.request_refusal)
+        )
         return MonitorScores(
-            self.refusal[idx], self.harmfulness[idx], self.output_refusal[idx], reply
+            self.refusal[idx], self.harmfulness[idx], self.output_refusal[idx], reply, req
         )
 
     def to_dict(self) -> dict[str, list[float]]:
