@@ -129,9 +129,7 @@ def test_detection_tpr_is_the_worst_familys():
 
 
 def _result(prompts: list[str]) -> RedTeamResult:
-    rows = tuple(
-        SuffixResult(p, "!!", (1, 1), 2.0, 2.0, -4.0, 32, 2048, 0, 0.5) for p in prompts
-    )
+    rows = tuple(SuffixResult(p, "!!", (1, 1), 2.0, 2.0, -4.0, 32, 2048, 0, 0.5) for p in prompts)
     return RedTeamResult(rows, RedTeamConfig(monitor_weight=1.0), "f" * 64, (0,), 0.1)
 
 
@@ -163,3 +161,20 @@ def test_adaptive_family_is_searched_once_then_read_from_the_cache(tmp_path, mon
         model, None, harmful, shipped=shipped, cache=tmp_path, config=config
     )
     assert info3["source"] == "shipped" and [j.base_id for j in fixed] == [harmful[0].id]
+
+
+@pytest.mark.parametrize("spec", ["organism-chat", "organism-chat-benign-ft"])
+def test_the_organisms_ship_their_adaptive_attacks(spec):
+    """The audit of a shipped organism reads its adaptive family; none is searched in the run."""
+    from refusal_probe.resources import FIXTURES_DIR
+
+    fingerprint = load_model(spec).identity.fingerprint
+    path = FIXTURES_DIR / "redteam" / adaptive.file_name(fingerprint)
+    assert path.is_file(), f"regenerate it: python benchmarks/adaptive_fixtures.py --model {spec}"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    test = {p.id: p.text for p in load_fixtures().harmful.split("test")}
+    assert sorted(r["base_id"] for r in records) == sorted(test)
+    for r in records:
+        assert r["base_text"] == test[r["base_id"]] and r["text"].startswith(r["base_text"])
+        assert r["family"] == "adaptive" and r["redteam"]["monitor_weight"] == 1.0
+        assert r["redteam"]["model"] == fingerprint
