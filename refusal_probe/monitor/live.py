@@ -107,6 +107,11 @@ def guard(
     extra forward pass and happens before any token is produced. With ``action="raise"`` the pass
     is stopped by :class:`JailbreakAlarm`.
 
+    The guard reads the prompt pass only, so it gates the alarm by the first reply token's
+    refusal probability even when the monitor has a reply gate (:attr:`Monitor.reply_gate`, the
+    audit's): a reply that opens like a refusal and then complies is caught only by judging the
+    streamed reply (:func:`~refusal_probe.monitor.scoring.judge_and_score`).
+
     Works with :func:`refusal_probe.scoring.generation.generate` and Hugging Face ``generate`` alike, given
     left-padded token ids (not ``inputs_embeds``) and, when padded, the attention mask.
 
