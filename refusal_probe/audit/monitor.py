@@ -9,6 +9,8 @@ left (:func:`refusal_probe.monitor.hardening.measure_hardening`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from typing import Any
 
 from refusal_probe.audit.handle import ModelHandle
 from refusal_probe.audit.settings import Settings
@@ -19,7 +21,7 @@ from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
 from refusal_probe.monitor.hardening import Hardening, measure_hardening
 from refusal_probe.patching.circuit import CircuitResult
 from refusal_probe.prompts.sets import Pair
-from refusal_probe.redteam.adaptive import AdaptiveConfig, adaptive_family
+from refusal_probe.redteam.adaptive import AdaptiveConfig, adaptive_family, file_name
 from refusal_probe.resources import FIXTURES_DIR
 from refusal_probe.stats.intervals import Bootstrap
 
@@ -40,6 +42,17 @@ def monitor_config(settings: Settings) -> MonitorConfig:
         reply_tokens=settings.max_new_tokens,
         judge=settings.judge,
     )
+
+
+def monitor_key(run: ModelHandle, config: MonitorConfig) -> dict[str, Any]:
+    """The monitor part of the result's cache key: its config and the adaptive fixture used.
+
+    A shipped adaptive fixture that changes (regenerated) changes the key; the model's own cache
+    file is searched from the same recipe, so it needs no part.
+    """
+    path = FIXTURES_DIR / "redteam" / file_name(run.model.identity.fingerprint)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return {**config.to_dict(), "adaptive_fixture": sha}
 
 
 def eval_config(settings: Settings, seed: int) -> EvalConfig:
