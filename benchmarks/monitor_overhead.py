@@ -63,7 +63,9 @@ SMOL_SHAPE = {
 }
 
 
-def random_monitor(model: Any, span: str = "request_max", seed: int = 0) -> Monitor:
+def random_monitor(
+    model: Any, span: str = "request_max", seed: int = 0, request: bool = True
+) -> Monitor:
     """A calibrated monitor with random readouts (the overhead does not depend on the values).
 
     Shaped like the audit's monitor since issue 20: harmfulness at the request's sentence ends
@@ -82,8 +84,8 @@ def random_monitor(model: Any, span: str = "request_max", seed: int = 0) -> Moni
     # Thresholds no prompt reaches: the guard does all its work and raises nothing.
     cal = Calibration({s: 1e9 for s in SIGNALS}, 0.05, 1, 0.5, "")
     out = OutputReadout(refusal_tokens(model.tokenizer))
-    request = Readout("request_refusal", ref.direction, "request_max")
-    return Monitor(ref, harm, out, cal, model.identity.fingerprint, request_refusal=request)
+    extra = Readout("request_refusal", ref.direction, "request_max") if request else None
+    return Monitor(ref, harm, out, cal, model.identity.fingerprint, request_refusal=extra)
 
 
 def time_overhead(model: Any, monitor: Monitor, prompts: list[str], reps: int) -> dict[str, Any]:
@@ -140,6 +142,8 @@ def overhead(reps: int) -> dict[str, Any]:
     prompts = fx.harmful.texts("test")[:16] + fx.harmless.texts("test")[:16]
     model = load_model("organism-chat")
     out["organism-chat"] = time_overhead(model, random_monitor(model), prompts, reps)
+    old = random_monitor(model, "last_instruction", request=False)  # the issue-7 monitor's shape
+    out["organism-chat (two readouts)"] = time_overhead(model, old, prompts, reps)
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_tiny_model(Path(tmp) / "smol", "llama", **SMOL_SHAPE)
         big = load_model(str(folder), LoadOptions(cache_dir=str(Path(tmp) / "c")))
