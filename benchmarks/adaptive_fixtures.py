@@ -1,9 +1,10 @@
 """Write the adaptive family's fixture of a model: suffixes searched against its audited monitor.
 
 The monitor is the one an audit fits on the model (the policy's settings, the audit's selected
-refusal direction); every harmful test prompt of the model's default set is attacked with the
-shipped budget (:data:`refusal_probe.redteam.adaptive.ADAPTIVE`: 8 suffix tokens, 32 steps x 64
-candidates, alarm weight 1, seed 0). The file goes to ``--out`` (default ``fixtures/redteam``),
+refusal direction); ``--prompts`` harmful test prompts of the model's default set (the seeded
+sample an audit's own search would take; 16 by default, as ``monitor_adaptive_prompts``) are
+attacked with the shipped budget (:data:`refusal_probe.redteam.adaptive.ADAPTIVE`: 8 suffix
+tokens, 32 steps x 64 candidates, alarm weight 1, seed 0). The file goes to ``--out`` (default ``fixtures/redteam``),
 named by the model's fingerprint, where audits of that model find it.
 
     python benchmarks/adaptive_fixtures.py --model organism-chat --cache-dir /tmp/rp-cache
@@ -31,6 +32,9 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=FIXTURES_DIR / "redteam")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--prompts", type=int, default=16, help="harmful test prompts attacked (a seeded sample)"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run = AuditRun(a.model, AuditOptions(model=a.model, cache_dir=a.cache_dir))
@@ -42,7 +46,7 @@ def main() -> None:
         monitor,
         run.fixtures.harmful.split("test"),
         cache=a.out,
-        config=AdaptiveConfig(max_prompts=10**6),
+        config=AdaptiveConfig(max_prompts=a.prompts),
     )
     print({**summary, "wall_s": round(time.perf_counter() - t0, 1)})
 
