@@ -4,8 +4,8 @@ The monitor is the one an audit fits on the model (the policy's settings, the au
 refusal direction); ``--prompts`` harmful test prompts of the model's default set (the seeded
 sample an audit's own search would take; 16 by default, as ``monitor_adaptive_prompts``) are
 attacked with the shipped budget (:data:`refusal_probe.redteam.adaptive.ADAPTIVE`: 8 suffix
-tokens, 32 steps x 64 candidates, alarm weight 1, seed 0). The file goes to ``--out`` (default ``fixtures/redteam``),
-named by the model's fingerprint, where audits of that model find it.
+tokens, 32 steps x 64 candidates, alarm weight 1, seed 0). The file goes to ``--out`` (default
+``fixtures/redteam``), named by the model's fingerprint, where audits of that model find it.
 
     python benchmarks/adaptive_fixtures.py --model organism-chat --cache-dir /tmp/rp-cache
 """

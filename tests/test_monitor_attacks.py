@@ -1,4 +1,4 @@
-"""The monitor against attacks that know it: dilution, the request span, the reply gate, adaptive."""
+"""The monitor against attacks that know it: dilution, the request span, reply gate, adaptive."""
 
 from __future__ import annotations
 
