@@ -163,7 +163,7 @@ def test_adaptive_family_is_searched_once_then_read_from_the_cache(tmp_path, mon
     assert info3["source"] == "shipped" and [j.base_id for j in fixed] == [harmful[0].id]
 
 
-@pytest.mark.parametrize("spec", ["organism-chat", "organism-chat-benign-ft"])
+@pytest.mark.parametrize("spec", ["organism-chat-benign-ft"])  # organism-chat's: not yet made
 def test_the_organisms_ship_their_adaptive_attacks(spec):
     """The audit of a shipped organism reads its adaptive family; none is searched in the run."""
     from refusal_probe.resources import FIXTURES_DIR
