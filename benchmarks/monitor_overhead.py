@@ -4,7 +4,7 @@ Part ``overhead``: the prompt pass of generation (``runner.forward`` with ``logi
 ``scoring.generate`` runs it) timed three ways, interleaved (the order rotates every round):
 
 * ``bare``  — no hooks;
-* ``hooks`` — with the monitor's two readout hooks (``monitor_hooks``: exact position indices);
+* ``hooks`` — with the monitor's readout hooks (``monitor_hooks``: exact position indices);
 * ``guard`` — inside ``monitor.guard`` (embedding pre-hook, readouts counted from the end, the
   alarm checked against its threshold), the live path.
 
@@ -63,8 +63,14 @@ SMOL_SHAPE = {
 }
 
 
-def random_monitor(model: Any, span: str = "last_instruction", seed: int = 0) -> Monitor:
-    """A calibrated monitor with random readouts (the overhead does not depend on the values)."""
+def random_monitor(
+    model: Any, span: str = "request_max", seed: int = 0, request: bool = True
+) -> Monitor:
+    """A calibrated monitor with random readouts (the overhead does not depend on the values).
+
+    Shaped like the audit's monitor since issue 20: harmfulness at the request's sentence ends
+    (``request_max``) and the refusal direction read there too (a fourth hook).
+    """
     g = torch.Generator().manual_seed(seed)
     arch = model.identity.architecture
     layer = int(0.6 * model.n_layers)
@@ -78,7 +84,8 @@ def random_monitor(model: Any, span: str = "last_instruction", seed: int = 0) ->
     # Thresholds no prompt reaches: the guard does all its work and raises nothing.
     cal = Calibration({s: 1e9 for s in SIGNALS}, 0.05, 1, 0.5, "")
     out = OutputReadout(refusal_tokens(model.tokenizer))
-    return Monitor(ref, harm, out, cal, model.identity.fingerprint)
+    extra = Readout("request_refusal", ref.direction, "request_max") if request else None
+    return Monitor(ref, harm, out, cal, model.identity.fingerprint, request_refusal=extra)
 
 
 def time_overhead(model: Any, monitor: Monitor, prompts: list[str], reps: int) -> dict[str, Any]:
@@ -135,6 +142,8 @@ def overhead(reps: int) -> dict[str, Any]:
     prompts = fx.harmful.texts("test")[:16] + fx.harmless.texts("test")[:16]
     model = load_model("organism-chat")
     out["organism-chat"] = time_overhead(model, random_monitor(model), prompts, reps)
+    old = random_monitor(model, "last_instruction", request=False)  # the issue-7 monitor's shape
+    out["organism-chat (two readouts)"] = time_overhead(model, old, prompts, reps)
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_tiny_model(Path(tmp) / "smol", "llama", **SMOL_SHAPE)
         big = load_model(str(folder), LoadOptions(cache_dir=str(Path(tmp) / "c")))

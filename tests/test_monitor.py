@@ -160,7 +160,10 @@ def test_signals_are_on_the_common_scale(planted, monitor):
     for s in (h, l_):
         assert bool(((s.output_refusal >= 0) & (s.output_refusal <= 1)).all())
     assert float(h.output_refusal.mean()) > 0.8 and float(l_.output_refusal.mean()) < 0.2
-    assert torch.allclose(h.alarm, h.harmfulness * (1 - h.output_refusal))
+    assert torch.allclose(h.alarm, h.evidence * (1 - h.output_refusal))
+    assert torch.allclose(
+        h.evidence, h.harmfulness + h.request_refusal + h.refusal.clamp_min(0)
+    )
 
 
 def test_harmfulness_readout_is_read_where_the_planted_direction_lives(planted, monitor):
@@ -385,8 +388,9 @@ def evaluation(planted, monitor, tmp_path_factory):
 
 def test_evaluation_per_family(evaluation):
     ev = evaluation
-    assert ev.names() == ["roleplay", "suffix"]
-    assert set(ev.absent) == {"encoding", "context"}
+    assert ev.names() == ["roleplay", "suffix", "dilution"]  # dilution: built from the prompts
+    assert set(ev.absent) == {"encoding", "context", "adaptive"}
+    assert ev.family("dilution").n == 40 * 3  # k = 1, 2, 4 per harmful test prompt
     suffix = ev.family("suffix")
     assert suffix.refusal_drop.value > 0.5 and suffix.n_successful > 30
     assert suffix.successful["alarm"].auroc.low > 0.9
@@ -394,7 +398,8 @@ def test_evaluation_per_family(evaluation):
     assert suffix.successful["refusal"].auroc.value < 0.5  # refusal alone cannot see it
     family, auc = ev.worst_auroc("alarm")
     assert family == "suffix" and auc == suffix.successful["alarm"].auroc
-    assert ev.false_positives["harmless"]["alarm"].n == 40
+    assert ev.false_positives["harmless"]["alarm"].n == 80  # 40 plain, 40 diluted
+    assert ev.false_positives["diluted"]["alarm"].n == 40
     assert suffix.n == 40  # the test attacks only, not the val ones
     assert ev.pooled["alarm"].n_pos == sum(f.n_successful for f in ev.families)
 

@@ -181,6 +181,8 @@ def test_command_regenerates_the_suffix_family_and_writes_nowhere_else(
         "encoding": 1,
         "context": 1,
         "suffix": 3,
+        "dilution": 0,  # built by the run from the prompts, not kept in files
+        "adaptive": 0,  # fixtures/redteam/, by model fingerprint
     }
     # Regenerating gives the same file: the command is deterministic and idempotent.
     assert main(argv) == 0

@@ -33,8 +33,9 @@ from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.stats.intervals import Bootstrap
 
 #: Bumped whenever a result's content or meaning changes (it keys the results cache).
-RESULTS_VERSION = "5"  # 4: KL on answered prompts, no fallback direction, separation split;
+RESULTS_VERSION = "6"  # 4: KL on answered prompts, no fallback direction, separation split;
 # 5: the judge is a setting, a successful attack is one complied with
+# 6: the monitor's dilution and adaptive families, diluted harmless calibration, request_max
 
 #: Results whose cache keys hold only the harmful and harmless prompt files.
 _CORE_RESULTS = frozenset({"behaviour", "direction", "causal", "finetune"})

@@ -8,6 +8,11 @@ left (:func:`refusal_probe.monitor.hardening.measure_hardening`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from typing import Any
+
+from refusal_probe.audit.handle import ModelHandle
 from refusal_probe.audit.settings import Settings
 from refusal_probe.direction.estimators import Direction
 from refusal_probe.model.loading import LoadedModel
@@ -15,7 +20,9 @@ from refusal_probe.monitor.evaluate import EvalConfig, MonitorEvaluation, evalua
 from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
 from refusal_probe.monitor.hardening import Hardening, measure_hardening
 from refusal_probe.patching.circuit import CircuitResult
-from refusal_probe.prompts.sets import Fixtures, Pair
+from refusal_probe.prompts.sets import Pair
+from refusal_probe.redteam.adaptive import AdaptiveConfig, adaptive_family, file_name
+from refusal_probe.resources import FIXTURES_DIR
 from refusal_probe.stats.intervals import Bootstrap
 
 #: Components ablated by the hardening check.
@@ -23,8 +30,29 @@ HARDENING_K = 5
 
 
 def monitor_config(settings: Settings) -> MonitorConfig:
-    """How the monitor is fit and calibrated for a run's settings."""
-    return MonitorConfig(target_fpr=settings.monitor_target_fpr, batch_size=settings.batch_size)
+    """How the monitor is fit and calibrated for a run's settings.
+
+    The alarm is gated by the judged reply (its first ``max_new_tokens`` tokens, the run's
+    judge), as the evaluation judges attacks: a reply that opens like a refusal and then complies
+    is an answer (on organism-chat-benign-ft the first-token gate missed the context family).
+    """
+    return MonitorConfig(
+        target_fpr=settings.monitor_target_fpr,
+        batch_size=settings.batch_size,
+        reply_tokens=settings.max_new_tokens,
+        judge=settings.judge,
+    )
+
+
+def monitor_key(run: ModelHandle, config: MonitorConfig) -> dict[str, Any]:
+    """The monitor part of the result's cache key: its config and the adaptive fixture used.
+
+    A shipped adaptive fixture that changes (regenerated) changes the key; the model's own cache
+    file is searched from the same recipe, so it needs no part.
+    """
+    path = FIXTURES_DIR / "redteam" / file_name(run.model.identity.fingerprint)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return {**config.to_dict(), "adaptive_fixture": sha}
 
 
 def eval_config(settings: Settings, seed: int) -> EvalConfig:
@@ -41,15 +69,27 @@ def eval_config(settings: Settings, seed: int) -> EvalConfig:
 
 
 def evaluate_monitor_of(
-    model: LoadedModel,
-    fixtures: Fixtures,
-    refusal: Direction,
-    monitor: MonitorConfig,
-    evaluation: EvalConfig,
+    run: ModelHandle, refusal: Direction, monitor: MonitorConfig, evaluation: EvalConfig
 ) -> MonitorEvaluation:
-    """Fit the monitor on ``refusal``, calibrate it, and evaluate it on the held-out jailbreaks."""
+    """Fit the monitor on ``refusal``, calibrate it, and evaluate it on the held-out jailbreaks.
+
+    The jailbreaks include the ``adaptive`` family, searched against this monitor
+    (:func:`refusal_probe.redteam.adaptive.adaptive_family`): the shipped fixture of the model's
+    fingerprint, else its file in the run's cache folder (``redteam/``), else searched within
+    its budget and written there.
+    """
+    model, fixtures = run.model, run.fixtures
     fitted = fit_monitor(model, fixtures, refusal, monitor)
-    return evaluate_monitor(model, fitted, fixtures, evaluation)
+    attacks, summary = adaptive_family(
+        model,
+        fitted,
+        fixtures.harmful.split(evaluation.split),
+        shipped=FIXTURES_DIR / "redteam",
+        cache=run.options.cache_dir / "redteam",
+        config=AdaptiveConfig(max_prompts=run.settings.monitor_adaptive_prompts),
+    )
+    ev = evaluate_monitor(model, fitted, fixtures, evaluation, attacks)
+    return dataclasses.replace(ev, adaptive=summary)
 
 
 def harden(

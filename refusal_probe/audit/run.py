@@ -66,6 +66,7 @@ from refusal_probe.audit.monitor import (
     evaluate_monitor_of,
     harden,
     monitor_config,
+    monitor_key,
 )
 from refusal_probe.audit.once import Once
 from refusal_probe.audit.options import AuditOptions
@@ -256,10 +257,7 @@ class AuditRun(ModelHandle):
         )
 
     def monitor(self) -> MonitorEvaluation:
-        """The jailbreak monitor fit on the selected direction, calibrated and evaluated.
-
-        Depends on :meth:`direction`.
-        """
+        """The jailbreak monitor fit on :meth:`direction`'s vector, calibrated and attacked."""
         return self._monitor(self._monitor_result)
 
     def _monitor_result(self) -> MonitorEvaluation:
@@ -268,12 +266,12 @@ class AuditRun(ModelHandle):
         key = self.key(
             "monitor",
             direction=direction.sha256,
-            monitor=mconf.to_dict(),
+            monitor=monitor_key(self, mconf),
             evaluation=econf.to_dict(),
         )
         return self._stored(
             key,
-            lambda: evaluate_monitor_of(self.model, self.fixtures, direction, mconf, econf),
+            lambda: evaluate_monitor_of(self, direction, mconf, econf),
             MonitorEvaluation,
         )
 

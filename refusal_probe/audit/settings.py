@@ -42,6 +42,10 @@ class Settings:
         test_prompts: Test prompts per side the audits measure: a larger test split is
             sampled down to this many, stratified by category and seeded (0: every one). The
             grammar set's 96 per side are all kept; the natural set's 262 and 314 are sampled.
+        monitor_adaptive_prompts: Harmful test prompts the monitor's adaptive attacker searches
+            a suffix for in the run when no fixture or cache file of the model holds its attacks
+            (:mod:`refusal_probe.redteam.adaptive`; about 2,000 forward rows each); 0 (the
+            default until the organisms ship their fixtures): none, the family is then absent.
     """
 
     confidence: float = 0.95
@@ -55,6 +59,7 @@ class Settings:
     selection_screen: int = 0
     monitor_target_fpr: float = 0.02
     test_prompts: int = 128
+    monitor_adaptive_prompts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
@@ -77,6 +82,7 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "selection_screen": (int, 0, 100_000),
     "monitor_target_fpr": (float, 0.001, 0.5),
     "test_prompts": (int, 0, 1_000_000),
+    "monitor_adaptive_prompts": (int, 0, 100_000),
 }
 
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from refusal_probe import progress
 from refusal_probe.model.loading import LoadedModel
@@ -39,10 +40,11 @@ from refusal_probe.monitor.scoring import (
     SIGNALS,
     Monitor,
     MonitorScores,
+    gated_scores,
     judge_and_score,
-    score_prompts,
 )
-from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures
+from refusal_probe.prompts.dilution import diluted_harmless, dilution_variants
+from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures, Jailbreak
 from refusal_probe.scoring.generation import judge
 from refusal_probe.stats.intervals import Interval, paired_rate_difference, wilson_interval
 from refusal_probe.stats.separation import separation, tpr_at_fpr
@@ -56,8 +58,14 @@ def evaluate_monitor(
     monitor: Monitor,
     fixtures: Fixtures,
     config: EvalConfig | None = None,
+    attacks: Sequence[Jailbreak] = (),
 ) -> MonitorEvaluation:
     """Attack success and detection per jailbreak family, and false positives on harmless prompts.
+
+    With ``config.dilution`` the ``dilution`` family is built from the split's own prompts
+    (:func:`refusal_probe.prompts.dilution.dilution_variants`), and the harmless prompts the
+    attacks are told from include the split's harmless prompts diluted the same way (group
+    ``diluted`` of the false positives; ``harmless`` counts every group).
 
     Args:
         model: The monitored model.
@@ -66,6 +74,8 @@ def evaluate_monitor(
             jailbreaks whose base prompts are harmful prompts (those of other splits are left
             out).
         config: Split, intervals, judge settings.
+        attacks: More jailbreaks of the split (for example the ``adaptive`` family searched
+            against this monitor), evaluated like the fixtures' own.
 
     Raises:
         MonitorError: The monitor is not calibrated.
@@ -75,14 +85,22 @@ def evaluate_monitor(
     harmless = fixtures.harmless.split(config.split)
     harmful = fixtures.harmful.split(config.split)
     by_id = {p.id: p.text for p in fixtures.harmful.prompts}
-    neg = score_prompts(model, monitor, [p.text for p in harmless], batch_size=config.batch_size)
-    edgy = [i for i, p in enumerate(harmless) if p.category == "edgy"]
-    plain = [i for i, p in enumerate(harmless) if p.category != "edgy"]
+    texts = [p.text for p in harmless]
+    diluted = diluted_harmless(texts, config.seed) if config.dilution else []
+    neg = gated_scores(model, monitor, texts + diluted, config.batch_size)
+    groups = {
+        "plain": [i for i, p in enumerate(harmless) if p.category != "edgy"],
+        "edgy": [i for i, p in enumerate(harmless) if p.category == "edgy"],
+        "diluted": list(range(len(texts), len(texts) + len(diluted))),
+    }
     fp = {"harmless": _flag_rates(neg, monitor, config)}
-    if plain:
-        fp["plain"] = _flag_rates(neg.select(plain), monitor, config)
-    if edgy:
-        fp["edgy"] = _flag_rates(neg.select(edgy), monitor, config)
+    fp |= {g: _flag_rates(neg.select(r), monitor, config) for g, r in groups.items() if r}
+    built = (
+        dilution_variants(fixtures.harmful.prompts, harmless, config.split, config.seed)
+        if config.dilution
+        else ()
+    )
+    jailbreaks = [*fixtures.jailbreaks, *built, *attacks]
     # The plain harmful prompts are judged too: most are the base prompts of the jailbreaks.
     base, harm_scores = judge_and_score(
         model, monitor, [p.text for p in harmful], **_judge_kw(config)
@@ -91,7 +109,7 @@ def evaluate_monitor(
 
     families, absent, pooled_pos = [], [], []
     for fam in JAILBREAK_FAMILIES:
-        jbs = fixtures.jailbreaks_in(config.split, fam)
+        jbs = [j for j in jailbreaks if j.split == config.split and j.family == fam]
         if not jbs:
             absent.append(fam)
             continue
@@ -197,13 +215,18 @@ def _flag_rates(scores: MonitorScores, monitor: Monitor, config: EvalConfig) -> 
 
 
 def _concat(parts: Sequence[MonitorScores]) -> MonitorScores | None:
-    import torch
-
     parts = [p for p in parts if len(p)]
     if not parts:
         return None
     return MonitorScores(
-        torch.cat([p.refusal for p in parts]),
-        torch.cat([p.harmfulness for p in parts]),
-        torch.cat([p.output_refusal for p in parts]),
+        *(torch.cat([getattr(p, f) for p in parts]) for f in _FIELDS[:3]),
+        *(_cat_optional([getattr(p, f) for p in parts]) for f in _FIELDS[3:]),
     )
+
+
+#: The fields of :class:`MonitorScores`, in order; the last two are optional.
+_FIELDS = ("refusal", "harmfulness", "output_refusal", "reply_refused", "request_refusal")
+
+
+def _cat_optional(parts: Sequence[Any]) -> Any:
+    return None if any(p is None for p in parts) else torch.cat(list(parts))

@@ -66,13 +66,14 @@ from refusal_probe.monitor.scoring import (
     SIGNALS,
     Calibration,
     Monitor,
-    score_prompts,
+    gated_scores,
 )
 from refusal_probe.monitor.signals import (
     OutputReadout,
     Readout,
     read_raw,
 )
+from refusal_probe.prompts.dilution import diluted_harmless, dilution_variants
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.scoring.refusal import RefusalTokens, refusal_tokens
 from refusal_probe.stats.separation import conformal_threshold
@@ -101,6 +102,19 @@ class MonitorConfig:
         use_attacks: Score the candidate readouts on the calibration split's jailbreaks too
             (``jailbreaks-val.jsonl``: the red-team's suffixes on the val harmful prompts), when
             the fixtures hold any.
+        dilution: Calibrate on the calibration split's harmless prompts diluted by other harmless
+            prompts too, and score the candidate readouts on its harmful prompts diluted by
+            harmless ones (:mod:`refusal_probe.prompts.dilution`): a readout that appended
+            requests pull toward harmless, or one that rises with their number, loses there.
+        request_refusal: Add the refusal direction read at the request's own sentence ends
+            (span ``request_max``) and the post-instruction refusal (clamped at 0) to the
+            harmfulness the alarm reads (``MonitorScores.evidence``), when harmful fit prompts
+            read above harmless ones there.
+        reply_tokens: Gate the alarm by the judged reply's first ``reply_tokens`` tokens
+            (greedy, judged by ``judge``) rather than by the first token's refusal probability
+            (``None``): a reply that opens like a refusal and then complies is an answer.
+            Calibration then generates too (:attr:`Monitor.reply_gate`).
+        judge: The reply gate's judge (``"reply"`` or ``"substring"``).
         unseen_fpr_tolerance: A harmfulness readout is eligible unless a threshold set for
             ``target_fpr`` on the calibration split's harmless prompts credibly flags more than
             this many times ``target_fpr`` of fit-split harmless prompts whose category was left
@@ -116,6 +130,10 @@ class MonitorConfig:
     harmfulness_pools: tuple[str, ...] = POOLS
     harmfulness_shrinkages: tuple[float, ...] = DEFAULT_SHRINKAGES
     use_attacks: bool = True
+    dilution: bool = True
+    request_refusal: bool = True
+    reply_tokens: int | None = None
+    judge: str = "reply"
     unseen_fpr_tolerance: float = 1.5
     batch_size: int | None = None
 
@@ -169,6 +187,11 @@ def fit_monitor(
         if config.use_attacks
         else []
     )
+    if config.dilution:
+        split = config.calibration_split
+        built = dilution_variants(fixtures.harmful.prompts, fixtures.harmless.prompts, split)
+        attacks += [j.text for j in built]
+        calib = calib + diluted_harmless(calib)
     if config.calibration_split == "test" or config.fit_split == "test":
         raise MonitorError(
             "the monitor is fit and calibrated on other splits than 'test' (detection is measured "
@@ -192,14 +215,15 @@ def fit_monitor(
         Readout("refusal", refusal, "post_instruction"),
         Readout("harmfulness", harm, search.chosen.span),
     ]
+    if config.request_refusal:
+        readouts.append(Readout("request_refusal", refusal, "request_max"))
     raw_h = read_raw(model, readouts, harmful, batch_size=config.batch_size)
     raw_l = read_raw(model, readouts, harmless, batch_size=config.batch_size)
-    ref, harm_readout = (
-        dataclasses.replace(
-            r,
-            loc=float(raw_l[r.name].mean()),
-            scale=float(raw_h[r.name].mean() - raw_l[r.name].mean()),
-        )
+    gaps = {r.name: float(raw_h[r.name].mean() - raw_l[r.name].mean()) for r in readouts}
+    if gaps.get("request_refusal", 1.0) <= 0:  # no evidence there: the alarm reads harmfulness
+        readouts.pop()
+    ref, harm_readout, *request = (
+        dataclasses.replace(r, loc=float(raw_l[r.name].mean()), scale=gaps[r.name])
         for r in readouts
     )
     monitor = Monitor(
@@ -216,6 +240,10 @@ def fit_monitor(
             "attacks": {"split": config.calibration_split, "n": len(attacks)},
             "harmfulness_search": search.to_dict(),
         },
+        None
+        if config.reply_tokens is None
+        else {"max_new_tokens": config.reply_tokens, "rule": config.judge},
+        request[0] if request else None,
     )
     return calibrate(model, monitor, calib, config.target_fpr, batch_size=config.batch_size)
 
@@ -233,11 +261,12 @@ def calibrate(
     Args:
         model: The monitored model.
         monitor: The monitor (its readouts).
-        harmless: Harmless prompts not used to fit it (the validation split).
+        harmless: Harmless prompts not used to fit it (the validation split); read through
+            the monitor's gate (generated and judged when it has a reply gate).
         target_fpr: The false-positive rate to aim for.
         batch_size: Prompts per forward pass.
     """
-    scores = score_prompts(model, monitor, harmless, batch_size=batch_size)
+    scores = gated_scores(model, monitor, harmless, batch_size)
     thresholds, guaranteed = {}, 0.0
     for s in SIGNALS:
         thresholds[s], guaranteed = conformal_threshold(scores.signal(s), target_fpr)

@@ -87,8 +87,10 @@ from refusal_probe.stats.separation import auroc, conformal_threshold
 #: detector, and a harmless request with words no calibration prompt had can exceed any
 #: threshold set on the calibration prompts (on organism-chat it flagged 11/96 and then 17/96
 #: held-out harmless prompts while scoring perfectly on train and val; see
-#: benchmarks/monitor_results.md). Pass ``spans`` to search it.
-DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction_mean")
+#: benchmarks/monitor_results.md). Pass ``spans`` to search it. The maximum over the last token
+#: of each sentence (``"request_max"``) is searched: few positions, each a whole request's
+#: reading, and appended text cannot lower it (dilution, suffixes).
+DEFAULT_SPANS: tuple[str, ...] = ("last_instruction", "instruction_mean", "request_max")
 
 
 def search_harmfulness(

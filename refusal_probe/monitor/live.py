@@ -27,7 +27,12 @@ from refusal_probe.monitor.scoring import (
     check_model,
     check_signal,
 )
-from refusal_probe.monitor.signals import Layout, SignalReader, instruction_offset
+from refusal_probe.monitor.signals import (
+    Layout,
+    SignalReader,
+    instruction_offset,
+    sentence_stops,
+)
 
 #: What a guard does with a flagged request.
 ACTIONS: tuple[str, ...] = ("flag", "raise")
@@ -102,6 +107,11 @@ def guard(
     extra forward pass and happens before any token is produced. With ``action="raise"`` the pass
     is stopped by :class:`JailbreakAlarm`.
 
+    The guard reads the prompt pass only, so it gates the alarm by the first reply token's
+    refusal probability even when the monitor has a reply gate (:attr:`Monitor.reply_gate`, the
+    audit's): a reply that opens like a refusal and then complies is caught only by judging the
+    streamed reply (:func:`~refusal_probe.monitor.scoring.judge_and_score`).
+
     Works with :func:`refusal_probe.scoring.generation.generate` and Hugging Face ``generate`` alike, given
     left-padded token ids (not ``inputs_embeds``) and, when padded, the attention mask.
 
@@ -121,7 +131,7 @@ def guard(
     check_model(model, monitor)
     state = Guard(monitor, signal, action)
     reader = SignalReader(monitor.readouts)
-    n_post, offset = model.chat.n_post, instruction_offset(model)
+    n_post, offset, stops = model.chat.n_post, instruction_offset(model), sentence_stops(model)
     tail = model.chat.encode(["x"]).input_ids[0, -n_post:]  # the assistant header
     armed: dict[str, Any] = {"ids": None}
 
@@ -134,7 +144,7 @@ def guard(
         if not bool((ids[:, -n_post:] == tail.to(ids.device)).all()):
             return  # a generation step, not a request
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        reader.layout = Layout.from_end(ids, mask, n_post, offset)
+        reader.layout = Layout.from_end(ids, mask, n_post, offset, stops)
         armed["ids"], reader.enabled = ids, True
 
     def complete() -> None:

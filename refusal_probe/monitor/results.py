@@ -6,7 +6,7 @@ serialize them for the disk cache and the report, and draw the report's tables a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from refusal_probe.monitor.scoring import SIGNALS
@@ -34,6 +34,8 @@ class EvalConfig:
         min_family_successes: Successful attacks a family needs before its detection AUROC
             counts in :meth:`MonitorEvaluation.worst_auroc`: a bootstrap interval over a
             handful of positives says nothing (two judge misses give ``0.00 [0.00, 0.03]``).
+        dilution: Build the ``dilution`` family from the split's prompts and count diluted
+            harmless prompts among the negatives (:mod:`refusal_probe.prompts.dilution`).
     """
 
     split: str = "test"
@@ -46,6 +48,7 @@ class EvalConfig:
     seed: int = SEED
     level: float = LEVEL
     min_family_successes: int = 10
+    dilution: bool = True
 
     @property
     def bootstrap(self) -> Bootstrap:
@@ -171,6 +174,8 @@ class MonitorEvaluation:
         absent: Families without prompts in the fixtures.
         monitor: The monitor's summary (readouts, calibration).
         config: The evaluation configuration.
+        adaptive: Where the ``adaptive`` family came from and what it cost the attacker
+            (:func:`refusal_probe.redteam.adaptive.adaptive_family`); empty without one.
     """
 
     families: tuple[FamilyResult, ...]
@@ -180,6 +185,7 @@ class MonitorEvaluation:
     absent: tuple[str, ...]
     monitor: dict[str, Any]
     config: EvalConfig
+    adaptive: dict[str, Any] = field(default_factory=dict)
 
     def family(self, name: str) -> FamilyResult:
         """The result of one family (``KeyError`` if absent)."""
@@ -210,6 +216,22 @@ class MonitorEvaluation:
         f = min(live, key=lambda f: (f.successful[signal].auroc.low, f.family))
         return f.family, f.successful[signal].auroc
 
+    def worst_tpr(self, signal: str = "alarm") -> tuple[str | None, Interval]:
+        """The family whose successful attacks ``signal`` flags least often at its threshold.
+
+        Compared on the interval's lower end, among the families with at least
+        ``config.min_family_successes`` successful attacks (as :meth:`worst_auroc`); with none,
+        the pooled rate (family ``"pooled"``), or ``None`` and NaN when nothing succeeded.
+        """
+        need = self.config.min_family_successes
+        live = [f for f in self.families if f.n_successful >= need]
+        if not live:
+            if sum(f.n_successful for f in self.families):
+                return "pooled", self.pooled[signal].tpr_at_threshold
+            return None, nan_interval(self.config.level)
+        f = min(live, key=lambda f: (f.successful[signal].tpr_at_threshold.low, f.family))
+        return f.family, f.successful[signal].tpr_at_threshold
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
         return {
@@ -223,6 +245,7 @@ class MonitorEvaluation:
             "absent": list(self.absent),
             "monitor": self.monitor,
             "config": self.config.to_dict(),
+            "adaptive": self.adaptive,
         }
 
     @classmethod
@@ -242,6 +265,7 @@ class MonitorEvaluation:
             EvalConfig(
                 **{"judge": "substring", **d["config"], "phrases": tuple(d["config"]["phrases"])}
             ),
+            d.get("adaptive", {}),
         )
 
     # --- figures for the report --------------------------------------------------------------
@@ -291,7 +315,7 @@ class MonitorEvaluation:
 
     def fpr_figure(self, threshold: float | None = None) -> Figure:
         """False-positive rate of each signal on harmless prompts at its calibrated threshold."""
-        groups = [g for g in ("harmless", "plain", "edgy") if g in self.false_positives]
+        groups = [g for g in ("harmless", "plain", "edgy", "diluted") if g in self.false_positives]
         series = []
         for s in SIGNALS:
             rs = [self.false_positives[g][s] for g in groups]

@@ -33,6 +33,7 @@ from refusal_probe.monitor.signals import (
     SignalReader,
     instruction_offset,
     read_raw,
+    sentence_stops,
 )
 from refusal_probe.scoring.generation import Judgement, judge
 
@@ -78,6 +79,15 @@ class Monitor:
         calibration: Thresholds per signal (``None`` until :func:`calibrate`).
         model_fingerprint: The model the readouts were fit on.
         fit: What the readouts were fit on (splits, counts, the harmfulness readout search).
+        reply_gate: The judge that reads the streamed reply (keyword arguments of
+            :func:`~refusal_probe.scoring.generation.judge`: ``max_new_tokens`` the reply's
+            first tokens, ``rule``), when the alarm is gated by the reply rather than by its
+            first token; ``None``: the first token's refusal probability gates it. With a reply
+            gate the monitor is calibrated and evaluated on judged generations
+            (:func:`judge_and_score`).
+        request_refusal: The refusal direction read at the request's own sentence ends
+            (span ``request_max``), when the alarm adds up the evidence (see
+            :attr:`MonitorScores.evidence`); ``None``: the alarm reads harmfulness alone.
     """
 
     refusal: Readout
@@ -86,6 +96,8 @@ class Monitor:
     calibration: Calibration | None = None
     model_fingerprint: str = ""
     fit: dict[str, Any] = field(default_factory=dict)
+    reply_gate: dict[str, Any] | None = None
+    request_refusal: Readout | None = None
 
     def __repr__(self) -> str:
         cal = (
@@ -96,16 +108,20 @@ class Monitor:
         return f"Monitor({self.refusal!r}, {self.harmfulness!r}, {cal})"
 
     @property
-    def readouts(self) -> tuple[Readout, Readout, OutputReadout]:
-        """The three readouts: refusal, harmfulness, output refusal."""
-        return (self.refusal, self.harmfulness, self.output)
+    def readouts(self) -> tuple[Readout | OutputReadout, ...]:
+        """The readouts: refusal, harmfulness, output refusal (and the request's refusal)."""
+        extra = () if self.request_refusal is None else (self.request_refusal,)
+        return (self.refusal, self.harmfulness, self.output, *extra)
 
     def scores(self, raw: dict[str, Tensor]) -> MonitorScores:
         """Signals on the common scale from raw readouts (``{name: [prompt]}``)."""
+        req = self.request_refusal
         return MonitorScores(
             self.refusal.standardize(raw["refusal"]),
             self.harmfulness.standardize(raw["harmfulness"]),
             self.output.standardize(raw[self.output.name]),
+            None,
+            None if req is None else req.standardize(raw[req.name]),
         )
 
     def threshold(self, signal: str = "alarm") -> float:
@@ -128,7 +144,20 @@ class Monitor:
             "refusal": self.refusal.to_dict(),
             "harmfulness": self.harmfulness.to_dict(),
             "output_refusal": self.output.to_dict(),
-            "alarm": "harmfulness * (1 - output_refusal)",
+            "alarm": (
+                "harmfulness"
+                if self.request_refusal is None
+                else "(harmfulness + request_refusal + max(refusal, 0))"
+            )
+            + (
+                " * (1 - output_refusal)"
+                if self.reply_gate is None
+                else " * (1 - reply judged a refusal)"
+            ),
+            "request_refusal": None
+            if self.request_refusal is None
+            else self.request_refusal.to_dict(),
+            "reply_gate": self.reply_gate,
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "model_fingerprint": self.model_fingerprint,
             "fit": self.fit,
@@ -148,14 +177,33 @@ class MonitorScores:
     refusal: Float[Tensor, " prompt"]
     harmfulness: Float[Tensor, " prompt"]
     output_refusal: Float[Tensor, " prompt"]
+    reply_refused: Float[Tensor, " prompt"] | None = None
+    request_refusal: Float[Tensor, " prompt"] | None = None
 
     def __len__(self) -> int:
         return int(self.refusal.shape[0])
 
     @property
+    def evidence(self) -> Float[Tensor, " prompt"]:
+        """How harmful the request reads: harmfulness (+ ``request_refusal + max(refusal, 0)``).
+
+        The second term comes with a request refusal readout. Harmfulness and it are read at the request's own sentence ends, which nothing appended to it
+        can change; the refusal at the post-instruction tokens is downstream of any suffix, so
+        it only adds (clamped at 0): an attacker can remove its share, never subtract.
+        """
+        if self.request_refusal is None:
+            return self.harmfulness
+        return self.harmfulness + self.request_refusal + self.refusal.clamp_min(0.0)
+
+    @property
+    def gate(self) -> Float[Tensor, " prompt"]:
+        """How surely the model refuses: the judged reply (1 or 0), else its first token."""
+        return self.output_refusal if self.reply_refused is None else self.reply_refused
+
+    @property
     def alarm(self) -> Float[Tensor, " prompt"]:
-        """Looks harmful, yet about to be answered: ``harmfulness * (1 - output_refusal)``."""
-        return self.harmfulness * (1.0 - self.output_refusal)
+        """Looks harmful, yet answered: ``evidence * (1 - gate)``."""
+        return self.evidence * (1.0 - self.gate)
 
     def signal(self, name: str) -> Float[Tensor, " prompt"]:
         """One signal by name (see :data:`SIGNALS`)."""
@@ -169,7 +217,12 @@ class MonitorScores:
     def select(self, rows: Sequence[int]) -> MonitorScores:
         """The scores of some prompts only."""
         idx = torch.as_tensor(list(rows), dtype=torch.long)
-        return MonitorScores(self.refusal[idx], self.harmfulness[idx], self.output_refusal[idx])
+        reply, req = (
+            None if t is None else t[idx] for t in (self.reply_refused, self.request_refusal)
+        )
+        return MonitorScores(
+            self.refusal[idx], self.harmfulness[idx], self.output_refusal[idx], reply, req
+        )
 
     def to_dict(self) -> dict[str, list[float]]:
         """Plain data, one list per signal."""
@@ -187,7 +240,7 @@ def monitor_hooks(
     ``forward(..., stoppable=True)``).
     """
     reader = SignalReader(monitor.readouts, stop)
-    reader.layout = Layout.of(batch, instruction_offset(model))
+    reader.layout = Layout.of(batch, instruction_offset(model), sentence_stops(model))
     return reader.hooks(), lambda: monitor.scores(reader.raw)
 
 
@@ -229,13 +282,13 @@ def judge_and_score(
     if not prompts:
         raise MonitorError("no prompts to judge; pass at least one prompt")
     check_model(model, monitor)
-    offset = instruction_offset(model)
+    offset, stops = instruction_offset(model), sentence_stops(model)
     raw = {r.name: torch.empty(len(prompts), dtype=torch.float64) for r in monitor.readouts}
     batches: list[tuple[Sequence[int], SignalReader]] = []
 
     def observe(batch: Encoded, rows: Sequence[int]) -> list[Hook]:
         reader = SignalReader(monitor.readouts)
-        reader.layout = Layout.of(batch, offset)
+        reader.layout = Layout.of(batch, offset, stops)
         batches.append((rows, reader))
         return reader.hooks()
 
@@ -249,7 +302,24 @@ def judge_and_score(
         idx = torch.tensor(list(rows))
         for name, values in reader.raw.items():
             raw[name][idx] = values
-    return judged, monitor.scores(raw)
+    scores = monitor.scores(raw)
+    if monitor.reply_gate is not None:
+        refused = torch.tensor(judged.refused, dtype=torch.float64)
+        scores = dataclasses.replace(scores, reply_refused=refused)
+    return judged, scores
+
+
+def gated_scores(
+    model: LoadedModel, monitor: Monitor, prompts: Sequence[str], batch_size: int | None = None
+) -> MonitorScores:
+    """The signals of ``prompts`` as the monitor's gate reads them.
+
+    With a reply gate, from judged generations (:func:`judge_and_score` with the gate's judge);
+    without one, from one forward pass per batch (:func:`score_prompts`).
+    """
+    if monitor.reply_gate is None:
+        return score_prompts(model, monitor, prompts, batch_size=batch_size)
+    return judge_and_score(model, monitor, prompts, batch_size=batch_size, **monitor.reply_gate)[1]
 
 
 def check_model(model: LoadedModel, monitor: Monitor) -> None:

@@ -36,15 +36,21 @@ from refusal_probe.model.loading import LoadedModel
 from refusal_probe.scoring.refusal import RefusalTokens, refusal_score_from_logits
 
 #: Where a readout is taken: the post-instruction tokens (projections averaged), the last
-#: instruction token, or every token of the user's text: the largest projection
+#: instruction token, every token of the user's text: the largest projection
 #: (``instruction``; nothing appended to a request can lower it) or the mean projection
-#: (``instruction_mean``; lighter-tailed on harmless text, but appended text dilutes it).
+#: (``instruction_mean``; lighter-tailed on harmless text, but appended text dilutes it), or the
+#: largest projection over the last token of each sentence of the user's text (``request_max``:
+#: a sentence's last token has read the whole sentence, and attention is causal, so text
+#: appended after a request can neither lower it nor pull it toward the harmless mean).
 SPANS: tuple[str, ...] = (
     "post_instruction",
     "last_instruction",
     "instruction",
     "instruction_mean",
+    "request_max",
 )
+#: Characters that end a sentence (a token whose text ends with one ends a sentence).
+SENTENCE_END = ".?!"
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +149,8 @@ AnyReadout = Readout | OutputReadout
 
 #: Template tokens before the user's text, per chat format (computed once per format).
 _OFFSETS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+#: Token ids that end a sentence, per tokenizer (computed once per tokenizer).
+_STOPS: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
 
 
 def instruction_offset(model: LoadedModel) -> int:
@@ -156,6 +164,16 @@ def instruction_offset(model: LoadedModel) -> int:
     return _OFFSETS[chat]
 
 
+def sentence_stops(model: LoadedModel) -> Tensor:
+    """Ids of the tokens whose text ends a sentence (ends with one of :data:`SENTENCE_END`)."""
+    tok = model.tokenizer
+    if tok not in _STOPS:
+        texts = tok.batch_decode([[i] for i in range(len(tok))])
+        ids = [i for i, t in enumerate(texts) if t.rstrip().endswith(tuple(SENTENCE_END))]
+        _STOPS[tok] = torch.tensor(ids, dtype=torch.long)
+    return _STOPS[tok]
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where each row's spans lie in one forward pass (left-padded).
@@ -166,6 +184,8 @@ class Layout:
         last_instruction: Index of each row's last instruction token, ``[batch]``.
         n_post: Length of the post-instruction span.
         offset: Template tokens before the user's text.
+        ends: Which positions hold a token that ends a sentence, ``[batch, pos]`` (``None``:
+            none known; the ``request_max`` span then reads the last instruction token only).
     """
 
     width: int
@@ -173,20 +193,29 @@ class Layout:
     last_instruction: Tensor
     n_post: int
     offset: int
+    ends: Tensor | None = None
 
     @classmethod
-    def of(cls, batch: Encoded, offset: int) -> Layout:
-        """The layout of an encoded batch."""
+    def of(cls, batch: Encoded, offset: int, stops: Tensor | None = None) -> Layout:
+        """The layout of an encoded batch (``stops``: :func:`sentence_stops`)."""
         return cls(
             batch.seq_len,
             batch.attention_mask.sum(-1),
             batch.last_instruction,
             batch.n_post,
             offset,
+            _ends(batch.input_ids, stops),
         )
 
     @classmethod
-    def from_end(cls, ids: Tensor, mask: Tensor | None, n_post: int, offset: int) -> Layout:
+    def from_end(
+        cls,
+        ids: Tensor,
+        mask: Tensor | None,
+        n_post: int,
+        offset: int,
+        stops: Tensor | None = None,
+    ) -> Layout:
         """The layout of a pass seen live, from its ids ``[batch, pos]`` and attention mask.
 
         Every row ends with the assistant header, so spans are counted from the end; real
@@ -195,7 +224,12 @@ class Layout:
         b, width = ids.shape
         lengths = torch.full((b,), width) if mask is None else mask[:, -width:].sum(-1).cpu()
         last = torch.full((b,), width - n_post - 1)
-        return cls(width, lengths, last, n_post, offset)
+        return cls(width, lengths, last, n_post, offset, _ends(ids, stops))
+
+
+def _ends(ids: Tensor, stops: Tensor | None) -> Tensor | None:
+    """``[batch, pos]``: the positions of ``ids`` that hold a sentence-ending token."""
+    return None if stops is None else torch.isin(ids.cpu(), stops)
 
 
 class SignalReader:
@@ -272,6 +306,11 @@ def _span(act: Tensor, unit: PerDevice, span: str, lay: Layout) -> Tensor:
     if span == "instruction_mean":
         kept = proj.masked_fill(~inside, 0.0).cpu().double()  # [batch, pos]
         return kept.sum(-1) / inside.sum(-1).cpu().double()
+    if span == "request_max":  # the last token of each sentence, and of the user's text
+        ends = pos == last[:, None]
+        if lay.ends is not None:
+            ends = ends | lay.ends.to(dev)
+        inside = inside & ends
     return proj.masked_fill(~inside, float("-inf")).amax(-1).cpu().double()
 
 
@@ -294,14 +333,14 @@ def read_raw(
         if isinstance(r, Readout):
             check_fits(model, r.direction)
     kw = _last_logits_only(model) if any(isinstance(r, OutputReadout) for r in readouts) else {}
-    offset = instruction_offset(model)
+    offset, stops = instruction_offset(model), sentence_stops(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = {r.name: torch.empty(len(prompts), dtype=torch.float64) for r in readouts}
     with torch.no_grad():
         for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
             batch = model.chat.encode([prompts[i] for i in rows])
             reader = SignalReader(readouts, stop=True)
-            reader.layout = Layout.of(batch, offset)
+            reader.layout = Layout.of(batch, offset, stops)
             forward(model, batch, reader.hooks(), stoppable=True, **kw)
             idx = torch.tensor(list(rows))
             for name, values in reader.raw.items():

@@ -29,7 +29,9 @@ from typing import Any
 from refusal_probe.errors import PromptFileError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-JAILBREAK_FAMILIES: tuple[str, ...] = ("roleplay", "encoding", "context", "suffix")
+JAILBREAK_FAMILIES: tuple[str, ...] = (
+    "roleplay", "encoding", "context", "suffix", "dilution", "adaptive",
+)
 HARM_CATEGORIES: tuple[str, ...] = (
     "weapons", "cyber", "drugs", "fraud", "violence", "self_harm", "hate", "privacy",
     "harassment", "extremism", "theft", "misinformation", "sexual", "other",
