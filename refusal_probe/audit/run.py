@@ -42,12 +42,7 @@ from refusal_probe.audit.baseline import (
     is_same_model,
     mismatch,
 )
-from refusal_probe.audit.behaviour import (
-    Behaviour,
-    Completions,
-    completions_of,
-    generate_completions,
-)
+from refusal_probe.audit.behaviour import Behaviour, Completions, completions_of
 from refusal_probe.audit.causal import Causal, validation_config
 from refusal_probe.audit.circuit import (
     CIRCUIT_K,
@@ -70,6 +65,7 @@ from refusal_probe.audit.monitor import (
 from refusal_probe.audit.once import Once
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy
+from refusal_probe.audit.sequential import bars_of, behaviour_key, complete
 from refusal_probe.audit.store import DirectionArtifact, load_direction, verified_direction
 from refusal_probe.causal.validation import ValidationResult, validate_direction
 from refusal_probe.errors import DirectionError, RefusalProbeError, RefusalProbeWarning
@@ -143,7 +139,8 @@ class AuditRun(ModelHandle):
 
         Read from :meth:`validation` when this run audits ``causal`` (the validation generates
         them beside its intervened conditions, so they are not generated twice); generated on
-        their own otherwise, or when the validation cannot run (the causal audit reports why).
+        their own otherwise, or when the validation cannot run (the causal audit reports why):
+        then in rounds under the policy's ``sequential`` setting (:mod:`.sequential`).
         """
         return self._completions(self._complete)
 
@@ -153,13 +150,14 @@ class AuditRun(ModelHandle):
                 return completions_of(self.validation())
             except RefusalProbeError as exc:
                 log.info("behaviour: the validation failed (%s); generating on its own", exc)
-        return generate_completions(self.model, self.fixtures, self.settings)
+        bars, seed = bars_of(self.policy), self.options.seed
+        return complete(self.model, self.fixtures, self.settings, bars, seed, self.budget.spent)
 
     def behaviour(self) -> Behaviour:
         """Refusal rates on the harmful and harmless test prompts (from :meth:`completions`)."""
         return self._behaviour(
             lambda: self._stored(
-                self.key("behaviour"),
+                self.key("behaviour", **behaviour_key(self.policy)),
                 lambda: Behaviour.of(self.completions(), self.fixtures, self.settings.confidence),
                 Behaviour,
             )

@@ -42,6 +42,10 @@ class Settings:
         test_prompts: Test prompts per side the audits measure: a larger test split is
             sampled down to this many, stratified by category and seeded (0: every one). The
             grammar set's 96 per side are all kept; the natural set's 262 and 314 are sampled.
+        sequential: Sequential verdicts for the behaviour checks: generate the test prompts in
+            seeded rounds and stop a side once its confidence sequence decides its bar
+            (:mod:`refusal_probe.audit.sequential`); ``False``: every prompt, fixed n.
+        sequential_round: Prompts per side in each round of a sequential check.
     """
 
     confidence: float = 0.95
@@ -55,6 +59,8 @@ class Settings:
     selection_screen: int = 0
     monitor_target_fpr: float = 0.02
     test_prompts: int = 128
+    sequential: bool = False
+    sequential_round: int = 16
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
@@ -65,6 +71,8 @@ class Settings:
 
 #: Settings that take one of a few words, and the words.
 _SETTING_CHOICES: dict[str, tuple[str, ...]] = {"judge": JUDGES}
+#: Settings that are true or false.
+_SETTING_FLAGS = ("sequential",)
 
 _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "confidence": (float, 0.5, 0.999),
@@ -77,6 +85,7 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "selection_screen": (int, 0, 100_000),
     "monitor_target_fpr": (float, 0.001, 0.5),
     "test_prompts": (int, 0, 1_000_000),
+    "sequential_round": (int, 1, 100_000),
 }
 
 
@@ -91,8 +100,14 @@ def read_settings(table: dict[str, Sourced], errors: list[tuple[Path, str]]) -> 
                 words = " or ".join(f'"{c}"' for c in _SETTING_CHOICES[key])
                 errors.append((file, f"[settings] {key}: must be {words}, got {val!r}"))
             continue
+        if key in _SETTING_FLAGS:
+            if isinstance(val, bool):
+                values[key] = val
+            else:
+                errors.append((file, f"[settings] {key}: must be true or false, got {val!r}"))
+            continue
         if key not in _SETTING_RANGES:
-            known = ", ".join([*_SETTING_RANGES, *_SETTING_CHOICES])
+            known = ", ".join([*_SETTING_RANGES, *_SETTING_CHOICES, *_SETTING_FLAGS])
             errors.append((file, f"[settings] {key}: unknown key; known: {known}"))
             continue
         if key == "batch_size" and val == "auto":

@@ -23,7 +23,7 @@ from _pytest.junitxml import xml_key  # the LogXML that record_testsuite_propert
 
 from refusal_probe.audit.inputs import missing_checks, preflight
 from refusal_probe.audit.required import NOT_APPLICABLE, unmet
-from refusal_probe.errors import RefusalProbeError
+from refusal_probe.errors import BudgetSpent, RefusalProbeError
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.pytest_plugin.terminal import terminal_progress
@@ -159,6 +159,15 @@ class AuditHooks:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
         """Put the item's checks (and the shared context) on its report, with pytest-html extras."""
         report = yield
+        auditor, exc = getattr(item, "funcargs", {}).get("audit"), call.excinfo
+        if call.when == "call" and exc and exc.errisinstance(BudgetSpent) and auditor:
+            try:  # a check whose result ran out of time is inconclusive, with the reason
+                auditor.ran_out(
+                    check_id_of(item.nodeid, audit_of(item, self.audits) or ""), exc.value
+                )
+                report.outcome, report.longrepr = "passed", None
+            except pytest.fail.Exception:  # --strict-verdicts: inconclusive fails
+                pass
         checks = list(item.stash.get(ITEM_CHECKS_KEY, []))
         # A test without an audit marker still belongs to the audit of the checks it records.
         audit = (
