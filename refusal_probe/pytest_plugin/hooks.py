@@ -24,6 +24,7 @@ from _pytest.junitxml import xml_key  # the LogXML that record_testsuite_propert
 from refusal_probe.audit.inputs import missing_checks, preflight
 from refusal_probe.audit.required import NOT_APPLICABLE, unmet
 from refusal_probe.errors import BudgetSpent, RefusalProbeError
+from refusal_probe.pytest_plugin.fixtures import Auditor
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.pytest_plugin.terminal import terminal_progress
@@ -159,13 +160,16 @@ class AuditHooks:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
         """Put the item's checks (and the shared context) on its report, with pytest-html extras."""
         report = yield
-        auditor, exc = getattr(item, "funcargs", {}).get("audit"), call.excinfo
-        if call.when == "call" and exc and exc.errisinstance(BudgetSpent) and auditor:
+        exc, uses_audit = call.excinfo, "audit" in getattr(item, "fixturenames", ())
+        if exc and exc.errisinstance(BudgetSpent) and uses_audit and call.when != "teardown":
             try:  # a check whose result ran out of time is inconclusive, with the reason
-                auditor.ran_out(
+                Auditor(item, self.session).ran_out(
                     check_id_of(item.nodeid, audit_of(item, self.audits) or ""), exc.value
                 )
-                report.outcome, report.longrepr = "passed", None
+                ran_out = (str(item.path), 0, f"Skipped: {exc.value}")  # setup: the body cannot run
+                report.outcome, report.longrepr = (
+                    ("passed", None) if call.when == "call" else ("skipped", ran_out)
+                )
             except pytest.fail.Exception:  # --strict-verdicts: inconclusive fails
                 pass
         checks = list(item.stash.get(ITEM_CHECKS_KEY, []))
@@ -187,7 +191,7 @@ class AuditHooks:
         # A test that needs the baseline cannot apply to a run without one (not a lost check).
         na = report.skipped and "baseline" in getattr(item, "fixturenames", ())
         report.audit_not_applicable = na and not self.session.options.baseline
-        if report.when == "call":
+        if report.when == "call" or (report.when == "setup" and checks):  # ran out of time
             report.audit_checks = checks
             for c in checks:  # junitxml writes the properties of the item (teardown report)
                 item.user_properties += check_properties(c)
@@ -221,7 +225,7 @@ class AuditHooks:
         checks = getattr(report, "audit_checks", [])
         for c in checks:
             run.checks.append({**c, "duration_s": round(report.duration, 3)})
-        if report.skipped:
+        if report.skipped and not checks:
             kind = NOT_APPLICABLE if getattr(report, "audit_not_applicable", False) else "skipped"
             run.not_run.append(_not_run(report.nodeid, audit, kind, _skip_reason(report)))
         elif report.failed and not any(c["verdict"] == "fail" for c in checks):
