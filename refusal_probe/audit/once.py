@@ -41,12 +41,14 @@ class Phases:
         # per open result: (seconds, passes, tokens) spent in the results it asked for
         self._inner: list[list[float]] = []
         self._fresh: list[bool] = []  # per open result: whether it computed (not read from disk)
+        self._names: list[str] = []  # the open results, outermost first
 
     @contextmanager
     def timed(self, name: str, *, stored: bool) -> Iterator[None]:
         """Time the result ``name``; ``stored``: it may be read from the disk cache."""
         self._inner.append([0.0, 0, 0])
         self._fresh.append(not stored)
+        self._names.append(name)
         w = self.work
         start = (time.perf_counter(), w.passes, w.tokens)
         try:
@@ -54,7 +56,7 @@ class Phases:
                 yield
         finally:
             total = [time.perf_counter() - start[0], w.passes - start[1], w.tokens - start[2]]
-            inner, fresh = self._inner.pop(), self._fresh.pop()
+            inner, fresh, _ = self._inner.pop(), self._fresh.pop(), self._names.pop()
             if self._inner:
                 self._inner[-1] = [a + b for a, b in zip(self._inner[-1], total, strict=True)]
             own = [a - b for a, b in zip(total, inner, strict=True)]
@@ -66,9 +68,14 @@ class Phases:
             }
 
     def computing(self) -> None:
-        """Say that the innermost open result is being computed (the disk cache missed)."""
+        """Say that the innermost open result is being computed (the disk cache missed).
+
+        Raises:
+            BudgetSpent: The run's time budget has run out: the result is not started.
+        """
         if self._fresh:
             self._fresh[-1] = True
+            self.budget.check(self._names[-1])  # out of time: do not start it
 
 
 class Once(Generic[T]):

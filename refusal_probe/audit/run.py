@@ -26,7 +26,6 @@ own values; the others are small frozen dataclasses with ``to_dict``/``from_dict
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -42,7 +41,7 @@ from refusal_probe.audit.baseline import (
     is_same_model,
     mismatch,
 )
-from refusal_probe.audit.behaviour import Behaviour, Completions, completions_of
+from refusal_probe.audit.behaviour import Behaviour, Completions
 from refusal_probe.audit.causal import Causal, validation_config
 from refusal_probe.audit.circuit import (
     CIRCUIT_K,
@@ -68,14 +67,12 @@ from refusal_probe.audit.policy import Policy
 from refusal_probe.audit.sequential import bars_of, behaviour_key, complete
 from refusal_probe.audit.store import DirectionArtifact, load_direction, verified_direction
 from refusal_probe.causal.validation import ValidationResult, validate_direction
-from refusal_probe.errors import DirectionError, RefusalProbeError, RefusalProbeWarning
+from refusal_probe.errors import DirectionError, RefusalProbeWarning
 from refusal_probe.model.chat import NO_TEMPLATE_WARNING
 from refusal_probe.monitor.evaluate import MonitorEvaluation
 from refusal_probe.monitor.hardening import Hardening
 from refusal_probe.patching.circuit import CircuitResult
 from refusal_probe.prompts.sets import Pair
-
-log = logging.getLogger(__name__)
 
 
 class AuditRun(ModelHandle):
@@ -145,13 +142,11 @@ class AuditRun(ModelHandle):
         return self._completions(self._complete)
 
     def _complete(self) -> Completions:
-        if "causal" in self.audits:
-            try:
-                return completions_of(self.validation())
-            except RefusalProbeError as exc:
-                log.info("behaviour: the validation failed (%s); generating on its own", exc)
+        shared = self.validation if "causal" in self.audits else None
         bars, seed = bars_of(self.policy), self.options.seed
-        return complete(self.model, self.fixtures, self.settings, bars, seed, self.budget.spent)
+        return complete(
+            self.model, self.fixtures, self.settings, bars, seed, self.budget.spent, shared
+        )
 
     def behaviour(self) -> Behaviour:
         """Refusal rates on the harmful and harmless test prompts (from :meth:`completions`)."""

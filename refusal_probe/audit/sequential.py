@@ -14,18 +14,29 @@ With ``sequential = false`` every prompt is generated in one run, as before
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from refusal_probe.audit.behaviour import SIDES, Completions, Row, generate_completions
+from refusal_probe.audit.behaviour import (
+    SIDES,
+    Completions,
+    Row,
+    completions_of,
+    generate_completions,
+)
 from refusal_probe.audit.policy import Policy
 from refusal_probe.audit.settings import Settings
+from refusal_probe.causal.validation import ValidationResult
+from refusal_probe.errors import BudgetSpent, RefusalProbeError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.scoring.generation import judge
 from refusal_probe.stats.sequential import SequentialCheck, rounds_of
 from refusal_probe.stats.verdicts import Threshold
+
+log = logging.getLogger(__name__)
 
 #: The check that reads each side's completions.
 CHECKS: Mapping[str, str] = {
@@ -59,8 +70,13 @@ def complete(
     bars: Mapping[str, Threshold] | None,
     seed: int,
     out_of_time: Callable[[], bool] = lambda: False,
+    shared: Callable[[], ValidationResult] | None = None,
 ) -> Completions:
     """The behaviour checks' completions: in rounds when ``settings.sequential``, else all at once.
+
+    With ``shared`` (the run audits ``causal``) they are read from the causal validation, which
+    generates them for every prompt beside its intervened conditions (so nothing is generated
+    twice); generated here only when the validation cannot run (the causal audit says why).
 
     Args:
         model: The audited model.
@@ -70,7 +86,15 @@ def complete(
         seed: The run's seed (the prompts' order).
         out_of_time: Says when the run's time budget is spent: the open sides then stop
             undecided (``budget``) before their next round.
+        shared: The causal validation, when the run has one.
     """
+    if shared is not None:
+        try:
+            return completions_of(shared())
+        except BudgetSpent:
+            raise  # out of time: generating them alone would only run longer
+        except RefusalProbeError as exc:
+            log.info("behaviour: the validation failed (%s); generating on its own", exc)
     if not settings.sequential or bars is None:
         return generate_completions(model, fixtures, settings)
     texts = {side: getattr(fixtures, side).texts("test") for side in SIDES}

@@ -153,15 +153,25 @@ class Auditor:
             pytest.fail(f"{check_id}: {j.message}", pytrace=False)
         return j
 
-    def ran_out(self, check_id: str, exc: BudgetSpent) -> None:
-        """Record ``check_id`` inconclusive: its result ran out of the time budget (``exc``)."""
-        try:
-            self.check(check_id, Interval.nothing(method="not measured: time budget spent"))
-        finally:
-            entries = self.item.stash[ITEM_CHECKS_KEY]
-            if entries and entries[-1]["id"] == check_id:
-                entries[-1]["message"] = f"inconclusive: {exc}"
-                entries[-1]["details"] = {"reason": str(exc)}
+
+def ran_out(
+    item: pytest.Item, report: Any, session: AuditSession, check_id: str, exc: BudgetSpent
+) -> None:
+    """A test whose result ran out of the time budget: its check is inconclusive, with the reason.
+
+    In setup (a fixture ran out) the body cannot run: the report reads skipped, the check kept.
+    """
+    if "audit" not in getattr(item, "fixturenames", ()) or check_id not in session.policy.checks:
+        return
+    try:
+        Auditor(item, session).check(check_id, Interval.nothing(method="time budget spent"))
+    except pytest.fail.Exception:  # --strict-verdicts: inconclusive fails
+        return
+    finally:
+        entry = item.stash[ITEM_CHECKS_KEY][-1]
+        entry["message"], entry["details"] = f"inconclusive: {exc}", {"reason": str(exc)}
+    report.outcome = "passed" if report.when == "call" else "skipped"
+    report.longrepr = None if report.passed else (str(item.path), 0, f"Skipped: {exc}")
 
 
 def _doc_title(item: pytest.Item) -> str:

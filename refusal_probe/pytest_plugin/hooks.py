@@ -24,7 +24,7 @@ from _pytest.junitxml import xml_key  # the LogXML that record_testsuite_propert
 from refusal_probe.audit.inputs import missing_checks, preflight
 from refusal_probe.audit.required import NOT_APPLICABLE, unmet
 from refusal_probe.errors import BudgetSpent, RefusalProbeError
-from refusal_probe.pytest_plugin.fixtures import Auditor
+from refusal_probe.pytest_plugin.fixtures import ran_out
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.pytest_plugin.terminal import terminal_progress
@@ -160,18 +160,9 @@ class AuditHooks:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
         """Put the item's checks (and the shared context) on its report, with pytest-html extras."""
         report = yield
-        exc, uses_audit = call.excinfo, "audit" in getattr(item, "fixturenames", ())
-        if exc and exc.errisinstance(BudgetSpent) and uses_audit and call.when != "teardown":
-            try:  # a check whose result ran out of time is inconclusive, with the reason
-                Auditor(item, self.session).ran_out(
-                    check_id_of(item.nodeid, audit_of(item, self.audits) or ""), exc.value
-                )
-                ran_out = (str(item.path), 0, f"Skipped: {exc.value}")  # setup: the body cannot run
-                report.outcome, report.longrepr = (
-                    ("passed", None) if call.when == "call" else ("skipped", ran_out)
-                )
-            except pytest.fail.Exception:  # --strict-verdicts: inconclusive fails
-                pass
+        if call.excinfo and call.excinfo.errisinstance(BudgetSpent) and call.when != "teardown":
+            check_id = check_id_of(item.nodeid, audit_of(item, self.audits) or "")
+            ran_out(item, report, self.session, check_id, call.excinfo.value)
         checks = list(item.stash.get(ITEM_CHECKS_KEY, []))
         # A test without an audit marker still belongs to the audit of the checks it records.
         audit = (
