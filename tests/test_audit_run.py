@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 import refusal_probe.audit.run as run_module
-import refusal_probe.audit.sequential as sequential_module
 from refusal_probe.audit import AuditOptions, AuditRun, Behaviour, Causal
 from refusal_probe.errors import PatchingError
 
@@ -93,13 +92,13 @@ def test_behaviour_alone_generates_its_own_completions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Any] = []
-    real = sequential_module.generate_completions  # where the run's completions come from
+    real = run_module.complete  # generates them (in rounds under the sequential setting)
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sequential_module, "generate_completions", counting)
+    monkeypatch.setattr(run_module, "complete", counting)
     run = AuditRun("organism-chat", options(tmp_path))
     first = run.behaviour()
     assert run.behaviour() is first and len(calls) == 1
