@@ -185,3 +185,17 @@ def test_bad_input_is_one_clear_error() -> None:
 def test_stopping_round_trips() -> None:
     s = Stopping(3, 48, 96, "cleared")
     assert Stopping.from_dict(s.to_dict()) == s and s.saved == 48
+
+
+def test_peeking_at_a_fixed_n_interval_breaks_the_error_rate() -> None:
+    """The simulation has teeth: stopping on Wilson intervals at each round errs 1 in 8 times."""
+    rng = np.random.default_rng(900)
+    thr, wrong = Threshold(0.9, Bound.AT_LEAST), 0
+    for _ in range(1000):
+        x = rng.random(96) < 0.9
+        for t in (16, 32, 48, 64, 80, 96):
+            iv = wilson_interval(int(x[:t].sum()), t, LEVEL)
+            if stopping_reason(iv, thr) is not None or t == 96:
+                wrong += _wrong(decide(iv, thr).verdict, 0.9, thr)
+                break
+    assert wrong / 1000 > 2 * (1 - LEVEL)

@@ -144,9 +144,8 @@ class AuditRun(ModelHandle):
     def _complete(self) -> Completions:
         shared = self.validation if "causal" in self.audits else None
         bars, seed = bars_of(self.policy), self.options.seed
-        return complete(
-            self.model, self.fixtures, self.settings, bars, seed, self.budget.spent, shared
-        )
+        # past --budget the rounds stop through the phase's deadline (nothing half-done is stored)
+        return complete(self.model, self.fixtures, self.settings, bars, seed, shared=shared)
 
     def behaviour(self) -> Behaviour:
         """Refusal rates on the harmful and harmless test prompts (from :meth:`completions`)."""

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from refusal_probe import progress
 from refusal_probe.audit.behaviour import (
     SIDES,
     Completions,
@@ -84,8 +85,10 @@ def complete(
         settings: Generation length, judge, batch size, level, ``sequential`` and its round.
         bars: The policy's threshold of each check in :data:`CHECKS` (``None``: fixed n).
         seed: The run's seed (the prompts' order).
-        out_of_time: Says when the run's time budget is spent: the open sides then stop
-            undecided (``budget``) before their next round.
+        out_of_time: Says when the caller's time is up: the open sides then stop undecided
+            (``budget``) before their next round. An audit passes none: its ``--budget`` stops
+            the rounds by raising :class:`~refusal_probe.errors.BudgetSpent` (see
+            :mod:`refusal_probe.audit.budget`), so no half-done result is cached.
         shared: The causal validation, when the run has one.
     """
     if shared is not None:
@@ -105,16 +108,19 @@ def complete(
     }
     done: dict[str, dict[int, Row]] = {side: {} for side in SIDES}
     size = settings.sequential_round
-    for k in range(max(len(rounds_of(len(texts[s]), size)) for s in SIDES)):
-        open_sides = [s for s in SIDES if checks[s].open]
-        if not open_sides:
-            break
-        if out_of_time():
-            for s in open_sides:
-                checks[s].stop("budget")
-            break
-        picked = {s: order[s][k * size : (k + 1) * size] for s in open_sides}
-        _round(model, settings, texts, picked, checks, done)
+    n_rounds = max(len(rounds_of(len(texts[s]), size)) for s in SIDES)
+    with progress.task("behaviour rounds", total=n_rounds, unit="round") as bar:
+        for k in range(n_rounds):
+            open_sides = [s for s in SIDES if checks[s].open]
+            if not open_sides:
+                break
+            if out_of_time():
+                for s in open_sides:
+                    checks[s].stop("budget")
+                break
+            picked = {s: order[s][k * size : (k + 1) * size] for s in open_sides}
+            _round(model, settings, texts, picked, checks, done)
+            bar.update(1)
     return Completions(
         *(_in_file_order(done[s]) for s in SIDES),
         settings.max_new_tokens,
