@@ -8,7 +8,7 @@ validates the direction anyway (:func:`completions_of`), else generated on their
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from refusal_probe.audit.figures import rate_bars
@@ -75,7 +75,7 @@ def generate_completions(model: LoadedModel, fixtures: Fixtures, settings: Setti
     c = Completions(
         rows[: len(harmful)], rows[len(harmful) :], settings.max_new_tokens, settings.judge
     )
-    return Completions(c.harmful, c.harmless, c.max_new_tokens, c.judge, _all_prompts(c, "fixed"))
+    return replace(c, stopping=_all_prompts(c, "fixed"))
 
 
 def completions_of(v: ValidationResult) -> Completions:
@@ -88,7 +88,7 @@ def completions_of(v: ValidationResult) -> Completions:
     c = Completions(
         rows("harmful_baseline"), rows("harmless_baseline"), v.config.max_new_tokens, v.config.judge
     )
-    return Completions(c.harmful, c.harmless, c.max_new_tokens, c.judge, _all_prompts(c, "shared"))
+    return replace(c, stopping=_all_prompts(c, "shared"))
 
 
 @dataclass(frozen=True)

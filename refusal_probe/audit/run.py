@@ -151,7 +151,7 @@ class AuditRun(ModelHandle):
         """Refusal rates on the harmful and harmless test prompts (from :meth:`completions`)."""
         return self._behaviour(
             lambda: self._stored(
-                self.key("behaviour", **behaviour_key(self.policy)),
+                self.key("behaviour", **behaviour_key(self.policy, "causal" in self.audits)),
                 lambda: Behaviour.of(self.completions(), self.fixtures, self.settings.confidence),
                 Behaviour,
             )

@@ -53,9 +53,15 @@ def bars_of(policy: Policy) -> dict[str, Threshold] | None:
     return {c: policy.checks[c].threshold for c in CHECKS.values()}
 
 
-def behaviour_key(policy: Policy) -> dict[str, str]:
-    """What the behaviour result depends on beyond the settings: the bars, when it stops on them."""
-    return {"bars": str(bars_of(policy))} if policy.settings.sequential else {}
+def behaviour_key(policy: Policy, shared: bool) -> dict[str, str]:
+    """What the behaviour result depends on beyond the settings, when it may stop in rounds.
+
+    Its bars, and whether its completions are the causal validation's (``shared``, every
+    prompt) or its own rounds: a behaviour-only run's result is not served to a whole audit.
+    """
+    if not policy.settings.sequential:
+        return {}
+    return {"bars": str(bars_of(policy)), "completions": "shared" if shared else "rounds"}
 
 
 def prompt_order(n: int, seed: int, side: str) -> list[int]:
