@@ -175,5 +175,6 @@ def test_the_documented_example_runs_as_written(
     monkeypatch.setenv("REFUSAL_PROBE_CACHE", str(cache))
     exec(compile(block.group(1), "docs/AUDITS.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "harmful refusal 1.00 [0.96, 1.00] (96/96)" in out and "ablation drop " in out
+    # behaviour alone: sequential rounds, decided after 48 of the 96 test prompts
+    assert "harmful refusal 1.00 [0.90, 1.00] (48/48)" in out and "ablation drop " in out
     assert "'causal'" in out and "'direction'" in out
