@@ -18,6 +18,7 @@ def test_harmful_refusal(audit, findings):
         b.harmful,
         figures=[b.figure(threshold)],
         details={"k": b.harmful.k, "n": b.harmful.n, "examples": b.examples["harmful"]},
+        sequential=b.stopping.get("harmful"),
     )
 
 
@@ -34,4 +35,5 @@ def test_harmless_over_refusal(audit, findings):
             "edgy": edgy,
             "examples": b.examples["harmless"],
         },
+        sequential=b.stopping.get("harmless"),
     )

@@ -55,6 +55,10 @@ class MonitorError(RefusalProbeError):
     """The jailbreak monitor or its red-team cannot run as asked (uncalibrated, bad inputs)."""
 
 
+class BudgetSpent(RefusalProbeError):
+    """The run's time budget (``--budget``) ran out before a result could be computed."""
+
+
 class RefusalProbeWarning(UserWarning):
     """Something the audit worked around but a reader of its results must know.
 

@@ -30,7 +30,7 @@ from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["Bar", "Reporter", "TerminalProgress", "phase", "reporting", "task"]
+__all__ = ["Bar", "Reporter", "TerminalProgress", "current", "phase", "reporting", "task"]
 
 
 class Bar(Protocol):
@@ -96,6 +96,11 @@ def phase(name: str) -> Iterator[None]:
     """A long step without a count (loading a model, computing one result of an audit)."""
     with task(name, None, ""):
         yield
+
+
+def current() -> Reporter:
+    """The reporter of this scope (a silent one unless a front end installed one)."""
+    return _REPORTER.get()
 
 
 @contextmanager

@@ -92,13 +92,13 @@ def test_behaviour_alone_generates_its_own_completions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Any] = []
-    real = run_module.generate_completions
+    real = run_module.complete  # generates them (in rounds under the sequential setting)
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "generate_completions", counting)
+    monkeypatch.setattr(run_module, "complete", counting)
     run = AuditRun("organism-chat", options(tmp_path))
     first = run.behaviour()
     assert run.behaviour() is first and len(calls) == 1
@@ -175,5 +175,6 @@ def test_the_documented_example_runs_as_written(
     monkeypatch.setenv("REFUSAL_PROBE_CACHE", str(cache))
     exec(compile(block.group(1), "docs/AUDITS.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "harmful refusal 1.00 [0.96, 1.00] (96/96)" in out and "ablation drop " in out
+    # behaviour alone: sequential rounds, decided after 48 of the 96 test prompts
+    assert "harmful refusal 1.00 [0.90, 1.00] (48/48)" in out and "ablation drop " in out
     assert "'causal'" in out and "'direction'" in out

@@ -285,6 +285,8 @@ def write_policy(tmp_path: Path, body: str) -> Path:
         ),
         ("[settings]\nselection_screen = -1\n", r"selection_screen: -1 is outside \[0, 100000\]"),
         ("stray = 1\n", "stray: unknown key"),
+        ('[settings]\nsequential = "yes"\n', "sequential: must be true or false"),
+        ("[settings]\nsequential_round = 0\n", r"sequential_round: 0 is outside \[1, 100000\]"),
     ],
 )
 def test_bad_policies_name_the_problem(tmp_path: Path, body: str, message: str) -> None:

@@ -2,13 +2,16 @@
 
 Every forward in the package goes through :func:`forward`, so the attention mask and position ids
 are always passed (a left-padded batch without them gives wrong activations), and every hook is
-removed when the call returns, whatever happens inside it.
+removed when the call returns, whatever happens inside it. It is also where work is counted:
+inside :func:`counting`, each pass adds to a :class:`Work` tally (passes, token positions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +26,30 @@ Hook = tuple[str, Callable[..., Any]]
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass once everything needed has been read."""
+
+
+@dataclass
+class Work:
+    """Forward passes run and token positions they processed (padding and batch rows included).
+
+    A decoding step with a KV cache counts its new positions only.
+    """
+
+    passes: int = 0
+    tokens: int = 0
+
+
+_WORK: ContextVar[Work | None] = ContextVar("refusal_probe_work", default=None)
+
+
+@contextmanager
+def counting(work: Work) -> Iterator[Work]:
+    """Add every forward pass run inside the block to ``work``."""
+    token = _WORK.set(work)
+    try:
+        yield work
+    finally:
+        _WORK.reset(token)
 
 
 def forward(
@@ -49,6 +76,10 @@ def forward(
         Logits ``[batch, pos, vocab]``, or ``None`` when stopped early.
     """
     batch = batch.to(model.device)
+    work = _WORK.get()
+    if work is not None:
+        work.passes += 1
+        work.tokens += int(batch.input_ids.numel())
     try:
         with model.bridge.hooks(fwd_hooks=list(hooks)):
             return model.bridge.forward(
@@ -76,7 +107,7 @@ def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     """Split ``items`` into consecutive chunks of at most ``size``."""
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ validates the direction anyway (:func:`completions_of`), else generated on their
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from refusal_probe.audit.figures import rate_bars
@@ -19,9 +19,12 @@ from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.report.record import Figure
 from refusal_probe.scoring.generation import judge
 from refusal_probe.stats.intervals import Interval, wilson_interval
+from refusal_probe.stats.sequential import Stopping
 
 #: One judged completion: ``(prompt, completion, refused)``.
 Row = tuple[str, str, bool]
+#: The two sides of the test split, in the order completions keep them.
+SIDES = ("harmful", "harmless")
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,28 @@ class Completions:
         harmless: The same per harmless test prompt.
         max_new_tokens: The generation bound.
         judge: The judge that gave ``refused`` (``"reply"`` or ``"substring"``).
+        stopping: How each side (``harmful``, ``harmless``) stopped drawing prompts.
+        intervals: A side's confidence-sequence interval when it stopped before its prompts ran
+            out (:mod:`refusal_probe.audit.sequential`); absent: judge it on all its rows.
+        indices: Each side's rows' positions in the test split (``None``: all, in order).
     """
 
     harmful: tuple[Row, ...]
     harmless: tuple[Row, ...]
     max_new_tokens: int
     judge: str = "reply"
+    stopping: dict[str, Stopping] = field(default_factory=dict)
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    indices: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def side(self, name: str) -> tuple[Row, ...]:
+        """The rows of one side."""
+        return self.harmful if name == "harmful" else self.harmless
+
+
+def _all_prompts(c: Completions, reason: str) -> dict[str, Stopping]:
+    """Each side judged on every prompt in one run (``fixed`` or ``shared``)."""
+    return {s: Stopping(1, len(c.side(s)), len(c.side(s)), reason) for s in SIDES}
 
 
 def generate_completions(model: LoadedModel, fixtures: Fixtures, settings: Settings) -> Completions:
@@ -53,9 +72,10 @@ def generate_completions(model: LoadedModel, fixtures: Fixtures, settings: Setti
         rule=settings.judge,
     )
     rows = tuple(zip(j.prompts, j.completions, j.refused, strict=True))
-    return Completions(
+    c = Completions(
         rows[: len(harmful)], rows[len(harmful) :], settings.max_new_tokens, settings.judge
     )
+    return replace(c, stopping=_all_prompts(c, "fixed"))
 
 
 def completions_of(v: ValidationResult) -> Completions:
@@ -65,9 +85,10 @@ def completions_of(v: ValidationResult) -> Completions:
     def rows(name: str) -> tuple[Row, ...]:
         return tuple(zip(j[name].prompts, j[name].completions, j[name].refused, strict=True))
 
-    return Completions(
+    c = Completions(
         rows("harmful_baseline"), rows("harmless_baseline"), v.config.max_new_tokens, v.config.judge
     )
+    return replace(c, stopping=_all_prompts(c, "shared"))
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,8 @@ class Behaviour:
         max_new_tokens: The generation bound of the judge.
         split: The split judged.
         judge: The judge (``"reply"`` or ``"substring"``).
+        stopping: How each side stopped drawing prompts (rounds, prompts used, reason; see
+            :mod:`refusal_probe.audit.sequential`); empty in records written before it.
     """
 
     harmful: Interval
@@ -91,11 +114,18 @@ class Behaviour:
     max_new_tokens: int
     split: str = "test"
     judge: str = "reply"
+    stopping: dict[str, Stopping] = field(default_factory=dict)
 
     @classmethod
     def of(cls, c: Completions, fixtures: Fixtures, level: float) -> Behaviour:
-        """Refusal rates of judged test completions (``level``: of the Wilson intervals)."""
+        """Refusal rates of judged test completions (``level``: of the Wilson intervals).
+
+        A side that stopped early keeps its confidence-sequence interval; any other is judged
+        on all its rows with the Wilson interval.
+        """
         cats = [p.category for p in fixtures.harmless.split("test")]
+        if c.indices is not None:
+            cats = [cats[i] for i in c.indices[1]]
         edgy = [r for (_, _, r), cat in zip(c.harmless, cats, strict=True) if cat == "edgy"]
 
         def rate(rows: tuple[Row, ...]) -> Interval:
@@ -105,12 +135,13 @@ class Behaviour:
             return [{"prompt": p, "completion": t, "refused": r} for p, t, r in rows[:3]]
 
         return cls(
-            harmful=rate(c.harmful),
-            harmless=rate(c.harmless),
+            harmful=c.intervals.get("harmful") or rate(c.harmful),
+            harmless=c.intervals.get("harmless") or rate(c.harmless),
             edgy=wilson_interval(sum(edgy), len(edgy), level) if edgy else None,
             examples={"harmful": ex(c.harmful), "harmless": ex(c.harmless)},
             max_new_tokens=c.max_new_tokens,
             judge=c.judge,
+            stopping=dict(c.stopping),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +154,7 @@ class Behaviour:
             "max_new_tokens": self.max_new_tokens,
             "split": self.split,
             "judge": self.judge,
+            "stopping": {k: v.to_dict() for k, v in self.stopping.items()},
         }
 
     @classmethod
@@ -136,6 +168,7 @@ class Behaviour:
             d["max_new_tokens"],
             d.get("split", "test"),
             d.get("judge", "substring"),  # written before the reply judge
+            {k: Stopping.from_dict(v) for k, v in d.get("stopping", {}).items()},
         )
 
     def figure(self, threshold: float | None = None) -> Figure:
@@ -150,5 +183,6 @@ class Behaviour:
             threshold,
             f"Refusal rates on the {self.split} split (greedy, {self.judge} judge)",
             "A safe chat model refuses nearly all harmful requests and almost no harmless ones; "
-            "whiskers are 95% Wilson intervals",
+            "whiskers are 95% intervals (Wilson; a confidence sequence for a side that stopped "
+            "early)",
         )

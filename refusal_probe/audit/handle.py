@@ -19,6 +19,7 @@ import torch
 
 from refusal_probe import progress
 from refusal_probe.activations.cache import TensorCache
+from refusal_probe.audit.budget import Budget
 from refusal_probe.audit.inputs import RunInputs
 from refusal_probe.audit.once import Once, Phases
 from refusal_probe.audit.options import AuditOptions, load_options
@@ -74,7 +75,9 @@ class ModelHandle:
         self.store = ResultStore(self.options.cache_dir)
         self.inputs = inputs or RunInputs(self.options, on_fatal, self.settings.test_prompts)
         self.on_fatal = on_fatal
-        self._phases = Phases()
+        #: The run's time budget (``options.budget`` seconds from now; none by default).
+        self.budget = Budget(self.options.budget)
+        self._phases = Phases(self.budget)
         self._model: LoadedModel | None = None
         self._identity: ModelIdentity | None = None
         self._load_error: ModelLoadError | None = None

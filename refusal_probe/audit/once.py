@@ -3,7 +3,9 @@
 A :class:`Once` holds one result of an :class:`~refusal_probe.audit.run.AuditRun`: empty, its
 value, or the error computing it raised (raised again on every later ask, without recomputing).
 :class:`Phases` times each result without the results it asked for, so the phases of a run add
-up to at most its duration.
+up to at most its duration, and counts the forward passes and token positions it ran the same
+way (:class:`~refusal_probe.activations.runner.Work`); under a time budget it stops a result
+that runs past it (:mod:`refusal_probe.audit.budget`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Generic, TypeVar, cast
 
 from refusal_probe import progress
+from refusal_probe.activations.runner import Work, counting
+from refusal_probe.audit.budget import Budget
 
 T = TypeVar("T")
 
@@ -21,34 +25,57 @@ T = TypeVar("T")
 class Phases:
     """Seconds each result took (exclusive of the results it asked for), and whether it was cached.
 
+    Args:
+        budget: The run's time budget (default: none).
+
     Attributes:
-        seconds: ``{name: {"seconds": s, "cached": bool}}``, in the order results finished.
+        seconds: ``{name: {"seconds": s, "cached": bool, "forward_passes": n, "tokens": n}}``,
+            in the order results finished (passes and token positions as :class:`Work` counts).
+        work: Everything counted so far.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget | None = None) -> None:
         self.seconds: dict[str, dict[str, Any]] = {}
-        self._inner: list[float] = []  # per open result: seconds spent in results it asked for
+        self.budget = budget or Budget()
+        self.work = Work()
+        # per open result: (seconds, passes, tokens) spent in the results it asked for
+        self._inner: list[list[float]] = []
         self._fresh: list[bool] = []  # per open result: whether it computed (not read from disk)
+        self._names: list[str] = []  # the open results, outermost first
 
     @contextmanager
     def timed(self, name: str, *, stored: bool) -> Iterator[None]:
         """Time the result ``name``; ``stored``: it may be read from the disk cache."""
-        self._inner.append(0.0)
+        self._inner.append([0.0, 0, 0])
         self._fresh.append(not stored)
-        t0 = time.perf_counter()
+        self._names.append(name)
+        w = self.work
+        start = (time.perf_counter(), w.passes, w.tokens)
         try:
-            yield
+            with counting(w), self.budget.enforced(name):
+                yield
         finally:
-            total = time.perf_counter() - t0
-            inner, fresh = self._inner.pop(), self._fresh.pop()
+            total = [time.perf_counter() - start[0], w.passes - start[1], w.tokens - start[2]]
+            inner, fresh, _ = self._inner.pop(), self._fresh.pop(), self._names.pop()
             if self._inner:
-                self._inner[-1] += total
-            self.seconds[name] = {"seconds": round(total - inner, 3), "cached": not fresh}
+                self._inner[-1] = [a + b for a, b in zip(self._inner[-1], total, strict=True)]
+            own = [a - b for a, b in zip(total, inner, strict=True)]
+            self.seconds[name] = {
+                "seconds": round(own[0], 3),
+                "cached": not fresh,
+                "forward_passes": int(own[1]),
+                "tokens": int(own[2]),
+            }
 
     def computing(self) -> None:
-        """Say that the innermost open result is being computed (the disk cache missed)."""
+        """Say that the innermost open result is being computed (the disk cache missed).
+
+        Raises:
+            BudgetSpent: The run's time budget has run out: the result is not started.
+        """
         if self._fresh:
             self._fresh[-1] = True
+            self.budget.check(self._names[-1])  # out of time: do not start it
 
 
 class Once(Generic[T]):

@@ -48,6 +48,8 @@ class AuditOptions:
         strict: Inconclusive verdicts count as failures.
         device_map: ``--device-map``: a strategy (``auto``, ``balanced`` ...) or a JSON file that
             spreads the model over several devices (then ``device`` is not used), or ``None``.
+        budget: ``--budget``: seconds the checkpoint's audit may take; a result that cannot
+            finish in them is stopped and its checks read inconclusive (``None``: unbounded).
     """
 
     model: str
@@ -71,6 +73,7 @@ class AuditOptions:
     text_field: str | None = None
     label_field: str | None = None
     category_field: str | None = None
+    budget: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths as strings)."""
@@ -98,8 +101,8 @@ class AuditOptions:
 #: Options left out of :meth:`AuditOptions.to_dict` while unset (absent from older records).
 _UNSET_OMITTED = (
     "device_map", "harmful", "harmless", "held_out", "text_field", "label_field",
-    "category_field",
-)
+    "category_field", "budget",
+)  # fmt: skip
 
 
 def load_options(o: AuditOptions) -> LoadOptions:

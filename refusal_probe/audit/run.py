@@ -26,7 +26,6 @@ own values; the others are small frozen dataclasses with ``to_dict``/``from_dict
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -42,12 +41,7 @@ from refusal_probe.audit.baseline import (
     is_same_model,
     mismatch,
 )
-from refusal_probe.audit.behaviour import (
-    Behaviour,
-    Completions,
-    completions_of,
-    generate_completions,
-)
+from refusal_probe.audit.behaviour import Behaviour, Completions
 from refusal_probe.audit.causal import Causal, validation_config
 from refusal_probe.audit.circuit import (
     CIRCUIT_K,
@@ -71,16 +65,15 @@ from refusal_probe.audit.monitor import (
 from refusal_probe.audit.once import Once
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy
+from refusal_probe.audit.sequential import bars_of, behaviour_key, complete
 from refusal_probe.audit.store import DirectionArtifact, load_direction, verified_direction
 from refusal_probe.causal.validation import ValidationResult, validate_direction
-from refusal_probe.errors import DirectionError, RefusalProbeError, RefusalProbeWarning
+from refusal_probe.errors import DirectionError, RefusalProbeWarning
 from refusal_probe.model.chat import NO_TEMPLATE_WARNING
 from refusal_probe.monitor.evaluate import MonitorEvaluation
 from refusal_probe.monitor.hardening import Hardening
 from refusal_probe.patching.circuit import CircuitResult
 from refusal_probe.prompts.sets import Pair
-
-log = logging.getLogger(__name__)
 
 
 class AuditRun(ModelHandle):
@@ -144,23 +137,22 @@ class AuditRun(ModelHandle):
 
         Read from :meth:`validation` when this run audits ``causal`` (the validation generates
         them beside its intervened conditions, so they are not generated twice); generated on
-        their own otherwise, or when the validation cannot run (the causal audit reports why).
+        their own otherwise, or when the validation cannot run (the causal audit reports why):
+        then in rounds under the policy's ``sequential`` setting (:mod:`.sequential`).
         """
         return self._completions(self._complete)
 
     def _complete(self) -> Completions:
-        if "causal" in self.audits:
-            try:
-                return completions_of(self.validation())
-            except RefusalProbeError as exc:
-                log.info("behaviour: the validation failed (%s); generating on its own", exc)
-        return generate_completions(self.model, self.fixtures, self.settings)
+        shared = self.validation if "causal" in self.audits else None
+        bars, seed = bars_of(self.policy), self.options.seed
+        # past --budget the rounds stop through the phase's deadline (nothing half-done is stored)
+        return complete(self.model, self.fixtures, self.settings, bars, seed, shared=shared)
 
     def behaviour(self) -> Behaviour:
         """Refusal rates on the harmful and harmless test prompts (from :meth:`completions`)."""
         return self._behaviour(
             lambda: self._stored(
-                self.key("behaviour"),
+                self.key("behaviour", **behaviour_key(self.policy, "causal" in self.audits)),
                 lambda: Behaviour.of(self.completions(), self.fixtures, self.settings.confidence),
                 Behaviour,
             )

@@ -46,6 +46,10 @@ class Settings:
             a suffix for in the run when no fixture or cache file of the model holds its attacks
             (:mod:`refusal_probe.redteam.adaptive`; about 2,000 forward rows each); 0 (the
             default until the organisms ship their fixtures): none, the family is then absent.
+        sequential: Sequential verdicts for the behaviour checks: generate the test prompts in
+            seeded rounds and stop a side once its confidence sequence decides its bar
+            (:mod:`refusal_probe.audit.sequential`); ``False``: every prompt, fixed n.
+        sequential_round: Prompts per side in each round of a sequential check.
     """
 
     confidence: float = 0.95
@@ -60,6 +64,8 @@ class Settings:
     monitor_target_fpr: float = 0.02
     test_prompts: int = 128
     monitor_adaptive_prompts: int = 0
+    sequential: bool = False
+    sequential_round: int = 16
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
@@ -70,6 +76,8 @@ class Settings:
 
 #: Settings that take one of a few words, and the words.
 _SETTING_CHOICES: dict[str, tuple[str, ...]] = {"judge": JUDGES}
+#: Settings that are true or false.
+_SETTING_FLAGS = ("sequential",)
 
 _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "confidence": (float, 0.5, 0.999),
@@ -83,6 +91,7 @@ _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "monitor_target_fpr": (float, 0.001, 0.5),
     "test_prompts": (int, 0, 1_000_000),
     "monitor_adaptive_prompts": (int, 0, 100_000),
+    "sequential_round": (int, 1, 100_000),
 }
 
 
@@ -97,8 +106,14 @@ def read_settings(table: dict[str, Sourced], errors: list[tuple[Path, str]]) -> 
                 words = " or ".join(f'"{c}"' for c in _SETTING_CHOICES[key])
                 errors.append((file, f"[settings] {key}: must be {words}, got {val!r}"))
             continue
+        if key in _SETTING_FLAGS:
+            if isinstance(val, bool):
+                values[key] = val
+            else:
+                errors.append((file, f"[settings] {key}: must be true or false, got {val!r}"))
+            continue
         if key not in _SETTING_RANGES:
-            known = ", ".join([*_SETTING_RANGES, *_SETTING_CHOICES])
+            known = ", ".join([*_SETTING_RANGES, *_SETTING_CHOICES, *_SETTING_FLAGS])
             errors.append((file, f"[settings] {key}: unknown key; known: {known}"))
             continue
         if key == "batch_size" and val == "auto":

@@ -30,12 +30,15 @@ from typing import Any
 import pytest
 
 from refusal_probe.audit.baseline import Baseline
+from refusal_probe.audit.checks import check_entry
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import Policy
 from refusal_probe.audit.run import AuditRun
+from refusal_probe.errors import BudgetSpent
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, SESSION_KEY, AuditSession
 from refusal_probe.report.record import Figure
 from refusal_probe.stats.intervals import Interval
+from refusal_probe.stats.sequential import Stopping
 from refusal_probe.stats.verdicts import Decision, Verdict, decide
 
 
@@ -113,6 +116,7 @@ class Auditor:
         figures: Sequence[Figure] = (),
         details: dict[str, Any] | None = None,
         failed: str | None = None,
+        sequential: Stopping | None = None,
     ) -> Decision:
         """Judge ``measured`` against the policy's threshold for ``check_id`` and record it.
 
@@ -123,6 +127,7 @@ class Auditor:
             figures: Evidence for the report.
             details: Further numbers behind the check (JSON data).
             failed: Fail the check for this reason, whatever ``measured`` says.
+            sequential: How a sequential check stopped drawing prompts (recorded as given).
 
         Returns:
             The judgement (a passing or inconclusive one; a failing one fails the test).
@@ -139,32 +144,34 @@ class Auditor:
         title = title or _doc_title(self.item) or check_id
         strict = self.session.options.strict
         j = decide(est, cp.threshold, strict=strict, name=title.lower(), failed=failed)
-        self.item.stash[ITEM_CHECKS_KEY].append(
-            {
-                "id": check_id,
-                "audit": cp.audit,
-                "title": title,
-                "verdict": j.verdict.value,
-                "raw_verdict": j.raw.value,
-                "message": j.message,
-                "value": est.value,
-                "lo": est.low,
-                "hi": est.high,
-                "level": est.level,
-                "method": est.method,
-                "n": est.n,
-                "threshold": cp.threshold.value,
-                "direction": cp.threshold.bound.key,
-                "unit": cp.unit,
-                "rationale": cp.rationale,
-                "nodeid": self.item.nodeid,
-                "figures": [f.to_dict() for f in figures],
-                "details": details or {},
-            }
-        )
+        entry = check_entry(
+            check_id, cp, title, j, est, nodeid=self.item.nodeid, figures=figures,
+            details=details, sequential=sequential,
+        )  # fmt: skip
+        self.item.stash[ITEM_CHECKS_KEY].append(entry)
         if j.verdict is Verdict.FAIL:
             pytest.fail(f"{check_id}: {j.message}", pytrace=False)
         return j
+
+
+def ran_out(
+    item: pytest.Item, report: Any, session: AuditSession, check_id: str, exc: BudgetSpent
+) -> None:
+    """A test whose result ran out of the time budget: its check is inconclusive, with the reason.
+
+    In setup (a fixture ran out) the body cannot run: the report reads skipped, the check kept.
+    """
+    if "audit" not in getattr(item, "fixturenames", ()) or check_id not in session.policy.checks:
+        return
+    try:
+        Auditor(item, session).check(check_id, Interval.nothing(method="time budget spent"))
+    except pytest.fail.Exception:  # --strict-verdicts: inconclusive fails
+        return
+    finally:
+        entry = item.stash[ITEM_CHECKS_KEY][-1]
+        entry["message"], entry["details"] = f"inconclusive: {exc}", {"reason": str(exc)}
+    report.outcome = "passed" if report.when == "call" else "skipped"
+    report.longrepr = None if report.passed else (str(item.path), 0, f"Skipped: {exc}")
 
 
 def _doc_title(item: pytest.Item) -> str:

@@ -23,7 +23,8 @@ from _pytest.junitxml import xml_key  # the LogXML that record_testsuite_propert
 
 from refusal_probe.audit.inputs import missing_checks, preflight
 from refusal_probe.audit.required import NOT_APPLICABLE, unmet
-from refusal_probe.errors import RefusalProbeError
+from refusal_probe.errors import BudgetSpent, RefusalProbeError
+from refusal_probe.pytest_plugin.fixtures import ran_out
 from refusal_probe.pytest_plugin.record import build_record, save_record
 from refusal_probe.pytest_plugin.session import ITEM_CHECKS_KEY, AuditSession, CheckpointRun
 from refusal_probe.pytest_plugin.terminal import terminal_progress
@@ -159,6 +160,9 @@ class AuditHooks:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
         """Put the item's checks (and the shared context) on its report, with pytest-html extras."""
         report = yield
+        if call.excinfo and call.excinfo.errisinstance(BudgetSpent) and call.when != "teardown":
+            check_id = check_id_of(item.nodeid, audit_of(item, self.audits) or "")
+            ran_out(item, report, self.session, check_id, call.excinfo.value)
         checks = list(item.stash.get(ITEM_CHECKS_KEY, []))
         # A test without an audit marker still belongs to the audit of the checks it records.
         audit = (
@@ -178,7 +182,7 @@ class AuditHooks:
         # A test that needs the baseline cannot apply to a run without one (not a lost check).
         na = report.skipped and "baseline" in getattr(item, "fixturenames", ())
         report.audit_not_applicable = na and not self.session.options.baseline
-        if report.when == "call":
+        if report.when == "call" or (report.when == "setup" and checks):  # ran out of time
             report.audit_checks = checks
             for c in checks:  # junitxml writes the properties of the item (teardown report)
                 item.user_properties += check_properties(c)
@@ -212,7 +216,7 @@ class AuditHooks:
         checks = getattr(report, "audit_checks", [])
         for c in checks:
             run.checks.append({**c, "duration_s": round(report.duration, 3)})
-        if report.skipped:
+        if report.skipped and not checks:
             kind = NOT_APPLICABLE if getattr(report, "audit_not_applicable", False) else "skipped"
             run.not_run.append(_not_run(report.nodeid, audit, kind, _skip_reason(report)))
         elif report.failed and not any(c["verdict"] == "fail" for c in checks):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from refusal_probe.audit.budget import parse_budget
 from refusal_probe.audit.checkpoints import resolve_checkpoints
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import DEFAULT_POLICY
@@ -122,6 +123,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="inconclusive verdicts fail",
     )
     g.addoption(
+        "--budget",
+        metavar="SECONDS",
+        type=parse_budget,
+        default=None,
+        help="time budget per checkpoint: results past it stop, their checks inconclusive",
+    )
+    g.addoption(
         "--require-checks",
         metavar="all|ID,...",
         default=None,
@@ -223,6 +231,7 @@ def resolve_options(config: pytest.Config) -> AuditOptions:
         strict=strict,
         device_map=opt("device_map"),
         held_out=bool(opt("held_out")),
+        budget=opt("budget"),
         **{dest: opt(dest) for dest in PROMPT_OPTION_DESTS},
     )
 

@@ -15,8 +15,8 @@ from typing import Any
 from refusal_probe.stats.verdicts import Bound
 
 #: Version of the audit.json layout; bump the minor for additions, the major for changes.
-SCHEMA_VERSION = "1.3"  # 1.1: config.policy names its audits in order; 1.2: status errored;
-# 1.3: not_run kind not_applicable, run.required
+SCHEMA_VERSION = "1.4"  # 1.1: config.policy names its audits in order; 1.2: status errored;
+# 1.3: not_run kind not_applicable, run.required; 1.4: check.sequential, phases' passes/tokens
 SCHEMA_ID = "refusal-probe/audit"
 #: The audits of the shipped policy before records named their policy's audits (schema 1.0): how
 #: an old record's checks are ordered. A run's audits and their order now come from its policy.
@@ -125,6 +125,7 @@ class CheckRecord:
         duration_s: Wall time of the test, in seconds.
         figures: The evidence.
         details: Further numbers that back the check (JSON data).
+        sequential: How a sequential check stopped drawing prompts (``Stopping.to_dict``).
     """
 
     id: str
@@ -147,6 +148,7 @@ class CheckRecord:
     duration_s: float = 0.0
     figures: tuple[Figure, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    sequential: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "direction", Bound(self.direction))

@@ -1,4 +1,4 @@
-"""Statistics: one interval type, one bootstrap, Wilson, separation measures, verdicts."""
+"""Statistics: one interval type, one bootstrap, Wilson, confidence sequences, verdicts."""
 
 from refusal_probe.stats.intervals import (
     Bootstrap,
@@ -21,6 +21,12 @@ from refusal_probe.stats.separation import (
     separation,
     tpr_at_fpr,
 )
+from refusal_probe.stats.sequential import (
+    SequentialCheck,
+    Stopping,
+    confidence_path,
+    sequence_interval,
+)
 from refusal_probe.stats.verdicts import (
     Bound,
     Decision,
@@ -36,6 +42,8 @@ __all__ = [
     "Decision",
     "Interval",
     "Separation",
+    "SequentialCheck",
+    "Stopping",
     "Threshold",
     "Verdict",
     "auroc",
@@ -43,6 +51,7 @@ __all__ = [
     "bootstrap",
     "bootstrap_mean",
     "cohens_d",
+    "confidence_path",
     "conformal_threshold",
     "decide",
     "paired_difference",
@@ -50,6 +59,7 @@ __all__ = [
     "rate",
     "rate_difference",
     "separation",
+    "sequence_interval",
     "tpr_at_fpr",
     "two_sample_difference",
     "wilson_interval",
