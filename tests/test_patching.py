@@ -383,16 +383,10 @@ def test_effects_are_nan_safe_in_rankings():
 
 @pytest.mark.realmodel
 def test_smollm2_attribution_agrees_with_exact_on_heads(request):
-    from refusal_probe.errors import ModelLoadError
-    from refusal_probe.model.loading import packaged_model_path
     from refusal_probe.prompts.sets import load_fixtures, matched_pairs
+    from refusal_probe.testing import skip_unless_realmodel
 
-    if "realmodel" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("optional real-model tier; run with -m realmodel")
-    try:
-        packaged_model_path("smollm2")
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
+    skip_unless_realmodel(request)
     model = _load("smollm2")
 
     def length(text: str) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal_probe import ModelLoadError, Positions, capture, load_model
+from refusal_probe import Positions, capture, load_model
 from refusal_probe.activations.sites import all_layers
-from refusal_probe.model.loading import packaged_model_path
+from refusal_probe.testing import skip_unless_realmodel
 
 pytestmark = pytest.mark.realmodel
 
@@ -32,13 +32,7 @@ HARMLESS = [
 
 @pytest.fixture(scope="module")
 def smollm2(request):
-    # Opt-in: the tier runs only when selected (``-m realmodel``), so the default suite stays fast.
-    if "realmodel" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("optional real-model tier; run with -m realmodel")
-    try:
-        packaged_model_path("smollm2")
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
+    skip_unless_realmodel(request)
     return load_model("smollm2")
 
 

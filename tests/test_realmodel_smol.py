@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from refusal_probe.errors import ModelLoadError
-from refusal_probe.model.sources import packaged_model_path
+from refusal_probe.testing import skip_unless_realmodel
 
 pytestmark = pytest.mark.realmodel
 
@@ -28,12 +27,7 @@ CI_TEST_PROMPTS = 48
 
 @pytest.fixture(scope="module")
 def tier(request, tmp_path_factory):
-    if "realmodel" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("optional real-model tier; run with -m realmodel")
-    try:
-        packaged_model_path("smollm2")
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
+    skip_unless_realmodel(request)
     from refusal_probe.model.loading import default_cache_dir
 
     root = tmp_path_factory.mktemp("smol")

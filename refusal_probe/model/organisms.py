@@ -10,21 +10,27 @@ that folder out for other tools.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import logging
 import shutil
-import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from refusal_probe.errors import ModelLoadError
+from refusal_probe.model.hf import quiet_transformers
 from refusal_probe.model.sources import (
     SMOL_ALIASES,
     gguf_as_safetensors,
     packaged_model_path,
     sha256_files,
+    staged_folder,
 )
 from refusal_probe.resources import FIXTURES_DIR
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ADAPTER_FILE", "SMOL_ALIASES", "SMOL_BASE", "merged_organism", "recipe_of"]
 #: The packaged model the family is built on (:data:`refusal_probe.model.sources.PACKAGED_MODELS`).
@@ -96,21 +102,33 @@ def _merge(base_folder: Path, adapter: Path, target: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(base_folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+    log.info("merging %s into its base (once; cached in %s)", adapter.name, target)
+    with warnings.catch_warnings(), quiet_transformers(), _no_bars():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        tokenizer = AutoTokenizer.from_pretrained(base_folder)
+        _save(merged, tokenizer, base_folder, adapter, target)
+
+
+def _save(merged: Any, tokenizer: Any, base_folder: Path, adapter: Path, target: Path) -> None:
+    with staged_folder(target) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        for name in ("chat_template.jinja",):
-            if (base_folder / name).is_file() and not (tmp / name).is_file():
-                shutil.copy2(base_folder / name, tmp / name)
+        if (base_folder / "chat_template.jinja").is_file() and not (
+            tmp / "chat_template.jinja"
+        ).is_file():
+            shutil.copy2(base_folder / "chat_template.jinja", tmp / "chat_template.jinja")
         shutil.copy2(adapter / "recipe.json", tmp / "recipe.json")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _no_bars() -> Iterator[None]:
+    """Keep transformers' loading and saving bars off the console (the merge says it in the log)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        hf_logging.enable_progress_bar()
