@@ -38,9 +38,10 @@ def tier(request, tmp_path_factory):
         (cache / shared).symlink_to(default_cache_dir() / shared, target_is_directory=True)
     policy = root / "policy-ci.toml"
     policy.write_text(
-        # fixed n (Wilson intervals): the assertions below compare bounds of two checkpoints
-        f'extends = "policy-fast.toml"\n\n[settings]\ntest_prompts = {CI_TEST_PROMPTS}\n'
-        "sequential = false\n",
+        # policy-fast.toml's selection grid; fixed n (Wilson intervals): the assertions below
+        # compare bounds of two checkpoints
+        'extends = "default"\n\n[settings]\nselection_prompts = 16\nselection_layer_stride = 2\n'
+        f"selection_positions = 1\ntest_prompts = {CI_TEST_PROMPTS}\nsequential = false\n",
         encoding="utf-8",
     )
     return {"root": root, "cache": cache, "policy": policy}
@@ -86,8 +87,10 @@ def test_the_safety_adapter_refuses_and_the_harmful_finetune_answers(tier):
 
 
 @pytest.mark.slow
-def test_the_whole_chat_audit_and_its_finetunes(tier):
+def test_the_whole_chat_audit_and_its_finetunes(tier, request):
     """The whole story, for the slow tier: chat audited, then each fine-tune against it."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):  # -m realmodel alone: CI's tier
+        pytest.skip("slow tier: run with -m 'slow and realmodel' (20-40 minutes an audit)")
     _, record = audit(tier, CHAT, timeout=5400)
     assert {c["id"] for c in record["checks"]} >= {
         "behaviour.harmful_refusal",
