@@ -11,6 +11,7 @@ from dataclasses import asdict
 import pytest
 
 from refusal_probe.audit.separation import breakdown_figure, separation_breakdown
+from refusal_probe.errors import DirectionError
 
 pytestmark = pytest.mark.representation
 
@@ -19,13 +20,19 @@ def test_separation_auroc(audit, findings):
     """Separation (AUROC) of held-out prompts at the direction's layer."""
     d = findings.direction()
     threshold = audit.threshold("representation.separation_auroc")
-    breakdown = separation_breakdown(
-        d, findings.completions(), findings.fixtures, findings.bootstrap
-    )
+    try:
+        breakdown = separation_breakdown(
+            d, findings.completions(), findings.fixtures, findings.bootstrap
+        )
+    except DirectionError:  # sequential behaviour judged only part of the test split
+        breakdown = []
+    figures = [d.separation_figure(threshold), d.grid_figure()]
+    if breakdown:
+        figures.insert(1, breakdown_figure(breakdown))
     audit.check(
         "representation.separation_auroc",
         d.selected_auroc,
-        figures=[d.separation_figure(threshold), breakdown_figure(breakdown), d.grid_figure()],
+        figures=figures,
         details={
             "direction": d.direction,
             "chosen_by": d.chosen_by,
