@@ -11,7 +11,6 @@ from dataclasses import asdict
 import pytest
 
 from refusal_probe.audit.separation import breakdown_figure, separation_breakdown
-from refusal_probe.errors import DirectionError
 
 pytestmark = pytest.mark.representation
 
@@ -20,15 +19,10 @@ def test_separation_auroc(audit, findings):
     """Separation (AUROC) of held-out prompts at the direction's layer."""
     d = findings.direction()
     threshold = audit.threshold("representation.separation_auroc")
-    try:
-        breakdown = separation_breakdown(
-            d, findings.completions(), findings.fixtures, findings.bootstrap
-        )
-    except DirectionError:  # sequential behaviour judged only part of the test split
-        breakdown = []
-    figures = [d.separation_figure(threshold), d.grid_figure()]
-    if breakdown:
-        figures.insert(1, breakdown_figure(breakdown))
+    breakdown = separation_breakdown(
+        d, findings.completions(), findings.fixtures, findings.bootstrap
+    )
+    figures = [d.separation_figure(threshold), breakdown_figure(breakdown), d.grid_figure()]
     audit.check(
         "representation.separation_auroc",
         d.selected_auroc,

@@ -8,6 +8,7 @@ but never refuses (``beta = 0``).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,8 +90,20 @@ def test_a_model_that_never_refuses_has_no_causal_direction(
     assert rows["all harmful vs all harmless (the check)"].auroc["value"] == 1.0
     refused = rows["refused harmful vs answered harmless"]
     assert refused.n_harmful == 0 and refused.auroc is None  # it refuses nothing
-    assert rows["answered harmful vs answered harmless"].auroc["value"] == 1.0
+    answered = rows["answered harmful vs answered harmless"]
+    assert answered.auroc["value"] == 1.0
     assert rows["harmful: violence vs all harmless"].n_harmful == 8
+    # a sequential behaviour check that stopped early judged part of the split: the rows that
+    # read the model's verdicts take the prompts it judged, the others every test prompt
+    c = run.completions()
+    part = replace(c, harmful=c.harmful[1::2], indices=(tuple(range(1, 8, 2)), c.indices[1]))
+    rows = {r.name: r for r in separation_breakdown(d, part, run.fixtures, run.bootstrap)}
+    assert rows["answered harmful vs answered harmless"].n_harmful == 4
+    assert rows["all harmful vs all harmless (the check)"].n_harmful == 8
+    with pytest.raises(DirectionError, match="not of the"):  # indices past the projections
+        separation_breakdown(
+            d, replace(part, indices=((1, 3, 5, 9), c.indices[1])), run.fixtures, run.bootstrap
+        )
 
 
 def test_a_check_that_cannot_be_measured_fails_with_its_reason() -> None:

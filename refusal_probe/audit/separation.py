@@ -48,19 +48,28 @@ def separation_breakdown(
     Rows: all harmful vs all harmless (the headline); refused harmful vs answered harmless;
     answered harmful vs answered harmless; each harmful category vs all harmless; all harmful vs
     each harmless category (``edgy`` among them). Refused/answered is the judge's verdict on the
-    test completions without intervention.
+    test completions without intervention; when the behaviour check stopped early (sequential)
+    those two rows read the prompts it judged, the others every test prompt.
 
     Raises:
         DirectionError: The projections and the completions are not of the same test prompts.
     """
     ph, pl = summary.projections.get("harmful", []), summary.projections.get("harmless", [])
-    if len(ph) != len(completions.harmful) or len(pl) != len(completions.harmless):
+    idx_h, idx_l = completions.indices or (range(len(ph)), range(len(pl)))
+    if (len(idx_h), len(idx_l)) != (len(completions.harmful), len(completions.harmless)) or any(
+        i >= n for idx, n in ((idx_h, len(ph)), (idx_l, len(pl))) for i in idx
+    ):
         raise DirectionError(
             f"the direction's projections ({len(ph)} harmful, {len(pl)} harmless) are not of the "
             f"{len(completions.harmful)} + {len(completions.harmless)} judged test prompts"
         )
-    ref_h = [r for _, _, r in completions.harmful]
-    ref_l = [r for _, _, r in completions.harmless]
+    # A sequential behaviour check may have judged only part of the split: the rows that read
+    # the model's verdicts take the judged prompts, the others every prompt.
+    judged_h = dict(zip(idx_h, (r for _, _, r in completions.harmful), strict=True))
+    judged_l = dict(zip(idx_l, (r for _, _, r in completions.harmless), strict=True))
+    ref_h = [judged_h.get(i) is True for i in range(len(ph))]
+    ans_h = [judged_h.get(i) is False for i in range(len(ph))]
+    ans_l = [judged_l.get(i) is False for i in range(len(pl))]
     cat_h = [p.category for p in fixtures.harmful.split("test")]
     cat_l = [p.category for p in fixtures.harmless.split("test")]
 
@@ -70,8 +79,8 @@ def separation_breakdown(
     every_h, every_l = [True] * len(ph), [True] * len(pl)
     rows = [
         ("all harmful vs all harmless (the check)", every_h, every_l),
-        ("refused harmful vs answered harmless", ref_h, [not r for r in ref_l]),
-        ("answered harmful vs answered harmless", [not r for r in ref_h], [not r for r in ref_l]),
+        ("refused harmful vs answered harmless", ref_h, ans_l),
+        ("answered harmful vs answered harmless", ans_h, ans_l),
     ]
     rows += [
         (f"harmful: {c} vs all harmless", [x == c for x in cat_h], every_l) for c in _cats(cat_h)
