@@ -183,27 +183,39 @@ def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
 
 
 def test_candidates_read_off_pooled_activations_equal_their_own_forward_passes(planted):
-    """The search reads averaging spans as projections of pooled activations: the same numbers
-    a readout's own forward pass gives (padding and all), for every layer and span."""
+    """The search reads averaging spans as projections of pooled activations, and the largest
+    projection over the request ends off the same capture: the same numbers a readout's own
+    forward pass gives (padding and all), for every layer and span."""
     from refusal_probe.monitor.harmfulness import _direction
-    from refusal_probe.monitor.pooled import SPAN_POOLS, pooled_activations, project
+    from refusal_probe.monitor.pooled import CAPTURED_SPANS, pooled_activations
     from refusal_probe.monitor.signals import Readout, read_raw
 
     _, model, _ = planted
-    prompts = _prompts(6, True, 7) + ["Hi?", "Could you please tell me a little more about it?"]
+    prompts = _prompts(6, True, 7) + [
+        "Hi?",
+        "Could you please tell me a little more about it?",
+        "Name a fruit. Then name a colour! And why is the sky blue? Thanks",  # several ends
+    ]
     layers = tuple(range(model.n_layers))
     acts = pooled_activations(model, prompts, layers)
+    assert acts.ends.n == len(prompts) and acts.ends.owner.tolist().count(len(prompts) - 1) >= 3
     gen = torch.Generator().manual_seed(1)
     vectors = torch.randn(len(layers), model.d_model, generator=gen, dtype=torch.float64)
-    for span, pool in SPAN_POOLS.items():
-        projected = project(acts[pool], vectors)  # [prompt, site]
+    for span in CAPTURED_SPANS:
+        projected = acts.read(span, vectors)  # [prompt, site]
         readouts = [
-            Readout(f"r{j}", _direction(model, vectors[j], j, pool, 1.0, ("a", "b"), 1, 1), span)
+            Readout(
+                f"r{j}",
+                _direction(model, vectors[j], j, "instruction", 1.0, ("a", "b"), 1, 1),
+                span,
+            )
             for j in layers
         ]
         raw = read_raw(model, readouts, prompts, batch_size=3)
         for j in layers:
             assert torch.allclose(projected[:, j], raw[f"r{j}"], rtol=1e-4, atol=1e-4), (span, j)
+        tail = acts.read(span, vectors, slice(2, None))
+        assert torch.equal(tail, projected[2:])
 
 
 def test_a_span_without_a_pool_is_searched_with_forward_passes(planted):

@@ -76,7 +76,7 @@ from refusal_probe.monitor.harmfulness_choice import (
     HarmfulnessSearch,
     choose,
 )
-from refusal_probe.monitor.pooled import POOLS, SPAN_POOLS, pooled_activations, project
+from refusal_probe.monitor.pooled import CAPTURED_SPANS, POOLS, pooled_activations
 from refusal_probe.monitor.signals import SPANS, Readout, read_raw
 from refusal_probe.stats.intervals import wilson_interval
 from refusal_probe.stats.separation import auroc, conformal_threshold
@@ -152,7 +152,7 @@ def search_harmfulness(
     rows_h = {f: rows_l[f] if f in ("0", "1") else slice(None) for f in rows_l}
     # vectors[(fold, pool, shrinkage)]: [site, d]
     vectors = {
-        (f, pool, a): _fit(acts_h[pool][rows_h[f]], acts_l[pool][rows_l[f]], a)
+        (f, pool, a): _fit(acts_h.pools[pool][rows_h[f]], acts_l.pools[pool][rows_l[f]], a)
         for f in rows_l
         for pool in pools
         for a in shrinkages
@@ -180,32 +180,30 @@ def search_harmfulness(
 
     out_folds = [f for f in rows_l if f.startswith("out:")]
     sh, sl, atk = list(shift[0]), list(shift[1]), list(attacks)
-    # A span that averages tokens is the same linear readout as a projection of the pool over
-    # those tokens, so those candidates are read off pooled activations (one pass over the shift
-    # prompts, none over the fit prompts again); other spans take passes of their own.
-    pooled_spans = [s for s in spans if s in SPAN_POOLS]
+    # A span read off a capture (a projection of a pool, or the largest projection over the
+    # request ends) needs one pass over the shift prompts and none over the fit prompts again;
+    # other spans take passes of their own.
+    captured = [s for s in spans if s in CAPTURED_SPANS]
     acts_s = (
         pooled_activations(model, sh + sl + atk, layers, batch_size=batch_size)
-        if pooled_spans
-        else {}
+        if captured
+        else None
     )
     shift_l = slice(len(sh), len(sh) + len(sl))
 
     def read(
-        fs: Sequence[str], prompts: list[str], parts: Sequence[tuple[dict[str, Tensor], slice]]
+        fs: Sequence[str], prompts: list[str], parts: Sequence[tuple[Any, slice]]
     ) -> dict[str, Tensor]:
         """Raw readouts of ``prompts`` by the folds ``fs``.
 
-        ``parts``: where the prompts' pooled activations are, in order (read part by part).
+        ``parts``: the captures of the prompts and their rows there, in order (read part by part).
         """
         raw: dict[str, Tensor] = {}
-        for f, pool, a, s in itertools.product(fs, pools, shrinkages, pooled_spans):
-            v, at = vectors[(f, pool, a)], SPAN_POOLS[s]
-            values = torch.cat(
-                [project(acts[at][rows], v) for acts, rows in parts]
-            )  # [prompt, site]
+        for f, pool, a, s in itertools.product(fs, pools, shrinkages, captured):
+            v = vectors[(f, pool, a)]
+            values = torch.cat([acts.read(s, v, rows) for acts, rows in parts])  # [prompt, site]
             raw |= {f"{f}|{j}|{pool}|{a}|{s}": values[:, j] for j in live}
-        other = [r for r in readouts(fs) if r.span not in SPAN_POOLS]
+        other = [r for r in readouts(fs) if r.span not in CAPTURED_SPANS]
         if other:
             raw |= read_raw(model, other, prompts, batch_size=batch_size)
         return raw

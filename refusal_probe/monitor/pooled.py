@@ -5,24 +5,28 @@ Axes: ``prompt`` prompts in input order, ``site`` layers read, ``d`` d_model.
 A pool is the activation at the last token of the user's text, or the mean over all of its
 tokens. A linear readout averaged over the same tokens (:data:`SPAN_POOLS`) is the projection of
 the pool, so one capture serves every direction read there: the monitor's harmfulness search
-(:mod:`refusal_probe.monitor.harmfulness`) scores hundreds of candidate readouts this way.
+(:mod:`refusal_probe.monitor.harmfulness`) scores hundreds of candidate readouts this way. The
+same pass keeps the activations at the request ends (the last token of each sentence of the
+user's text, and its last token; :class:`RequestEnds`): the ``request_max`` span, their largest
+projection, is read off them too, so no span of :data:`CAPTURED_SPANS` needs a pass of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from refusal_probe.activations.runner import StopForward, batched, forward
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.model.devices import auto_batch_size
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.monitor.signals import Layout, instruction_offset
+from refusal_probe.monitor.signals import Layout, instruction_offset, sentence_stops
 
 #: What a direction can be fit on: the last instruction token, or the mean over the user's text.
 POOLS: tuple[str, ...] = ("last_instruction", "instruction")
@@ -34,38 +38,123 @@ SPAN_POOLS: dict[str, str] = {
 }
 
 
+#: Spans read off one capture: the averaging spans' pools, and ``request_max`` off the ends.
+CAPTURED_SPANS: tuple[str, ...] = (*SPAN_POOLS, "request_max")
+
+
+@dataclass(frozen=True)
+class RequestEnds:
+    """The residual stream at each prompt's request ends, ragged (prompts have different counts).
+
+    Attributes:
+        values: ``[end, site, d]`` float32, the ends of every prompt one after another.
+        owner: ``[end]`` the prompt (input order) each end belongs to.
+        n: Prompts.
+    """
+
+    values: Float[Tensor, "end site d"]
+    owner: Int[Tensor, " end"]
+    n: int
+
+    def max_projection(
+        self, vectors: Float[Tensor, "site d"], rows: slice = slice(None)
+    ) -> Float[Tensor, "prompt site"]:
+        """Each prompt's largest projection over its ends on each site's unit vector, float64.
+
+        The projection runs in float32, as a readout's own pass reads it
+        (:func:`refusal_probe.monitor.signals.read_raw`).
+        """
+        units = (vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-300)).float()
+        proj = torch.einsum("esd,sd->es", self.values, units)  # [end, site]
+        out = torch.full((self.n, proj.shape[1]), float("-inf"))
+        out.scatter_reduce_(0, self.owner[:, None].expand_as(proj), proj, "amax")
+        return out.double()[rows]
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """One capture of prompts at many layers: the :data:`POOLS` and the request ends.
+
+    Attributes:
+        pools: ``{pool: [prompt, site, d]}`` float64 (:data:`POOLS`).
+        ends: The request ends.
+    """
+
+    pools: dict[str, Float[Tensor, "prompt site d"]]
+    ends: RequestEnds
+
+    def read(
+        self, span: str, vectors: Float[Tensor, "site d"], rows: slice = slice(None)
+    ) -> Float[Tensor, "prompt site"]:
+        """The readout of ``span`` (one of :data:`CAPTURED_SPANS`) by each site's vector."""
+        if span == "request_max":
+            return self.ends.max_projection(vectors, rows)
+        return project(self.pools[SPAN_POOLS[span]][rows], vectors)
+
+
 def pooled_activations(
     model: LoadedModel,
     prompts: Sequence[str],
     layers: Sequence[int],
     *,
     batch_size: int | None = None,
-) -> dict[str, Float[Tensor, "prompt site d"]]:
-    """Each prompt's ``resid_post`` at ``layers``, pooled each way of :data:`POOLS`, float64.
+) -> Pooled:
+    """Each prompt's ``resid_post`` at ``layers``: pooled each way of :data:`POOLS`; its ends.
 
     ``last_instruction``: the activation at the last token of the user's text;
-    ``instruction``: the mean over every token of the user's text. One forward pass per batch,
-    ended after the last layer read.
+    ``instruction``: the mean over every token of the user's text; the ends: the activations at
+    the span ``request_max`` reads. One forward pass per batch, ended after the last layer read.
     """
-    offset = instruction_offset(model)
+    offset, stops = instruction_offset(model), sentence_stops(model)
     n, d = len(prompts), model.d_model
     out = {p: torch.empty(n, len(layers), d, dtype=torch.float64) for p in POOLS}
+    ends: list[Tensor] = []
+    owners: list[Tensor] = []
     order = sorted(range(n), key=lambda i: len(prompts[i]))
     with torch.no_grad():
         for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
             batch = model.chat.encode([prompts[i] for i in rows])
-            lay = Layout.of(batch, offset)
+            lay = Layout.of(batch, offset, stops)
+            at_ends = _request_ends(lay)  # [batch, pos]
             idx = torch.tensor(list(rows))
+            owners.append(idx[at_ends.nonzero()[:, 0]])
+            ends.append(torch.empty(int(at_ends.sum()), len(layers), d))
             seen: list[int] = []
             hooks = [
                 (
                     hook_name(Site(layer, "resid_post")),
-                    partial(_pool, out=out, at=(idx, k), lay=lay, seen=seen, n=len(layers)),
+                    partial(
+                        _pool,
+                        out=out,
+                        at=(idx, k),
+                        lay=lay,
+                        seen=seen,
+                        n=len(layers),
+                        ends=(ends[-1], at_ends),
+                    ),
                 )
                 for k, layer in enumerate(layers)
             ]
             forward(model, batch, hooks, stoppable=True)
-    return out
+    cat = torch.cat(ends) if ends else torch.empty(0, len(layers), d)
+    owner = torch.cat(owners) if owners else torch.empty(0, dtype=torch.long)
+    return Pooled(out, RequestEnds(cat, owner, n))
+
+
+def _request_ends(lay: Layout) -> Tensor:
+    """``[batch, pos]``: the tokens the ``request_max`` span reads.
+
+    Sentence ends in the user's text, and its last token, as
+    :func:`refusal_probe.monitor.signals.read_raw` finds them.
+    """
+    last = lay.last_instruction
+    start = torch.minimum(lay.width - lay.lengths + lay.offset, last)  # [batch]
+    pos = torch.arange(lay.width)[None, :]
+    inside = (pos >= start[:, None]) & (pos <= last[:, None])
+    at = pos == last[:, None]
+    if lay.ends is not None:
+        at = at | lay.ends
+    return inside & at
 
 
 def _pool(
@@ -77,8 +166,12 @@ def _pool(
     lay: Layout,
     seen: list[int],
     n: int,
+    ends: tuple[Tensor, Tensor],
 ) -> None:
-    """Hook: store one layer's pooled activations ``act [batch, pos, d]`` at ``out[pool][at]``."""
+    """Hook: store one layer's pooled activations ``act [batch, pos, d]`` at ``out[pool][at]``.
+
+    And its activations at the request ends in ``ends[0][:, layer]``.
+    """
     x = act.detach().double().cpu()
     last = lay.last_instruction
     start = torch.minimum(lay.width - lay.lengths + lay.offset, last)  # [batch]
@@ -86,6 +179,8 @@ def _pool(
     inside = ((pos >= start[:, None]) & (pos <= last[:, None])).double()  # [batch, pos]: user text
     out["instruction"][at] = (inside[..., None] * x).sum(1) / inside.sum(1, keepdim=True)
     out["last_instruction"][at] = x[torch.arange(x.shape[0]), last]
+    store, mask = ends
+    store[:, at[1]] = act.detach()[mask.to(act.device)].float().cpu()
     seen.append(at[1])
     if len(seen) == n:
         raise StopForward
