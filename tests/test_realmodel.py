@@ -95,12 +95,8 @@ def test_capture_matches_hugging_face_on_the_converted_weights(smollm2):
         torch.testing.assert_close(acts.values[:, layer], hs[layer][:, -3:], atol=1e-4, rtol=1e-4)
 
 
-def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
-    """The audit suite end to end on SmolLM2 (the grammar set, policy-fast's selection grid).
-
-    This model complies with most harmful requests (NOTES §7), so the audit must finish, write
-    its report and fail the behaviour audit: that is the finding, not a crash.
-    """
+def _audit_smollm2(tmp_path, required: str, *select: str) -> tuple[dict, set[str], dict]:
+    """Audit SmolLM2 end to end (the grammar set, policy-fast's selection grid): its record."""
     import json
     import subprocess
     import sys
@@ -125,7 +121,8 @@ def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
     )
     cmd = [sys.executable, "-m", "refusal_probe", "audit", "--model", "smollm2", "-q",
            "--cache-dir", str(cache), "--report-dir", str(reports), "--policy", str(policy),
-           "--prompts", str(FIXTURES_DIR / "prompts"), "--require-checks", "all"]  # fmt: skip
+           "--prompts", str(FIXTURES_DIR / "prompts"), "--require-checks", required,
+           *select]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=2700)
     tail = (run.stdout + run.stderr)[-3000:]
     assert run.returncode == 1, f"exit {run.returncode} (1: checks failed, as expected):\n{tail}"
@@ -135,10 +132,40 @@ def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
     verdicts = {c["id"]: c["verdict"] for c in audit["checks"]}
     not_run = {c["id"] for c in audit["not_run"]}
     assert verdicts["behaviour.harmful_refusal"] == "fail"  # 0.18: it answers harmful requests
+    assert set(verdicts.values()) <= {"pass", "fail", "inconclusive"}
+    # no causal direction: the causal checks fail with that reason, and the representation
+    # check reads the best separator of the validation split
+    for check in ("causal.ablation_drop", "causal.addition_rise", "causal.ablation_kl"):
+        assert verdicts[check] == "fail"
+    rep = next(c for c in audit["checks"] if c["id"] == "representation.separation_auroc")
+    assert rep["details"]["chosen_by"] == "validation_separation"
+    assert rep["details"]["breakdown"]  # the headline beside its split by behaviour
+    assert audit["data"]["harmful"]["test"] == audit["data"]["harmless"]["test"] == 96
+    return audit, not_run, verdicts
+
+
+def test_the_audit_runs_and_says_the_model_complies(smollm2, tmp_path):
+    """The audit suite end to end on SmolLM2 but the monitor audit (CI's tier: ~7 minutes).
+
+    This model complies with most harmful requests (NOTES §7), so the audit must finish, write
+    its report and fail the behaviour audit: that is the finding, not a crash. The monitor's
+    audit (its attack families, ~15 minutes here) is in the slow tier's whole audit below.
+    """
+    audit, not_run, verdicts = _audit_smollm2(
+        tmp_path, "behaviour,representation,causal,localization", "-m", "not monitor"
+    )
+    assert {i for i in not_run if not i.startswith(("finetune.", "monitor."))} == set()
+    assert not any(v.startswith("monitor.") for v in verdicts)
+    assert {"direction", "localization"} <= set(audit["run"]["phases"])
+
+
+@pytest.mark.slow
+def test_the_whole_audit_runs_and_says_the_model_complies(smollm2, tmp_path, request):
+    """The whole audit suite on SmolLM2, the monitor included (the slow tier: ~20 minutes)."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):  # -m realmodel alone: CI's tier
+        pytest.skip("slow tier: run with -m 'slow and realmodel' (about 20 minutes)")
+    audit, not_run, verdicts = _audit_smollm2(tmp_path, "all")
     assert {i for i in not_run if not i.startswith("finetune.")} == set()  # no baseline given
     assert len(verdicts) + len(not_run) == 16, (verdicts, not_run)
-    assert set(verdicts.values()) <= {"pass", "fail", "inconclusive"}
     # "causal" is timed only when a candidate passed selection's filters; SmolLM2 has none
-    # (no causal direction: the causal checks fail with that reason), so it is not asked for.
     assert {"direction", "circuit", "monitor"} <= set(audit["run"]["phases"])
-    assert audit["data"]["harmful"]["test"] == audit["data"]["harmless"]["test"] == 96

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refusal_probe.atomic import write_text_atomic
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.monitor.scoring import Monitor
 from refusal_probe.prompts.sets import Jailbreak, Prompt
@@ -110,33 +109,21 @@ def attack_records(result: RedTeamResult, prompts: Sequence[Prompt]) -> list[dic
             "text": r.text(cfg.separator),
             "suffix": r.suffix,
             "redteam": {
-                "model": result.model_fingerprint,
-                "seed": cfg.seed,
+                **result.recipe(i),
                 "monitor_weight": cfg.monitor_weight,
                 "suffix_tokens": cfg.suffix_tokens,
-                "budget": f"{cfg.steps}x{cfg.candidates}",
-                "steps": r.steps,
                 "evaluations": r.evaluations,
-                "score_bare": round(r.score_bare, 4),
-                "score": round(r.score, 4),
                 "alarm": None if r.alarm is None else round(r.alarm, 4),
             },
         }
-        for p, r in zip(prompts, result.results, strict=True)
+        for i, (p, r) in enumerate(zip(prompts, result.results, strict=True))
     ]
 
 
 def write_records(path: Path, records: Sequence[dict[str, Any]]) -> Path:
     """Write ``records`` to ``path`` atomically (a temporary file renamed over it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-adaptive-", suffix=".jsonl", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path
 
 

@@ -12,12 +12,11 @@ over the old one).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from refusal_probe.atomic import write_text_atomic
 from refusal_probe.prompts.sets import SPLITS, jailbreak_file
 from refusal_probe.redteam.search import RedTeamResult
 
@@ -33,33 +32,22 @@ def suffix_records(
     Records of another split than ``test`` also carry ``"split"`` (their file's marker).
     """
     cfg = result.config
-    recs = []
-    for k, (base, r) in enumerate(zip(base_ids, result.results, strict=True)):
-        marker = {} if split == "test" else {"split": split}
-        recs.append(
-            {
-                "id": f"jb-{first_number + k:04d}",
-                "base_id": base,
-                "family": FAMILY,
-                **marker,
-                "text": r.text(cfg.separator),
-                "suffix": r.suffix,
-                "redteam": {
-                    "model": result.model_fingerprint,
-                    "seed": cfg.seed,
-                    "budget": f"{cfg.steps}x{cfg.candidates}",
-                    "steps": r.steps,
-                    "score_bare": round(r.score_bare, 4),
-                    "score": round(r.score, 4),
-                },
-            }
-        )
-    return recs
+    marker = {} if split == "test" else {"split": split}
+    return [
+        {
+            "id": f"jb-{first_number + k:04d}",
+            "base_id": base,
+            "family": FAMILY,
+            **marker,
+            "text": r.text(cfg.separator),
+            "suffix": r.suffix,
+            "redteam": result.recipe(k),
+        }
+        for k, (base, r) in enumerate(zip(base_ids, result.results, strict=True))
+    ]
 
 
-def write_suffix_family(
-    out: Path, records: Sequence[dict[str, Any]], split: str = "test"
-) -> Path:
+def write_suffix_family(out: Path, records: Sequence[dict[str, Any]], split: str = "test") -> Path:
     """Replace the suffix family of ``split``'s jailbreak file in ``out``, atomically.
 
     Every line of another family is kept byte for byte, in its place; the new records follow them.
@@ -68,14 +56,7 @@ def write_suffix_family(
     path = out / jailbreak_file(split)
     kept = [line for line in _lines(path) if _family(line) != FAMILY]
     body = "".join(kept) + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-jailbreaks-", suffix=".jsonl", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(body)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, body)
     return path
 
 

@@ -135,6 +135,18 @@ class RedTeamResult:
         """The attacked prompts, in input order."""
         return [r.text(self.config.separator) for r in self.results]
 
+    def recipe(self, i: int) -> dict[str, Any]:
+        """How prompt ``i``'s attack was found and its cost: a jailbreak record's ``redteam``."""
+        cfg, r = self.config, self.results[i]
+        return {
+            "model": self.model_fingerprint,
+            "seed": cfg.seed,
+            "budget": f"{cfg.steps}x{cfg.candidates}",
+            "steps": r.steps,
+            "score_bare": round(r.score_bare, 4),
+            "score": round(r.score, 4),
+        }
+
     def summary(self) -> dict[str, Any]:
         """Counts and mean scores, for logs."""
         n = len(self.results)

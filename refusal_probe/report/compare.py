@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from refusal_probe.atomic import write_text_atomic
 from refusal_probe.errors import ReportError
 from refusal_probe.report.record import AuditRecord, CheckRecord
 from refusal_probe.report.render import environment
@@ -124,10 +123,7 @@ def compare_files(a: str | Path, b: str | Path, out: str | Path | None = None) -
         target = Path(b).resolve() / f"compare-{ra.run['id']}-vs-{rb.run['id']}.html"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".compare-", suffix=".html", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.replace(tmp, target)
+        write_text_atomic(target, html)
     except OSError as exc:
         raise ReportError(f"cannot write the comparison to {target}: {exc}") from exc
     return target
