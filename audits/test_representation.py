@@ -22,11 +22,10 @@ def test_separation_auroc(audit, findings):
     breakdown = separation_breakdown(
         d, findings.completions(), findings.fixtures, findings.bootstrap
     )
-    figures = [d.separation_figure(threshold), breakdown_figure(breakdown), d.grid_figure()]
     audit.check(
         "representation.separation_auroc",
         d.selected_auroc,
-        figures=figures,
+        figures=[d.separation_figure(threshold), breakdown_figure(breakdown), d.grid_figure()],
         details={
             "direction": d.direction,
             "chosen_by": d.chosen_by,

@@ -115,7 +115,8 @@ def pooled_activations(
         for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
             batch = model.chat.encode([prompts[i] for i in rows])
             lay = Layout.of(batch, offset, stops)
-            at_ends = _request_ends(lay)  # [batch, pos]
+            text = _user_text(lay)  # [batch, pos]
+            at_ends = _request_ends(lay, text)  # [batch, pos]
             idx = torch.tensor(list(rows))
             owners.append(idx[at_ends.nonzero()[:, 0]])
             ends.append(torch.empty(int(at_ends.sum()), len(layers), d))
@@ -127,7 +128,8 @@ def pooled_activations(
                         _pool,
                         out=out,
                         at=(idx, k),
-                        lay=lay,
+                        last=lay.last_instruction,
+                        text=text,
                         seen=seen,
                         n=len(layers),
                         ends=(ends[-1], at_ends),
@@ -141,20 +143,24 @@ def pooled_activations(
     return Pooled(out, RequestEnds(cat, owner, n))
 
 
-def _request_ends(lay: Layout) -> Tensor:
-    """``[batch, pos]``: the tokens the ``request_max`` span reads.
-
-    Sentence ends in the user's text, and its last token, as
-    :func:`refusal_probe.monitor.signals.read_raw` finds them.
-    """
+def _user_text(lay: Layout) -> Tensor:
+    """``[batch, pos]``: the positions of the user's text in each row (left padding counted)."""
     last = lay.last_instruction
     start = torch.minimum(lay.width - lay.lengths + lay.offset, last)  # [batch]
     pos = torch.arange(lay.width)[None, :]
-    inside = (pos >= start[:, None]) & (pos <= last[:, None])
-    at = pos == last[:, None]
+    return (pos >= start[:, None]) & (pos <= last[:, None])
+
+
+def _request_ends(lay: Layout, text: Tensor) -> Tensor:
+    """``[batch, pos]``: the tokens the ``request_max`` span reads.
+
+    Sentence ends in the user's text ``text`` (:func:`_user_text`), and its last token, as
+    :func:`refusal_probe.monitor.signals.read_raw` finds them.
+    """
+    at = torch.arange(lay.width)[None, :] == lay.last_instruction[:, None]
     if lay.ends is not None:
         at = at | lay.ends
-    return inside & at
+    return text & at
 
 
 def _pool(
@@ -163,20 +169,20 @@ def _pool(
     *,
     out: dict[str, Tensor],
     at: tuple[Tensor, int],
-    lay: Layout,
+    last: Tensor,
+    text: Tensor,
     seen: list[int],
     n: int,
     ends: tuple[Tensor, Tensor],
 ) -> None:
     """Hook: store one layer's pooled activations ``act [batch, pos, d]`` at ``out[pool][at]``.
 
-    And its activations at the request ends in ``ends[0][:, layer]``.
+    ``last``: each row's last instruction token ``[batch]``; ``text``: the user's text
+    ``[batch, pos]`` (:func:`_user_text`). And its activations at the request ends in
+    ``ends[0][:, layer]``.
     """
     x = act.detach().double().cpu()
-    last = lay.last_instruction
-    start = torch.minimum(lay.width - lay.lengths + lay.offset, last)  # [batch]
-    pos = torch.arange(x.shape[1])[None, :]
-    inside = ((pos >= start[:, None]) & (pos <= last[:, None])).double()  # [batch, pos]: user text
+    inside = text.double()  # [batch, pos]
     out["instruction"][at] = (inside[..., None] * x).sum(1) / inside.sum(1, keepdim=True)
     out["last_instruction"][at] = x[torch.arange(x.shape[0]), last]
     store, mask = ends
