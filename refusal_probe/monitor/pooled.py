@@ -115,8 +115,8 @@ def pooled_activations(
         for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
             batch = model.chat.encode([prompts[i] for i in rows])
             lay = Layout.of(batch, offset, stops)
-            text = _user_text(lay)  # [batch, pos]
-            at_ends = _request_ends(lay, text)  # [batch, pos]
+            text = lay.user_text()  # [batch, pos]
+            at_ends = lay.request_ends(text)  # [batch, pos]
             idx = torch.tensor(list(rows))
             owners.append(idx[at_ends.nonzero()[:, 0]])
             ends.append(torch.empty(int(at_ends.sum()), len(layers), d))
@@ -143,26 +143,6 @@ def pooled_activations(
     return Pooled(out, RequestEnds(cat, owner, n))
 
 
-def _user_text(lay: Layout) -> Tensor:
-    """``[batch, pos]``: the positions of the user's text in each row (left padding counted)."""
-    last = lay.last_instruction
-    start = torch.minimum(lay.width - lay.lengths + lay.offset, last)  # [batch]
-    pos = torch.arange(lay.width)[None, :]
-    return (pos >= start[:, None]) & (pos <= last[:, None])
-
-
-def _request_ends(lay: Layout, text: Tensor) -> Tensor:
-    """``[batch, pos]``: the tokens the ``request_max`` span reads.
-
-    Sentence ends in the user's text ``text`` (:func:`_user_text`), and its last token, as
-    :func:`refusal_probe.monitor.signals.read_raw` finds them.
-    """
-    at = torch.arange(lay.width)[None, :] == lay.last_instruction[:, None]
-    if lay.ends is not None:
-        at = at | lay.ends
-    return text & at
-
-
 def _pool(
     act: Tensor,
     hook: Any,
@@ -178,7 +158,7 @@ def _pool(
     """Hook: store one layer's pooled activations ``act [batch, pos, d]`` at ``out[pool][at]``.
 
     ``last``: each row's last instruction token ``[batch]``; ``text``: the user's text
-    ``[batch, pos]`` (:func:`_user_text`). And its activations at the request ends in
+    ``[batch, pos]`` (:meth:`Layout.user_text`). And its activations at the request ends in
     ``ends[0][:, layer]``.
     """
     x = act.detach().double().cpu()

@@ -226,6 +226,27 @@ class Layout:
         last = torch.full((b,), width - n_post - 1)
         return cls(width, lengths, last, n_post, offset, _ends(ids, stops))
 
+    def user_text(self, device: torch.device | str = "cpu") -> Tensor:
+        """``[batch, pos]``: the positions of each row's user text (left padding counted)."""
+        last = self.last_instruction.to(device)
+        start = torch.minimum(self.width - self.lengths.to(device) + self.offset, last)
+        pos = torch.arange(self.width, device=device)[None, :]
+        return (pos >= start[:, None]) & (pos <= last[:, None])
+
+    def request_ends(self, text: Tensor | None = None) -> Tensor:
+        """``[batch, pos]``: the tokens the ``request_max`` span reads.
+
+        The sentence ends of the user's text (``text``: :meth:`user_text`, computed here when
+        not given; the result is on its device), and its last token.
+        """
+        text = self.user_text() if text is None else text
+        dev = text.device
+        last = self.last_instruction.to(dev)
+        at = torch.arange(self.width, device=dev)[None, :] == last[:, None]
+        if self.ends is not None:
+            at = at | self.ends.to(dev)
+        return text & at
+
 
 def _ends(ids: Tensor, stops: Tensor | None) -> Tensor | None:
     """``[batch, pos]``: the positions of ``ids`` that hold a sentence-ending token."""
@@ -300,17 +321,12 @@ def _span(act: Tensor, unit: PerDevice, span: str, lay: Layout) -> Tensor:
         rows = torch.arange(act.shape[0], device=dev)
         return (act[rows, last].float() @ u).cpu().double()
     proj = act.float() @ u  # [batch, pos]
-    start = torch.minimum(lay.width - lay.lengths.to(dev) + lay.offset, last)  # [batch]
-    pos = torch.arange(act.shape[1], device=dev)[None, :]
-    inside = (pos >= start[:, None]) & (pos <= last[:, None])  # the user's text
+    inside = lay.user_text(dev)  # [batch, pos]
     if span == "instruction_mean":
         kept = proj.masked_fill(~inside, 0.0).cpu().double()  # [batch, pos]
         return kept.sum(-1) / inside.sum(-1).cpu().double()
     if span == "request_max":  # the last token of each sentence, and of the user's text
-        ends = pos == last[:, None]
-        if lay.ends is not None:
-            ends = ends | lay.ends.to(dev)
-        inside = inside & ends
+        inside = lay.request_ends(inside)
     return proj.masked_fill(~inside, float("-inf")).amax(-1).cpu().double()
 
 
