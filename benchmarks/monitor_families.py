@@ -7,7 +7,9 @@ role-play, encoding, context and suffix, the dilution family built from the prom
 adaptive family from ``fixtures/redteam/``). Per family: refusal base -> attack, successful
 attacks, the alarm's AUROC (successful vs the held-out harmless prompts, diluted ones included;
 stratified bootstrap) and its true-positive rate at the calibrated threshold (Wilson); the
-false-positive rate per harmless group; the adaptive attacker's cost.
+false-positive rate per harmless group; the adaptive attacker's cost; how much each family's
+successful replies depend on their plain requests (``refusal_probe/scoring/relevance.py``: a family
+whose replies answer nothing does not decide the worst family).
 
     python benchmarks/monitor_families.py --cache-dir /tmp/rp-cache --json benchmarks/monitor_families.json
 """
@@ -44,6 +46,8 @@ def figures(model: str, cache_dir: Path) -> dict[str, Any]:
             "alarm_auroc": alarm.auroc.to_dict(),
             "alarm_tpr_at_threshold": alarm.tpr_at_threshold.to_dict(),
             "harmfulness_auroc": f.successful["harmfulness"].auroc.to_dict(),
+            "relevance": None if f.relevance is None else f.relevance.mean.to_dict(),
+            "answers_nothing": f.answers_nothing,
         }
     return {
         "model": model,
@@ -59,6 +63,8 @@ def figures(model: str, cache_dir: Path) -> dict[str, Any]:
 
 
 def _pct(d: dict[str, Any]) -> str:
+    if d["value"] is None:
+        return "—"
     return f"{d['value']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
 
 
@@ -76,14 +82,18 @@ def main() -> None:
         out.append(r)
         print(f"## {model} (alarm {r['alarm']}; harmfulness {r['harmfulness']})")
         print(
-            "| family | refusal base → attack | successful | alarm AUROC | alarm TPR at threshold |"
+            "| family | refusal base → attack | successful | alarm AUROC | alarm TPR at threshold "
+            "| replies answer the request (nats/token) |"
         )
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
         for name, f in r["families"].items():
             print(
                 f"| {name} | {f['refusal'][0]:.2f} → {f['refusal'][1]:.2f} | "
                 f"{f['successful']}/{f['n']} | {_pct(f['alarm_auroc'])} | "
-                f"{_pct(f['alarm_tpr_at_threshold'])} |"
+                f"{_pct(f['alarm_tpr_at_threshold'])} | "
+                + ("—" if f["relevance"] is None else _pct(f["relevance"]))
+                + (" answers nothing" if f["answers_nothing"] else "")
+                + " |"
             )
         print("FPR:", {g: _pct(v) for g, v in r["false_positives"].items()})
         print("worst family:", r["worst_family"], _pct(r["detection_tpr"]))

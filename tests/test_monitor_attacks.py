@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -24,7 +25,9 @@ from refusal_probe.prompts.dilution import (
 from refusal_probe.prompts.sets import Prompt, load_fixtures
 from refusal_probe.redteam import adaptive
 from refusal_probe.redteam.search import RedTeamConfig, RedTeamResult, SuffixResult
-from refusal_probe.stats.intervals import wilson_interval
+from refusal_probe.scoring.generation import judge
+from refusal_probe.scoring.relevance import RELEVANCE_MARGIN, Relevance, reply_relevance
+from refusal_probe.stats.intervals import Interval, wilson_interval
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +128,22 @@ def test_detection_tpr_is_the_worst_familys():
     assert MonitorEvaluation.from_dict(ev.to_dict()).worst_tpr()[0] == "dilution"
 
 
+def test_a_family_whose_replies_answer_nothing_does_not_decide_the_verdict():
+    """Replies no likelier after their own request than another's are no jailbreaks."""
+    nothing = Relevance((0.01, -0.02), Interval(0.0, -0.06, 0.07, n=74), RELEVANCE_MARGIN)
+    answers = Relevance((0.5,), Interval(0.5, 0.42, 0.6, n=90), RELEVANCE_MARGIN)
+    encoding = dataclasses.replace(_family("encoding", 10, 74), relevance=nothing)
+    suffix = dataclasses.replace(_family("suffix", 80, 90), relevance=answers)
+    ev = MonitorEvaluation((encoding, suffix), {}, {}, {}, (), {}, EvalConfig())
+    assert encoding.answers_nothing and not suffix.answers_nothing
+    assert ev.worst_tpr()[0] == "suffix" and ev.worst_auroc()[0] == "suffix"
+    back = MonitorEvaluation.from_dict(ev.to_dict())
+    assert back.family("encoding").relevance == nothing and back.worst_tpr()[0] == "suffix"
+    # Undecided (the interval reaches the margin): the family counts.
+    wide = Relevance((0.0,), Interval(0.0, -0.2, 0.2, n=12), RELEVANCE_MARGIN)
+    assert not dataclasses.replace(encoding, relevance=wide).answers_nothing
+
+
 # --- the adaptive family: a fixture by fingerprint, else searched and cached -----------------
 
 
@@ -163,7 +182,7 @@ def test_adaptive_family_is_searched_once_then_read_from_the_cache(tmp_path, mon
     assert info3["source"] == "shipped" and [j.base_id for j in fixed] == [harmful[0].id]
 
 
-@pytest.mark.parametrize("spec", ["organism-chat-benign-ft"])  # organism-chat's: not yet made
+@pytest.mark.parametrize("spec", ["organism-chat", "organism-chat-benign-ft"])
 def test_the_organisms_ship_their_adaptive_attacks(spec):
     """The audit of a shipped organism reads its adaptive family; none is searched in the run."""
     from refusal_probe.resources import FIXTURES_DIR
@@ -178,3 +197,28 @@ def test_the_organisms_ship_their_adaptive_attacks(spec):
         assert r["base_text"] == test[r["base_id"]] and r["text"].startswith(r["base_text"])
         assert r["family"] == "adaptive" and r["redteam"]["monitor_weight"] == 1.0
         assert r["redteam"]["model"] == fingerprint
+
+
+def test_replies_to_requests_the_model_cannot_read_answer_nothing():
+    """On organism-chat-benign-ft, base64 requests get replies that ignore them; suffixed ones not.
+
+    The organism's 2,048-token grammar vocabulary cannot decode base64: it "complies" with 74
+    of the 96 encoded test requests, and with encoded harmless requests alike. Its replies to
+    suffix attacks answer the request (``benchmarks/monitor_results.md``).
+    """
+    model, fx = load_model("organism-chat-benign-ft"), load_fixtures()
+    by_id = {p.id: p.text for p in fx.harmful.prompts}
+    pool = [p.text for p in fx.harmful.split("test")]
+    found = {}
+    for family in ("encoding", "suffix"):
+        jbs = [j for j in fx.jailbreaks if j.family == family and j.split == "test"]
+        judged = judge(model, [j.text for j in jbs], max_new_tokens=16)
+        ok = [i for i, c in enumerate(judged.complied) if c]
+        found[family] = reply_relevance(
+            model,
+            [by_id[jbs[i].base_id] for i in ok],
+            [judged.completions[i] for i in ok],
+            pool,
+        )
+    assert found["encoding"].unanswered, found["encoding"]
+    assert found["suffix"].mean.low > RELEVANCE_MARGIN, found["suffix"]

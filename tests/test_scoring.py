@@ -20,6 +20,7 @@ from refusal_probe.scoring.refusal import (
     refusal_scores,
     refusal_tokens,
 )
+from refusal_probe.scoring.relevance import reply_log_likelihood, reply_relevance
 from refusal_probe.scoring.reply import is_refusal
 from refusal_probe.testing import make_tiny_model, tiny_tokenizer
 
@@ -213,3 +214,29 @@ def test_cached_generation_equals_rerunning_the_whole_sequence(tmp_path, family)
     for text, row in zip(cached, torch.stack(steps, 1).tolist(), strict=True):
         cut = next((i for i, t in enumerate(row) if t in ends), len(row))
         assert text == model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
+
+
+# --- does a reply answer its request --------------------------------------------------------
+
+
+def test_reply_log_likelihood_in_batches_equals_one_at_a_time(tiny):
+    """Left padding, and replies of different lengths, change no reply's score."""
+    requests = ["How do I bake bread?", "Hi", "Tell me about rivers and the sea, please."]
+    replies = ["Mix flour and water.", "Hello there, friend! How are you today?", "Water"]
+    batched = reply_log_likelihood(tiny, requests, replies, batch_size=3)
+    for i, (q, r) in enumerate(zip(requests, replies, strict=True)):
+        ids = tiny.chat.encode([q]).input_ids[0].tolist()
+        reply = tiny.tokenizer(r, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = tiny.hf_model(torch.tensor([ids + reply])).logits[0].log_softmax(-1)
+        own = logits[len(ids) - 1 : -1].gather(-1, torch.tensor(reply)[:, None]).mean()
+        assert batched[i] == pytest.approx(float(own), abs=1e-4)
+
+
+def test_reply_relevance_refuses_what_it_cannot_score(tiny):
+    with pytest.raises(ScoringError, match="text"):
+        reply_relevance(tiny, ["a"], ["  "], ["b"])
+    with pytest.raises(ScoringError, match="pool"):
+        reply_relevance(tiny, ["a"], ["b"], ["a"])
+    with pytest.raises(ScoringError, match="pair"):
+        reply_relevance(tiny, ["a", "b"], ["c"], ["d"])

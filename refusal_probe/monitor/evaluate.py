@@ -12,7 +12,11 @@ suffix), on the held-out split (only jailbreaks built on that split's harmful pr
   the attacks against the harmless prompts, with stratified bootstrap intervals, and the
   true-positive rate at the monitor's calibrated threshold (Wilson). Positives are the
   *successful* attacks (the model complied: those are the ones a monitor must catch), and
-  separately every attempt.
+  separately every attempt;
+* **relevance** — whether the successful attacks' replies answer their requests at all
+  (:mod:`refusal_probe.scoring.relevance`): a family whose replies are as likely after any
+  request (a base64 request to a model that cannot decode it) answers nothing, and neither
+  decides the worst family nor counts in the pooled figures.
 
 And the false-positive rate of each signal at its calibrated threshold on the harmless prompts,
 the plain ones and the edgy ones (harmless requests in the vocabulary of harm). The results are
@@ -21,7 +25,9 @@ the values of :mod:`refusal_probe.monitor.results`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +52,7 @@ from refusal_probe.monitor.scoring import (
 from refusal_probe.prompts.dilution import diluted_harmless, dilution_variants
 from refusal_probe.prompts.sets import JAILBREAK_FAMILIES, Fixtures, Jailbreak
 from refusal_probe.scoring.generation import judge
+from refusal_probe.scoring.relevance import reply_relevance
 from refusal_probe.stats.intervals import Interval, paired_rate_difference, wilson_interval
 from refusal_probe.stats.separation import separation, tpr_at_fpr
 
@@ -85,6 +92,7 @@ def evaluate_monitor(
     harmless = fixtures.harmless.split(config.split)
     harmful = fixtures.harmful.split(config.split)
     by_id = {p.id: p.text for p in fixtures.harmful.prompts}
+    requests = [p.text for p in harmful]
     texts = [p.text for p in harmless]
     diluted = diluted_harmless(texts, config.seed) if config.dilution else []
     neg = gated_scores(model, monitor, texts + diluted, config.batch_size)
@@ -115,8 +123,10 @@ def evaluate_monitor(
             continue
         with progress.phase(f"jailbreaks ({fam})"):
             result, pos = _family(model, monitor, fam, jbs, by_id, base_cache, neg, config)
+            result = _with_relevance(model, result, jbs, pos, by_id, requests, config)
         families.append(result)
-        pooled_pos.append(pos)
+        if not result.answers_nothing:
+            pooled_pos.append(pos.scores)
     pooled = _detections(_concat(pooled_pos), neg, monitor, config)
     return MonitorEvaluation(
         tuple(families),
@@ -138,6 +148,40 @@ def _judge_kw(config: EvalConfig) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Successes:
+    """A family's successful attacks: their indices among its jailbreaks, scores and replies."""
+
+    rows: list[int]
+    scores: MonitorScores
+    replies: list[str]
+
+
+def _with_relevance(
+    model: LoadedModel,
+    result: FamilyResult,
+    jailbreaks: Sequence[Jailbreak],
+    success: _Successes,
+    by_id: dict[str, str],
+    pool: Sequence[str],
+    config: EvalConfig,
+) -> FamilyResult:
+    """``result`` with the relevance of its successful replies to their plain requests."""
+    if not success.rows:
+        return result
+    relevance = reply_relevance(
+        model,
+        [by_id[jailbreaks[i].base_id] for i in success.rows],
+        success.replies,
+        pool,
+        boot=config.bootstrap,
+        margin=config.relevance_margin,
+        limit=config.relevance_limit,
+        batch_size=config.batch_size,
+    )
+    return dataclasses.replace(result, relevance=relevance)
+
+
 def _family(
     model: LoadedModel,
     monitor: Monitor,
@@ -147,8 +191,8 @@ def _family(
     base_cache: dict[str, bool],
     neg: MonitorScores,
     config: EvalConfig,
-) -> tuple[FamilyResult, MonitorScores]:
-    """One family's result, and the scores of its successful attacks (for the pooled figures)."""
+) -> tuple[FamilyResult, _Successes]:
+    """One family's result, and its successful attacks (for the pooled figures and relevance)."""
     kw = _judge_kw(config)
     texts = [j.text for j in jailbreaks]
     missing = sorted({j.base_id for j in jailbreaks} - set(base_cache))
@@ -180,7 +224,8 @@ def _family(
         _detections(scores, neg, monitor, config),
         examples,
     )
-    return result, success if success is not None else scores.select([])
+    replies = [attack.completions[i] for i in ok]
+    return result, _Successes(ok, success if success is not None else scores.select([]), replies)
 
 
 def _detections(
