@@ -1,13 +1,13 @@
 """Write the adaptive family's fixture of a model: suffixes searched against its audited monitor.
 
 The monitor is the one an audit fits on the model (the policy's settings, the audit's selected
-refusal direction); ``--prompts`` harmful test prompts of the model's default set (the seeded
-sample an audit's own search would take; 16 by default, as ``monitor_adaptive_prompts``) are
-attacked with the shipped budget (:data:`refusal_probe.redteam.adaptive.ADAPTIVE`: 8 suffix
+refusal direction); ``--prompts`` harmful test prompts of the model's default set (a seeded
+sample, as an audit's own search takes ``monitor_adaptive_prompts`` of them; the shipped fixtures
+hold all 96) are attacked with the shipped budget (:data:`refusal_probe.redteam.adaptive.ADAPTIVE`: 8 suffix
 tokens, 32 steps x 64 candidates, alarm weight 1, seed 0). The file goes to ``--out`` (default
 ``fixtures/redteam``), named by the model's fingerprint, where audits of that model find it.
 
-    python benchmarks/adaptive_fixtures.py --model organism-chat --cache-dir /tmp/rp-cache
+    python benchmarks/adaptive_fixtures.py --model organism-chat --cache-dir /tmp/rp-cache --prompts 96
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=FIXTURES_DIR / "redteam")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
-        "--prompts", type=int, default=16, help="harmful test prompts attacked (a seeded sample)"
+        "--prompts", type=int, default=96, help="harmful test prompts attacked (a seeded sample)"
     )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

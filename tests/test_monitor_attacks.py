@@ -192,7 +192,7 @@ def test_the_organisms_ship_their_adaptive_attacks(spec):
     assert path.is_file(), f"regenerate it: python benchmarks/adaptive_fixtures.py --model {spec}"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     test = {p.id: p.text for p in load_fixtures().harmful.split("test")}
-    assert len(records) == 16 and {r["base_id"] for r in records} <= set(test)
+    assert len(records) == len(test) and {r["base_id"] for r in records} == set(test)
     for r in records:
         assert r["base_text"] == test[r["base_id"]] and r["text"].startswith(r["base_text"])
         assert r["family"] == "adaptive" and r["redteam"]["monitor_weight"] == 1.0
