@@ -13,8 +13,13 @@ setup(
     packages=[*find_packages(include=["refusal_probe", "refusal_probe.*"]), *SHIPPED],
     package_dir=SHIPPED,
     package_data={
-        "refusal_probe": ["report/templates/*.html", "report/templates/*.css", "report/*.json"],
+        "refusal_probe": [
+            "__init__.pyi",
+            "report/templates/*.html",
+            "report/templates/*.css",
+            "report/*.json",
+        ],
         "refusal_probe.shipped.audits": ["*.toml"],
-        "refusal_probe.shipped.fixtures": ["*.md", "prompts/**/*", "models/**/*"],
+        "refusal_probe.shipped.fixtures": ["*.md", "prompts/**/*", "models/**/*", "redteam/*"],
     },
 )
