@@ -17,6 +17,7 @@ whose replies answer nothing does not decide the worst family).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -30,10 +31,13 @@ from refusal_probe.audit.run import AuditRun
 MODELS = ("organism-chat", "organism-chat-benign-ft")
 
 
-def figures(model: str, cache_dir: Path) -> dict[str, Any]:
+def figures(model: str, cache_dir: Path, policy: Path | None = None) -> dict[str, Any]:
     """The monitor figures of one model, from its audit's monitor result."""
     t0 = time.perf_counter()
-    run = AuditRun(model, AuditOptions(model=model, cache_dir=cache_dir))
+    options = AuditOptions(model=model, cache_dir=cache_dir)
+    if policy is not None:
+        options = dataclasses.replace(options, policy=policy)
+    run = AuditRun(model, options)
     ev = run.monitor()
     worst, tpr = ev.worst_tpr("alarm")
     fams = {}
@@ -73,12 +77,13 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=None)
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--policy", type=Path, help="the audit's policy (default: audits/policy.toml)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     out = []
     for model in a.model or MODELS:
-        r = figures(model, a.cache_dir)
+        r = figures(model, a.cache_dir, a.policy)
         out.append(r)
         print(f"## {model} (alarm {r['alarm']}; harmfulness {r['harmfulness']})")
         print(
