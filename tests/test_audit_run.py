@@ -86,6 +86,11 @@ def test_a_fresh_run_reads_the_disk_cache(audited: AuditRun, cache: Path) -> Non
     assert all(again.phases[name]["cached"] for name in ("behaviour", "direction", "causal"))
     assert "validation" not in again.computed and "completions" not in again.computed
     assert again.direction_vector().direction.sha256 == before[1].direction["vector_sha256"]
+    # The completions the breakdown reads are kept too, and the model's key is remembered:
+    # a run whose results are all cached never loads the model.
+    assert plain(again.completions()) == plain(audited.completions())
+    assert again.phases["completions"]["cached"] and not again.loaded
+    assert again.identity == audited.identity
 
 
 def test_behaviour_alone_generates_its_own_completions(

@@ -118,7 +118,12 @@ def test_a_new_day_recomputes_every_cached_result(dated, clock, tmp_path, monkey
 def test_an_audit_result_key_changes_with_the_rendered_date(dated, clock):
     """An audit run keys its results on the same model key as the engine's caches."""
     model, _ = dated
-    run = SimpleNamespace(
+    class Run(SimpleNamespace):
+        @property
+        def model_key(self):  # as ModelHandle's, for a loaded model: taken when asked
+            return self.model.key
+
+    run = Run(
         model=model,
         options=SimpleNamespace(seed=0),
         settings=SimpleNamespace(max_new_tokens=16),

@@ -425,7 +425,11 @@ def test_selecting_one_audit_computes_only_what_it_needs(
 ) -> None:
     r = pytester.runpytest(*real_args(planted), "-k", "behaviour")
     assert r.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
-    assert len(list((planted["cache"] / "audit-results").glob("*.json"))) == 1  # behaviour only
+    stored = [
+        json.loads(p.read_text())["key"]["what"]
+        for p in (planted["cache"] / "audit-results").glob("*.json")
+    ]
+    assert sorted(stored) == ["behaviour", "completions"]  # behaviour and what it read only
     assert not (planted["cache"] / "audit-artifacts").exists()  # no direction was selected
     assert {c["audit"] for c in only_record(pytester)["checks"]} == {"behaviour"}
 

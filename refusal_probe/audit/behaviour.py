@@ -54,6 +54,36 @@ class Completions:
         """The rows of one side."""
         return self.harmful if name == "harmful" else self.harmless
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (the disk cache keeps them, so a warm run need not load the model)."""
+        return {
+            "harmful": [list(r) for r in self.harmful],
+            "harmless": [list(r) for r in self.harmless],
+            "max_new_tokens": self.max_new_tokens,
+            "judge": self.judge,
+            "stopping": {k: v.to_dict() for k, v in self.stopping.items()},
+            "intervals": {k: v.to_dict() for k, v in self.intervals.items()},
+            "indices": None if self.indices is None else [list(i) for i in self.indices],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Completions:
+        """Inverse of :meth:`to_dict`."""
+
+        def rows(side: str) -> tuple[Row, ...]:
+            return tuple((str(p), str(c), bool(r)) for p, c, r in d[side])
+
+        idx = d["indices"]
+        return cls(
+            rows("harmful"),
+            rows("harmless"),
+            d["max_new_tokens"],
+            d["judge"],
+            {k: Stopping.from_dict(v) for k, v in d["stopping"].items()},
+            {k: Interval.from_dict(v) for k, v in d["intervals"].items()},
+            None if idx is None else (tuple(idx[0]), tuple(idx[1])),
+        )
+
 
 def _all_prompts(c: Completions, reason: str) -> dict[str, Stopping]:
     """Each side judged on every prompt in one run (``fixed`` or ``shared``)."""

@@ -26,8 +26,8 @@ from refusal_probe.stats.intervals import Interval
 log = logging.getLogger(__name__)
 
 
-def direction_config(model: LoadedModel, settings: Settings, seed: int) -> DirectionConfig:
-    """The engine's direction configuration for a run's settings."""
+def direction_config(n_layers: int, settings: Settings, seed: int) -> DirectionConfig:
+    """The engine's direction configuration for a run's settings, on a model of ``n_layers``."""
     s = settings
     return DirectionConfig(
         batch_size=s.batch_size,
@@ -35,7 +35,7 @@ def direction_config(model: LoadedModel, settings: Settings, seed: int) -> Direc
         seed=seed,
         n_select=s.selection_prompts,
         layers=(
-            tuple(range(0, model.n_layers, s.selection_layer_stride))
+            tuple(range(0, n_layers, s.selection_layer_stride))
             if s.selection_layer_stride > 1
             else None
         ),

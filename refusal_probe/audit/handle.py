@@ -26,9 +26,10 @@ from refusal_probe.audit.options import AuditOptions, load_options
 from refusal_probe.audit.policy import Policy, load_policy
 from refusal_probe.audit.store import R, ResultStore
 from refusal_probe.errors import ModelLoadError, RefusalProbeWarning
-from refusal_probe.model import loading
+from refusal_probe.model import loading, memo
 from refusal_probe.model.chat import NO_TEMPLATE_WARNING
 from refusal_probe.model.devices import devices_of
+from refusal_probe.model.identity import ModelKey
 from refusal_probe.model.loading import LoadedModel, ModelIdentity
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.stats.intervals import Bootstrap
@@ -80,6 +81,8 @@ class ModelHandle:
         self._phases = Phases(self.budget)
         self._model: LoadedModel | None = None
         self._identity: ModelIdentity | None = None
+        self._key: ModelKey | None = None
+        self._warned = False
         self._load_error: ModelLoadError | None = None
         self._added: dict[str, Once[Any]] = {}  # results that audit files add (see shared())
 
@@ -109,16 +112,52 @@ class ModelHandle:
                 self._fatal(f"--model {o.model}: {exc}")
                 raise
             self._identity = self._model.identity
-            if self._identity.chat_template == "plain":  # shown by pytest, not only logged
-                warnings.warn(
-                    f"{o.model}: {NO_TEMPLATE_WARNING}", RefusalProbeWarning, stacklevel=2
-                )
+            self._key = self._model.key
+            memo.remember(o.model, load_options(o), o.cache_dir, self._key, self._identity)
+            self._warn_plain()
         return self._model
 
     @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory now (a run whose results are all cached never loads it)."""
+        return self._model is not None
+
+    @property
     def identity(self) -> ModelIdentity:
-        """The model's identity (known without reloading a released model)."""
+        """The model's identity (known without reloading a released model, or remembered)."""
+        if self._identity is None:
+            self._recall()
         return self._identity if self._identity is not None else self.model.identity
+
+    @property
+    def model_key(self) -> ModelKey:
+        """The model's cache key: the loaded model's, else a remembered one, else loaded for it.
+
+        Remembered: from the last load of the same files today (:mod:`refusal_probe.model.memo`).
+        """
+        if self._model is not None:
+            return self._model.key
+        if self._key is None:
+            self._recall()
+        return self._key if self._key is not None else self.model.key
+
+    def _recall(self) -> None:
+        o = self.options
+        found = memo.recall(o.model, load_options(o), o.cache_dir)
+        if found is not None:
+            self._key, self._identity = found
+            self._warn_plain()
+
+    def _warn_plain(self) -> None:
+        if (
+            self._identity is not None
+            and self._identity.chat_template == "plain"
+            and not self._warned
+        ):
+            self._warned = True  # shown by pytest, not only logged
+            warnings.warn(
+                f"{self.options.model}: {NO_TEMPLATE_WARNING}", RefusalProbeWarning, stacklevel=3
+            )
 
     @property
     def fixtures(self) -> Fixtures:
@@ -201,7 +240,7 @@ class ModelHandle:
         return {
             "what": what,
             "measures": RESULTS_VERSION,
-            "model": self.model.key.to_dict(),
+            "model": self.model_key.to_dict(),
             "prompts": dict(fps),
             "seed": self.options.seed,
             "settings": self.settings.__dict__,

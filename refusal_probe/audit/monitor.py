@@ -50,7 +50,7 @@ def monitor_key(run: ModelHandle, config: MonitorConfig) -> dict[str, Any]:
     A shipped adaptive fixture that changes (regenerated) changes the key; the model's own cache
     file is searched from the same recipe, so it needs no part.
     """
-    path = FIXTURES_DIR / "redteam" / file_name(run.model.identity.fingerprint)
+    path = FIXTURES_DIR / "redteam" / file_name(run.identity.fingerprint)
     sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
     return {**config.to_dict(), "adaptive_fixture": sha}
 

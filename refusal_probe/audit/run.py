@@ -108,7 +108,7 @@ class AuditRun(ModelHandle):
         self._artifact: Path | None = None
         self._pairs: list[Pair] | None = None
         p = self._phases
-        self._completions = Once[Completions]("completions", p)
+        self._completions = Once[Completions]("completions", p, stored=True)
         self._behaviour = Once[Behaviour]("behaviour", p, stored=True)
         self._direction = Once[DirectionSummary]("direction", p, stored=True)
         self._validation = Once[ValidationResult]("validation", p)
@@ -130,6 +130,18 @@ class AuditRun(ModelHandle):
             self._pairs = matched_test_pairs(self.model, self.fixtures, self.options.seed)
         return self._pairs
 
+    def matched_test_pair_ids(self) -> list[str]:
+        """The ids of :meth:`matched_test_pairs` (kept in the disk cache: a key needs no model)."""
+        if self._pairs is not None:
+            return [p.id for p in self._pairs]
+        key = self.key("matched_pairs")
+        hit = self.store.get(key)
+        if hit is not None:
+            return list(hit["ids"])
+        ids = [p.id for p in self.matched_test_pairs()]
+        self.store.put(key, {"ids": ids})
+        return ids
+
     # --- results -----------------------------------------------------------------------------
 
     def completions(self) -> Completions:
@@ -138,9 +150,16 @@ class AuditRun(ModelHandle):
         Read from :meth:`validation` when this run audits ``causal`` (the validation generates
         them beside its intervened conditions, so they are not generated twice); generated on
         their own otherwise, or when the validation cannot run (the causal audit reports why):
-        then in rounds under the policy's ``sequential`` setting (:mod:`.sequential`).
+        then in rounds under the policy's ``sequential`` setting (:mod:`.sequential`). Kept in
+        the disk cache, keyed like :meth:`behaviour`.
         """
-        return self._completions(self._complete)
+        return self._completions(
+            lambda: self._stored(
+                self.key("completions", **behaviour_key(self.policy, "causal" in self.audits)),
+                self._complete,
+                Completions,
+            )
+        )
 
     def _complete(self) -> Completions:
         shared = self.validation if "causal" in self.audits else None
@@ -163,7 +182,7 @@ class AuditRun(ModelHandle):
         return self._direction(self._select)
 
     def _select(self) -> DirectionSummary:
-        config = direction_config(self.model, self.settings, self.options.seed)
+        config = direction_config(self.identity.n_layers, self.settings, self.options.seed)
         key = self.key("direction", config=config.to_dict())
         artifact = self.options.cache_dir / "audit-artifacts" / f"{key_digest(key)}.safetensors"
         self._artifact = artifact
@@ -185,7 +204,7 @@ class AuditRun(ModelHandle):
         assert self._artifact is not None  # set by direction()
         found = verified_direction(self._artifact, summary.direction["vector_sha256"])
         if found is None:
-            config = direction_config(self.model, self.settings, self.options.seed)
+            config = direction_config(self.identity.n_layers, self.settings, self.options.seed)
             select_direction(self.model, self.fixtures, config, self._cache(), self._artifact)
             found = load_direction(self._artifact)
         return found
@@ -278,11 +297,12 @@ class AuditRun(ModelHandle):
         return self._hardening(self._hardening_result)
 
     def _hardening_result(self) -> Hardening:
-        pairs = self.matched_test_pairs()
-        key = self.key("monitor_hardening", k=HARDENING_K, pairs=[p.id for p in pairs])
+        key = self.key("monitor_hardening", k=HARDENING_K, pairs=self.matched_test_pair_ids())
         return self._stored(
             key,
-            lambda: harden(self.model, pairs, self.localization(), self.bootstrap),
+            lambda: harden(
+                self.model, self.matched_test_pairs(), self.localization(), self.bootstrap
+            ),
             Hardening,
         )
 
