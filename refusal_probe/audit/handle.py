@@ -119,7 +119,7 @@ class ModelHandle:
 
     @property
     def loaded(self) -> bool:
-        """Whether the model is in memory now (a run whose results are all cached never loads it)."""
+        """Whether the model is in memory (a run whose results are all cached never loads it)."""
         return self._model is not None
 
     @property
