@@ -11,6 +11,7 @@ Both are checked to fit the candidate before anything is compared:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +21,7 @@ from refusal_probe.audit.circuit import Circuit
 from refusal_probe.audit.direction import DirectionSummary
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.store import DirectionArtifact, load_direction
-from refusal_probe.errors import ModelLoadError, ReportError
+from refusal_probe.errors import DirectionError, ModelLoadError, RefusalProbeWarning, ReportError
 from refusal_probe.model import sources
 from refusal_probe.model.loading import ModelIdentity
 from refusal_probe.report.record import AuditRecord, CheckRecord, Delta
@@ -174,6 +175,44 @@ SAME_AS_BASELINE = (
     "checks compare the model with itself and pass trivially; pass the parent checkpoint (or its "
     "audit.json) as --baseline."
 )
+
+
+class _Run(Protocol):
+    """What :func:`open_baseline` reads of an :class:`~refusal_probe.audit.run.AuditRun`."""
+
+    options: AuditOptions
+    inputs: Any
+    model: Any
+
+    def run_of(self, spec: str) -> Any: ...  # noqa: D102
+
+    def fatal(self, message: str) -> None: ...  # noqa: D102
+
+
+def open_baseline(run: _Run) -> Baseline:
+    """``run.options.baseline`` opened (once per series) and checked to fit ``run``'s model.
+
+    Raises:
+        DirectionError: No baseline is given, or the baseline model has another architecture,
+            width or depth.
+    """
+    spec = run.options.baseline
+    if not spec:
+        raise DirectionError(
+            "no baseline given; pass options.baseline (--baseline SPEC_OR_AUDIT_JSON)"
+        )
+    opened = run.inputs.baseline
+    if opened is None:
+        opened = AuditBaseline.open(spec) if is_audit(spec) else ModelBaseline(run.run_of(spec))
+    if isinstance(opened, ModelBaseline):
+        problem = mismatch(run.model.identity, opened.run.identity)
+        if problem is not None:
+            run.fatal(problem)
+            raise DirectionError(problem)
+    if is_same_model(run.model.identity, opened):
+        warnings.warn(SAME_AS_BASELINE, RefusalProbeWarning, stacklevel=3)
+    run.inputs.baseline = opened
+    return opened
 
 
 def is_same_model(candidate: ModelIdentity, baseline: Baseline) -> bool:

@@ -61,6 +61,22 @@ def matched_test_pairs(model: LoadedModel, fixtures: Fixtures, seed: int = 0) ->
     return pairs
 
 
+@dataclass(frozen=True)
+class MatchedPairs:
+    """:func:`matched_test_pairs` as a stored result (a warm run's keys then need no tokenizer)."""
+
+    pairs: tuple[Pair, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {"pairs": [asdict(p) for p in self.pairs]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MatchedPairs:
+        """Inverse of :meth:`to_dict`."""
+        return cls(tuple(Pair(**p) for p in d["pairs"]))
+
+
 def built_pairs_file(pairs: list[Pair]) -> dict[str, Any]:
     """The report's data-table row of the pairs built for localization."""
     return {

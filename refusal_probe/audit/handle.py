@@ -109,7 +109,7 @@ class ModelHandle:
                     self._model = loading.load_model(o.model, load_options(o))
             except ModelLoadError as exc:
                 self._load_error = exc
-                self._fatal(f"--model {o.model}: {exc}")
+                self.fatal(f"--model {o.model}: {exc}")
                 raise
             self._identity = self._model.identity
             self._key = self._model.key
@@ -212,7 +212,8 @@ class ModelHandle:
 
     # --- keys and the store ------------------------------------------------------------------
 
-    def _fatal(self, message: str) -> None:
+    def fatal(self, message: str) -> None:
+        """Tell the runner (the plugin) that the run cannot go on: ``on_fatal(message)``."""
         if self.on_fatal is not None:
             self.on_fatal(message)
 

@@ -20,32 +20,24 @@ raised raises the same error again. What each result reads::
     hardening   <- localization
     finetune    <- baseline (its direction and behaviour), behaviour
 
-Results that are kept in memory only (completions, validation, localization) are the engine's
-own values; the others are small frozen dataclasses with ``to_dict``/``from_dict`` and figures.
+Results that are kept in memory only (validation, localization) are the engine's own values;
+the others are small frozen dataclasses with ``to_dict``/``from_dict`` (and figures).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from refusal_probe.activations.cache import key_digest
-from refusal_probe.audit.baseline import (
-    SAME_AS_BASELINE,
-    AuditBaseline,
-    Baseline,
-    ModelBaseline,
-    is_audit,
-    is_same_model,
-    mismatch,
-)
+from refusal_probe.audit.baseline import SAME_AS_BASELINE, Baseline, is_same_model, open_baseline
 from refusal_probe.audit.behaviour import Behaviour, Completions
 from refusal_probe.audit.causal import Causal, validation_config
 from refusal_probe.audit.circuit import (
     CIRCUIT_K,
     Circuit,
+    MatchedPairs,
     built_pairs_file,
     localize_circuit,
     matched_test_pairs,
@@ -68,7 +60,7 @@ from refusal_probe.audit.policy import Policy
 from refusal_probe.audit.sequential import bars_of, behaviour_key, complete
 from refusal_probe.audit.store import DirectionArtifact, load_direction, verified_direction
 from refusal_probe.causal.validation import ValidationResult, validate_direction
-from refusal_probe.errors import DirectionError, RefusalProbeWarning
+from refusal_probe.errors import DirectionError
 from refusal_probe.model.chat import NO_TEMPLATE_WARNING
 from refusal_probe.monitor.evaluate import MonitorEvaluation
 from refusal_probe.monitor.hardening import Hardening
@@ -127,20 +119,14 @@ class AuditRun(ModelHandle):
     def matched_test_pairs(self) -> list[Pair]:
         """The test split's pairs of equal token length (see :func:`matched_test_pairs`)."""
         if self._pairs is None:
-            self._pairs = matched_test_pairs(self.model, self.fixtures, self.options.seed)
-        return self._pairs
 
-    def matched_test_pair_ids(self) -> list[str]:
-        """The ids of :meth:`matched_test_pairs` (kept in the disk cache: a key needs no model)."""
-        if self._pairs is not None:
-            return [p.id for p in self._pairs]
-        key = self.key("matched_pairs")
-        hit = self.store.get(key)
-        if hit is not None:
-            return list(hit["ids"])
-        ids = [p.id for p in self.matched_test_pairs()]
-        self.store.put(key, {"ids": ids})
-        return ids
+            def made() -> MatchedPairs:
+                pairs = matched_test_pairs(self.model, self.fixtures, self.options.seed)
+                return MatchedPairs(tuple(pairs))
+
+            found = self.store.cached(self.key("matched_pairs"), made, MatchedPairs)
+            self._pairs = list(found.pairs)
+        return self._pairs
 
     # --- results -----------------------------------------------------------------------------
 
@@ -297,7 +283,8 @@ class AuditRun(ModelHandle):
         return self._hardening(self._hardening_result)
 
     def _hardening_result(self) -> Hardening:
-        key = self.key("monitor_hardening", k=HARDENING_K, pairs=self.matched_test_pair_ids())
+        pairs = [p.id for p in self.matched_test_pairs()]
+        key = self.key("monitor_hardening", k=HARDENING_K, pairs=pairs)
         return self._stored(
             key,
             lambda: harden(
@@ -315,28 +302,7 @@ class AuditRun(ModelHandle):
             DirectionError: No baseline is given, or the baseline model has another
                 architecture, width or depth.
         """
-        return self._baseline(self._open_baseline)
-
-    def _open_baseline(self) -> Baseline:
-        spec = self.options.baseline
-        if not spec:
-            raise DirectionError(
-                "no baseline given; pass options.baseline (--baseline SPEC_OR_AUDIT_JSON)"
-            )
-        opened = self.inputs.baseline
-        if opened is None:
-            opened = (
-                AuditBaseline.open(spec) if is_audit(spec) else ModelBaseline(self.run_of(spec))
-            )
-        if isinstance(opened, ModelBaseline):
-            problem = mismatch(self.model.identity, opened.run.identity)
-            if problem is not None:
-                self._fatal(problem)
-                raise DirectionError(problem)
-        if is_same_model(self.model.identity, opened):
-            warnings.warn(SAME_AS_BASELINE, RefusalProbeWarning, stacklevel=2)
-        self.inputs.baseline = opened
-        return opened
+        return self._baseline(lambda: open_baseline(self))
 
     def run_of(self, spec: str) -> AuditRun:
         """The run of another model (say the baseline), sharing settings, cache and prompts."""
