@@ -222,3 +222,23 @@ def test_replies_to_requests_the_model_cannot_read_answer_nothing():
         )
     assert found["encoding"].unanswered, found["encoding"]
     assert found["suffix"].mean.low > RELEVANCE_MARGIN, found["suffix"]
+
+
+def test_the_adaptive_search_runs_by_default_on_an_accelerator_only():
+    """``monitor_adaptive_prompts = "auto"``: 16 prompts on a GPU, none on the CPU, and why."""
+    from refusal_probe.audit.monitor import AUTO_ADAPTIVE_PROMPTS, adaptive_prompts
+    from refusal_probe.audit.policy import DEFAULT_POLICY, load_policy
+
+    assert load_policy(DEFAULT_POLICY).settings.monitor_adaptive_prompts is None  # the shipped default
+    assert load_policy(DEFAULT_POLICY).settings.to_dict()["monitor_adaptive_prompts"] == "auto"
+    cpu, gpu = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    gpu.to("meta")  # not the CPU (an accelerator's tensors are not either)
+
+    def on(m):
+        return SimpleNamespace(hf_model=m, device=next(m.parameters()).device)
+
+    n, why = adaptive_prompts(None, on(cpu))
+    assert n == 0 and "monitor_adaptive_prompts = 16" in why
+    assert adaptive_prompts(None, on(gpu))[0] == AUTO_ADAPTIVE_PROMPTS
+    assert adaptive_prompts(0, on(gpu)) == (0, "monitor_adaptive_prompts = 0 in the policy")
+    assert adaptive_prompts(5, on(cpu))[0] == 5

@@ -15,6 +15,7 @@ from typing import Any
 from refusal_probe.audit.handle import ModelHandle
 from refusal_probe.audit.settings import Settings
 from refusal_probe.direction.estimators import Direction
+from refusal_probe.model.devices import devices_of
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.monitor.evaluate import EvalConfig, MonitorEvaluation, evaluate_monitor
 from refusal_probe.monitor.fit import MonitorConfig, fit_monitor
@@ -27,6 +28,9 @@ from refusal_probe.stats.intervals import Bootstrap
 
 #: Components ablated by the hardening check.
 HARDENING_K = 5
+#: Prompts the adaptive attacker searches under ``monitor_adaptive_prompts = "auto"`` on an
+#: accelerator.
+AUTO_ADAPTIVE_PROMPTS = 16
 
 
 def monitor_config(settings: Settings) -> MonitorConfig:
@@ -80,16 +84,37 @@ def evaluate_monitor_of(
     """
     model, fixtures = run.model, run.fixtures
     fitted = fit_monitor(model, fixtures, refusal, monitor)
+    n, why = adaptive_prompts(run.settings.monitor_adaptive_prompts, model)
     attacks, summary = adaptive_family(
         model,
         fitted,
         fixtures.harmful.split(evaluation.split),
         shipped=FIXTURES_DIR / "redteam",
         cache=run.options.cache_dir / "redteam",
-        config=AdaptiveConfig(max_prompts=run.settings.monitor_adaptive_prompts),
+        config=AdaptiveConfig(max_prompts=n),
     )
+    if not attacks:
+        summary = {**summary, "why": why}
     ev = evaluate_monitor(model, fitted, fixtures, evaluation, attacks)
     return dataclasses.replace(ev, adaptive=summary)
+
+
+def adaptive_prompts(setting: int | None, model: LoadedModel) -> tuple[int, str]:
+    """Prompts the adaptive attacker searches in the run, and what to say when it searches none.
+
+    ``setting`` is the policy's ``monitor_adaptive_prompts``: ``None`` (``"auto"``) searches
+    :data:`AUTO_ADAPTIVE_PROMPTS` on an accelerator and none on the CPU.
+    """
+    if setting is None:
+        if all(d.type == "cpu" for d in devices_of(model)):
+            return 0, (
+                "no shipped or cached attacks for this model, and the search does not run on the "
+                "CPU by default (32 steps x 64 candidates a prompt: hours for a 135M model); set "
+                f"monitor_adaptive_prompts = {AUTO_ADAPTIVE_PROMPTS} in the policy to run it"
+            )
+        return AUTO_ADAPTIVE_PROMPTS, "nothing to attack"
+    why = "monitor_adaptive_prompts = 0 in the policy" if setting == 0 else "nothing to attack"
+    return setting, why
 
 
 def harden(

@@ -28,7 +28,8 @@ class Settings:
             refusal phrase included), ``"substring"`` counts any refusal phrase anywhere, as
             the literature does (:mod:`refusal_probe.scoring.reply`).
         batch_size: Prompts per forward pass; ``None`` (``"auto"`` in the file) chooses it from
-            the free memory of the model's device (:func:`refusal_probe.model.devices.auto_batch_size`).
+            the free memory of the model's device
+            (:func:`refusal_probe.model.devices.auto_batch_size`).
         selection_prompts: Validation prompts per class that score each candidate direction
             (the reference method uses 32).
         selection_layer_stride: Score candidates at every ``n``-th layer only (1: every layer).
@@ -44,8 +45,10 @@ class Settings:
             grammar set's 96 per side are all kept; the natural set's 262 and 314 are sampled.
         monitor_adaptive_prompts: Harmful test prompts the monitor's adaptive attacker searches
             a suffix for in the run when no fixture or cache file of the model holds its attacks
-            (:mod:`refusal_probe.redteam.adaptive`; about 2,000 forward rows each); 0 (the
-            default until the organisms ship their fixtures): none, the family is then absent.
+            (:mod:`refusal_probe.redteam.adaptive`; about 2,000 forward rows each); 0: none, the
+            family is then absent; ``None`` (``"auto"``, the default): 16 when the model runs on
+            an accelerator, none on the CPU (the search would take hours on a 135M model there;
+            the report says so). The shipped organisms' files hold all 96.
         sequential: Sequential verdicts for the behaviour checks: generate the test prompts in
             seeded rounds and stop a side once its confidence sequence decides its bar
             (:mod:`refusal_probe.audit.sequential`); ``False``: every prompt, fixed n.
@@ -63,17 +66,20 @@ class Settings:
     selection_screen: int = 0
     monitor_target_fpr: float = 0.02
     test_prompts: int = 128
-    monitor_adaptive_prompts: int = 0
+    monitor_adaptive_prompts: int | None = None
     sequential: bool = False
     sequential_round: int = 16
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (an automatic batch size reads ``"auto"``)."""
         d = asdict(self)
-        d["batch_size"] = "auto" if self.batch_size is None else self.batch_size
+        for key in _AUTO:
+            d[key] = "auto" if d[key] is None else d[key]
         return d
 
 
+#: Numeric settings that also take ``"auto"`` (read as ``None``).
+_AUTO = ("batch_size", "monitor_adaptive_prompts")
 #: Settings that take one of a few words, and the words.
 _SETTING_CHOICES: dict[str, tuple[str, ...]] = {"judge": JUDGES}
 #: Settings that are true or false.
@@ -116,13 +122,13 @@ def read_settings(table: dict[str, Sourced], errors: list[tuple[Path, str]]) -> 
             known = ", ".join([*_SETTING_RANGES, *_SETTING_CHOICES, *_SETTING_FLAGS])
             errors.append((file, f"[settings] {key}: unknown key; known: {known}"))
             continue
-        if key == "batch_size" and val == "auto":
+        if key in _AUTO and val == "auto":
             values[key] = None
             continue
         kind, lo, hi = _SETTING_RANGES[key]
         ok_type = isinstance(val, int) if kind is int else isinstance(val, (int, float))
         if isinstance(val, bool) or not ok_type:
-            auto = ' or "auto"' if key == "batch_size" else ""
+            auto = ' or "auto"' if key in _AUTO else ""
             errors.append(
                 (
                     file,
