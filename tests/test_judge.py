@@ -190,6 +190,7 @@ def test_results_judged_by_another_judge_are_never_served(tmp_path):
     def key(settings: object) -> dict:
         run = SimpleNamespace(
             model=model,
+            model_key=model.key,
             options=SimpleNamespace(seed=0),
             settings=settings,
             fixtures=SimpleNamespace(fingerprints={"harmful.jsonl": "h", "harmless.jsonl": "l"}),
