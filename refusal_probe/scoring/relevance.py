@@ -126,6 +126,9 @@ def reply_relevance(
     own = reply_log_likelihood(model, [requests[i] for i in rows], texts, batch_size)
     other = reply_log_likelihood(model, others, texts, batch_size)
     per_token = own - other
+    per_token = per_token[np.isfinite(per_token)]  # a reply that tokenizes to nothing
+    if per_token.size == 0:
+        raise ScoringError("no reply with any token to score; pass completions")
     return Relevance(
         tuple(float(x) for x in per_token),
         bootstrap_mean(per_token, boot, of="replies"),
@@ -149,7 +152,9 @@ def reply_log_likelihood(
     out = np.full(len(replies), np.nan)
     order = sorted(range(len(replies)), key=lambda i: len(requests[i]) + len(replies[i]))
     longest = max(len(r) for r in reply_ids)
-    size = auto_batch_size(model, list(requests), batch_size, new_tokens=longest)
+    size = auto_batch_size(
+        model, list(requests), batch_size, new_tokens=longest, logit_positions=longest + 1
+    )
     with torch.no_grad():
         for chunk in batched(order, size):
             keep = [i for i in chunk if reply_ids[i]]
@@ -157,7 +162,8 @@ def reply_log_likelihood(
                 continue
             prompt = model.chat.encode([requests[i] for i in keep])
             batch, n_reply = _with_replies(prompt, [reply_ids[i] for i in keep])
-            logits = forward(model, batch)
+            # Only the positions that predict a reply token are unembedded.
+            logits = forward(model, batch, logits_to_keep=int(n_reply.max()) + 1)
             assert logits is not None
             scores = _reply_logprobs(logits, batch.input_ids, n_reply)
             for i, s in zip(keep, scores, strict=True):
