@@ -41,6 +41,7 @@ def direction_config(n_layers: int, settings: Settings, seed: int) -> DirectionC
         ),
         positions=tuple(range(-s.selection_positions, 0)) if s.selection_positions else None,
         screen=s.selection_screen or None,
+        race=s.selection_race,
     )
 
 
@@ -267,6 +268,12 @@ class DirectionSummary:
             if n_scored is not None
             else "(a zero vector)"
         )
+        n_raced = sum("raced" in g["discarded"] for g in self.grid)
+        raced = (
+            f"; {n_raced} raced out: dropped after part of the prompts, scored on those"
+            if n_raced
+            else ""
+        )
         return Figure(
             "heatmap",
             "Selection grid: bypass score of each candidate (lower is stronger)",
@@ -282,7 +289,7 @@ class DirectionSummary:
             },
             "Mean refusal log-odds on harmful validation prompts with the candidate ablated; "
             f"crossed out: discarded (layer ≥ {self.max_layer_fraction:g}·L, KL > "
-            f"{self.kl_threshold:g} or induce ≤ 0); grey: not scored {grey}; box: "
+            f"{self.kl_threshold:g} or induce ≤ 0{raced}); grey: not scored {grey}; box: "
             + (
                 "the selected candidate"
                 if self.chosen_by == "causal"

@@ -40,6 +40,9 @@ class Settings:
         selection_screen: Score exactly only the ``n`` candidates that a first-order
             (attribution) estimate of their ablation effect ranks best (0: score every
             candidate, the reference procedure); see :mod:`refusal_probe.selection.screening`.
+        selection_race: Score the candidates on growing subsets of the validation prompts and
+            drop the ones that surely fail a filter or lose on bypass
+            (:mod:`refusal_probe.selection.racing`); ``False``: every candidate on every prompt.
         test_prompts: Test prompts per side the audits measure: a larger test split is
             sampled down to this many, stratified by category and seeded (0: every one). The
             grammar set's 96 per side are all kept; the natural set's 262 and 314 are sampled.
@@ -64,6 +67,7 @@ class Settings:
     selection_layer_stride: int = 1
     selection_positions: int = 0
     selection_screen: int = 0
+    selection_race: bool = False
     monitor_target_fpr: float = 0.02
     test_prompts: int = 128
     monitor_adaptive_prompts: int | None = None
@@ -83,7 +87,7 @@ _AUTO = ("batch_size", "monitor_adaptive_prompts")
 #: Settings that take one of a few words, and the words.
 _SETTING_CHOICES: dict[str, tuple[str, ...]] = {"judge": JUDGES}
 #: Settings that are true or false.
-_SETTING_FLAGS = ("sequential",)
+_SETTING_FLAGS = ("sequential", "selection_race")
 
 _SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "confidence": (float, 0.5, 0.999),

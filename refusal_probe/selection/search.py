@@ -1,9 +1,9 @@
 """Finding the refusal direction in one call: fit the candidates, select one, measure separation.
 
 Data flow: prompts (fit, selection and evaluation splits) → activations at every layer's
-``resid_pre`` and post-instruction position (:mod:`refusal_probe.activations.capture`) → difference-of-means
-candidates (:mod:`refusal_probe.direction.estimators`) → the causal choice among them
-(:mod:`refusal_probe.selection.selection`) → per-layer separation of the held-out split.
+``resid_pre`` and post-instruction position (:mod:`refusal_probe.activations.capture`) →
+difference-of-means candidates (:mod:`refusal_probe.direction.estimators`) → the causal choice
+among them (:mod:`refusal_probe.selection.selection`) → per-layer separation of the held-out split.
 
 When no candidate passes selection's filters there is no causal direction; the direction reported
 (and written for the monitor and a later ``--baseline``) is then the candidate that best separates
@@ -175,6 +175,8 @@ def find_refusal_direction(
     selection = score_candidates(model, candidates, sel_h, sel_l, tokens, config, cache=cache)
     passes["selection"] = selection.forward_passes
     passes["selection_reference"] = selection.reference_forward_passes
+    passes["selection_rows"] = selection.rows
+    passes["selection_rows_exhaustive"] = selection.exhaustive_rows
     chosen_by: ChosenBy = "causal"
     val_auroc: list[tuple[int, int, float]] = []
     if selection.chosen is not None:

@@ -17,15 +17,16 @@ its induce score is not above 0; the lowest bypass among the rest wins. The whol
 When none passes, none is chosen (``Selection.chosen is None``): the filters (the KL ceiling among
 them) come before bypass is compared, since a destructive ablation also lowers the log-odds.
 
-Screening (``DirectionConfig.screen``): on deep models the grid is large, so a first-order estimate
-of every candidate's bypass (:mod:`refusal_probe.selection.screening`: one forward and backward pass) ranks
-them, and only the best ``screen`` candidates below the layer cutoff are scored exactly; the rest
-stay in the grid unscored, discarded as ``"screened"``, with their estimate.
+Screening (``DirectionConfig.screen``): on deep models the grid is large, so a first-order
+estimate of every candidate's bypass (:mod:`refusal_probe.selection.screening`: one forward and
+backward pass) ranks them, and only the best ``screen`` candidates below the layer cutoff are
+scored exactly; the rest stay in the grid unscored, discarded as ``"screened"``, with their
+estimate. Racing (``DirectionConfig.race``, :mod:`refusal_probe.selection.racing`) then scores the
+rest on growing prompt subsets and drops the dominated ones early (discarded as ``"raced"``, with
+the means of the prompts they saw).
 
-Speed: instead of one forward pass per candidate per score, the candidates are stacked along the
-batch axis with :class:`~refusal_probe.interventions.hooks.PerRow` interventions: one pass over the
-harmful and harmless prompts for each chunk of candidates serves both bypass and KL, and one more
-serves induce. :attr:`Selection.forward_passes` counts what was run and
+The passes themselves (candidates stacked along the batch axis) are
+:mod:`refusal_probe.selection.grid`'s. :attr:`Selection.forward_passes` counts what was run and
 :attr:`Selection.reference_forward_passes` what the per-candidate procedure would have run.
 """
 
@@ -36,23 +37,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
-import torch
-from torch import Tensor
-
 from refusal_probe.activations.cache import TensorCache, cache_key, cached
 from refusal_probe.activations.capture import prompts_fingerprint
-from refusal_probe.direction.estimators import Candidates, Direction
+from refusal_probe.direction.estimators import Candidates
 from refusal_probe.errors import DirectionError
-from refusal_probe.interventions.hooks import Ablate, Add, PerRow
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.scoring.refusal import (
-    REFUSAL_PHRASES,
-    RefusalTokens,
-    kl_divergence,
-    map_last_logits,
-    refusal_score_from_logits,
-)
-from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
+from refusal_probe.scoring.refusal import REFUSAL_PHRASES, RefusalTokens
+from refusal_probe.selection.grid import GridScores, measure_grid
 from refusal_probe.stats.intervals import N_RESAMPLES, SEED, Bootstrap
 
 
@@ -81,8 +72,10 @@ class DirectionConfig:
         score_late_layers: Score candidates at layers past the cutoff too (the whole grid, as
             the reference does); ``False`` records them as discarded without spending passes.
         screen: Score exactly only this many candidates, the lowest first-order bypass
-            estimates below the layer cutoff (:mod:`refusal_probe.selection.screening`); ``None``: score
-            every candidate (the reference procedure).
+            estimates below the layer cutoff (:mod:`refusal_probe.selection.screening`);
+            ``None``: score every candidate (the reference procedure).
+        race: Score the candidates on growing prompt subsets and drop the dominated ones early
+            (:mod:`refusal_probe.selection.racing`); ``False``: every candidate on every prompt.
         alternative: Also fit the PCA-of-differences estimator and report its curve.
         n_resamples: Bootstrap resamples for the separation intervals.
         seed: Seed of the bootstrap and of the PCA pairing.
@@ -106,6 +99,7 @@ class DirectionConfig:
     n_eval: int | None = None
     score_late_layers: bool = True
     screen: int | None = None
+    race: bool = False
     alternative: bool = True
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
@@ -123,8 +117,9 @@ class DirectionConfig:
 
 
 #: Why a candidate is out: a score is NaN, its layer is past the cutoff, its KL is too high, its
-#: induce score too low; or it was not scored (a zero vector, or left out by screening).
-DiscardReason = Literal["nan", "layer", "kl", "induce", "zero", "screened"]
+#: induce score too low; or it was not scored (a zero vector, or left out by screening); or racing
+#: dropped it after part of the prompts (its scores are then those prompts' means).
+DiscardReason = Literal["nan", "layer", "kl", "induce", "zero", "screened", "raced"]
 DISCARD_REASONS: tuple[DiscardReason, ...] = get_args(DiscardReason)
 
 
@@ -142,6 +137,7 @@ class CandidateScore:
             or ``{"zero"}`` for a zero vector and ``{"screened"}`` for one screening left out,
             neither scored. Empty if it passed every filter. Unscored cells have NaN scores.
         estimate: First-order bypass estimate from screening (``None`` when it did not run).
+        seen: Harmful prompts it was scored on, when racing dropped it early (``None``: all).
     """
 
     layer: int
@@ -151,6 +147,7 @@ class CandidateScore:
     kl: float
     discarded: frozenset[DiscardReason]
     estimate: float | None = None
+    seen: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -179,6 +176,9 @@ class Selection:
             cache hit).
         reference_forward_passes: Passes of the per-candidate procedure (baseline, then one pass
             per candidate per score, each prompt set in one batch).
+        rows: Prompt evaluations of the candidates' passes (0 on a cache hit).
+        exhaustive_rows: What scoring every scored candidate on every prompt takes (racing's
+            saving is the difference).
     """
 
     grid: tuple[CandidateScore, ...]
@@ -190,6 +190,8 @@ class Selection:
     n_harmless: int
     forward_passes: int
     reference_forward_passes: int
+    rows: int = 0
+    exhaustive_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (unscored cells' NaN scores become ``None``, valid JSON)."""
@@ -237,10 +239,13 @@ def score_candidates(
     cutoff = math.floor(config.max_layer_fraction * model.n_layers)
     # Zero vectors (layer-0 template tokens) have no direction; late layers may be skipped.
     live = [d for d in dirs if not d.is_zero and (config.score_late_layers or d.layer < cutoff)]
-    extra = {"screen": config.screen} if config.screen is not None else {}
+    extra: dict[str, Any] = {"screen": config.screen} if config.screen is not None else {}
+    if config.race:
+        extra.update(race=True, seed=config.seed)
     key = cache_key(
         model.key,
         "selection",
+        grid=2,  # GridScores with seen/raced_out
         candidates=[d.sha256 for d in live],
         tokens=list(tokens.ids),
         harmful=prompts_fingerprint(harmful),
@@ -250,21 +255,27 @@ def score_candidates(
     grid_scores, hit = cached(
         cache,
         key,
-        lambda: _measure_grid(model, live, harmful, harmless, tokens, config, cutoff),
+        lambda: measure_grid(model, live, harmful, harmless, tokens, config, cutoff),
         GridScores,
     )
     nh, nl = len(harmful), len(harmless)
     base_scores = grid_scores.base
     scores = {
-        id(d): (tuple(float(x) for x in row), bool(done), float(e))
-        for d, row, done, e in zip(
-            live, grid_scores.scores, grid_scores.scored, grid_scores.estimate, strict=True
+        id(d): (tuple(float(x) for x in row), bool(done), float(e), int(m), bool(out))
+        for d, row, done, e, m, out in zip(
+            live,
+            grid_scores.scores,
+            grid_scores.scored,
+            grid_scores.estimate,
+            grid_scores.seen,
+            grid_scores.raced_out,
+            strict=True,
         )
     }
 
     grid = []
     for d in dirs:
-        (b, i, q), done, e = scores.get(id(d), ((math.nan,) * 3, False, math.nan))
+        (b, i, q), done, e, m, out = scores.get(id(d), ((math.nan,) * 3, False, math.nan, 0, False))
         est = None if math.isnan(e) else e
         why: frozenset[DiscardReason]
         if d.is_zero:
@@ -275,7 +286,8 @@ def score_candidates(
             why = frozenset({"screened"})
         else:
             why = _why_discarded(d.layer, b, i, q, cutoff, config)
-        grid.append(CandidateScore(d.layer, d.position, b, i, q, why, est))
+            why |= {"raced"} if out else set()
+        grid.append(CandidateScore(d.layer, d.position, b, i, q, why, est, m if out else None))
     if all(math.isnan(c.bypass) for c in grid):
         raise DirectionError(
             f"every one of the {len(grid)} candidates is zero or scored NaN; the harmful "
@@ -294,93 +306,8 @@ def score_candidates(
         n_harmless=nl,
         forward_passes=0 if hit else grid_scores.forward_passes,
         reference_forward_passes=grid_scores.base_forward_passes + 3 * len(dirs),
-    )
-
-
-@dataclass(frozen=True)
-class GridScores:
-    """The measured scores of a candidate grid, as the disk cache keeps them.
-
-    Axes: ``cand`` the scored-or-screened candidates (zero vectors and skipped late layers
-    excluded), ``prompt`` the harmful then the harmless selection prompts.
-
-    Attributes:
-        scores: ``[cand, 3]`` mean bypass, induce and KL per candidate, float64; NaN where a
-            candidate was screened out.
-        scored: ``[cand]`` whether each candidate was scored exactly.
-        estimate: ``[cand]`` the screening's first-order bypass estimate (NaN without screening).
-        base: ``[prompt]`` the unmodified model's refusal log-odds.
-        forward_passes: Passes the measurement took, screening included.
-        base_forward_passes: Passes of the baseline scoring alone.
-    """
-
-    scores: Tensor
-    scored: Tensor
-    estimate: Tensor
-    base: Tensor
-    forward_passes: int
-    base_forward_passes: int
-
-
-def _measure_grid(
-    model: LoadedModel,
-    live: list[Direction],
-    harmful: list[str],
-    harmless: list[str],
-    tokens: RefusalTokens,
-    config: DirectionConfig,
-    cutoff: int,
-) -> GridScores:
-    """The passes of selection: every live candidate's scores, the screening and the baselines."""
-    prompts = harmful + harmless
-    nh, nl = len(harmful), len(harmless)
-    base, n_base = map_last_logits(model, prompts, lambda rows, x: x, batch_size=config.batch_size)
-    estimate = torch.full((len(live),), math.nan, dtype=torch.float64)
-    scored = torch.ones(len(live), dtype=torch.bool)
-    n_screen = 0
-    if config.screen is not None and sum(d.layer < cutoff for d in live) > config.screen:
-        moment, _, n_screen = ablation_moment(model, harmful, tokens, batch_size=config.batch_size)
-        base_h = float(refusal_score_from_logits(base[:nh], tokens).mean())
-        estimate = estimated_bypass(moment, base_h, live)
-        keep = screen(estimate, config.screen, [d.layer < cutoff for d in live])
-        scored = torch.zeros(len(live), dtype=torch.bool)
-        scored[keep] = True
-    chosen = [d for d, done in zip(live, scored.tolist(), strict=True) if done]
-    k = len(chosen)
-    part = torch.empty(k, 3, dtype=torch.float64)
-    n_abl = n_ind = 0
-    if chosen:
-        # Pass 1: every candidate ablated on every prompt; rows are candidate-major.
-        def ablated(rows: Sequence[int], logits: Tensor) -> Tensor:
-            idx = torch.tensor(list(rows)) % len(prompts)
-            score = refusal_score_from_logits(logits, tokens)
-            return torch.stack([score, kl_divergence(base[idx], logits)], dim=1)  # [batch, 2]
-
-        plan = PerRow(tuple((Ablate(d),) for d in chosen for _ in prompts))
-        shown = ("candidates ablated", "candidate", len(prompts))
-        abl, n_abl = map_last_logits(
-            model, prompts * k, ablated, [plan], max_batch=config.max_rows, shown_as=shown
-        )
-        abl = abl.view(k, len(prompts), 2)  # [cand, prompt, (score, kl)]
-        part[:, 0], part[:, 2] = abl[:, :nh, 0].mean(1), abl[:, nh:, 1].mean(1)
-
-        # Pass 2: every candidate added at its layer on the harmless prompts.
-        plan = PerRow(tuple((Add(d),) for d in chosen for _ in harmless))
-        shown = ("candidates added", "candidate", len(harmless))
-        induce = lambda rows, x: refusal_score_from_logits(x, tokens)  # noqa: E731
-        ind, n_ind = map_last_logits(
-            model, harmless * k, induce, [plan], max_batch=config.max_rows, shown_as=shown
-        )
-        part[:, 1] = ind.view(k, nl).mean(1)
-    scores = torch.full((len(live), 3), math.nan, dtype=torch.float64)
-    scores[scored] = part
-    return GridScores(
-        scores=scores,
-        scored=scored,
-        estimate=estimate,
-        base=refusal_score_from_logits(base, tokens),
-        forward_passes=n_base + n_screen + n_abl + n_ind,
-        base_forward_passes=n_base,
+        rows=0 if hit else grid_scores.rows,
+        exhaustive_rows=int(grid_scores.scored.sum()) * (nh + 2 * nl),
     )
 
 
