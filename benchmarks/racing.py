@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from refusal_probe import find_refusal_direction, load_model
+from refusal_probe import TensorCache, find_refusal_direction, load_model
 from refusal_probe.audit.direction import direction_config
 from refusal_probe.audit.policy import load_policy
 from refusal_probe.errors import ScoringError
@@ -39,12 +40,12 @@ MODELS = (
 )
 
 
-def select(model: Any, fx: Any, config: Any) -> dict[str, Any]:
+def select(model: Any, fx: Any, config: Any, cache: Any = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
-        res = find_refusal_direction(model, fx, config)
+        res = find_refusal_direction(model, fx, config, cache=cache)
     except ScoringError:  # a model that rarely refuses: the audit fits on unfiltered prompts
-        res = find_refusal_direction(model, fx, replace(config, filter_prompts=False))
+        res = find_refusal_direction(model, fx, replace(config, filter_prompts=False), cache=cache)
     s = res.selection
     chosen = (s.chosen.layer, s.chosen.position) if s.chosen else None
     return {
@@ -64,18 +65,28 @@ def main() -> None:
     ap.add_argument("--policies", nargs="*", default=["audits/policy.toml"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--grammar", action="store_true", help="the grammar set for every model")
+    ap.add_argument(
+        "--share-captures",
+        action="store_true",
+        help="one temporary disk cache for both runs: the raced run reuses the exhaustive run's "
+        "captures (selection itself is keyed apart), so compare rows, not seconds",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "runs": []}
     for spec in args.models:
         model = load_model(spec)
-        natural = not spec.startswith("organism-") or spec.startswith("organism-smol")
+        natural = not args.grammar and (
+            not spec.startswith("organism-") or spec.startswith("organism-smol")
+        )
         fx = load_fixtures(FIXTURES_DIR / "prompts" / ("natural" if natural else ""))
         for policy in args.policies:
             settings = load_policy(policy).settings
             config = replace(direction_config(model.n_layers, settings, seed=0), n_resamples=100)
-            full = select(model, fx, config)
-            raced = select(model, fx, replace(config, race=True))
+            cache = TensorCache(tempfile.mkdtemp()) if args.share_captures else None
+            full = select(model, fx, config, cache)
+            raced = select(model, fx, replace(config, race=True), cache)
             row = {
                 "model": spec,
                 "policy": policy,
