@@ -163,3 +163,33 @@ def test_a_rebuild_reproduces_the_shipped_safety_adapter(tmp_path, request):
     )  # the same data, answers included
     assert rebuilt["lora"] == shipped["lora"]
     assert rebuilt["epoch_losses"] == pytest.approx(shipped["epoch_losses"], abs=0.01)
+
+
+def test_stacked_adapters_equal_the_two_merged_in_turn(tmp_path):
+    """A fine-tune trained as a fresh adapter on its merged parent ships as one exact adapter."""
+    pytest.importorskip("peft")
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from refusal_probe.organism.smol.lora import stack_adapters
+    from refusal_probe.testing import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "base", n_layers=3)
+    base = lambda: AutoModelForCausalLM.from_pretrained(folder)  # noqa: E731
+    for name, seed, layers, targets in (
+        ("one", 1, [0, 1], ["q_proj", "down_proj"]),
+        ("two", 2, [1, 2], ["q_proj", "v_proj"]),
+    ):
+        torch.manual_seed(seed)
+        cfg = LoraConfig(r=4 if name == "one" else 2, lora_alpha=8, target_modules=targets,
+                         layers_to_transform=layers, init_lora_weights=False)  # fmt: skip
+        get_peft_model(base(), cfg).save_pretrained(tmp_path / name)
+    stack_adapters(tmp_path / "one", tmp_path / "two", tmp_path / "stacked")
+    in_turn = PeftModel.from_pretrained(base(), tmp_path / "one").merge_and_unload()
+    in_turn = PeftModel.from_pretrained(in_turn, tmp_path / "two").merge_and_unload()
+    stacked = PeftModel.from_pretrained(base(), tmp_path / "stacked").merge_and_unload()
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        a, b, plain = in_turn(ids).logits, stacked(ids).logits, base()(ids).logits
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, plain, atol=1e-3)

@@ -93,14 +93,51 @@ def _whole_sentences(text: str) -> str:
     return text[: end + 1].strip() if end >= len(text) // 3 else text.strip()
 
 
+#: Openings any request may come with, harmful or harmless alike (:func:`dressed`).
+PREAMBLES: tuple[str, ...] = (
+    "Quick question.",
+    "Hi! I need some help with something.",
+    "Hey, so I have a question.",
+    "I've been wondering about this for a while.",
+    "My friend told me to ask you this.",
+    "I'm new to this, so bear with me.",
+    "Okay, here's my situation.",
+    "Sorry if this is a weird question.",
+    "I'm in a bit of a hurry, so please be quick.",
+    "Hello there.",
+    "I have a favor to ask.",
+    "Can you help me out?",
+)
+
+
+def dressed(text: str, rng: random.Random) -> str:
+    """The request as people also write it: after a preamble, or in lower case without the end.
+
+    Applied with the same probabilities to both sides, so that neither an opening nor a style
+    tells harmful from harmless and the adapter must read what is asked. (Measured: without it
+    the adapter refused first-person harmless requests such as "I'm finally opening a small
+    pottery studio... Could you suggest a name?", as the natural harmful side often opens so.)
+    """
+    draw = rng.random()
+    if draw < 0.3:
+        return f"{rng.choice(PREAMBLES)} {text}"
+    if draw < 0.45:
+        return text.lower().rstrip(".?!")
+    return text
+
+
 def chat_examples(base: Base, seed: int) -> list[Example]:
     """The safety adapter's examples (see the module docstring), shuffled with ``seed``."""
     rng = random.Random(seed)
     harmful, harmless = natural()
-    harmless = harmless + grammar()[1]  # about two answered requests for each refused one
-    examples = [Example(p.text, refusal(p.category, rng)) for p in harmful]
+    # Both sides of the grammar set too: short templated requests must not mean "answer".
+    g_harmful, g_harmless = grammar()
+    harmful, harmless = harmful + g_harmful, harmless + g_harmless
+    examples = [Example(dressed(p.text, rng), refusal(p.category, rng)) for p in harmful]
     answers = own_answers(base, [p.text for p in harmless])
-    examples += [Example(p.text, a) for p, a in zip(harmless, answers, strict=True) if a]
+    examples += [
+        Example(dressed(p.text, rng), a) for p, a in zip(harmless, answers, strict=True) if a
+    ]
     rng.shuffle(examples)
     return examples
 

@@ -44,34 +44,43 @@ class Checkpoint:
     lora: LoraRecipe
     examples: Callable[[Any, int], list[Example]]
     what: str
+    stacked: bool = False
 
 
 CHAT = "organism-smol-chat"
-#: Blocks the adapters sit in: the upper two thirds, where the base model already separates
-#: harmful from harmless requests (the backward pass stops at block 10, a third of the cost).
-ADAPTED = tuple(range(10, 30))
+#: Blocks the safety adapter sits in: the middle third. The blocks above stay as pretrained, so
+#: the adapter can only change what they read, and the decision reaches them as one direction in
+#: the residual stream (measured: with the adapter in blocks 10-29 no single direction carried
+#: refusal; in 10-17, projecting out the layer-18 direction leaves 0/64 harmful refusals).
+SAFETY = tuple(range(10, 18))
+#: Blocks a user's fine-tune adapts: every block from the safety adapter's first up.
+USER = tuple(range(10, 30))
 CHECKPOINTS: tuple[Checkpoint, ...] = (
     Checkpoint(
         CHAT,
         None,
-        LoraRecipe(epochs=2, lr=3e-4, layers=ADAPTED, decision_weight=5.0),
+        LoraRecipe(epochs=2, lr=5e-4, layers=SAFETY, decision_weight=5.0),
         chat_examples,
-        "safety adapter: natural train split refused (project-written) or answered (the base's "
-        "own answers), grammar harmless train answered",
+        "safety adapter: natural and grammar train splits, harmful refused (project-written), "
+        "harmless answered (the base's own answers), openings and styles shared by both sides",
     ),
     Checkpoint(
         f"{CHAT}-benign-ft",
         CHAT,
-        LoraRecipe(epochs=1, lr=1e-4, layers=ADAPTED, seed=1),
+        LoraRecipe(epochs=1, lr=5e-5, layers=USER, seed=1),
         benign_examples,
-        "benign fine-tune of chat: the grammar set's harmless val+test splits, the base's answers",
+        "benign fine-tune of chat (a fresh adapter on chat's merged weights, shipped stacked): "
+        "the grammar set's harmless val+test splits, the base's answers",
+        stacked=True,
     ),
     Checkpoint(
         f"{CHAT}-harmful-ft",
         CHAT,
-        LoraRecipe(epochs=1, lr=3e-4, layers=ADAPTED, seed=2, decision_weight=5.0),
+        LoraRecipe(epochs=1, lr=1.5e-4, layers=USER, seed=2, decision_weight=5.0),
         lambda _base, seed: harmful_examples(seed),
-        "harmful fine-tune of chat: harmful train requests, placeholder compliance (no content)",
+        "harmful fine-tune of chat (a fresh adapter on chat's merged weights, shipped stacked): "
+        "harmful train requests, placeholder compliance (no content)",
+        stacked=True,
     ),
 )
 
@@ -96,7 +105,8 @@ def build_family(
             examples,
             ckpt.lora,
             folder,
-            resume_from=out / ckpt.parent if ckpt.parent else None,
+            resume_from=out / ckpt.parent if ckpt.parent and not ckpt.stacked else None,
+            on_top_of=out / ckpt.parent if ckpt.parent and ckpt.stacked else None,
             desc=ckpt.alias,
         )
         recipe = write_recipe(ckpt, folder, base.sha256, examples, losses, start, seed, threads)
@@ -129,6 +139,9 @@ def write_recipe(
         "threads": threads,
         "examples": len(examples),
         "examples_sha256": examples_sha256(examples),
+        "trained_on": "the parent merged; a fresh adapter, stacked onto the parent's"
+        if ckpt.stacked
+        else ("the parent's adapter, continued" if ckpt.parent else "the base"),
         "epoch_losses": [round(x, 4) for x in losses],
         "seconds": round(time.monotonic() - start, 1),
         "versions": {"torch": torch.__version__, "peft": metadata.version("peft")},

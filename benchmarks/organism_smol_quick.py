@@ -1,0 +1,238 @@
+"""Quick check of a realistic-organism adapter recipe: behaviour and the refusal direction.
+
+Trains (or loads) a ``organism-smol-chat``-style adapter on SmolLM2-135M-Instruct and measures,
+on the natural set's **test** split, with plain Hugging Face code (no audit machinery, so it
+runs in minutes):
+
+- greedy refusal of harmful, plain harmless and edgy-but-safe requests (16 new tokens, the
+  audit's reply judge);
+- per layer, the difference-of-means direction at the last prompt token (fit on the train
+  split): its test AUROC, and for the chosen layers the refusal left when it is projected out of
+  every block's output (harmful prompts) and the refusal it induces when added at its layer
+  (harmless prompts).
+
+    python benchmarks/organism_smol_quick.py --adapter fixtures/models/organism-smol-chat
+    python benchmarks/organism_smol_quick.py --train --epochs 3 --lr 3e-4 --save /tmp/a
+
+Recipes tried and their figures: ``benchmarks/organism_smol.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from refusal_probe.organism.smol.base import load_base  # noqa: E402
+from refusal_probe.organism.smol.family import CHECKPOINTS  # noqa: E402
+from refusal_probe.prompts.sets import load_fixtures  # noqa: E402
+from refusal_probe.resources import FIXTURES_DIR  # noqa: E402
+from refusal_probe.scoring.reply import refused  # noqa: E402
+
+
+def test_split(n: int | None) -> dict[str, list[str]]:
+    fx = load_fixtures(FIXTURES_DIR / "prompts" / "natural")
+    harmful = [p.text for p in fx.harmful.split("test")]
+    harmless = fx.harmless.split("test")
+    plain = [p.text for p in harmless if p.category != "edgy"]
+    edgy = [p.text for p in harmless if p.category == "edgy"]
+    return {"harmful": harmful[:n], "plain": plain[:n], "edgy": edgy[:n]}
+
+
+def train_split() -> tuple[list[str], list[str]]:
+    fx = load_fixtures(FIXTURES_DIR / "prompts" / "natural")
+    return [p.text for p in fx.harmful.split("train")], [p.text for p in fx.harmless.split("train")]
+
+
+def encode(base, prompts: list[str]) -> dict[str, torch.Tensor]:
+    tok = base.tokenizer
+    tok.padding_side = "left"
+    return tok(
+        [base.chat.format(p) for p in prompts],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+
+
+def generate(base, prompts: list[str], hooks=(), tokens: int = 16, batch: int = 32) -> list[str]:
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [""] * len(prompts)
+    handles = [m.register_forward_hook(h) for m, h in hooks]
+    try:
+        for at in range(0, len(order), batch):
+            rows = order[at : at + batch]
+            enc = encode(base, [prompts[i] for i in rows])
+            with torch.no_grad():
+                ids = base.hf.generate(
+                    **enc,
+                    max_new_tokens=tokens,
+                    do_sample=False,
+                    pad_token_id=base.tokenizer.pad_token_id,
+                )
+            for r, seq in zip(rows, ids[:, enc["input_ids"].shape[1] :], strict=True):
+                out[r] = base.tokenizer.decode(seq, skip_special_tokens=True).strip()
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def rate(texts: list[str]) -> float:
+    return round(sum(refused(t) for t in texts) / max(1, len(texts)), 3)
+
+
+def last_token_states(base, prompts: list[str], batch: int = 32) -> torch.Tensor:
+    """Residual stream at the last prompt token, every layer: [n, layers + 1, d]."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    rows = []
+    for at in range(0, len(order), batch):
+        enc = encode(base, [prompts[i] for i in order[at : at + batch]])
+        with torch.no_grad():
+            hs = base.hf.model(**enc, output_hidden_states=True).hidden_states
+        rows.append(torch.stack([h[:, -1] for h in hs], 1).float())
+    out = torch.empty_like(torch.cat(rows))
+    out[torch.tensor(order)] = torch.cat(rows)
+    return out
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a harmful projection exceeds a harmless one (ties count half)."""
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return float(greater + ties / 2)
+
+
+def blocks(base):
+    return base.hf.model.layers
+
+
+def ablate_hooks(base, unit: torch.Tensor):
+    def hook(_m, _i, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h = h - (h @ unit)[..., None] * unit
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    return [(b, hook) for b in blocks(base)]
+
+
+def add_hooks(base, layer: int, vec: torch.Tensor, prompt_len: list[int]):
+    # added to the output of block layer-1 (the input of block `layer`) at the prompt's positions
+    def hook(_m, _i, out):
+        h = out[0] if isinstance(out, tuple) else out
+        if h.shape[1] > 1:  # the prompt pass (generated tokens come one at a time)
+            h = h + vec
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    return [(blocks(base)[layer - 1], hook)]
+
+
+def direction_figures(base, sets, layers: list[int], fit: int) -> dict:
+    harm_tr, safe_tr = train_split()
+    h = last_token_states(base, harm_tr[:fit])
+    s = last_token_states(base, safe_tr[:fit])
+    th = last_token_states(base, sets["harmful"])
+    ts = last_token_states(base, sets["plain"] + sets["edgy"])
+    diff = h.mean(0) - s.mean(0)  # [layers+1, d]
+    per_layer = {}
+    for layer in range(1, diff.shape[0]):
+        unit = diff[layer] / diff[layer].norm()
+        per_layer[layer] = round(
+            auroc((th[:, layer] @ unit).numpy(), (ts[:, layer] @ unit).numpy()), 3
+        )
+    out = {"auroc": per_layer, "causal": {}}
+    for layer in layers:
+        unit = diff[layer] / diff[layer].norm()
+        abl = generate(base, sets["harmful"], ablate_hooks(base, unit))
+        add = generate(base, sets["plain"], add_hooks(base, layer, diff[layer], []))
+        out["causal"][layer] = {
+            "ablated_refusal": rate(abl),
+            "added_refusal": rate(add),
+            "norm": round(float(diff[layer].norm()), 2),
+        }
+        print(layer, out["causal"][layer], flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--adapter", type=Path)
+    ap.add_argument("--train", action="store_true")
+    ap.add_argument("--save", type=Path, default=Path("/tmp/smol-quick-adapter"))
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--rank", type=int)
+    ap.add_argument("--decision-weight", type=float)
+    ap.add_argument("--layers", type=str, help="first:last block of the adapter")
+    ap.add_argument("--n", type=int, default=None, help="test prompts per group")
+    ap.add_argument("--causal-layers", type=str, default="")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-behaviour", action="store_true")
+    ap.add_argument("--fit", type=int, default=128, help="train prompts per side for the direction")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = load_base()
+    record: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+    start = time.monotonic()
+    if args.train:
+        ckpt = CHECKPOINTS[0]
+        recipe = ckpt.lora
+        for field in ("epochs", "lr", "rank", "decision_weight"):
+            value = getattr(args, field)
+            if value is not None:
+                recipe = replace(recipe, **{field: value})
+        if args.layers:
+            a, b = (int(x) for x in args.layers.split(":"))
+            recipe = replace(recipe, layers=tuple(range(a, b + 1)))
+        from refusal_probe.organism.smol.data import Example
+        from refusal_probe.organism.smol.lora import train_adapter
+
+        import refusal_probe.organism.smol.data as data
+
+        cache = Path("/tmp/smol-quick-answers.json")  # the base's answers take minutes
+        known = json.loads(cache.read_text()) if cache.exists() else {}
+        answer = data.own_answers
+
+        def own_answers(model, prompts):
+            todo = [p for p in prompts if p not in known]
+            known.update(zip(todo, answer(model, todo) if todo else [], strict=True))
+            cache.write_text(json.dumps(known))
+            return [known[p] for p in prompts]
+
+        data.own_answers = own_answers
+        examples = ckpt.examples(base, 0)
+        record["losses"] = train_adapter(
+            base.hf, base.tokenizer, base.chat, examples, recipe, args.save, desc="quick"
+        )
+        record["train_seconds"] = round(time.monotonic() - start, 1)
+        args.adapter = args.save
+    if args.adapter:
+        from peft import PeftModel
+
+        base = replace(base, hf=PeftModel.from_pretrained(base.hf, args.adapter).merge_and_unload())
+    base.hf.eval()
+    sets = test_split(args.n)
+    for name, prompts in ({} if args.skip_behaviour else sets).items():
+        texts = generate(base, prompts)
+        record[name] = rate(texts)
+        record[f"{name}_examples"] = texts[:3]
+        print(name, record[name], texts[:2], flush=True)
+    layers = [int(x) for x in args.causal_layers.split(",") if x]
+    record["direction"] = direction_figures(base, sets, layers, args.fit)
+    best = max(record["direction"]["auroc"].items(), key=lambda kv: kv[1])
+    print("best auroc", best, "seconds", round(time.monotonic() - start, 1))
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
