@@ -193,10 +193,8 @@ def main() -> None:
         if args.layers:
             a, b = (int(x) for x in args.layers.split(":"))
             recipe = replace(recipe, layers=tuple(range(a, b + 1)))
-        from refusal_probe.organism.smol.data import Example
-        from refusal_probe.organism.smol.lora import train_adapter
-
         import refusal_probe.organism.smol.data as data
+        from refusal_probe.organism.smol.lora import train_adapter
 
         cache = Path("/tmp/smol-quick-answers.json")  # the base's answers take minutes
         known = json.loads(cache.read_text()) if cache.exists() else {}
