@@ -29,6 +29,13 @@ def grid_measure(bypass: np.ndarray, kl: np.ndarray, induce: np.ndarray, calls: 
     return measure
 
 
+def race_grid(layers, n, bypass, kl, induce, calls, config=None):
+    """Race a grid of ``n`` prompts a class read from full matrices, with the module's bars."""
+    measure = grid_measure(bypass, kl, induce, calls)
+    return race(layers, n, n, measure, cutoff=CUTOFF, kl_threshold=KL, induce_threshold=INDUCE,
+                config=config)  # fmt: skip
+
+
 def exhaustive_winner(layers, bypass, kl, induce):
     ok = [
         c
@@ -85,15 +92,7 @@ def test_survivors_carry_the_exhaustive_means_and_the_winner_is_the_exhaustive_o
         n = int(rng.choice([16, 32, 64]))
         layers, b, q, i = random_grid(rng, int(rng.integers(2, 24)), n)
         calls: list = []
-        res = race(
-            layers,
-            n,
-            n,
-            grid_measure(b, q, i, calls),
-            cutoff=CUTOFF,
-            kl_threshold=KL,
-            induce_threshold=INDUCE,
-        )
+        res = race_grid(layers, n, b, q, i, calls)
         for c in range(len(layers)):
             if not res.raced_out[c]:
                 assert int(res.seen[c]) == n
@@ -115,16 +114,7 @@ def test_late_layers_and_filter_failures_leave_after_the_first_round():
     i = np.ones((4, n))
     i[3] = -2.0  # adding it does not induce refusal
     calls: list = []
-    res = race(
-        layers,
-        n,
-        n,
-        grid_measure(b, q, i, calls),
-        cutoff=CUTOFF,
-        kl_threshold=KL,
-        induce_threshold=INDUCE,
-        config=RaceConfig(first=8),
-    )
+    res = race_grid(layers, n, b, q, i, calls, RaceConfig(first=8))
     assert res.raced_out.tolist() == [False, True, True, True]
     assert res.seen.tolist() == [32, 8, 8, 8]
     assert calls[0][0] == [0, 1, 2, 3] and all(c[0] == [0] for c in calls[1:])
