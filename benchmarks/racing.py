@@ -85,7 +85,7 @@ def main() -> None:
             settings = load_policy(policy).settings
             config = replace(direction_config(model.n_layers, settings, seed=0), n_resamples=100)
             cache = TensorCache(tempfile.mkdtemp()) if args.share_captures else None
-            full = select(model, fx, config, cache)
+            full = select(model, fx, replace(config, race=False), cache)
             raced = select(model, fx, replace(config, race=True), cache)
             row = {
                 "model": spec,
