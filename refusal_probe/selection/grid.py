@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -31,6 +32,9 @@ from refusal_probe.scoring.refusal import (
 )
 from refusal_probe.selection.racing import RaceConfig, race
 from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
+
+if TYPE_CHECKING:  # selection.py imports this module
+    from refusal_probe.selection.selection import DirectionConfig
 
 
 @dataclass(frozen=True)
@@ -72,22 +76,18 @@ def measure_grid(
     harmful: list[str],
     harmless: list[str],
     tokens: RefusalTokens,
-    config: object,
+    config: DirectionConfig,
     cutoff: int,
 ) -> GridScores:
-    """Every live candidate's scores, the screening and the baselines.
-
-    ``config`` is a :class:`~refusal_probe.selection.selection.DirectionConfig` (its ``screen``,
-    ``race``, thresholds and batching are read).
-    """
+    """Every live candidate's scores, the screening and the baselines."""
     prompts = harmful + harmless
     nh, nl = len(harmful), len(harmless)
-    batch_size = getattr(config, "batch_size", None)
+    batch_size = config.batch_size
     base, n_base = map_last_logits(model, prompts, lambda rows, x: x, batch_size=batch_size)
     estimate = torch.full((len(live),), math.nan, dtype=torch.float64)
     scored = torch.ones(len(live), dtype=torch.bool)
     n_screen = 0
-    n_keep = getattr(config, "screen", None)
+    n_keep = config.screen
     if n_keep is not None and sum(d.layer < cutoff for d in live) > n_keep:
         moment, _, n_screen = ablation_moment(model, harmful, tokens, batch_size=batch_size)
         base_h = float(refusal_score_from_logits(base[:nh], tokens).mean())
@@ -104,16 +104,16 @@ def measure_grid(
         return _per_prompt(model, picked, harmful, harmless, rows_h, rows_l, base, tokens, config)
 
     k = len(chosen)
-    if getattr(config, "race", False) and k > 1:
+    if config.race and k > 1:
         raced = race(
             [d.layer for d in chosen],
             nh,
             nl,
             measure,
             cutoff=cutoff,
-            kl_threshold=config.kl_threshold,  # type: ignore[attr-defined]
-            induce_threshold=config.induce_threshold,  # type: ignore[attr-defined]
-            config=RaceConfig(seed=getattr(config, "seed", 0)),
+            kl_threshold=config.kl_threshold,
+            induce_threshold=config.induce_threshold,
+            config=RaceConfig(seed=config.seed),
         )
         part, part_seen, part_out = raced.scores, raced.seen, raced.raced_out
         n_cand, rows = raced.forward_passes, raced.rows
@@ -151,7 +151,7 @@ def _per_prompt(
     rows_l: Sequence[int],
     base: Tensor,
     tokens: RefusalTokens,
-    config: object,
+    config: DirectionConfig,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Per-prompt bypass ``[k, h]``, KL ``[k, l]`` and induce ``[k, l]`` on the given rows."""
     k, nh = len(cands), len(harmful)
@@ -159,7 +159,7 @@ def _per_prompt(
     sub_l = [harmless[r] for r in rows_l]
     base_rows = torch.tensor([*rows_h, *(nh + r for r in rows_l)], dtype=torch.long)
     prompts = sub_h + sub_l
-    max_rows = getattr(config, "max_rows", None)
+    max_rows = config.max_rows
     empty = torch.empty(k, 0, dtype=torch.float64)
     if not prompts or not k:
         return empty, empty, empty.view(k, 0), 0
