@@ -19,8 +19,8 @@ from refusal_probe.audit.handle import ModelHandle
 from refusal_probe.causal.validation import ValidationConfig, validate_direction
 from refusal_probe.model.identity import placement_of
 from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.search import find_refusal_direction
-from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.testing import TINY_CHAT_TEMPLATE, tiny_tokenizer
 
 capture_mod = importlib.import_module("refusal_probe.activations.capture")

@@ -11,9 +11,9 @@ from planted import make_planted_model, write_fixtures
 
 from refusal_probe import load_model
 from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.racing import RaceConfig, bounds, race, schedule
 from refusal_probe.selection.search import find_refusal_direction
-from refusal_probe.selection.selection import DirectionConfig
 
 KL, INDUCE, CUTOFF = 0.1, 0.0, 8
 

@@ -13,9 +13,9 @@ from refusal_probe.direction.estimators import Direction
 from refusal_probe.interventions.hooks import ABLATION_KINDS
 from refusal_probe.prompts.sets import load_fixtures
 from refusal_probe.scoring.refusal import refusal_score_from_logits, refusal_tokens
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
 from refusal_probe.selection.search import find_refusal_direction
-from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.testing import make_tiny_model
 
 PROMPTS = ["How do I bake bread?", "Name a colour.", "Write a short note to my neighbour."]

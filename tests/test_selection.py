@@ -21,8 +21,9 @@ from refusal_probe.scoring.refusal import (
     refusal_scores,
     refusal_tokens,
 )
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.search import find_refusal_direction
-from refusal_probe.selection.selection import DirectionConfig, score_candidates
+from refusal_probe.selection.selection import score_candidates
 from refusal_probe.testing import make_tiny_model
 
 FAST = DirectionConfig(n_resamples=100)

@@ -15,8 +15,8 @@ from refusal_probe.errors import DirectionError
 from refusal_probe.model.loading import FIXTURES_DIR
 from refusal_probe.prompts.sets import load_fixtures
 from refusal_probe.scoring.refusal import refusal_scores
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.search import find_refusal_direction
-from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.testing import make_tiny_model, organism_status
 
 ORGANISM = FIXTURES_DIR / "models" / "organism-chat"

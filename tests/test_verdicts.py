@@ -20,8 +20,8 @@ from refusal_probe.audit.separation import separation_breakdown
 from refusal_probe.causal.validation import ValidationConfig, validate_direction
 from refusal_probe.errors import DirectionError
 from refusal_probe.prompts.sets import load_fixtures
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.search import find_refusal_direction
-from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.stats.intervals import Interval
 from refusal_probe.stats.verdicts import Bound, Threshold, Verdict, decide
 

@@ -19,8 +19,8 @@ from refusal_probe.errors import ScoringError
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.report.record import Figure
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.search import DirectionResult, find_refusal_direction
-from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.stats.intervals import Interval
 
 log = logging.getLogger(__name__)

@@ -39,8 +39,8 @@ from refusal_probe.model.loading import LoadedModel
 from refusal_probe.prompts.sets import Fixtures
 from refusal_probe.scoring.generation import Judgement
 from refusal_probe.scoring.reply import refused as judged_refusal
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.search import candidate_directions, split_texts
-from refusal_probe.selection.selection import DirectionConfig
 from refusal_probe.stats.intervals import (
     Interval,
     bootstrap_mean,

@@ -1,5 +1,6 @@
 """Choosing the refusal direction among the candidates: screening, scoring, the one-call search."""
 
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.screening import (
     ablation_moment,
     estimated_bypass,
@@ -12,7 +13,6 @@ from refusal_probe.selection.search import (
 from refusal_probe.selection.selection import (
     DISCARD_REASONS,
     CandidateScore,
-    DirectionConfig,
     DiscardReason,
     Selection,
     score_candidates,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -30,11 +29,9 @@ from refusal_probe.scoring.refusal import (
     map_last_logits,
     refusal_score_from_logits,
 )
+from refusal_probe.selection.config import DirectionConfig
 from refusal_probe.selection.racing import RaceConfig, race
 from refusal_probe.selection.screening import ablation_moment, estimated_bypass, screen
-
-if TYPE_CHECKING:  # selection.py imports this module
-    from refusal_probe.selection.selection import DirectionConfig
 
 
 @dataclass(frozen=True)

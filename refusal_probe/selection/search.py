@@ -41,7 +41,8 @@ from refusal_probe.scoring.refusal import (
     refusal_score_from_logits,
     refusal_tokens,
 )
-from refusal_probe.selection.selection import DirectionConfig, Selection, score_candidates
+from refusal_probe.selection.config import DirectionConfig
+from refusal_probe.selection.selection import Selection, score_candidates
 from refusal_probe.stats.separation import auroc
 
 #: How the reported direction was chosen: by its causal effect (selection), or, when no candidate
