@@ -110,12 +110,33 @@ def _given(args: list[str], option: str) -> bool:
     return any(a == option or a.startswith(option + "=") for a in args)
 
 
+def _candidates(run: str) -> dict[int, object] | None:
+    """A run's per-layer candidates from the direction file beside its audit.json, if any."""
+    from refusal_probe.audit.store import load_direction
+    from refusal_probe.errors import ReportError
+    from refusal_probe.report.schema import read_record
+
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    path = folder / "direction.safetensors"
+    if not path.is_file():
+        return None
+    check = read_record(run).check("representation.separation_auroc")
+    sha = ((check.details or {}).get("direction") or {}).get("vector_sha256") if check else None
+    try:
+        artifact = load_direction(path, sha)
+    except ReportError as exc:
+        print(f"warning: {exc}; the comparison leaves out the per-layer cosine", file=sys.stderr)
+        return None
+    return dict(zip(artifact.layers, artifact.per_layer, strict=True))
+
+
 def cmd_compare(a: str, b: str, out: str | None) -> int:
     """Write the comparison page of two runs and print a one-line summary."""
     from refusal_probe.report.compare import compare_files, compare_records
     from refusal_probe.report.schema import read_record
 
-    path = compare_files(a, b, out)
+    candidates = (_candidates(a), _candidates(b))
+    path = compare_files(a, b, out, candidates)
     counts = compare_records(read_record(a), read_record(b)).counts()
     print(
         f"B vs A: {counts['worse']} worse, {counts['better']} better, {counts['same']} unchanged, "

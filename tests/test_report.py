@@ -644,3 +644,56 @@ def test_cli_audit_runs_the_suite_with_pytest(tmp_path: Path) -> None:
         timeout=300,
     )
     assert r.returncode == 4 and "does not exist" in r.stderr
+
+
+def _representation(separation: list[float], bypass: list[float], layer: int) -> CheckRecord:
+    """A representation check with the per-layer figures the audit writes (layers 0-3)."""
+    figures = (
+        Figure("line", "Separation per layer at position -1 (held-out test split)",
+               {"x": [0, 1, 2, 3], "series": [{"name": "difference of means", "y": separation}]}),
+        Figure("heatmap", "Selection grid: bypass score of each candidate",
+               {"values": [[v] for v in bypass], "x_labels": ["-1"],
+                "y_labels": ["0", "1", "2", "3"]}),
+    )  # fmt: skip
+    base = check("representation.separation_auroc", value=separation[layer])
+    details = {"direction": {"layer": layer, "position": -1}}
+    return replace(base, figures=figures, details=details)
+
+
+def test_compare_shows_what_changed_per_layer(tmp_path: Path) -> None:
+    """Separation of both runs, their candidates' cosine and bypass, layer by layer."""
+    import torch
+
+    from refusal_probe.audit.store import save_direction
+    from refusal_probe.direction.estimators import Direction
+
+    a = record(checks=(_representation([0.5, 0.6, 0.7, 0.7], [1.0, 0.5, 0.2, 0.1], 2),))
+    b = record(
+        checks=(_representation([0.5, 0.8, 0.99, 0.98], [1.0, -2.0, -4.0, -3.0], 2),),
+        run_id="20250102T000000Z-abcdef",
+    )
+    per_layer = {"a": torch.eye(4, 64), "b": torch.eye(4, 64)}
+    per_layer["b"][3] = -per_layer["b"][3]  # layer 3 flips; the others agree
+    folders = {}
+    for name, rec in (("a", a), ("b", b)):
+        folders[name] = write_report(rec, tmp_path / name)
+        direction = Direction(per_layer[name][2].double(), 2, -1, "diff_means", 8, 8)
+        path = folders[name] / "direction.safetensors"
+        save_direction(path, direction, per_layer[name], (0, 1, 2, 3))
+    cmp = compare_records(a, b, ({0: per_layer["a"][0]}, None))
+    assert cmp.layers is not None and [r.cosine for r in cmp.layers.rows] == [None] * 4
+    assert any("no direction file" in n for n in cmp.layers.notes)
+    out = tmp_path / "c.html"
+    assert main(["compare", str(folders["a"]), str(folders["b"]), "-o", str(out)]) == 0
+    html = out.read_text()
+    assert 'id="per-layer"' in html and html.count("<tr data-layer=") == 4
+    cmp = compare_records(
+        a, b, tuple({i: v for i, v in enumerate(per_layer[k])} for k in ("a", "b"))
+    )
+    rows = {r.layer: r for r in cmp.layers.rows}
+    assert rows[2].separation_delta == pytest.approx(0.29)
+    assert [rows[i].cosine for i in range(4)] == pytest.approx([1.0, 1.0, 1.0, -1.0])
+    assert (rows[1].bypass_a, rows[1].bypass_b) == (0.5, -2.0)
+    assert cmp.layers.direction_layers == (2, 2)
+    plain = compare_records(record(), record())  # no representation check: no per-layer view
+    assert plain.layers is None

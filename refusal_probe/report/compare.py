@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refusal_probe.atomic import write_text_atomic
 from refusal_probe.errors import ReportError
+from refusal_probe.report.layers import SEPARATION, LayerChanges, layer_changes
 from refusal_probe.report.record import AuditRecord, CheckRecord
 from refusal_probe.report.render import environment
 from refusal_probe.report.schema import read_record
 
 _RANK = {"pass": 0, "inconclusive": 1, "fail": 2, None: -1}
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,15 @@ class Comparison:
         b: The second run (usually the candidate).
         pairs: Every check id of either run, in A's order then B's.
         notes: Caveats: different policies, prompt sets, or schema versions.
+        layers: What changed per layer (:mod:`refusal_probe.report.layers`), when a run has the
+            representation check.
     """
 
     a: AuditRecord
     b: AuditRecord
     pairs: tuple[CheckPair, ...]
     notes: tuple[str, ...]
+    layers: LayerChanges | None = None
 
     def counts(self) -> dict[str, int]:
         """How many checks got worse, better, stayed the same, or ran in one run only."""
@@ -60,8 +69,21 @@ class Comparison:
         return out
 
 
-def compare_records(a: AuditRecord, b: AuditRecord) -> Comparison:
-    """Pair the checks of two runs by id and note what makes them hard to compare."""
+Candidates = Mapping[int, "Tensor"]
+#: Both runs' candidates (A, B); ``None`` where a run has no direction file.
+Pair = tuple[Candidates | None, Candidates | None]
+
+
+def compare_records(
+    a: AuditRecord,
+    b: AuditRecord,
+    candidates: Pair = (None, None),
+) -> Comparison:
+    """Pair the checks of two runs by id, compare them per layer, note what hinders comparing.
+
+    ``candidates``: each run's per-layer difference-of-means candidates at its direction position
+    (its ``direction.safetensors``), for the per-layer cosine; ``None`` leaves the cosine out.
+    """
     ids = [c.id for c in a.checks] + [c.id for c in b.checks if a.check(c.id) is None]
     pairs = []
     for cid in ids:
@@ -93,7 +115,10 @@ def compare_records(a: AuditRecord, b: AuditRecord) -> Comparison:
     for r, name in ((a, "A"), (b, "B")):
         if r.status != "complete":
             notes.append(f"Run {name} is incomplete ({r.status}).")
-    return Comparison(a, b, tuple(pairs), tuple(notes))
+    layers = (
+        layer_changes(a, b, *candidates) if a.check(SEPARATION) or b.check(SEPARATION) else None
+    )
+    return Comparison(a, b, tuple(pairs), tuple(notes), layers)
 
 
 def render_comparison(cmp: Comparison) -> str:
@@ -101,19 +126,25 @@ def render_comparison(cmp: Comparison) -> str:
     return environment().get_template("compare.html").render(c=cmp, counts=cmp.counts())
 
 
-def compare_files(a: str | Path, b: str | Path, out: str | Path | None = None) -> Path:
+def compare_files(
+    a: str | Path,
+    b: str | Path,
+    out: str | Path | None = None,
+    candidates: Pair = (None, None),
+) -> Path:
     """Compare two audit.json files and write the page atomically.
 
     Args:
         a: The first run's audit.json (or its folder), usually the baseline.
         b: The second run's audit.json (or its folder).
         out: Where to write the page; default ``compare-<runA>-vs-<runB>.html`` beside B's folder.
+        candidates: Each run's per-layer candidates (see :func:`compare_records`).
 
     Raises:
         ReportError: Either file is missing, corrupted or of an unreadable schema version.
     """
     ra, rb = read_record(a), read_record(b)
-    html = render_comparison(compare_records(ra, rb))
+    html = render_comparison(compare_records(ra, rb, candidates))
     target = (
         Path(out)
         if out
