@@ -178,3 +178,27 @@ def test_a_warm_cache_runs_no_forward_pass_and_gives_the_same_result(planted, tm
     assert warm.selection.forward_passes == 0 and warm.forward_passes["filter"] == 0
     assert warm.selection.grid == cold.selection.grid
     assert torch.equal(warm.direction.vector, cold.direction.vector)
+
+
+def test_split_texts_samples_every_category_not_the_files_first_prompts():
+    """A file sorted by category gives a stratified, seeded sample in file order."""
+    from pathlib import Path
+
+    from refusal_probe.prompts.loaded import prompt_set
+    from refusal_probe.prompts.sets import Fixtures, Prompt
+    from refusal_probe.selection.search import split_texts
+
+    def side(name: str, categories: list[str]) -> list[Prompt]:
+        return [Prompt(f"{name}{c}{i}", f"{name} {c} {i}", c, "val")
+                for c in categories for i in range(8)]  # fmt: skip
+
+    harmful, harmless = side("h", ["a", "b", "c", "d"]), side("l", ["w", "x", "y", "z"])
+    fx = Fixtures(Path("."), prompt_set("harmful", harmful), prompt_set("harmless", harmless))
+    h, l_ = split_texts(fx, "val", 8)
+    assert len(h) == len(l_) == 8
+    assert {t.split()[1] for t in h} == {"a", "b", "c", "d"}  # two of each, not the first 8 "a"
+    assert {t.split()[1] for t in l_} == {"w", "x", "y", "z"}
+    order = [p.text for p in harmful]
+    assert h == sorted(h, key=order.index)  # file order kept
+    assert split_texts(fx, "val", 8) == (h, l_)  # seeded
+    assert split_texts(fx, "val") == (order, [p.text for p in harmless])  # no n: all

@@ -21,7 +21,6 @@ need the tokenizer and are built by the localization (:mod:`refusal_probe.audit.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from refusal_probe.model.sources import ORGANISM_ALIASES
 from refusal_probe.prompts import sets
 from refusal_probe.prompts.loaded import LoadedPrompts, prompt_set
 from refusal_probe.prompts.loading import Fields, load_user_prompts
-from refusal_probe.prompts.sets import Fixtures, Prompt
+from refusal_probe.prompts.sets import Fixtures, stratified_sample
 from refusal_probe.prompts.variants import TEMPLATE_FAMILIES, content_sha256, jailbreak_variants
 from refusal_probe.resources import FIXTURES_DIR
 
@@ -347,20 +346,6 @@ def _sample_test(resolved: ResolvedPrompts, limit: int, seed: int) -> ResolvedPr
         "policy's test_prompts setting; 0 audits every test prompt, with narrower intervals)."
     )
     return replace(resolved, fixtures=fixtures, notes=(*resolved.notes, note))
-
-
-def stratified_sample(prompts: list[Prompt], k: int, seed: str) -> list[Prompt]:
-    """``k`` of ``prompts``, each category keeping its share (largest remainders), seeded."""
-    rng = random.Random(seed)
-    groups: dict[str, list[Prompt]] = {}
-    for p in prompts:
-        groups.setdefault(p.category, []).append(p)
-    quota = {c: k * len(g) / len(prompts) for c, g in groups.items()}
-    take = {c: int(q) for c, q in quota.items()}
-    for c in sorted(quota, key=lambda c: (take[c] - quota[c], c))[: k - sum(take.values())]:
-        take[c] += 1
-    chosen = [p for c in sorted(groups) for p in rng.sample(groups[c], take[c])]
-    return sorted(chosen, key=prompts.index)
 
 
 def _with_jailbreaks(resolved: ResolvedPrompts, seed: int) -> ResolvedPrompts:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,3 +358,17 @@ def matched_pairs(pairs: Iterable[Pair], tokenizer_len: Any) -> list[Pair]:
         tokenizer_len: ``text -> int`` token count (for example the length of the encoded prompt).
     """
     return [p for p in pairs if tokenizer_len(p.harmful) == tokenizer_len(p.harmless)]
+
+
+def stratified_sample(prompts: list[Prompt], k: int, seed: str) -> list[Prompt]:
+    """``k`` of ``prompts``, each category keeping its share (largest remainders), seeded."""
+    rng = random.Random(seed)
+    groups: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        groups.setdefault(p.category, []).append(p)
+    quota = {c: k * len(g) / len(prompts) for c, g in groups.items()}
+    take = {c: int(q) for c, q in quota.items()}
+    for c in sorted(quota, key=lambda c: (take[c] - quota[c], c))[: k - sum(take.values())]:
+        take[c] += 1
+    chosen = [p for c in sorted(groups) for p in rng.sample(groups[c], take[c])]
+    return sorted(chosen, key=prompts.index)

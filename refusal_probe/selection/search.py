@@ -33,7 +33,7 @@ from refusal_probe.direction.estimators import (
 from refusal_probe.direction.separation import LayerSeparation, project, separation_curve
 from refusal_probe.errors import DirectionError
 from refusal_probe.model.loading import LoadedModel
-from refusal_probe.prompts.sets import Fixtures
+from refusal_probe.prompts.sets import Fixtures, stratified_sample
 from refusal_probe.scoring.refusal import (
     RefusalTokens,
     filter_by_score,
@@ -268,18 +268,25 @@ def candidate_directions(
 def split_texts(
     fixtures: Fixtures, split: str, n: int | None = None
 ) -> tuple[list[str], list[str]]:
-    """The harmful and harmless texts of one split (the first ``n`` of each, if given).
+    """The harmful and harmless texts of one split; with ``n``, at most ``n`` of each.
+
+    The ``n`` are a seeded sample stratified by category (:func:`stratified_sample`), in file
+    order, never the file's first ``n``: prompt files are often sorted by category, and the first
+    16 of the natural set's validation split are two harm categories and three harmless topics.
 
     Raises:
         DirectionError: A class has no prompts in the split.
     """
-    h, l_ = fixtures.harmful.texts(split), fixtures.harmless.texts(split)
+    h, l_ = fixtures.harmful.split(split), fixtures.harmless.split(split)
     if not h or not l_:
         raise DirectionError(
             f"split {split!r} has {len(h)} harmful and {len(l_)} harmless prompts; both "
             "classes need prompts"
         )
-    return (h[:n], l_[:n]) if n is not None else (h, l_)
+    if n is not None:
+        h = stratified_sample(h, n, f"{split}-harmful") if len(h) > n else h
+        l_ = stratified_sample(l_, n, f"{split}-harmless") if len(l_) > n else l_
+    return [p.text for p in h], [p.text for p in l_]
 
 
 @dataclass(frozen=True)
