@@ -33,6 +33,7 @@ def direction_config(n_layers: int, settings: Settings, seed: int) -> DirectionC
         batch_size=s.batch_size,
         n_resamples=s.resamples,
         seed=seed,
+        n_fit=s.fit_prompts or None,
         n_select=s.selection_prompts,
         layers=(
             tuple(range(0, n_layers, s.selection_layer_stride))
