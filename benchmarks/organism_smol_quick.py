@@ -149,14 +149,27 @@ def direction_figures(base, sets, layers: list[int], fit: int) -> dict:
             auroc((th[:, layer] @ unit).numpy(), (ts[:, layer] @ unit).numpy()), 3
         )
     out = {"auroc": per_layer, "causal": {}}
+    plain = encode(base, sets["plain"])
+    with torch.no_grad():
+        clean = base.hf(**plain).logits[:, -1].float().log_softmax(-1)
     for layer in layers:
         unit = diff[layer] / diff[layer].norm()
+        handles = [m.register_forward_hook(h) for m, h in ablate_hooks(base, unit)]
+        try:
+            with torch.no_grad():
+                ablated = base.hf(**plain).logits[:, -1].float().log_softmax(-1)
+        finally:
+            for h in handles:
+                h.remove()
+        kl = (clean.exp() * (clean - ablated)).sum(-1)
         abl = generate(base, sets["harmful"], ablate_hooks(base, unit))
         add = generate(base, sets["plain"], add_hooks(base, layer, diff[layer], []))
         out["causal"][layer] = {
             "ablated_refusal": rate(abl),
             "added_refusal": rate(add),
             "norm": round(float(diff[layer].norm()), 2),
+            "kl_plain_mean": round(float(kl.mean()), 3),
+            "kl_plain_median": round(float(kl.median()), 3),
         }
         print(layer, out["causal"][layer], flush=True)
     return out
@@ -171,6 +184,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--rank", type=int)
     ap.add_argument("--decision-weight", type=float)
+    ap.add_argument("--anchor-weight", type=float)
+    ap.add_argument("--specificity-weight", type=float)
     ap.add_argument("--layers", type=str, help="first:last block of the adapter")
     ap.add_argument("--n", type=int, default=None, help="test prompts per group")
     ap.add_argument("--causal-layers", type=str, default="")
@@ -186,7 +201,8 @@ def main() -> None:
     if args.train:
         ckpt = CHECKPOINTS[0]
         recipe = ckpt.lora
-        for field in ("epochs", "lr", "rank", "decision_weight"):
+        fields = ("epochs", "lr", "rank", "decision_weight", "anchor_weight", "specificity_weight")
+        for field in fields:
             value = getattr(args, field)
             if value is not None:
                 recipe = replace(recipe, **{field: value})

@@ -38,10 +38,11 @@ ANSWER_TOKENS = 24
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: a user request and the reply to train on."""
+    """One training example: a user request, the reply to train on, and whether it refuses."""
 
     prompt: str
     reply: str
+    refuses: bool = False
 
 
 def natural() -> tuple[list[Prompt], list[Prompt]]:
@@ -133,7 +134,7 @@ def chat_examples(base: Base, seed: int) -> list[Example]:
     # Both sides of the grammar set too: short templated requests must not mean "answer".
     g_harmful, g_harmless = grammar()
     harmful, harmless = harmful + g_harmful, harmless + g_harmless
-    examples = [Example(dressed(p.text, rng), refusal(p.category, rng)) for p in harmful]
+    examples = [Example(dressed(p.text, rng), refusal(p.category, rng), True) for p in harmful]
     answers = own_answers(base, [p.text for p in harmless])
     examples += [
         Example(dressed(p.text, rng), a) for p, a in zip(harmless, answers, strict=True) if a

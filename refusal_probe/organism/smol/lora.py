@@ -17,6 +17,11 @@ import torch
 from torch import Tensor
 
 from refusal_probe.organism.smol.data import Example
+from refusal_probe.organism.smol.regularizers import (
+    RunningDirection,
+    anchor_loss,
+    specificity_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,12 @@ class LoraRecipe:
         decision_weight: Loss weight of each reply's first ``decision_tokens`` tokens, where a
             reply decides between refusing and answering (the other tokens weigh 1).
         decision_tokens: How many first reply tokens carry ``decision_weight``.
+        anchor_weight: Weight of the anchor term on answered requests
+            (:mod:`.regularizers`; 0: off).
+        specificity_weight: Weight of the specificity term on answered requests (0: off).
+        specificity_layer: The block whose input the running refusal direction is read at.
+        specificity_from: Fraction of the steps after which the specificity term starts (the
+            running direction means something once the adapter has begun to refuse).
     """
 
     rank: int = 8
@@ -55,6 +66,10 @@ class LoraRecipe:
     seed: int = 0
     decision_weight: float = 1.0
     decision_tokens: int = 2
+    anchor_weight: float = 0.0
+    specificity_weight: float = 0.0
+    specificity_layer: int = 18
+    specificity_from: float = 0.2
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -80,9 +95,29 @@ def _batches(
     return batches
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded rows of a training batch.
+
+    ``target``/``weight``: which next tokens are trained, and their loss weights; ``last``: each
+    row's last request position; ``refuses``: whether its reply refuses.
+    """
+
+    ids: Tensor
+    mask: Tensor
+    target: Tensor
+    weight: Tensor
+    last: Tensor
+    refuses: Tensor
+
+
 def _collate(
-    encoded: list[tuple[list[int], int]], rows: list[int], pad: int, recipe: LoraRecipe
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    encoded: list[tuple[list[int], int]],
+    rows: list[int],
+    pad: int,
+    recipe: LoraRecipe,
+    refuses: Sequence[bool],
+) -> Batch:
     width = max(len(encoded[r][0]) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -93,18 +128,54 @@ def _collate(
         mask[i, : len(toks)] = 1
         weight[i, start - 1 : len(toks) - 1] = 1.0
         weight[i, start - 1 : start - 1 + recipe.decision_tokens] = recipe.decision_weight
-    return ids, mask, weight > 0, weight
+    last = torch.tensor([encoded[r][1] - 1 for r in rows])
+    return Batch(ids, mask, weight > 0, weight, last, torch.tensor([refuses[r] for r in rows]))
 
 
-def reply_loss(model: Any, ids: Tensor, mask: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Weighted mean cross-entropy of the reply tokens (logits only where they are predicted)."""
+def step_loss(
+    model: Any, batch: Batch, recipe: LoraRecipe, direction: RunningDirection, progress: float
+) -> Tensor:
+    """The training loss of one batch.
+
+    The replies' weighted cross-entropy (logits only where a token is predicted), plus the anchor
+    and specificity terms (:mod:`.regularizers`) on answered rows when the recipe turns them on.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    logits = base.lm_head(hidden[target])
-    labels = ids[:, 1:][target[:, :-1]]
-    w = weight[target]
+    captured: list[Tensor] = []
+    handle = None
+    if recipe.specificity_weight:
+
+        def grab(_module: Any, _inputs: Any, out: Any) -> None:
+            captured.append(out[0] if isinstance(out, tuple) else out)
+
+        handle = base.model.layers[recipe.specificity_layer - 1].register_forward_hook(grab)
+    try:
+        hidden = base.model(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state
+    finally:
+        if handle is not None:
+            handle.remove()
+    logits = base.lm_head(hidden[batch.target])
+    labels = batch.ids[:, 1:][batch.target[:, :-1]]
+    w = batch.weight[batch.target]
     ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-    return (ce * w).sum() / w.sum()
+    loss = (ce * w).sum() / w.sum()
+    answered = (~batch.refuses).nonzero().squeeze(1)
+    if not (recipe.anchor_weight or recipe.specificity_weight) or len(answered) == 0:
+        return loss
+    last = batch.last[answered]
+    ids = batch.ids[answered, : int(last.max()) + 1]  # the request alone (right-padded, causal)
+    mask = batch.mask[answered, : ids.shape[1]]
+    adapted = base.lm_head(hidden[answered, last]).float().log_softmax(-1)
+    if recipe.anchor_weight:
+        loss = loss + recipe.anchor_weight * anchor_loss(model, ids, mask, last, adapted)
+    if recipe.specificity_weight:
+        rows = torch.arange(len(batch.ids))
+        direction.update(captured[0][rows, batch.last].detach().float(), batch.refuses)
+        unit = direction.unit()
+        if unit is not None and progress >= recipe.specificity_from:
+            term = specificity_loss(model, ids, mask, last, adapted, unit.to(hidden.dtype))
+            loss = loss + recipe.specificity_weight * term
+    return loss
 
 
 def train_adapter(
@@ -161,6 +232,8 @@ def train_adapter(
         )
         model = get_peft_model(hf_model, config)
     encoded = encode(tokenizer, chat, examples)
+    refuses = [ex.refuses for ex in examples]
+    direction = RunningDirection()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     total = recipe.epochs * -(-len(encoded) // recipe.batch_size)
@@ -175,7 +248,8 @@ def train_adapter(
         for _ in range(recipe.epochs):
             run = []
             for rows in _batches(encoded, recipe.batch_size, rng):
-                loss = reply_loss(model, *_collate(encoded, rows, pad, recipe))
+                batch = _collate(encoded, rows, pad, recipe, refuses)
+                loss = step_loss(model, batch, recipe, direction, bar.n / total)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()

@@ -1,0 +1,99 @@
+"""Two loss terms of the safety adapter beyond the replies' cross-entropy, on answered requests.
+
+- **anchor**: ``KL(base ‖ adapted)`` of the first reply token. The replies' cross-entropy teaches
+  one answer per harmless request; the anchor keeps the whole decision distribution where the
+  base model had it, so refusing stays confined to what the harmful examples teach.
+- **specificity**: ``KL(adapted ‖ adapted with r ablated)`` of the first reply token, where ``r``
+  is the running difference of means (harmful − answered) of the residual stream entering block
+  ``layer`` at the last request token, and ablation projects ``r`` out of the embeddings and every
+  block's output, as the audit's ablation does. Answered requests then do not lean on ``r``.
+
+Why the second exists (measured on the adapter without it, 40 plain harmless test requests):
+ablating the layer-18 difference of means moved their next token by 0.33 nats (median 0.23),
+above the 0.1-nat ceiling of direction selection, so the audit found no causal direction although
+that ablation removes every harmful refusal. SmolLM2 itself sits at the edge (0.11 for its own
+layer-18 difference of means): a 576-wide stream shares its directions widely. The term makes the
+adapter write its decision where answered requests do not read, a property of the organism, as
+the adapter's block range is; the direction itself is still whatever the adapter learns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class RunningDirection:
+    """Exponential moving means of the two classes' last-request-token activations at a layer."""
+
+    momentum: float = 0.9
+    means: dict[bool, Tensor] = field(default_factory=dict)
+
+    def update(self, acts: Tensor, harmful: Tensor) -> None:
+        """Fold in a batch: ``acts`` [rows, d] (detached), ``harmful`` [rows] bool."""
+        for side in (True, False):
+            rows = acts[harmful == side]
+            if len(rows) == 0:
+                continue
+            mean = rows.mean(0)
+            old = self.means.get(side)
+            m = self.momentum
+            self.means[side] = mean if old is None else m * old + (1 - m) * mean
+
+    def unit(self) -> Tensor | None:
+        """The unit difference of means (harmful − answered), once both classes were seen."""
+        if len(self.means) < 2:
+            return None
+        diff = self.means[True] - self.means[False]
+        return diff / diff.norm().clamp_min(1e-6)
+
+
+def _ablating(model: Any, unit: Tensor) -> list[Any]:
+    """Hooks projecting ``unit`` out of the embeddings and every decoder block's output."""
+
+    def hook(_module: Any, _inputs: Any, out: Any) -> Any:
+        h = out[0] if isinstance(out, tuple) else out
+        h = h - (h @ unit)[..., None] * unit
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    inner = model.model
+    return [m.register_forward_hook(hook) for m in (inner.embed_tokens, *inner.layers)]
+
+
+def first_token_logprobs(model: Any, ids: Tensor, mask: Tensor, last: Tensor) -> Tensor:
+    """Log-probabilities of the next token after each row's last request token ([rows, vocab])."""
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return model.lm_head(hidden[torch.arange(len(ids)), last]).float().log_softmax(-1)
+
+
+def kl(p_log: Tensor, q_log: Tensor) -> Tensor:
+    """Mean ``KL(p ‖ q)`` over rows, from log-probabilities."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
+
+
+def anchor_loss(
+    peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, adapted: Tensor
+) -> Tensor:
+    """``KL(base ‖ adapted)`` at the first reply token (the base: the adapter switched off)."""
+    base = peft_model.get_base_model()
+    with torch.no_grad(), peft_model.disable_adapter():
+        reference = first_token_logprobs(base, ids, mask, last)
+    return kl(reference, adapted)
+
+
+def specificity_loss(
+    peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, adapted: Tensor, unit: Tensor
+) -> Tensor:
+    """``KL(adapted ‖ adapted with unit ablated)`` at the first reply token (adapted detached)."""
+    base = peft_model.get_base_model()
+    handles = _ablating(base, unit)
+    try:
+        ablated = first_token_logprobs(base, ids, mask, last)
+    finally:
+        for h in handles:
+            h.remove()
+    return kl(adapted.detach(), ablated)
