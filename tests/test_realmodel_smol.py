@@ -41,9 +41,11 @@ def tier(request, tmp_path_factory):
         (cache / shared).symlink_to(default_cache_dir() / shared, target_is_directory=True)
     policy = root / "policy-ci.toml"
     policy.write_text(
-        # policy-fast.toml's selection grid; fixed n (Wilson intervals): the assertions below
-        # compare bounds of two checkpoints
-        'extends = "default"\n\n[settings]\nselection_prompts = 16\nselection_layer_stride = 2\n'
+        # policy-fast.toml's selection grid, fit on 128 train prompts per class as the reference
+        # method does (benchmarks/fit_prompts.json); fixed n (Wilson intervals): the assertions
+        # below compare bounds of two checkpoints
+        'extends = "default"\n\n[settings]\nfit_prompts = 128\nselection_prompts = 16\n'
+        "selection_layer_stride = 2\n"
         f"selection_positions = 1\ntest_prompts = {CI_TEST_PROMPTS}\nsequential = false\n",
         encoding="utf-8",
     )
