@@ -15,6 +15,10 @@ that ablation removes every harmful refusal. SmolLM2 itself sits at the edge (0.
 layer-18 difference of means): a 576-wide stream shares its directions widely. The term makes the
 adapter write its decision where answered requests do not read, a property of the organism, as
 the adapter's block range is; the direction itself is still whatever the adapter learns.
+
+Measured (``benchmarks/organism_smol.md``): with both terms (weights 1 and 2) the layer-18 ablation
+KL fell to 0.07 nats and over-refusal to 0.13, but harmful refusal fell from 0.94 to 0.70;
+specificity alone over-refused 0.59. The shipped adapter uses neither (the weights default to 0).
 """
 
 from __future__ import annotations
