@@ -22,7 +22,8 @@ from torch import Tensor
 
 from refusal_probe import progress as progress_
 from refusal_probe.activations.cache import TensorCache, cache_key, cached
-from refusal_probe.activations.runner import StopForward, batched, forward
+from refusal_probe.activations.prefix import after_prefix
+from refusal_probe.activations.runner import StopForward, batched, forward, keep_last
 from refusal_probe.activations.sites import POST_INSTRUCTION, SITE_KINDS, Positions, Site, hook_name
 from refusal_probe.errors import CaptureError
 from refusal_probe.model.devices import PerDevice, auto_batch_size
@@ -246,9 +247,16 @@ def _run(
         for rows in chunks:
             batch = model.chat.encode([prompts[i] for i in rows]).to(model.device)
             buf = torch.empty((len(rows), *shape[1:]), dtype=torch.float32, device=model.device)
-            reader = _Reader(buf, positions.index(batch), w_o, deepest)
-            hooks = [(hook_name(s), reader.hook(j, s)) for j, s in enumerate(sites)]
-            forward(model, batch, hooks, stoppable=True)
+            index = positions.index(batch)
+            reader = _Reader(buf, index, w_o, deepest)
+            # Positions after the batch's shared template tokens let those run once.
+            start = batch.seq_len - batch.attention_mask.sum(-1) + batch.shared
+            after = bool((index >= start[:, None].to(index.device)).all())
+            hooks = [
+                (hook_name(s), after_prefix(reader.hook(j, s)) if after else reader.hook(j, s))
+                for j, s in enumerate(sites)
+            ]
+            forward(model, batch, hooks, stoppable=True, **keep_last(model))
             if len(reader.filled) != len(sites):
                 silent = [str(s) for j, s in enumerate(sites) if j not in reader.filled]
                 raise CaptureError(

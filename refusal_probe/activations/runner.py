@@ -3,11 +3,15 @@
 Every forward in the package goes through :func:`forward`, so the attention mask and position ids
 are always passed (a left-padded batch without them gives wrong activations), and every hook is
 removed when the call returns, whatever happens inside it. It is also where work is counted:
-inside :func:`counting`, each pass adds to a :class:`Work` tally (passes, token positions).
+inside :func:`counting`, each pass adds to a :class:`Work` tally (passes, token positions). And
+it is where a batch's shared leading tokens (a chat template's system prompt) run once for the
+whole batch, where its hooks allow (:mod:`refusal_probe.activations.prefix`).
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -18,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from refusal_probe.activations import prefix
 from refusal_probe.model.chat import Encoded
 from refusal_probe.model.loading import LoadedModel
 
@@ -65,7 +70,10 @@ def forward(
     Args:
         model: The loaded model.
         batch: An encoded, left-padded batch (moved to the model's device here).
-        hooks: ``(hook_name, fn)`` pairs; ``fn(activation, hook)`` may return a replacement.
+        hooks: ``(hook_name, fn)`` pairs; ``fn(activation, hook)`` may return a replacement. Where
+            every hook says what it does with positions and the pass keeps only the last
+            ``logits_to_keep`` positions' logits, the batch's shared leading tokens run once
+            (:mod:`refusal_probe.activations.prefix`); the logits are the same.
         stoppable: If true, a hook may raise :class:`StopForward` to end the pass early; the
             function then returns ``None``.
         **model_kwargs: Passed on to the bridge's forward (for example ``logits_to_keep=1``, or
@@ -76,11 +84,16 @@ def forward(
         Logits ``[batch, pos, vocab]``, or ``None`` when stopped early.
     """
     batch = batch.to(model.device)
+    shared = prefix.plan(model, batch, hooks, **model_kwargs)
     work = _WORK.get()
     if work is not None:
         work.passes += 1
-        work.tokens += int(batch.input_ids.numel())
+        work.tokens += int(batch.input_ids.numel()) - (batch.input_ids.shape[0] - 1) * shared
     try:
+        if shared:
+            logits = _forward_shared(model, batch, hooks, shared, model_kwargs)
+            if logits is not None:
+                return logits
         with model.bridge.hooks(fwd_hooks=list(hooks)):
             return model.bridge.forward(
                 batch.input_ids,
@@ -92,6 +105,66 @@ def forward(
         if not stoppable:
             raise
         return None
+
+
+def _forward_shared(
+    model: LoadedModel,
+    batch: Encoded,
+    hooks: Sequence[Hook],
+    shared: int,
+    model_kwargs: dict[str, Any],
+) -> Tensor | None:
+    """The pass with the first ``shared`` tokens run once; ``None`` if the model kept no cache.
+
+    The shared tokens run as a batch of one with the hooks that act the same everywhere; their
+    KV cache (the caller's own ``past_key_values``, when given, so a decoding loop goes on from
+    it) is repeated for every row, and each row's rest runs on it with every hook.
+    """
+    from transformers import DynamicCache
+
+    kwargs = {k: v for k, v in model_kwargs.items() if k not in ("past_key_values", "use_cache")}
+    cache = model_kwargs.get("past_key_values")
+    cache = DynamicCache() if cache is None else cache
+    head = prefix.head(batch, shared)
+    same = [(name, fn) for name, fn in hooks if prefix.role(fn) == "same"]
+    rest = [
+        (name, prefix.padded(fn, shared) if prefix.role(fn) == "after" else fn)
+        for name, fn in hooks
+    ]
+    with kv_cache_alias(model), warnings.catch_warnings():
+        # Hugging Face 5.x renamed the argument to ``cache``; the bridge passes the old name.
+        warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+        with model.bridge.hooks(fwd_hooks=same):
+            model.bridge.forward(
+                head,
+                attention_mask=torch.ones_like(head),
+                position_ids=torch.arange(shared, device=head.device)[None, :],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        if cache.get_seq_length() != shared:  # an architecture whose bridge ignores the cache
+            return None
+        cache.batch_repeat_interleave(batch.input_ids.shape[0])
+        with model.bridge.hooks(fwd_hooks=rest):
+            return model.bridge.forward(
+                batch.input_ids[:, shared:],
+                attention_mask=prefix.rest_mask(batch, shared),
+                position_ids=batch.position_ids[:, shared:],
+                past_key_values=cache,
+                use_cache=True,
+                **kwargs,
+            )
+
+
+def keep_last(model: LoadedModel) -> dict[str, Any]:
+    """``forward``'s arguments to unembed the last position only, where the model allows it.
+
+    For passes that read activations and end early: the unembedding of every other position is
+    skipped if one completes, and the batch's shared leading tokens may run once.
+    """
+    params = inspect.signature(model.hf_model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
 def last_logits(

@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from refusal_probe.activations.prefix import same_everywhere
 from refusal_probe.activations.runner import Hook
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.direction.estimators import Direction, check_fits
@@ -97,7 +98,7 @@ class Ablate:
     def hooks(self, model: LoadedModel, rows: Sequence[int] | None = None) -> list[Hook]:
         """Hooks for one forward pass (``rows`` is ignored: every row is ablated)."""
         check_fits(model, self.direction)
-        fn = partial(_ablate_hook, unit=PerDevice(self.direction.unit.float()))
+        fn = same_everywhere(partial(_ablate_hook, unit=PerDevice(self.direction.unit.float())))
         return [
             (hook_name(Site(layer, kind)), fn)
             for layer in range(model.n_layers)
@@ -142,7 +143,8 @@ class Add:
             raise DirectionError(
                 f"{self!r}: layer {self.at} is outside the model's {model.n_layers} layers"
             )
-        fn = partial(_add_hook, vector=PerDevice(self.direction.vector.float() * self.alpha), span=self.span)
+        vector = PerDevice(self.direction.vector.float() * self.alpha)
+        fn = same_everywhere(partial(_add_hook, vector=vector, span=self.span))
         return [(hook_name(Site(self.at, "resid_pre")), fn)]
 
 

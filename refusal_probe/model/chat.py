@@ -27,6 +27,9 @@ from refusal_probe.errors import ChatFormatError
 
 log = logging.getLogger(__name__)
 
+#: Fewest shared leading tokens worth a pass of their own (:attr:`Encoded.shared`).
+MIN_SHARED = 8
+
 #: The documented fallback for models without a chat template.
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
@@ -43,6 +46,10 @@ class Encoded:
         position_ids: Rotary/absolute positions counted from each prompt's first real token.
         last_instruction: Index of each prompt's last instruction token, ``[batch]``.
         n_post: Length of the post-instruction span (the same for every prompt).
+        shared: How many tokens every row starts with alike (after its padding), all of them
+            the chat template's before the user's text (a system prompt, the user header): a
+            forward pass may run them once for the whole batch
+            (:func:`refusal_probe.activations.runner.forward`). 0: none worth sharing.
     """
 
     input_ids: Int[Tensor, "batch pos"]
@@ -50,6 +57,7 @@ class Encoded:
     position_ids: Int[Tensor, "batch pos"]
     last_instruction: Int[Tensor, " batch"]
     n_post: int
+    shared: int = 0
 
     def to(self, device: torch.device | str) -> Encoded:
         """Return the batch on ``device``."""
@@ -59,6 +67,7 @@ class Encoded:
             self.position_ids.to(device),
             self.last_instruction.to(device),
             self.n_post,
+            self.shared,
         )
 
     @property
@@ -94,6 +103,7 @@ class ChatFormat:
         self.template_sha256 = hashlib.sha256(text.encode()).hexdigest()
         self.prefix, self.suffix = self._split(_SENTINEL)
         self.n_post = self._count_post(_SENTINEL)
+        self.n_head = self._count_head(_SENTINEL)
         if self.n_post < 1:
             raise ChatFormatError(
                 "the chat template adds no tokens after the user's text, so there is no "
@@ -174,7 +184,11 @@ class ChatFormat:
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         offsets = torch.tensor([width - len(r) for r in rows])
         last_instruction = offsets + torch.tensor(last_instr)
-        return Encoded(input_ids, mask, position_ids, last_instruction, self.n_post)
+        shared = _common_head(rows, min(self.n_head, *last_instr))
+        return Encoded(
+            input_ids, mask, position_ids, last_instruction, self.n_post,
+            shared if shared >= MIN_SHARED else 0,
+        )
 
     # -----------------------------------------------------------------------------------------
 
@@ -238,6 +252,18 @@ class ChatFormat:
         )
         return ids, boundary_tok
 
+    def _count_head(self, sentinel: str) -> int:
+        """Tokens of the template wholly before the user's text (one that runs into it is not)."""
+        full = self.format(sentinel)
+        start = len(self.prefix)
+        if getattr(self.tokenizer, "is_fast", False):
+            enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+            return sum(1 for _, end in enc["offset_mapping"] if end <= start)
+        # Slow tokenizers: the tokens before the user's text, less the last (it may have merged
+        # across the boundary).
+        ids, n_tail = self._ids_after(full, start)
+        return max(len(ids) - n_tail - 1, 0)
+
     def _count_post(self, sentinel: str) -> int:
         full = self.format(sentinel)
         return self._ids_after(full, len(full) - len(self.suffix))[1]
@@ -291,3 +317,12 @@ NO_TEMPLATE_WARNING = (
     "chat model prompted that way may not refuse at all. If this is a chat model, give its "
     "folder a tokenizer_config.json with its chat_template"
 )
+
+
+def _common_head(rows: list[list[int]], limit: int) -> int:
+    """How many of their first ``limit`` tokens all ``rows`` share."""
+    n = min(limit, *(len(r) for r in rows))
+    first = rows[0]
+    for r in rows[1:]:
+        n = next((i for i in range(n) if r[i] != first[i]), n)
+    return n

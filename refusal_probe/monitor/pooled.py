@@ -22,7 +22,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from refusal_probe.activations.runner import StopForward, batched, forward
+from refusal_probe.activations.prefix import after_prefix
+from refusal_probe.activations.runner import StopForward, batched, forward, keep_last
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.model.devices import auto_batch_size
 from refusal_probe.model.loading import LoadedModel
@@ -121,23 +122,26 @@ def pooled_activations(
             owners.append(idx[at_ends.nonzero()[:, 0]])
             ends.append(torch.empty(int(at_ends.sum()), len(layers), d))
             seen: list[int] = []
+            # The pools and ends lie in the user's text, after any shared template tokens.
             hooks = [
                 (
                     hook_name(Site(layer, "resid_post")),
-                    partial(
-                        _pool,
-                        out=out,
-                        at=(idx, k),
-                        last=lay.last_instruction,
-                        text=text,
-                        seen=seen,
-                        n=len(layers),
-                        ends=(ends[-1], at_ends),
+                    after_prefix(
+                        partial(
+                            _pool,
+                            out=out,
+                            at=(idx, k),
+                            last=lay.last_instruction,
+                            text=text,
+                            seen=seen,
+                            n=len(layers),
+                            ends=(ends[-1], at_ends),
+                        )
                     ),
                 )
                 for k, layer in enumerate(layers)
             ]
-            forward(model, batch, hooks, stoppable=True)
+            forward(model, batch, hooks, stoppable=True, **keep_last(model))
     cat = torch.cat(ends) if ends else torch.empty(0, len(layers), d)
     owner = torch.cat(owners) if owners else torch.empty(0, dtype=torch.long)
     return Pooled(out, RequestEnds(cat, owner, n))

@@ -15,7 +15,6 @@ for a list of prompts. The jailbreak monitor (:mod:`refusal_probe.monitor.fit`) 
 
 from __future__ import annotations
 
-import inspect
 import math
 import weakref
 from collections.abc import Sequence
@@ -26,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from refusal_probe.activations.runner import Hook, StopForward, batched, forward
+from refusal_probe.activations.prefix import after_prefix, last_positions
+from refusal_probe.activations.runner import Hook, StopForward, batched, forward, keep_last
 from refusal_probe.activations.sites import Site, hook_name, logits_hook_name
 from refusal_probe.direction.estimators import Direction, check_fits
 from refusal_probe.errors import MonitorError
@@ -147,21 +147,18 @@ class OutputReadout:
 #: Any readout a :class:`SignalReader` takes.
 AnyReadout = Readout | OutputReadout
 
-#: Template tokens before the user's text, per chat format (computed once per format).
-_OFFSETS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 #: Token ids that end a sentence, per tokenizer (computed once per tokenizer).
 _STOPS: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
 
 
 def instruction_offset(model: LoadedModel) -> int:
-    """Tokens of the chat template before the user's text (from a prompt's first real token)."""
-    chat = model.chat
-    if chat not in _OFFSETS:
-        sentinel = "Hello there"
-        batch = chat.encode([sentinel])
-        own = len(model.tokenizer(sentinel, add_special_tokens=False)["input_ids"])
-        _OFFSETS[chat] = max(int(batch.last_instruction[0]) - own + 1, 0)
-    return _OFFSETS[chat]
+    """Tokens of the chat template before the user's text (from a prompt's first real token).
+
+    The chat format's own count (:attr:`refusal_probe.model.chat.ChatFormat.n_head`): a batch
+    shares at most these tokens (:attr:`refusal_probe.model.chat.Encoded.shared`), so a readout
+    of the user's text never reads a shared position.
+    """
+    return model.chat.n_head
 
 
 def sentence_stops(model: LoadedModel) -> Tensor:
@@ -277,9 +274,9 @@ class SignalReader:
     def hooks(self) -> list[Hook]:
         """One hook per readout, at its site (the output logits for an :class:`OutputReadout`)."""
         return [
-            (hook_name(r.site), partial(self._read, readout=r))
+            (hook_name(r.site), after_prefix(partial(self._read, readout=r)))
             if isinstance(r, Readout)
-            else (logits_hook_name(), partial(self._read_logits, readout=r))
+            else (logits_hook_name(), last_positions(partial(self._read_logits, readout=r)))
             for r in self.readouts
         ]
 
@@ -348,7 +345,9 @@ def read_raw(
     for r in readouts:
         if isinstance(r, Readout):
             check_fits(model, r.direction)
-    kw = _last_logits_only(model) if any(isinstance(r, OutputReadout) for r in readouts) else {}
+    # The last position's logits at most (the passes end at the last readout): the unembedding
+    # of every position is skipped, and a batch's shared template tokens run once.
+    kw = keep_last(model)
     offset, stops = instruction_offset(model), sentence_stops(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = {r.name: torch.empty(len(prompts), dtype=torch.float64) for r in readouts}
@@ -362,9 +361,3 @@ def read_raw(
             for name, values in reader.raw.items():
                 out[name][idx] = values
     return out
-
-
-def _last_logits_only(model: LoadedModel) -> dict[str, Any]:
-    """Ask for the last position's logits only, where the model's forward supports it."""
-    params = inspect.signature(model.hf_model.forward).parameters
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}

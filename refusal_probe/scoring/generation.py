@@ -22,6 +22,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from refusal_probe import progress
+from refusal_probe.activations import prefix
 from refusal_probe.activations.runner import batched, forward, kv_cache_alias
 from refusal_probe.errors import ScoringError
 from refusal_probe.interventions.hooks import Intervention, decoding, hooks_for
@@ -152,6 +153,11 @@ def _greedy(
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=model.device)
     new: list[Int[Tensor, " batch"]] = []
     cache: Any = DynamicCache()
+    # The prompt pass may run the rows' shared template tokens once; the cache then holds them
+    # first and each row's padding after them (prefix.rest_mask), and so does the mask.
+    shared = prefix.plan(
+        model, batch, [*hooks, *watch], grows=max_new_tokens, logits_to_keep=1, past_key_values=cache
+    )
     step = batch
     with kv_cache_alias(model), warnings.catch_warnings():
         # Hugging Face 5.x renamed the argument to ``cache``; the bridge passes the old name.
@@ -165,11 +171,13 @@ def _greedy(
             prompt = (
                 ids.shape[1] if i == 0 else (0 if cache is not None else batch.input_ids.shape[1])
             )
-            with decoding(prompt):
+            with decoding(prompt), prefix.sharing(bool(shared)):
                 logits = forward(model, step, [*hooks, *watch] if i == 0 else hooks, **kw)
             assert logits is not None
             if i == 0 and cache is not None and cache.get_seq_length() != ids.shape[1]:
                 cache = None  # not filled: fall back to whole sequences
+            if i == 0 and cache is not None and shared:
+                mask = prefix.rest_mask(batch, shared)
             # [batch]; the logits of a model split over devices come from its last device
             nxt = logits[:, -1, :].argmax(-1).to(model.device)
             new.append(nxt)

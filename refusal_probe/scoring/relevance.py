@@ -184,7 +184,9 @@ def _with_replies(prompt: Encoded, replies: Sequence[Sequence[int]]) -> tuple[En
         mask[i, width - len(r) :] = 1
     shift = torch.tensor([len(r) for r in replies])
     last = prompt.last_instruction + (width - prompt.seq_len) - shift
-    return Encoded(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), last, prompt.n_post), shift
+    # Every row still opens with the prompts' shared template tokens.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Encoded(ids, mask, positions, last, prompt.n_post, prompt.shared), shift
 
 
 def _reply_logprobs(

@@ -1,0 +1,156 @@
+"""The tokens every row of a batch starts with, run once for the whole batch.
+
+Axes: ``batch`` rows, ``pos`` positions of the left-padded batch, ``shared`` the shared tokens.
+
+Every prompt of a chat model opens with the same template tokens (the system prompt and the user
+header): 24 of the 43 tokens of a grammar-set prompt on SmolLM2. :func:`plan` says how many of a
+batch's leading tokens (:attr:`refusal_probe.model.chat.Encoded.shared`) one forward pass may run
+once, with a batch of one, before it repeats their KV cache for every row and runs the rest of
+each row on it (:func:`refusal_probe.activations.runner.forward`). Attention, positions and
+padding work out the same: each row's remaining tokens keep their position ids, and the rows'
+padding moves from before the shared tokens to after them, still masked.
+
+A hook must say what it does with positions, or its pass runs the batch whole:
+
+* :func:`same_everywhere`: it changes every position of every row alike (ablating or adding one
+  vector). It runs on the shared tokens' pass too.
+* :func:`after_prefix`: it reads or changes positions after the shared tokens only, indexed in the
+  batch's own layout. In the rest's pass it sees the activation left-padded back to the batch's
+  width (the shared positions hold zeros), so the indices it was built with still hold.
+* :func:`last_positions`: it reads the last positions only, counted from the end (the output
+  logits of the last position). It sees the rest's activation as it is.
+
+A pass shares only when it asks for the last ``logits_to_keep`` positions' logits (every
+row's own tokens), and starts from an empty KV cache. :func:`sharing` turns it off for a block, and
+``REFUSAL_PROBE_SHARE_PREFIX=0`` in the environment for a whole run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import torch
+from torch import Tensor
+
+from refusal_probe.model.chat import Encoded
+
+if TYPE_CHECKING:
+    from refusal_probe.model.loading import LoadedModel
+
+#: What a hook does with the shared tokens' positions.
+Role = Literal["same", "after", "last"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ATTR = "shared_prefix_role"
+_ENABLED: ContextVar[bool] = ContextVar(
+    "refusal_probe_share_prefix", default=os.environ.get("REFUSAL_PROBE_SHARE_PREFIX", "1") != "0"
+)
+
+
+def same_everywhere(fn: F) -> F:
+    """Mark ``fn`` as a hook that changes every position of every row alike."""
+    setattr(fn, _ATTR, "same")
+    return fn
+
+
+def after_prefix(fn: F) -> F:
+    """Mark ``fn`` as a hook that reads or changes only positions after the shared tokens."""
+    setattr(fn, _ATTR, "after")
+    return fn
+
+
+def last_positions(fn: F) -> F:
+    """Mark ``fn`` as a hook that reads only the last positions, counted from the end."""
+    setattr(fn, _ATTR, "last")
+    return fn
+
+
+def role(fn: Callable[..., Any]) -> Role | None:
+    """What ``fn`` does with the shared positions (``None``: unknown, so no sharing)."""
+    return getattr(fn, _ATTR, None)
+
+
+@contextmanager
+def sharing(enabled: bool) -> Iterator[None]:
+    """Let the passes inside share their batches' leading tokens, or not (the default: let)."""
+    token = _ENABLED.set(enabled)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def plan(
+    model: LoadedModel,
+    batch: Encoded,
+    hooks: Sequence[tuple[str, Callable[..., Any]]],
+    *,
+    grows: int = 0,
+    **kwargs: Any,
+) -> int:
+    """How many leading tokens a pass over ``batch`` with ``hooks`` runs once; 0: none.
+
+    ``kwargs`` are the pass's model arguments: it must keep ``logits_to_keep`` positions, no
+    more than the shortest row has after the shared tokens, and any ``past_key_values`` must be
+    empty. ``grows``: tokens a decoding loop will add to the cache. A model with sliding-window
+    attention shares only while the whole cache fits its window: the window counts cache slots,
+    and sharing moves each row's padding between its tokens.
+    """
+    shared = batch.shared
+    if shared < 1 or not _ENABLED.get():
+        return 0
+    if any(role(fn) is None for _, fn in hooks):
+        return 0
+    keep = kwargs.get("logits_to_keep")
+    if not isinstance(keep, int) or keep < 1:
+        return 0
+    if keep > int(batch.attention_mask.sum(-1).min()) - shared:
+        return 0
+    cache = kwargs.get("past_key_values")
+    if cache is not None and cache.get_seq_length() > 0:
+        return 0
+    window = sliding_window(model)
+    if window is not None and batch.seq_len + grows > window:
+        return 0
+    return shared
+
+
+def sliding_window(model: LoadedModel) -> int | None:
+    """The model's attention window if any of its layers has one, else ``None``."""
+    config = model.hf_model.config
+    types = getattr(config, "layer_types", None)
+    if types is not None and not any("sliding" in str(t) for t in types):
+        return None
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window else None
+
+
+def head(batch: Encoded, shared: int) -> Tensor:
+    """``[1, shared]``: the shared tokens (read off the first row, after its padding)."""
+    start = batch.seq_len - int(batch.attention_mask[0].sum())
+    return batch.input_ids[:1, start : start + shared]
+
+
+def rest_mask(batch: Encoded, shared: int) -> Tensor:
+    """``[batch, pos]``: the attention mask over the shared tokens' cache and each row's rest.
+
+    A row's rest (its tokens after the shared ones) is the batch's own row less ``shared``
+    leading positions, so its padding now follows the shared tokens.
+    """
+    ones = torch.ones_like(batch.attention_mask[:, :shared])
+    return torch.cat([ones, batch.attention_mask[:, : batch.seq_len - shared]], dim=1)
+
+
+def padded(fn: Callable[..., Any], shared: int) -> Callable[..., Any]:
+    """``fn`` seeing the rest's activations left-padded back to the batch's width."""
+
+    def run(act: Tensor, hook: Any) -> Tensor | None:
+        pad = act.new_zeros((act.shape[0], shared, *act.shape[2:]))
+        out = fn(torch.cat([pad, act], dim=1), hook)
+        return None if out is None else out[:, shared:]
+
+    return run
