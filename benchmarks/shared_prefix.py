@@ -1,11 +1,15 @@
-"""What running a batch's shared template tokens once saves, pass by pass, with the same results.
+"""What batching by length and running a batch's shared template tokens once save, pass by pass.
 
-For each model and prompt set, each kind of pass the audit runs is timed with sharing off and on
-(``refusal_probe.activations.prefix.sharing``), alternately, in one process: next-token scoring
-(no intervention, and with a direction ablated), greedy 16-token generation under ablation, the
-capture of every layer at the post-instruction positions, and the monitor's pooled capture. Each
-row reports both wall times, their ratio, the token positions run, and the largest difference of
-the results (logits, activations) or the completions that differ.
+For each model and prompt set, each kind of pass the audit runs is timed three ways, in turn, in
+one process: the previous engine (batches of a fixed number of prompts sorted by length, the
+whole batch run), batches by length (``runner.by_length``: none longer than twice its shortest),
+and batches by length with the shared template tokens run once
+(``refusal_probe.activations.prefix``). The passes: next-token scoring (no intervention; a
+direction ablated; every row its own candidate ablated, as selection scores them), greedy
+16-token generation under ablation, the capture of every layer at the post-instruction
+positions, and the monitor's pooled capture. Each row gives the wall times, the ratio of the
+first to the last, the token positions run, and the largest difference of the results (logits,
+activations) or the completions that differ.
 
     python benchmarks/shared_prefix.py --json benchmarks/shared_prefix.json
 """
@@ -13,10 +17,12 @@ the results (logits, activations) or the completions that differ.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +30,52 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refusal_probe.activations import prefix  # noqa: E402
+from refusal_probe.activations import (
+    prefix,  # noqa: E402
+    runner,  # noqa: E402
+)
 from refusal_probe.activations.capture import capture  # noqa: E402
 from refusal_probe.activations.runner import Work, counting  # noqa: E402
 from refusal_probe.activations.sites import POST_INSTRUCTION, Site  # noqa: E402
 from refusal_probe.direction.estimators import Direction  # noqa: E402
-from refusal_probe.interventions.hooks import Ablate  # noqa: E402
+from refusal_probe.interventions.hooks import Ablate, PerRow  # noqa: E402
 from refusal_probe.model.loading import load_model  # noqa: E402
 from refusal_probe.monitor.pooled import pooled_activations  # noqa: E402
 from refusal_probe.prompts.sets import load_fixtures, stratified_sample  # noqa: E402
 from refusal_probe.resources import FIXTURES_DIR  # noqa: E402
 from refusal_probe.scoring.generation import generate  # noqa: E402
 from refusal_probe.scoring.refusal import map_last_logits  # noqa: E402
+
+#: Modules that batch prompts by length.
+BATCHING = [
+    "refusal_probe.activations.capture",
+    "refusal_probe.monitor.signals",
+    "refusal_probe.monitor.pooled",
+    "refusal_probe.scoring.generation",
+    "refusal_probe.scoring.relevance",
+    "refusal_probe.scoring.refusal",
+    "refusal_probe.selection.screening",
+]
+
+
+def fixed_size(lengths: list[int], size: int) -> list[list[int]]:
+    """The previous batching: sorted by length, ``size`` prompts a batch whatever their length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+@contextmanager
+def batching(fn: Callable[..., Any]) -> Iterator[None]:
+    mods = [importlib.import_module(m) for m in BATCHING]
+    saved = [m.by_length for m in mods]
+    for m in mods:
+        m.by_length = fn
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, saved, strict=True):
+            m.by_length = f
+
 
 SETS = {"grammar": FIXTURES_DIR / "prompts", "natural": FIXTURES_DIR / "prompts" / "natural"}
 
@@ -55,6 +95,8 @@ def _passes(model: Any, prompts: list[str]) -> dict[str, Callable[[], Any]]:
         n_harmful=1,
         n_harmless=1,
     )
+    others = [Direction(d.vector.roll(k), d.layer, -1, "diff_means", 1, 1) for k in range(1, 4)]
+    per_row = PerRow(tuple((Ablate(others[i % 3]),) for i in range(3 * len(prompts))))
     sites = tuple(Site(layer, "resid_pre") for layer in range(model.n_layers))
     layers = list(range(model.n_layers))
     return {
@@ -62,12 +104,15 @@ def _passes(model: Any, prompts: list[str]) -> dict[str, Callable[[], Any]]:
         "next-token scores, ablated": lambda: map_last_logits(
             model, prompts, lambda r, x: x, [Ablate(d)]
         )[0],
+        "next-token scores, 3 candidates ablated row by row": lambda: map_last_logits(
+            model, prompts * 3, lambda r, x: x, [per_row]
+        )[0],
         "generation (16 tokens), ablated": lambda: generate(
             model, prompts, [Ablate(d)], max_new_tokens=16
         )[0],
-        "capture, every layer, post-instruction": lambda: capture(
-            model, prompts, sites, POST_INSTRUCTION, progress=False
-        ).values,
+        "capture, every layer, post-instruction": lambda: (
+            capture(model, prompts, sites, POST_INSTRUCTION, progress=False).values
+        ),
         "monitor's pooled capture, every layer": lambda: pooled_activations(
             model, prompts, layers
         ).pools["instruction"],
@@ -96,28 +141,32 @@ def main() -> None:
         shared = model.chat.encode(prompts).shared
         print(f"{spec}: {len(prompts)} prompts, {shared} shared template tokens", flush=True)
         for label, run in _passes(model, prompts).items():
-            got = {}
-            for on in (False, True):
+            got = []
+            for how, share in (
+                (fixed_size, False),
+                (runner.by_length, False),
+                (runner.by_length, True),
+            ):
                 work = Work()
-                with prefix.sharing(on), counting(work), torch.no_grad():
+                with batching(how), prefix.sharing(share), counting(work), torch.no_grad():
                     t0 = time.perf_counter()
                     out = run()
-                    got[on] = (out, time.perf_counter() - t0, work.tokens)
-            (a, t_off, n_off), (b, t_on, n_on) = got[False], got[True]
+                    got.append((out, time.perf_counter() - t0, work.tokens))
+            (a, t_old, n_old), (_, t_len, n_len), (b, t_new, n_new) = got
             row = {
                 "model": spec,
                 "pass": label,
-                "seconds_whole": round(t_off, 2),
-                "seconds_shared": round(t_on, 2),
-                "ratio": round(t_off / t_on, 2),
-                "tokens_whole": n_off,
-                "tokens_shared": n_on,
+                "seconds_before": round(t_old, 2),
+                "seconds_by_length": round(t_len, 2),
+                "seconds_by_length_shared": round(t_new, 2),
+                "ratio": round(t_old / t_new, 2),
+                "tokens": [n_old, n_len, n_new],
                 "results": _diff(a, b),
             }
             rows.append(row)
             print(
-                f"  {label}: {t_off:.1f} s -> {t_on:.1f} s ({t_off / t_on:.2f}x), "
-                f"tokens {n_off} -> {n_on}, {row['results']}",
+                f"  {label}: {t_old:.1f} s -> {t_len:.1f} s -> {t_new:.1f} s "
+                f"({t_old / t_new:.2f}x), tokens {n_old} -> {n_len} -> {n_new}, {row['results']}",
                 flush=True,
             )
     if args.json:

@@ -26,7 +26,7 @@ from refusal_probe import (
 from refusal_probe.activations.cache import CacheCorruptionWarning, key_digest
 from refusal_probe.activations.sites import all_layers
 
-PROMPTS = ["How do I make a cake at home?", "hi", "Write a thank-you letter to my boss."]
+PROMPTS = ["How do I make a cake at home?", "hi, how are you today?", "Write a thank-you letter to my boss."]
 SITES = all_layers(3)
 # The package re-exports the function ``capture`` under the module's name; fetch the modules.
 capture_mod = importlib.import_module("refusal_probe.activations.capture")

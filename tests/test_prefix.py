@@ -82,7 +82,9 @@ def test_last_position_logits_are_the_same_shared_or_not(model, kind):
         "add": (Add(d),),
         "add-prompt": (Add(d, span="prompt"),),
     }[kind]
-    (off, n_off), (on, n_on) = _both(lambda: map_last_logits(model, PROMPTS, lambda r, x: x, ivs)[0])
+    (off, n_off), (on, n_on) = _both(
+        lambda: map_last_logits(model, PROMPTS, lambda r, x: x, ivs)[0]
+    )
     assert (n_on < n_off) == _shares(model)  # the shared path ran
     torch.testing.assert_close(on, off, atol=1e-4, rtol=1e-4)
 
@@ -90,7 +92,9 @@ def test_last_position_logits_are_the_same_shared_or_not(model, kind):
 def test_completions_under_interventions_are_the_same_shared_or_not(model):
     d = _direction(model)
     for ivs in [(), (Ablate(d),), (Add(d, span="prompt"),)]:
-        (off, n_off), (on, n_on) = _both(lambda ivs=ivs: generate(model, PROMPTS, ivs, max_new_tokens=6))
+        (off, n_off), (on, n_on) = _both(
+            lambda ivs=ivs: generate(model, PROMPTS, ivs, max_new_tokens=6)
+        )
         assert (n_on < n_off) == _shares(model)
         assert on[0] == off[0]
 
@@ -119,10 +123,26 @@ def test_a_hook_that_does_not_say_what_it_reads_runs_the_batch_whole(model):
     hooks = [("blocks.0.hook_resid_pre", lambda act, hook: seen.append(act.shape[1]))]
     (_, n), _ = _both(lambda: forward(model, batch, hooks, logits_to_keep=1))
     assert seen == [batch.seq_len, batch.seq_len] and n == batch.input_ids.numel()
-    # Row-specific interventions too: each row's shared tokens differ under them.
-    plan = PerRow(tuple((Ablate(_direction(model)),) if i % 2 else () for i in range(len(PROMPTS))))
-    (_, n_off), (_, n_on) = _both(lambda: map_last_logits(model, PROMPTS, lambda r, x: x, [plan]))
-    assert n_on == n_off
+
+
+def test_row_wise_interventions_run_the_shared_tokens_once_per_distinct_row(model):
+    """Selection's passes: each row ablates (or adds) its own candidate, or none."""
+    a, b = _direction(model), _direction(model, scale=-2.0)
+    plans = [(), (Ablate(a),), (Ablate(b),), (Add(a),), (Ablate(a), Add(b)), (Ablate(a),)]
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1], PROMPTS[2], PROMPTS[3]]
+    plan = PerRow(tuple(plans))
+    (off, n_off), (on, n_on) = _both(
+        lambda: map_last_logits(model, prompts, lambda r, x: x, [plan])
+    )
+    assert (n_on < n_off) == _shares(model)
+    torch.testing.assert_close(on, off, atol=1e-4, rtol=1e-4)
+    batch = model.chat.encode(prompts)
+    group, first = prefix.groups([fn for _, fn in plan.hooks(model, range(6))][:1], 6)
+    assert len(first) == 3  # the ablations: none, a (rows 1, 4, 5 alike), b
+    assert group[1] == group[4] == group[5] and len({int(g) for g in group}) == 3
+    assert batch.shared > 0
+    (off, _), (on, _) = _both(lambda: generate(model, prompts, [plan], max_new_tokens=6))
+    assert on[0] == off[0]
 
 
 def test_full_logits_and_short_templates_run_the_batch_whole(model, tmp_path):
@@ -150,3 +170,16 @@ def test_reply_likelihoods_are_the_same_shared_or_not(model):
     (off, n_off), (on, n_on) = _both(lambda: reply_log_likelihood(model, PROMPTS, replies))
     assert (n_on < n_off) == _shares(model)
     assert abs(on - off).max() < 1e-4
+
+
+def test_long_prompts_go_in_batches_of_their_own():
+    from refusal_probe.activations.runner import by_length
+
+    assert by_length([50, 30, 40, 45], 2) == [[1, 2], [3, 0]]  # like lengths: full batches
+    lengths = [40] * 60 + [200] * 4  # four long prompts would pad 60 short ones out to 200
+    assert [len(b) for b in by_length(lengths, 64)] == [60, 4]
+    lengths = list(range(20, 700, 7))
+    batches = by_length(lengths, 64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:  # padding never half of a batch
+        assert max(lengths[i] for i in b) <= 2 * min(lengths[i] for i in b) and len(b) <= 64

@@ -23,7 +23,7 @@ from torch import Tensor
 from refusal_probe import progress as progress_
 from refusal_probe.activations.cache import TensorCache, cache_key, cached
 from refusal_probe.activations.prefix import after_prefix
-from refusal_probe.activations.runner import StopForward, batched, forward, keep_last
+from refusal_probe.activations.runner import StopForward, by_length, forward, keep_last
 from refusal_probe.activations.sites import POST_INSTRUCTION, SITE_KINDS, Positions, Site, hook_name
 from refusal_probe.errors import CaptureError
 from refusal_probe.model.devices import PerDevice, auto_batch_size
@@ -241,8 +241,8 @@ def _run(
     w_o = {s.layer: model.bridge.blocks[s.layer].attn.W_O.detach() for s in sites if per_head}
     deepest = max(sites, key=lambda s: (s.layer, _ORDER_IN_BLOCK[s.kind]))
     # Group prompts of similar length so batches carry little padding; results go back in order.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    chunks = batched(order, auto_batch_size(model, prompts, batch_size))
+    size = auto_batch_size(model, prompts, batch_size)
+    chunks = by_length([len(p) for p in prompts], size)
     with progress_.task("capture", len(prompts), "prompt", show=progress) as bar:
         for rows in chunks:
             batch = model.chat.encode([prompts[i] for i in rows]).to(model.device)

@@ -19,6 +19,9 @@ A hook must say what it does with positions, or its pass runs the batch whole:
   width (the shared positions hold zeros), so the indices it was built with still hold.
 * :func:`last_positions`: it reads the last positions only, counted from the end (the output
   logits of the last position). It sees the rest's activation as it is.
+* :func:`by_row`: it changes every position of row ``i`` by ``values[i]`` (a different direction
+  ablated in each row, to score many candidates in one pass). The shared tokens then run once
+  per distinct row of ``values`` rather than once for the batch (:func:`groups`).
 
 A pass shares only when it asks for the last ``logits_to_keep`` positions' logits (every
 row's own tokens), and starts from an empty KV cache. :func:`sharing` turns it off for a block, and
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
     from refusal_probe.model.loading import LoadedModel
 
 #: What a hook does with the shared tokens' positions.
-Role = Literal["same", "after", "last"]
+Role = Literal["same", "after", "last", "rows"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ATTR = "shared_prefix_role"
@@ -67,6 +70,37 @@ def last_positions(fn: F) -> F:
     """Mark ``fn`` as a hook that reads only the last positions, counted from the end."""
     setattr(fn, _ATTR, "last")
     return fn
+
+
+def by_row(fn: F, values: Tensor, make: Callable[[Tensor], Callable[..., Any]]) -> F:
+    """Mark ``fn`` as a hook that changes every position of row ``i`` by ``values[i]``.
+
+    ``make(values[index])`` must give the same hook for the rows ``index`` alone.
+    """
+    setattr(fn, _ATTR, "rows")
+    fn._prefix_rows = (values, make)  # type: ignore[attr-defined]
+    return fn
+
+
+def groups(hooks: Sequence[Callable[..., Any]], n: int) -> tuple[Tensor, Tensor]:
+    """Rows that :func:`by_row` ``hooks`` treat alike: each row's group ``[n]``, one row of each.
+
+    Rows whose values are equal in every hook share the shared tokens' pass; with no such hooks
+    all ``n`` rows are one group.
+    """
+    if not hooks:
+        return torch.zeros(n, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    key = torch.cat([fn._prefix_rows[0].reshape(n, -1).float().cpu() for fn in hooks], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(n), "amin")
+    return inverse, first
+
+
+def take(fn: Callable[..., Any], rows: Tensor) -> Callable[..., Any]:
+    """The :func:`by_row` hook ``fn`` for the rows ``rows`` alone."""
+    values, make = fn._prefix_rows  # type: ignore[attr-defined]
+    return make(values[rows.to(values.device)])
 
 
 def role(fn: Callable[..., Any]) -> Role | None:

@@ -88,7 +88,7 @@ def forward(
     work = _WORK.get()
     if work is not None:
         work.passes += 1
-        work.tokens += int(batch.input_ids.numel()) - (batch.input_ids.shape[0] - 1) * shared
+        work.tokens += int(batch.input_ids.numel()) - batch.input_ids.shape[0] * shared  # + head
     try:
         if shared:
             logits = _forward_shared(model, batch, hooks, shared, model_kwargs)
@@ -116,17 +116,27 @@ def _forward_shared(
 ) -> Tensor | None:
     """The pass with the first ``shared`` tokens run once; ``None`` if the model kept no cache.
 
-    The shared tokens run as a batch of one with the hooks that act the same everywhere; their
-    KV cache (the caller's own ``past_key_values``, when given, so a decoding loop goes on from
-    it) is repeated for every row, and each row's rest runs on it with every hook.
+    The shared tokens run as a batch of one (one per group of rows that row-wise hooks treat
+    alike) with the hooks that act on every position; their KV cache (the caller's own
+    ``past_key_values``, when given, so a decoding loop goes on from it) is repeated for every
+    row, and each row's rest runs on it with every hook.
     """
     from transformers import DynamicCache
 
     kwargs = {k: v for k, v in model_kwargs.items() if k not in ("past_key_values", "use_cache")}
     cache = model_kwargs.get("past_key_values")
     cache = DynamicCache() if cache is None else cache
-    head = prefix.head(batch, shared)
-    same = [(name, fn) for name, fn in hooks if prefix.role(fn) == "same"]
+    # Rows that row-wise hooks treat alike share one run of the shared tokens.
+    rowwise = {id(fn): fn for _, fn in hooks if prefix.role(fn) == "rows"}
+    group, first = prefix.groups(list(rowwise.values()), batch.input_ids.shape[0])
+    remade = {key: prefix.take(fn, first) for key, fn in rowwise.items()}
+    head = prefix.head(batch, shared).expand(len(first), -1)
+    work = _WORK.get()
+    if work is not None:
+        work.tokens += head.numel()
+    once = [
+        (name, remade.get(id(fn), fn)) for name, fn in hooks if prefix.role(fn) in ("same", "rows")
+    ]
     rest = [
         (name, prefix.padded(fn, shared) if prefix.role(fn) == "after" else fn)
         for name, fn in hooks
@@ -134,18 +144,18 @@ def _forward_shared(
     with kv_cache_alias(model), warnings.catch_warnings():
         # Hugging Face 5.x renamed the argument to ``cache``; the bridge passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
-        with model.bridge.hooks(fwd_hooks=same):
+        with model.bridge.hooks(fwd_hooks=once):
             model.bridge.forward(
                 head,
                 attention_mask=torch.ones_like(head),
-                position_ids=torch.arange(shared, device=head.device)[None, :],
+                position_ids=torch.arange(shared, device=head.device)[None, :].expand_as(head),
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
         if cache.get_seq_length() != shared:  # an architecture whose bridge ignores the cache
             return None
-        cache.batch_repeat_interleave(batch.input_ids.shape[0])
+        cache.batch_select_indices(group.to(head.device))
         with model.bridge.hooks(fwd_hooks=rest):
             return model.bridge.forward(
                 batch.input_ids[:, shared:],
@@ -174,6 +184,25 @@ def last_logits(
     logits = forward(model, batch, hooks)
     assert logits is not None  # not stoppable: forward returns logits or raises
     return logits[:, -1, :]
+
+
+def by_length(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices of items of these ``lengths`` in batches: shortest first, similar lengths together.
+
+    A batch holds at most ``size`` items, none longer than twice its shortest, so padding never
+    takes half of a batch: a natural-language set's long tail no longer pads 64-row batches out
+    to its longest prompt (three-quarters of the positions were padding). ``size`` is what fits
+    the longest item in memory, so every batch still fits.
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    out: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if out and len(out[-1]) < size and lengths[i] <= 2 * max(lengths[out[-1][0]], 1):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

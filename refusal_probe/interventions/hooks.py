@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from refusal_probe.activations.prefix import same_everywhere
+from refusal_probe.activations.prefix import by_row, same_everywhere
 from refusal_probe.activations.runner import Hook
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.direction.estimators import Direction, check_fits
@@ -193,19 +193,15 @@ class PerRow:
                     )
         hooks: list[Hook] = []
         if units.abs().sum() > 0:
-            fn = partial(_ablate_hook, unit=PerDevice(units[:, None, :]))  # [batch, 1, d]
+            fn = by_row(_ablate_rows(units), units, _ablate_rows)  # [batch, 1, d]
             hooks += [
                 (hook_name(Site(layer, kind)), fn)
                 for layer in range(model.n_layers)
                 for kind in ABLATION_KINDS
             ]
         for (layer, span), vecs in sorted(adds.items()):
-            hooks.append(
-                (
-                    hook_name(Site(layer, "resid_pre")),
-                    partial(_add_hook, vector=PerDevice(vecs[:, None, :]), span=span),
-                )
-            )
+            make = partial(_add_rows, span=span)
+            hooks.append((hook_name(Site(layer, "resid_pre")), by_row(make(vecs), vecs, make)))
         return hooks
 
 
@@ -229,6 +225,16 @@ def hooks_for(
 # layers, and so its activations, on several devices.
 def _ablate_hook(act: Tensor, hook: Any, unit: PerDevice) -> Tensor:
     return project_out(act, unit.like(act))
+
+
+def _ablate_rows(units: Tensor) -> Any:
+    """The ablation hook of a batch whose row ``i`` projects out ``units[i]`` (zero: nothing)."""
+    return partial(_ablate_hook, unit=PerDevice(units[:, None, :]))
+
+
+def _add_rows(vectors: Tensor, span: str) -> Any:
+    """The addition hook of a batch whose row ``i`` adds ``vectors[i]``."""
+    return partial(_add_hook, vector=PerDevice(vectors[:, None, :]), span=span)
 
 
 def _add_hook(act: Tensor, hook: Any, vector: PerDevice, span: str = "all") -> Tensor:

@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from refusal_probe.activations.prefix import after_prefix
-from refusal_probe.activations.runner import StopForward, batched, forward, keep_last
+from refusal_probe.activations.runner import StopForward, by_length, forward, keep_last
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.model.devices import auto_batch_size
 from refusal_probe.model.loading import LoadedModel
@@ -111,9 +111,9 @@ def pooled_activations(
     out = {p: torch.empty(n, len(layers), d, dtype=torch.float64) for p in POOLS}
     ends: list[Tensor] = []
     owners: list[Tensor] = []
-    order = sorted(range(n), key=lambda i: len(prompts[i]))
     with torch.no_grad():
-        for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
+        size = auto_batch_size(model, prompts, batch_size)
+        for rows in by_length([len(p) for p in prompts], size):
             batch = model.chat.encode([prompts[i] for i in rows])
             lay = Layout.of(batch, offset, stops)
             text = lay.user_text()  # [batch, pos]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from refusal_probe.activations.prefix import after_prefix, last_positions
-from refusal_probe.activations.runner import Hook, StopForward, batched, forward, keep_last
+from refusal_probe.activations.runner import Hook, StopForward, by_length, forward, keep_last
 from refusal_probe.activations.sites import Site, hook_name, logits_hook_name
 from refusal_probe.direction.estimators import Direction, check_fits
 from refusal_probe.errors import MonitorError
@@ -349,10 +349,10 @@ def read_raw(
     # of every position is skipped, and a batch's shared template tokens run once.
     kw = keep_last(model)
     offset, stops = instruction_offset(model), sentence_stops(model)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = {r.name: torch.empty(len(prompts), dtype=torch.float64) for r in readouts}
     with torch.no_grad():
-        for rows in batched(order, auto_batch_size(model, prompts, batch_size)):
+        size = auto_batch_size(model, prompts, batch_size)
+        for rows in by_length([len(p) for p in prompts], size):
             batch = model.chat.encode([prompts[i] for i in rows])
             reader = SignalReader(readouts, stop=True)
             reader.layout = Layout.of(batch, offset, stops)

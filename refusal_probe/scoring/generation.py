@@ -23,7 +23,7 @@ from torch import Tensor
 
 from refusal_probe import progress
 from refusal_probe.activations import prefix
-from refusal_probe.activations.runner import batched, forward, kv_cache_alias
+from refusal_probe.activations.runner import by_length, forward, kv_cache_alias
 from refusal_probe.errors import ScoringError
 from refusal_probe.interventions.hooks import Intervention, decoding, hooks_for
 from refusal_probe.model.chat import Encoded
@@ -111,12 +111,11 @@ def generate(
         raise ScoringError("no prompts to generate from; pass at least one prompt")
     if max_new_tokens < 1:
         raise ScoringError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     passes = 0
     size = auto_batch_size(model, prompts, batch_size, new_tokens=max_new_tokens)
     with progress.task("generation", len(prompts), "prompt") as bar:
-        for rows in batched(order, size):
+        for rows in by_length([len(p) for p in prompts], size):
             batch = model.chat.encode([prompts[i] for i in rows])
             watch = list(observe(batch, rows)) if observe is not None else []
             hooks = hooks_for(model, interventions, rows)

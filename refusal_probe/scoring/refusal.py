@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from refusal_probe import progress
-from refusal_probe.activations.runner import batched, forward
+from refusal_probe.activations.runner import by_length, forward
 from refusal_probe.errors import ScoringError
 from refusal_probe.interventions.hooks import Intervention, hooks_for
 from refusal_probe.model.devices import auto_batch_size
@@ -191,10 +191,9 @@ def map_last_logits(
     """
     if not prompts:
         raise ScoringError("no prompts to score; pass at least one prompt")
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: Tensor | None = None
     size = auto_batch_size(model, prompts, batch_size, max_batch=max_batch)
-    chunks = batched(order, size)
+    chunks = by_length([len(p) for p in prompts], size)
     name, unit, per = shown_as
     with progress.task(name, len(prompts), unit, scale=1 / per) as bar:
         for rows in chunks:

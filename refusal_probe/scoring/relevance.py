@@ -32,7 +32,7 @@ from jaxtyping import Float
 from numpy.typing import NDArray
 from torch import Tensor
 
-from refusal_probe.activations.runner import batched, forward
+from refusal_probe.activations.runner import by_length, forward
 from refusal_probe.errors import ScoringError
 from refusal_probe.model.chat import Encoded
 from refusal_probe.model.devices import auto_batch_size
@@ -150,13 +150,13 @@ def reply_log_likelihood(
     tok = model.tokenizer
     reply_ids = [tok(r, add_special_tokens=False)["input_ids"] for r in replies]
     out = np.full(len(replies), np.nan)
-    order = sorted(range(len(replies)), key=lambda i: len(requests[i]) + len(replies[i]))
     longest = max(len(r) for r in reply_ids)
     size = auto_batch_size(
         model, list(requests), batch_size, new_tokens=longest, logit_positions=longest + 1
     )
     with torch.no_grad():
-        for chunk in batched(order, size):
+        lengths = [len(q) + len(r) for q, r in zip(requests, replies, strict=True)]
+        for chunk in by_length(lengths, size):
             keep = [i for i in chunk if reply_ids[i]]
             if not keep:
                 continue

@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from refusal_probe.activations.runner import Hook, batched, forward
+from refusal_probe.activations.runner import Hook, by_length, forward
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.direction.estimators import Direction
 from refusal_probe.interventions.hooks import ABLATION_KINDS
@@ -63,10 +63,9 @@ def ablation_moment(
     """
     sites = [Site(layer, kind) for layer in range(model.n_layers) for kind in ABLATION_KINDS]
     size = batch_size or max(1, auto_batch_size(model, prompts, None) // 4)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     moment = torch.zeros(model.d_model, model.d_model, dtype=torch.float64)
     scores = torch.empty(len(prompts), dtype=torch.float64)
-    chunks = batched(order, size)
+    chunks = by_length([len(p) for p in prompts], size)
     acts: dict[Site, Tensor] = {}  # this batch's activations at every site, in the graph
 
     def keep(act: Tensor, hook: Any, site: Site) -> Tensor:
