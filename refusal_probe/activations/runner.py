@@ -186,19 +186,21 @@ def last_logits(
     return logits[:, -1, :]
 
 
-def by_length(lengths: Sequence[int], size: int) -> list[list[int]]:
+def by_length(lengths: Sequence[int], size: int, spread: float = 2.0) -> list[list[int]]:
     """Indices of items of these ``lengths`` in batches: shortest first, similar lengths together.
 
-    A batch holds at most ``size`` items, none longer than twice its shortest, so padding never
-    takes half of a batch: a natural-language set's long tail no longer pads 64-row batches out
-    to its longest prompt (three-quarters of the positions were padding). ``size`` is what fits
-    the longest item in memory, so every batch still fits.
+    A batch holds at most ``size`` items, none longer than ``spread`` times its shortest, so
+    padding never takes more than ``1 - 1/spread`` of a batch: a natural-language set's long tail
+    no longer pads 64-row batches out to its longest prompt (three-quarters of the positions were
+    padding). ``size`` is what fits the longest item in memory, so every batch still fits.
+    Generation takes a wider spread: each decoding step costs a batch about the same whatever
+    its rows, so fewer, fuller batches pay for some padding (``benchmarks/shared_prefix.md``).
     """
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
     out: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if out and len(out[-1]) < size and lengths[i] <= 2 * max(lengths[out[-1][0]], 1):
+        if out and len(out[-1]) < size and lengths[i] <= spread * max(lengths[out[-1][0]], 1):
             out[-1].append(i)
         else:
             out.append([i])

@@ -39,6 +39,9 @@ Observer = Callable[[Encoded, Sequence[int]], Sequence[Any]]
 
 #: Default bound on generated tokens: enough for every judge phrase to appear in a reply's opening.
 MAX_NEW_TOKENS = 16
+#: How much longer than its shortest prompt a generation batch's longest may be
+#: (:func:`refusal_probe.activations.runner.by_length`).
+GENERATION_SPREAD = 4.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def generate(
     passes = 0
     size = auto_batch_size(model, prompts, batch_size, new_tokens=max_new_tokens)
     with progress.task("generation", len(prompts), "prompt") as bar:
-        for rows in by_length([len(p) for p in prompts], size):
+        for rows in by_length([len(p) for p in prompts], size, spread=GENERATION_SPREAD):
             batch = model.chat.encode([prompts[i] for i in rows])
             watch = list(observe(batch, rows)) if observe is not None else []
             hooks = hooks_for(model, interventions, rows)
