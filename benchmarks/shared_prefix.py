@@ -58,7 +58,7 @@ BATCHING = [
 ]
 
 
-def fixed_size(lengths: list[int], size: int) -> list[list[int]]:
+def fixed_size(lengths: list[int], size: int, spread: float = 0.0) -> list[list[int]]:
     """The previous batching: sorted by length, ``size`` prompts a batch whatever their length."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + size] for i in range(0, len(order), size)]
