@@ -88,12 +88,12 @@ def forward(
     work = _WORK.get()
     if work is not None:
         work.passes += 1
-        work.tokens += int(batch.input_ids.numel()) - batch.input_ids.shape[0] * shared  # + head
     try:
         if shared:
             logits = _forward_shared(model, batch, hooks, shared, model_kwargs)
             if logits is not None:
                 return logits
+        _count_tokens(batch.input_ids)
         with model.bridge.hooks(fwd_hooks=list(hooks)):
             return model.bridge.forward(
                 batch.input_ids,
@@ -131,9 +131,6 @@ def _forward_shared(
     group, first = prefix.groups(list(rowwise.values()), batch.input_ids.shape[0])
     remade = {key: prefix.take(fn, first) for key, fn in rowwise.items()}
     head = prefix.head(batch, shared).expand(len(first), -1)
-    work = _WORK.get()
-    if work is not None:
-        work.tokens += head.numel()
     once = [
         (name, remade.get(id(fn), fn)) for name, fn in hooks if prefix.role(fn) in ("same", "rows")
     ]
@@ -144,6 +141,7 @@ def _forward_shared(
     with kv_cache_alias(model), warnings.catch_warnings():
         # Hugging Face 5.x renamed the argument to ``cache``; the bridge passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+        _count_tokens(head)
         with model.bridge.hooks(fwd_hooks=once):
             model.bridge.forward(
                 head,
@@ -156,6 +154,7 @@ def _forward_shared(
         if cache.get_seq_length() != shared:  # an architecture whose bridge ignores the cache
             return None
         cache.batch_select_indices(group.to(head.device))
+        _count_tokens(batch.input_ids[:, shared:])
         with model.bridge.hooks(fwd_hooks=rest):
             return model.bridge.forward(
                 batch.input_ids[:, shared:],
@@ -165,6 +164,13 @@ def _forward_shared(
                 use_cache=True,
                 **kwargs,
             )
+
+
+def _count_tokens(ids: Tensor) -> None:
+    """Add the positions of ``ids`` (``[batch, pos]``, padding included) to the tally, if any."""
+    work = _WORK.get()
+    if work is not None:
+        work.tokens += int(ids.numel())
 
 
 def keep_last(model: LoadedModel) -> dict[str, Any]:
