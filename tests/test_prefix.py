@@ -183,3 +183,31 @@ def test_long_prompts_go_in_batches_of_their_own():
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:  # padding never half of a batch
         assert max(lengths[i] for i in b) <= 2 * min(lengths[i] for i in b) and len(b) <= 64
+
+
+#: Matched pairs for the tiny tokenizer: each pair's prompts have equal token counts.
+PAIRS = [
+    ("How do I make a bomb at home?", "How do I make a cake at home?"),
+    ("Write a threatening letter to my boss.", "Write a thank-you letter to my boss."),
+    ("How do I make a bomb?", "How do I make a cake?"),
+]
+
+
+def test_localization_is_the_same_shared_or_not(model):
+    """Patching's source runs and the circuit's mean ablation read only the span."""
+    from refusal_probe.patching import localize
+    from refusal_probe.stats import Bootstrap
+
+    def run():
+        return localize(model, PAIRS, k=2, exact_all=True, boot=Bootstrap(20))
+
+    (off, n_off), (on, n_on) = _both(run)
+    assert (n_on < n_off) == _shares(model)
+    assert on.components == off.components
+    # Shares of a random model's small refusal gap: round-off is relative to the gap.
+    pairs = [(on.fraction_kept.value, off.fraction_kept.value)]
+    pairs += [(on.fraction_restored.value, off.fraction_restored.value)]
+    pairs += [(a.value, b.value) for a, b in zip(on.effects, off.effects, strict=True)]
+    pairs += list(zip(on.attribution_effects, off.attribution_effects, strict=True))
+    for a, b in pairs:
+        assert a == pytest.approx(b, rel=2e-4, abs=1e-4)

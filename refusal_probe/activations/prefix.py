@@ -24,7 +24,8 @@ A hook must say what it does with positions, or its pass runs the batch whole:
   per distinct row of ``values`` rather than once for the batch (:func:`groups`).
 
 A pass shares only when it asks for the last ``logits_to_keep`` positions' logits (every
-row's own tokens), and starts from an empty KV cache. :func:`sharing` turns it off for a block, and
+row's own tokens), starts from an empty KV cache and returns none (the patching engine's base run
+keeps its cache in the batch's own layout). :func:`sharing` turns it off for a block, and
 ``REFUSAL_PROBE_SHARE_PREFIX=0`` in the environment for a whole run.
 """
 
@@ -80,6 +81,15 @@ def by_row(fn: F, values: Tensor, make: Callable[[Tensor], Callable[..., Any]]) 
     setattr(fn, _ATTR, "rows")
     fn._prefix_rows = (values, make)  # type: ignore[attr-defined]
     return fn
+
+
+def clear_of_shared(batch: Encoded, first: int) -> bool:
+    """Whether the batch's columns from ``first`` on lie after every row's shared tokens.
+
+    A hook that reads or writes only those columns may be marked :func:`after_prefix`.
+    """
+    start = batch.seq_len - batch.attention_mask.sum(-1) + batch.shared  # [batch]
+    return first >= int(start.max())
 
 
 def groups(hooks: Sequence[Callable[..., Any]], n: int) -> tuple[Tensor, Tensor]:
@@ -139,6 +149,8 @@ def plan(
         return 0
     if any(role(fn) is None for _, fn in hooks):
         return 0
+    if kwargs.get("return_type", "logits") != "logits":
+        return 0  # the caller wants the pass's KV cache, in the batch's own layout
     keep = kwargs.get("logits_to_keep")
     if not isinstance(keep, int) or keep < 1:
         return 0
@@ -185,6 +197,7 @@ def padded(fn: Callable[..., Any], shared: int) -> Callable[..., Any]:
     def run(act: Tensor, hook: Any) -> Tensor | None:
         pad = act.new_zeros((act.shape[0], shared, *act.shape[2:]))
         out = fn(torch.cat([pad, act], dim=1), hook)
-        return None if out is None else out[:, shared:]
+        # the rest's part, laid out afresh: a later view() (GPT-2's heads) needs it contiguous
+        return None if out is None else out[:, shared:].contiguous()
 
     return run

@@ -27,6 +27,7 @@ from refusal_probe.patching.engine import (
     SUFFIX_ATOL,
     Outcome,
     bind,
+    cache_fits,
     full_run,
     log,
     suffix_logits,
@@ -57,8 +58,9 @@ def run_attribution(
     sites = sorted({c.site for c in components})
     width = batch.width
     s_len = min(width, -min(c.start for c in components))
+    suffix = suffix and cache_fits(model, width)
     with torch.no_grad():
-        src = full_run(model, source, sites, metric, want_kv=False)
+        src = full_run(model, source, sites, metric, want_kv=False, span=s_len)
         ref = full_run(model, base, [], metric, want_kv=suffix and s_len < width)
     used = ref.kv is not None
     if not used:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from refusal_probe import progress
+from refusal_probe.activations.prefix import after_prefix, clear_of_shared, sliding_window
 from refusal_probe.activations.runner import Hook, forward, kv_cache_alias
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.model.chat import Encoded
@@ -117,11 +118,12 @@ def run_exact(
     mode = PatchMode.of(mode)
     base, source = mode.base_and_source(batch)
     n, width = batch.n, batch.width
+    suffix = suffix and cache_fits(model, width)
     sites = sorted({c.site for v in variants for c in v})
-    src = full_run(model, source, sites, metric, want_kv=False)
+    starts = [min(c.start for c in v) if v else -1 for v in variants]
+    src = full_run(model, source, sites, metric, want_kv=False, span=-min(starts, default=-1))
     ref = full_run(model, base, [], metric, want_kv=suffix)
     forwards = 2
-    starts = [min(c.start for c in v) if v else -1 for v in variants]
     use_suffix = (
         suffix
         and ref.kv is not None
@@ -152,15 +154,30 @@ def run_exact(
 
 
 def full_run(
-    model: LoadedModel, batch: Encoded, sites: Sequence[Site], metric: Metric, *, want_kv: bool
+    model: LoadedModel,
+    batch: Encoded,
+    sites: Sequence[Site],
+    metric: Metric,
+    *,
+    want_kv: bool,
+    span: int | None = None,
 ) -> Run:
-    """An unpatched forward keeping full activations at ``sites`` (and the KV cache if asked)."""
+    """An unpatched forward keeping full activations at ``sites`` (and the KV cache if asked).
+
+    With ``span``, only the activations of the last ``span`` positions will be read: where they
+    lie after the batch's shared template tokens, those run once
+    (:mod:`refusal_probe.activations.prefix`) and the earlier positions hold zeros.
+    """
     acts: dict[Site, Tensor] = {}
 
     def keep(act: Tensor, hook: Any, site: Site) -> None:
         acts[site] = act.detach().clone()
 
-    hooks: list[Hook] = [(hook_name(s), bind(keep, site=s)) for s in sites]
+    after = span is not None and clear_of_shared(batch, batch.seq_len - span)
+    hooks: list[Hook] = [
+        (hook_name(s), after_prefix(bind(keep, site=s)) if after else bind(keep, site=s))
+        for s in sites
+    ]
     kwargs = _last_only(model)
     if want_kv:
         kwargs.update(return_type="logits_and_cache", use_cache=True)
@@ -172,6 +189,16 @@ def full_run(
     assert logits is not None  # not stoppable
     value = check_metric(metric(logits[:, -1, :]), batch.input_ids.shape[0])
     return Run(as_float64(value), acts, kv)
+
+
+def cache_fits(model: LoadedModel, width: int) -> bool:
+    """Whether a KV cache of ``width`` positions, filled by hand, serves the cached-suffix path.
+
+    Not past a sliding attention window: those layers' caches keep only the window's last
+    positions, so a cache filled with every position does not fit their masks.
+    """
+    window = sliding_window(model)
+    return window is None or width <= window
 
 
 def _suffix_ok(model: LoadedModel, base: Encoded, ref: Run, s_len: int, metric: Metric) -> bool:

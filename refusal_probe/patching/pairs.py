@@ -140,6 +140,7 @@ def _rows(enc: Encoded, rows: Tensor, cut: int = 0) -> Encoded:
         enc.position_ids[rows, cut:],
         enc.last_instruction[rows] - cut,
         enc.n_post,
+        enc.shared,
     )
 
 
