@@ -211,3 +211,23 @@ def test_localization_is_the_same_shared_or_not(model):
     pairs += list(zip(on.attribution_effects, off.attribution_effects, strict=True))
     for a, b in pairs:
         assert a == pytest.approx(b, rel=2e-4, abs=1e-4)
+
+
+def test_rows_that_end_their_turn_leave_the_batch(model, monkeypatch):
+    """Generation drops ended rows (and their cache rows); the others' row-wise hooks follow."""
+    from refusal_probe.scoring import generation
+
+    a, b = _direction(model), _direction(model, scale=-2.0)
+    plan = PerRow(((), (Ablate(a),), (Ablate(b),), (Add(a),), (Ablate(a), Add(b)), (Add(b),)))
+    first = map_last_logits(model, PROMPTS, lambda r, x: x, [plan])[0].argmax(-1)
+    # End the turn at the first tokens of two rows: they end at once, the others go on.
+    ends = {int(first[0]), int(first[2])}
+    monkeypatch.setattr(generation, "_end_ids", lambda m: ends)
+    together, _ = generate(model, PROMPTS, [plan], max_new_tokens=8)
+    alone = [
+        generate(model, [p], [PerRow((plan.plans[i],))], max_new_tokens=8)[0][0]
+        for i, p in enumerate(PROMPTS)
+    ]
+    assert together == alone
+    assert together[0] == "" and together[2] == ""
+    assert any(len(t) > 0 for t in together)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Int
 from torch import Tensor
 
 from refusal_probe import progress
@@ -142,25 +141,38 @@ def _greedy(
     The prompt runs once into a KV cache and each step runs only the new token, with the hooks
     installed at every step: causal attention makes that equal to re-running the whole sequence
     under the hooks. Where the cache stays empty (an architecture whose bridge ignores it), each
-    step re-runs the whole sequence instead. ``watch`` hooks ride the prompt pass only.
+    step re-runs the whole sequence instead. ``watch`` hooks ride the prompt pass only. Rows that
+    have ended their turn leave the batch (their cache rows with them) once they are a quarter of
+    it, when every hook says how it treats rows (:mod:`refusal_probe.activations.prefix`): a
+    refusal ends in a few tokens, and its row no longer pays for the longest answer's steps.
     """
     from transformers import DynamicCache
 
     # Everything stays on the model's device: per step, the only device-to-host transfer is the
-    # one boolean that says whether every row has ended its turn.
+    # count of rows that have ended their turn.
     batch = batch.to(model.device)
     end_ids = _end_ids(model)
     eos = torch.tensor(sorted(end_ids), device=model.device)
     ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=model.device)
-    new: list[Int[Tensor, " batch"]] = []
+    last = batch.last_instruction
+    n_rows = ids.shape[0]
+    alive = torch.arange(n_rows, device=model.device)  # [alive] each live row's index in batch
+    done = torch.zeros(n_rows, dtype=torch.bool, device=model.device)  # [alive]
+    out = torch.full((n_rows, max_new_tokens), -1, dtype=torch.long, device=model.device)
     cache: Any = DynamicCache()
     # The prompt pass may run the rows' shared template tokens once; the cache then holds them
     # first and each row's padding after them (prefix.rest_mask), and so does the mask.
     shared = prefix.plan(
-        model, batch, [*hooks, *watch], grows=max_new_tokens, logits_to_keep=1, past_key_values=cache
+        model,
+        batch,
+        [*hooks, *watch],
+        grows=max_new_tokens,
+        logits_to_keep=1,
+        past_key_values=cache,
     )
-    step = batch
+    droppable = all(prefix.role(fn) in ("same", "rows") for _, fn in hooks)
+    whole = list(hooks)  # the hooks for every row of the batch
+    step, steps = batch, 0
     with kv_cache_alias(model), warnings.catch_warnings():
         # Hugging Face 5.x renamed the argument to ``cache``; the bridge passes the old name.
         warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
@@ -176,27 +188,46 @@ def _greedy(
             with decoding(prompt), prefix.sharing(bool(shared)):
                 logits = forward(model, step, [*hooks, *watch] if i == 0 else hooks, **kw)
             assert logits is not None
+            steps += 1
             if i == 0 and cache is not None and cache.get_seq_length() != ids.shape[1]:
                 cache = None  # not filled: fall back to whole sequences
             if i == 0 and cache is not None and shared:
                 mask = prefix.rest_mask(batch, shared)
-            # [batch]; the logits of a model split over devices come from its last device
+            # [alive]; the logits of a model split over devices come from its last device
             nxt = logits[:, -1, :].argmax(-1).to(model.device)
-            new.append(nxt)
+            out[alive, i] = nxt
             done |= torch.isin(nxt, eos)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], dim=1)
             pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
-            if done.all():
+            ended = int(done.sum())
+            if ended == done.numel():
                 break
+            if cache is not None and droppable and 4 * ended >= done.numel():
+                keep = (~done).nonzero().squeeze(-1)  # [alive'] positions among the live rows
+                cache.batch_select_indices(keep)
+                ids, mask, pos, last, alive = (
+                    ids[keep],
+                    mask[keep],
+                    pos[keep],
+                    last[keep],
+                    alive[keep],
+                )
+                done = done[keep]
+                hooks = [(name, _rows_of(fn, alive)) for name, fn in whole]
             # Cached: only the new token (the mask spans prefix and new token); else everything.
             cut = -1 if cache is not None else 0
-            step = Encoded(ids[:, cut:], mask, pos[:, cut:], batch.last_instruction, batch.n_post)
-    out = []
-    for row in torch.stack(new, dim=1).tolist():  # [batch, steps]: one copy per batch
-        end = next((i for i, t in enumerate(row) if t in end_ids), len(row))
-        out.append(row[:end])
-    return out, len(new)
+            step = Encoded(ids[:, cut:], mask, pos[:, cut:], last, batch.n_post)
+    rows = []
+    for row in out[:, :steps].tolist():  # [batch, steps]: one copy per batch
+        end = next((i for i, t in enumerate(row) if t in end_ids or t < 0), len(row))
+        rows.append(row[:end])
+    return rows, steps
+
+
+def _rows_of(fn: Any, rows: Tensor) -> Any:
+    """The hook ``fn`` for the batch's rows ``rows`` alone (unchanged unless it is row-wise)."""
+    return prefix.take(fn, rows) if prefix.role(fn) == "rows" else fn
 
 
 def _end_ids(model: LoadedModel) -> set[int]:
