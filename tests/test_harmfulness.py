@@ -164,7 +164,7 @@ def test_the_choice_never_looks_at_the_test_split(planted, tmp_path):
 
 def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
     """The whitened fit is S^-1 (mu_h - mu_l) rescaled; a site without variance gives zeros."""
-    from refusal_probe.monitor.harmfulness import _fit
+    from refusal_probe.monitor.harmfulness import _fit, _fits
 
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(40, 3, 16, generator=gen, dtype=torch.float64) + 0.5
@@ -180,6 +180,10 @@ def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
         ref = ref / ref.norm() * diff[s].norm()
         assert torch.allclose(w[s], ref, atol=1e-10)
     assert torch.equal(w[2], torch.zeros(16, dtype=torch.float64))
+    # The search fits every shrinkage on one covariance: the same vectors, bit for bit.
+    shrinkages = (1.0, 0.3, 0.1)
+    for a, v in _fits(h, l_, shrinkages).items():
+        assert torch.equal(v, _fit(h, l_, a))
 
 
 def test_candidates_read_off_pooled_activations_equal_their_own_forward_passes(planted):

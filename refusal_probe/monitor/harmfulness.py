@@ -152,10 +152,12 @@ def search_harmfulness(
     rows_h = {f: rows_l[f] if f in ("0", "1") else slice(None) for f in rows_l}
     # vectors[(fold, pool, shrinkage)]: [site, d]
     vectors = {
-        (f, pool, a): _fit(acts_h.pools[pool][rows_h[f]], acts_l.pools[pool][rows_l[f]], a)
+        (f, pool, a): v
         for f in rows_l
         for pool in pools
-        for a in shrinkages
+        for a, v in _fits(
+            acts_h.pools[pool][rows_h[f]], acts_l.pools[pool][rows_l[f]], shrinkages
+        ).items()
     }
     live = [j for j in range(len(layers)) if all(float(v[j].norm()) > 0 for v in vectors.values())]
     if not live:
@@ -278,16 +280,33 @@ def _fit(
     h: Float[Tensor, "prompt site d"], l_: Float[Tensor, "prompt site d"], shrinkage: float
 ) -> Float[Tensor, "site d"]:
     """Difference of the class means per site, whitened unless ``shrinkage`` is 1."""
+    return _fits(h, l_, (shrinkage,))[shrinkage]
+
+
+def _fits(
+    h: Float[Tensor, "prompt site d"],
+    l_: Float[Tensor, "prompt site d"],
+    shrinkages: Sequence[float],
+) -> dict[float, Float[Tensor, "site d"]]:
+    """:func:`_fit` for each shrinkage, the pooled covariance computed once for all of them."""
     diff = h.mean(0) - l_.mean(0)  # [site, d]
-    if shrinkage >= 1.0:
-        return diff
+    out = {a: diff for a in shrinkages if a >= 1.0}
+    whitened = [a for a in shrinkages if a < 1.0]
+    if not whitened:
+        return out
     centred = torch.cat([h - h.mean(0), l_ - l_.mean(0)])  # [prompt, site, d]
     dof = max(centred.shape[0] - 2, 1)
     cov = torch.einsum("psi,psj->sij", centred, centred) / dof  # [site, d, d]
     eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
     scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]  # tr S / d per site
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant site: no whitening
-    shrunk = (1 - shrinkage) * cov + shrinkage * scale * eye  # symmetric positive definite
+    for a in whitened:
+        out[a] = _whiten(diff, (1 - a) * cov + a * scale * eye)  # symmetric positive definite
+    return out
+
+
+def _whiten(diff: Float[Tensor, "site d"], shrunk: Float[Tensor, "site d d"]) -> Tensor:
+    """``shrunk⁻¹ diff`` per site, rescaled to the length of ``diff``."""
     # Cholesky, not LU: batched LU solves of this size fail inside MKL on some CPUs (seen with
     # SmolLM2's 30 sites x 576 in float64 and two threads: "Pivots given to lu_solve ...").
     chol, info = torch.linalg.cholesky_ex(shrunk)
