@@ -3,8 +3,9 @@
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/sequential.py [--seeds 10] [--out benchmarks/sequential.json]
+    python benchmarks/sequential.py --models smollm2 --skip-wall --out benchmarks/sequential_smollm2.json
 
-Part 1 (agreement): for each model of the organism family, the behaviour checks' verdicts with
+Part 1 (agreement): for each model (``--models``; default the organism family), the behaviour checks' verdicts with
 ``sequential = false`` (every test prompt, Wilson) and with ``sequential = true`` under
 ``--seeds`` prompt orders; the prompts each check read, the tokens and forward passes of the
 generation. One process, each model loaded once. Part 2 (wall time): fresh
@@ -72,11 +73,11 @@ def _verdicts(run: AuditRun, seed: int, policy_path: Path) -> dict[str, Any]:
     return out
 
 
-def agreement(seeds: int, folder: Path) -> dict[str, Any]:
+def agreement(seeds: int, folder: Path, models: tuple[str, ...] = FAMILY) -> dict[str, Any]:
     """Part 1: per model, the fixed-n measurement and one sequential one per seed."""
     fixed_policy, seq_policy = _policy(folder, False), _policy(folder, True)
     results: dict[str, Any] = {}
-    for spec in FAMILY:
+    for spec in models:
         opts = AuditOptions(spec, cache_dir=folder / "cache", policy=fixed_policy)
         run = AuditRun(spec, opts, load_policy(fixed_policy), audits=("behaviour",))
         fixed = _verdicts(run, 0, fixed_policy)
@@ -150,10 +151,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "sequential.json")
     p.add_argument("--skip-wall", action="store_true", help="agreement only")
+    p.add_argument("--models", nargs="+", default=list(FAMILY), help="models of part 1")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="seq-bench-") as tmp:
         folder = Path(tmp)
-        results = agreement(a.seeds, folder)
+        results = agreement(a.seeds, folder, tuple(a.models))
         walls = [] if a.skip_wall else wall_times(folder)
     a.out.write_text(json.dumps({"agreement": results, "wall": walls}, indent=1) + "\n")
     print(report(results, walls))
