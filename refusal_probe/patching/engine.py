@@ -165,8 +165,8 @@ def full_run(
     """An unpatched forward keeping full activations at ``sites`` (and the KV cache if asked).
 
     With ``span``, only the activations of the last ``span`` positions will be read: where they
-    lie after the batch's shared template tokens, those run once
-    (:mod:`refusal_probe.activations.prefix`) and the earlier positions hold zeros.
+    lie after the batch's shared template tokens, those may run once
+    (:mod:`refusal_probe.activations.prefix`), and the kept activations then hold zeros there.
     """
     acts: dict[Site, Tensor] = {}
 
