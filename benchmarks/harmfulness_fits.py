@@ -2,7 +2,7 @@
 
 For random pooled activations of a model's shape (prompts x sites x d_model, float64, as the
 search holds them), times fitting the default shrinkages (1, 0.3, 0.1, 0.03) one at a time
-(``_fit``, the covariance recomputed for each) against all at once (``_fits``), and checks the
+(the covariance recomputed for each) against all at once (one covariance), and checks the
 vectors are equal bit for bit.
 
     python benchmarks/harmfulness_fits.py --threads 2
@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refusal_probe.monitor.harmfulness import _fit, _fits  # noqa: E402
+from refusal_probe.monitor.harmfulness import _fits  # noqa: E402
 from refusal_probe.monitor.harmfulness_choice import DEFAULT_SHRINKAGES  # noqa: E402
 
 #: (label, prompts per class, sites, d_model)
@@ -38,7 +38,7 @@ def main() -> None:
         h = torch.randn(n, sites, d, generator=gen, dtype=torch.float64) + 0.1
         l_ = torch.randn(n, sites, d, generator=gen, dtype=torch.float64)
         t0 = time.perf_counter()
-        each = {a: _fit(h, l_, a) for a in DEFAULT_SHRINKAGES}
+        each = {a: _fits(h, l_, (a,))[a] for a in DEFAULT_SHRINKAGES}
         t1 = time.perf_counter()
         once = _fits(h, l_, DEFAULT_SHRINKAGES)
         t2 = time.perf_counter()

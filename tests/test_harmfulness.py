@@ -164,7 +164,10 @@ def test_the_choice_never_looks_at_the_test_split(planted, tmp_path):
 
 def test_whitening_equals_a_per_site_solve_and_survives_a_constant_site():
     """The whitened fit is S^-1 (mu_h - mu_l) rescaled; a site without variance gives zeros."""
-    from refusal_probe.monitor.harmfulness import _fit, _fits
+    from refusal_probe.monitor.harmfulness import _fits
+
+    def _fit(h, l_, a):
+        return _fits(h, l_, (a,))[a]
 
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(40, 3, 16, generator=gen, dtype=torch.float64) + 0.5

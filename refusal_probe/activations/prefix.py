@@ -35,6 +35,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 #: What a hook does with the shared tokens' positions.
 Role = Literal["same", "after", "last", "rows"]
 F = TypeVar("F", bound=Callable[..., Any])
+Hook = tuple[str, Callable[..., Any]]
 
 _ATTR = "shared_prefix_role"
 _ENABLED: ContextVar[bool] = ContextVar(
@@ -90,6 +92,17 @@ def clear_of_shared(batch: Encoded, first: int) -> bool:
     """
     start = batch.seq_len - batch.attention_mask.sum(-1) + batch.shared  # [batch]
     return first >= int(start.max())
+
+
+def after_from(hooks: list[Hook], batch: Encoded, first: int) -> list[Hook]:
+    """``hooks`` marked :func:`after_prefix` when columns ``first`` on clear every shared token.
+
+    For hooks that read or write only the batch's columns from ``first`` on; otherwise they are
+    returned as they are (unmarked: the pass runs the batch whole). Each is marked on a copy.
+    """
+    if not clear_of_shared(batch, first):
+        return hooks
+    return [(name, after_prefix(partial(fn))) for name, fn in hooks]
 
 
 def groups(hooks: Sequence[Callable[..., Any]], n: int) -> tuple[Tensor, Tensor]:

@@ -276,19 +276,15 @@ def _groups(groups: Sequence[str] | None, n: int) -> tuple[str, np.ndarray]:
     return "halves", np.asarray([str(i % 2) for i in range(n)])
 
 
-def _fit(
-    h: Float[Tensor, "prompt site d"], l_: Float[Tensor, "prompt site d"], shrinkage: float
-) -> Float[Tensor, "site d"]:
-    """Difference of the class means per site, whitened unless ``shrinkage`` is 1."""
-    return _fits(h, l_, (shrinkage,))[shrinkage]
-
-
 def _fits(
     h: Float[Tensor, "prompt site d"],
     l_: Float[Tensor, "prompt site d"],
     shrinkages: Sequence[float],
 ) -> dict[float, Float[Tensor, "site d"]]:
-    """:func:`_fit` for each shrinkage, the pooled covariance computed once for all of them."""
+    """Difference of the class means per site for each shrinkage, whitened unless it is 1.
+
+    The pooled covariance is computed once for all of them.
+    """
     diff = h.mean(0) - l_.mean(0)  # [site, d]
     out = {a: diff for a in shrinkages if a >= 1.0}
     whitened = [a for a in shrinkages if a < 1.0]

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from refusal_probe.activations.prefix import after_prefix, clear_of_shared
+from refusal_probe.activations.prefix import after_from
 from refusal_probe.activations.runner import Hook, forward, keep_last
 from refusal_probe.activations.sites import Site, hook_name
-from refusal_probe.model.chat import Encoded
 from refusal_probe.model.loading import LoadedModel
 from refusal_probe.patching.components import Component
 from refusal_probe.patching.pairs import Metric, PairBatch
@@ -61,7 +60,7 @@ def fraction_kept(
         at = torch.tensor([part.width + o for o in offsets])
         for enc in (part.clean, part.corrupted):
             readers = [(hook_name(s), partial(read, site=s, at=at)) for s in sites]
-            forward(model, enc, _at_span(readers, at, enc), **last)
+            forward(model, enc, after_from(readers, enc, int(at.min())), **last)
     means = {s: v / (2 * batch.n) for s, v in sums.items()}
     heads: dict[Site, list[int]] = {}
     for c in rest:
@@ -84,23 +83,13 @@ def fraction_kept(
         ]
         values = []
         for enc in (part.clean, part.corrupted):
-            logits = forward(model, enc, _at_span(hooks, at, enc), **last)
+            logits = forward(model, enc, after_from(hooks, enc, int(at.min())), **last)
             assert logits is not None
             values.append(metric(logits[:, -1, :]).detach().double().cpu())
         kept[rows] = values[0] - values[1]
     n = batch.n
     resampled = (counts @ kept / n) / (counts @ gap / n)  # [B]
     return pair_interval(boot, float(kept.mean() / gap.mean()), resampled, n=n)
-
-
-def _at_span(hooks: list[Hook], at: Tensor, batch: Encoded) -> list[Hook]:
-    """``hooks`` marked as touching only the span, when it lies after the shared leading tokens.
-
-    The batch's shared template tokens then run once (:mod:`refusal_probe.activations.prefix`).
-    """
-    if not at.numel() or not clear_of_shared(batch, int(at.min())):
-        return hooks
-    return [(name, after_prefix(partial(fn))) for name, fn in hooks]
 
 
 def _mean_write(act: Tensor, hook: Any, at: Tensor, mean: Tensor, heads: Tensor | None) -> Tensor:

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from refusal_probe import progress
-from refusal_probe.activations.prefix import after_prefix, clear_of_shared, sliding_window
+from refusal_probe.activations.prefix import after_from, sliding_window
 from refusal_probe.activations.runner import Hook, forward, kv_cache_alias
 from refusal_probe.activations.sites import Site, hook_name
 from refusal_probe.model.chat import Encoded
@@ -173,11 +173,9 @@ def full_run(
     def keep(act: Tensor, hook: Any, site: Site) -> None:
         acts[site] = act.detach().clone()
 
-    after = span is not None and clear_of_shared(batch, batch.seq_len - span)
-    hooks: list[Hook] = [
-        (hook_name(s), after_prefix(bind(keep, site=s)) if after else bind(keep, site=s))
-        for s in sites
-    ]
+    hooks: list[Hook] = [(hook_name(s), bind(keep, site=s)) for s in sites]
+    if span is not None:
+        hooks = after_from(hooks, batch, batch.seq_len - span)
     kwargs = _last_only(model)
     if want_kv:
         kwargs.update(return_type="logits_and_cache", use_cache=True)
