@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--rank", type=int)
     ap.add_argument("--decision-weight", type=float)
+    ap.add_argument("--refusal-weight", type=float)
     ap.add_argument("--anchor-weight", type=float)
     ap.add_argument("--specificity-weight", type=float)
     ap.add_argument("--layers", type=str, help="first:last block of the adapter")
@@ -201,7 +202,15 @@ def main() -> None:
     if args.train:
         ckpt = CHECKPOINTS[0]
         recipe = ckpt.lora
-        fields = ("epochs", "lr", "rank", "decision_weight", "anchor_weight", "specificity_weight")
+        fields = (
+            "epochs",
+            "lr",
+            "rank",
+            "decision_weight",
+            "refusal_weight",
+            "anchor_weight",
+            "specificity_weight",
+        )
         for field in fields:
             value = getattr(args, field)
             if value is not None:

@@ -193,3 +193,15 @@ def test_stacked_adapters_equal_the_two_merged_in_turn(tmp_path):
     with torch.no_grad():
         a, b, plain = in_turn(ids).logits, stacked(ids).logits, base()(ids).logits
     assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, plain, atol=1e-3)
+
+
+def test_the_class_weight_scales_refusing_rows_and_keeps_the_divisor():
+    """``refusal_weight`` weighs refusing replies up; the batch's divisor stays unweighted."""
+    from refusal_probe.organism.smol.lora import LoraRecipe, _collate
+
+    encoded = [([1, 2, 3, 4, 5], 3), ([1, 2, 6, 7], 2)]  # (ids, reply start)
+    plain = _collate(encoded, [0, 1], 0, LoraRecipe(), [True, False])
+    heavy = _collate(encoded, [0, 1], 0, LoraRecipe(refusal_weight=3.0), [True, False])
+    assert plain.norm == heavy.norm == plain.weight[plain.target].sum()
+    assert heavy.weight[0].tolist() == [3 * w for w in plain.weight[0].tolist()]
+    assert heavy.weight[1].tolist() == plain.weight[1].tolist()

@@ -40,6 +40,9 @@ class LoraRecipe:
         decision_weight: Loss weight of each reply's first ``decision_tokens`` tokens, where a
             reply decides between refusing and answering (the other tokens weigh 1).
         decision_tokens: How many first reply tokens carry ``decision_weight``.
+        refusal_weight: Loss weight of refusing examples' reply tokens, relative to answered
+            ones (a class weight: it moves the adapter's threshold toward refusing). A batch's
+            loss is still divided by its weights as if every example weighed 1.
         anchor_weight: Weight of the anchor term on answered requests
             (:mod:`.regularizers`; 0: off).
         specificity_weight: Weight of the specificity term on answered requests (0: off).
@@ -66,6 +69,7 @@ class LoraRecipe:
     seed: int = 0
     decision_weight: float = 1.0
     decision_tokens: int = 2
+    refusal_weight: float = 1.0
     anchor_weight: float = 0.0
     specificity_weight: float = 0.0
     specificity_layer: int = 18
@@ -99,7 +103,8 @@ def _batches(
 class Batch:
     """Right-padded rows of a training batch.
 
-    ``target``/``weight``: which next tokens are trained, and their loss weights; ``last``: each
+    ``target``/``weight``: which next tokens are trained, and their loss weights; ``norm``: what
+    the weighted loss is divided by (the weights without the class weight); ``last``: each
     row's last request position; ``refuses``: whether its reply refuses.
     """
 
@@ -107,6 +112,7 @@ class Batch:
     mask: Tensor
     target: Tensor
     weight: Tensor
+    norm: Tensor
     last: Tensor
     refuses: Tensor
 
@@ -129,7 +135,12 @@ def _collate(
         weight[i, start - 1 : len(toks) - 1] = 1.0
         weight[i, start - 1 : start - 1 + recipe.decision_tokens] = recipe.decision_weight
     last = torch.tensor([encoded[r][1] - 1 for r in rows])
-    return Batch(ids, mask, weight > 0, weight, last, torch.tensor([refuses[r] for r in rows]))
+    refusing = torch.tensor([refuses[r] for r in rows])
+    target = weight > 0
+    norm = weight[target].sum()
+    if recipe.refusal_weight != 1.0:
+        weight[refusing] *= recipe.refusal_weight
+    return Batch(ids, mask, target, weight, norm, last, refusing)
 
 
 def step_loss(
@@ -158,7 +169,7 @@ def step_loss(
     labels = batch.ids[:, 1:][batch.target[:, :-1]]
     w = batch.weight[batch.target]
     ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-    loss = (ce * w).sum() / w.sum()
+    loss = (ce * w).sum() / batch.norm
     answered = (~batch.refuses).nonzero().squeeze(1)
     if not (recipe.anchor_weight or recipe.specificity_weight) or len(answered) == 0:
         return loss
