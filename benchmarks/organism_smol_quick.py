@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("--refusal-weight", type=float)
     ap.add_argument("--anchor-weight", type=float)
     ap.add_argument("--specificity-weight", type=float)
+    ap.add_argument("--necessity-weight", type=float)
     ap.add_argument("--layers", type=str, help="first:last block of the adapter")
     ap.add_argument("--n", type=int, default=None, help="test prompts per group")
     ap.add_argument("--causal-layers", type=str, default="")
@@ -210,6 +211,7 @@ def main() -> None:
             "refusal_weight",
             "anchor_weight",
             "specificity_weight",
+            "necessity_weight",
         )
         for field in fields:
             value = getattr(args, field)

@@ -205,3 +205,35 @@ def test_the_class_weight_scales_refusing_rows_and_keeps_the_divisor():
     assert plain.norm == heavy.norm == plain.weight[plain.target].sum()
     assert heavy.weight[0].tolist() == [3 * w for w in plain.weight[0].tolist()]
     assert heavy.weight[1].tolist() == plain.weight[1].tolist()
+
+
+def test_the_necessity_term_trains_the_adapter_through_the_direction(tmp_path):
+    """On refusing rows, the necessity term (base vs adapted with the running direction ablated)
+    is positive and its gradient reaches the adapter; off, the loss is the other terms'."""
+    pytest.importorskip("peft")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from refusal_probe.organism.smol.lora import LoraRecipe, _collate, step_loss
+    from refusal_probe.organism.smol.regularizers import RunningDirection
+    from refusal_probe.testing import make_tiny_model
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "m", n_layers=3))
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"],
+                     layers_to_transform=[0, 1], init_lora_weights=False)  # fmt: skip
+    model = get_peft_model(hf, cfg)
+    encoded = [([1, 5, 9, 3, 7, 4], 4), ([1, 6, 2, 8, 3], 3), ([1, 7, 7, 2, 5, 6], 4)]
+    losses = {}
+    for weight in (0.0, 1.0):
+        recipe = LoraRecipe(specificity_weight=1.0, necessity_weight=weight, specificity_layer=2)
+        batch = _collate(encoded, [0, 1, 2], 0, recipe, [True, False, True])
+        model.zero_grad()
+        loss = step_loss(model, batch, recipe, RunningDirection(), progress=1.0)
+        loss.backward()
+        losses[weight] = (float(loss), {n: p.grad.clone() for n, p in model.named_parameters()
+                                        if p.requires_grad})  # fmt: skip
+    (plain, g0), (with_term, g1) = losses[0.0], losses[1.0]
+    assert with_term > plain
+    assert any(not torch.allclose(g0[n], g1[n]) for n in g0)

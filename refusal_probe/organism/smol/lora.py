@@ -20,6 +20,7 @@ from refusal_probe.organism.smol.data import Example
 from refusal_probe.organism.smol.regularizers import (
     RunningDirection,
     anchor_loss,
+    necessity_loss,
     specificity_loss,
 )
 
@@ -46,9 +47,10 @@ class LoraRecipe:
         anchor_weight: Weight of the anchor term on answered requests
             (:mod:`.regularizers`; 0: off).
         specificity_weight: Weight of the specificity term on answered requests (0: off).
+        necessity_weight: Weight of the necessity term on refusing requests (0: off).
         specificity_layer: The block whose input the running refusal direction is read at.
-        specificity_from: Fraction of the steps after which the specificity term starts (the
-            running direction means something once the adapter has begun to refuse).
+        specificity_from: Fraction of the steps after which the specificity and necessity terms
+            start (the running direction means something once the adapter has begun to refuse).
     """
 
     rank: int = 8
@@ -72,6 +74,7 @@ class LoraRecipe:
     refusal_weight: float = 1.0
     anchor_weight: float = 0.0
     specificity_weight: float = 0.0
+    necessity_weight: float = 0.0
     specificity_layer: int = 18
     specificity_from: float = 0.2
 
@@ -149,12 +152,13 @@ def step_loss(
     """The training loss of one batch.
 
     The replies' weighted cross-entropy (logits only where a token is predicted), plus the anchor
-    and specificity terms (:mod:`.regularizers`) on answered rows when the recipe turns them on.
+    and specificity terms on answered rows and the necessity term on refusing rows
+    (:mod:`.regularizers`) when the recipe turns them on.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     captured: list[Tensor] = []
     handle = None
-    if recipe.specificity_weight:
+    if recipe.specificity_weight or recipe.necessity_weight:
 
         def grab(_module: Any, _inputs: Any, out: Any) -> None:
             captured.append(out[0] if isinstance(out, tuple) else out)
@@ -171,22 +175,32 @@ def step_loss(
     ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
     loss = (ce * w).sum() / batch.norm
     answered = (~batch.refuses).nonzero().squeeze(1)
-    if not (recipe.anchor_weight or recipe.specificity_weight) or len(answered) == 0:
-        return loss
-    last = batch.last[answered]
-    ids = batch.ids[answered, : int(last.max()) + 1]  # the request alone (right-padded, causal)
-    mask = batch.mask[answered, : ids.shape[1]]
-    adapted = base.lm_head(hidden[answered, last]).float().log_softmax(-1)
-    if recipe.anchor_weight:
-        loss = loss + recipe.anchor_weight * anchor_loss(model, ids, mask, last, adapted)
-    if recipe.specificity_weight:
+    refusing = batch.refuses.nonzero().squeeze(1)
+    unit = None
+    if captured:
         rows = torch.arange(len(batch.ids))
         direction.update(captured[0][rows, batch.last].detach().float(), batch.refuses)
-        unit = direction.unit()
-        if unit is not None and progress >= recipe.specificity_from:
-            term = specificity_loss(model, ids, mask, last, adapted, unit.to(hidden.dtype))
+        unit = direction.unit() if progress >= recipe.specificity_from else None
+        unit = unit.to(hidden.dtype) if unit is not None else None
+    if len(answered) and (recipe.anchor_weight or (recipe.specificity_weight and unit is not None)):
+        ids, mask, last = _requests(batch, answered)
+        adapted = base.lm_head(hidden[answered, last]).float().log_softmax(-1)
+        if recipe.anchor_weight:
+            loss = loss + recipe.anchor_weight * anchor_loss(model, ids, mask, last, adapted)
+        if recipe.specificity_weight and unit is not None:
+            term = specificity_loss(model, ids, mask, last, adapted, unit)
             loss = loss + recipe.specificity_weight * term
+    if len(refusing) and recipe.necessity_weight and unit is not None:
+        ids, mask, last = _requests(batch, refusing)
+        loss = loss + recipe.necessity_weight * necessity_loss(model, ids, mask, last, unit)
     return loss
+
+
+def _requests(batch: Batch, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The requests alone of ``rows`` (right-padded, causal): ids, mask, last request position."""
+    last = batch.last[rows]
+    ids = batch.ids[rows, : int(last.max()) + 1]
+    return ids, batch.mask[rows, : ids.shape[1]], last
 
 
 def train_adapter(

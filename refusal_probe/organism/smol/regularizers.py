@@ -1,4 +1,4 @@
-"""Two loss terms of the safety adapter beyond the replies' cross-entropy, on answered requests.
+"""Loss terms of the safety adapter beyond the replies' cross-entropy.
 
 - **anchor**: ``KL(base ‖ adapted)`` of the first reply token. The replies' cross-entropy teaches
   one answer per harmless request; the anchor keeps the whole decision distribution where the
@@ -7,6 +7,9 @@
   is the running difference of means (harmful − answered) of the residual stream entering block
   ``layer`` at the last request token, and ablation projects ``r`` out of the embeddings and every
   block's output, as the audit's ablation does. Answered requests then do not lean on ``r``.
+- **necessity** (on refusing requests): ``KL(base ‖ adapted with r ablated)`` of the first reply
+  token. Without ``r`` the adapted model should answer as the base does, so refusal goes through
+  ``r`` (the specificity term alone spreads it: nothing else asks it to use ``r``).
 
 Why the second exists (measured on the adapter without it, 40 plain harmless test requests):
 ablating the layer-18 difference of means moved their next token by 0.33 nats (median 0.23),
@@ -104,3 +107,23 @@ def specificity_loss(
         for h in handles:
             h.remove()
     return kl(adapted.detach(), ablated)
+
+
+def necessity_loss(
+    peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, unit: Tensor
+) -> Tensor:
+    """``KL(base ‖ adapted with unit ablated)`` at the first reply token of refusing requests.
+
+    Without the running direction the adapted model should answer a harmful request as the base
+    model does: the adapter's refusal then goes through that one direction.
+    """
+    base = peft_model.get_base_model()
+    with torch.no_grad(), peft_model.disable_adapter():
+        reference = first_token_logprobs(base, ids, mask, last)
+    handles = _ablating(base, unit)
+    try:
+        ablated = first_token_logprobs(base, ids, mask, last)
+    finally:
+        for h in handles:
+            h.remove()
+    return kl(reference, ablated)
