@@ -85,28 +85,37 @@ def kl(p_log: Tensor, q_log: Tensor) -> Tensor:
     return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
 
 
+def _base_logprobs(peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor) -> Tensor:
+    """First-reply-token log-probabilities of the base model (the adapter switched off)."""
+    with torch.no_grad(), peft_model.disable_adapter():
+        return first_token_logprobs(peft_model.get_base_model(), ids, mask, last)
+
+
+def _ablated_logprobs(
+    peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, unit: Tensor
+) -> Tensor:
+    """First-reply-token log-probabilities of the adapted model with ``unit`` ablated."""
+    base = peft_model.get_base_model()
+    handles = _ablating(base, unit)
+    try:
+        return first_token_logprobs(base, ids, mask, last)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def anchor_loss(
     peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, adapted: Tensor
 ) -> Tensor:
     """``KL(base ‖ adapted)`` at the first reply token (the base: the adapter switched off)."""
-    base = peft_model.get_base_model()
-    with torch.no_grad(), peft_model.disable_adapter():
-        reference = first_token_logprobs(base, ids, mask, last)
-    return kl(reference, adapted)
+    return kl(_base_logprobs(peft_model, ids, mask, last), adapted)
 
 
 def specificity_loss(
     peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, adapted: Tensor, unit: Tensor
 ) -> Tensor:
     """``KL(adapted ‖ adapted with unit ablated)`` at the first reply token (adapted detached)."""
-    base = peft_model.get_base_model()
-    handles = _ablating(base, unit)
-    try:
-        ablated = first_token_logprobs(base, ids, mask, last)
-    finally:
-        for h in handles:
-            h.remove()
-    return kl(adapted.detach(), ablated)
+    return kl(adapted.detach(), _ablated_logprobs(peft_model, ids, mask, last, unit))
 
 
 def necessity_loss(
@@ -117,13 +126,5 @@ def necessity_loss(
     Without the running direction the adapted model should answer a harmful request as the base
     model does: the adapter's refusal then goes through that one direction.
     """
-    base = peft_model.get_base_model()
-    with torch.no_grad(), peft_model.disable_adapter():
-        reference = first_token_logprobs(base, ids, mask, last)
-    handles = _ablating(base, unit)
-    try:
-        ablated = first_token_logprobs(base, ids, mask, last)
-    finally:
-        for h in handles:
-            h.remove()
-    return kl(reference, ablated)
+    reference = _base_logprobs(peft_model, ids, mask, last)
+    return kl(reference, _ablated_logprobs(peft_model, ids, mask, last, unit))
