@@ -23,8 +23,9 @@ Measured (``benchmarks/organism_smol.md``): with both terms (weights 1 and 2) th
 KL fell to 0.07 nats and over-refusal to 0.13, but harmful refusal fell from 0.94 to 0.70;
 specificity alone over-refused 0.59; both with refusing replies weighted 2x and a third epoch:
 0.95 refused, 0.13 over-refused, but ablating the layer-18 direction left 0.30 of refusals (it
-spreads refusal: nothing asks refusal to go through the direction). The shipped adapter uses
-neither (the weights default to 0).
+spreads refusal: nothing asks refusal to go through the direction); with the necessity term
+(weight 1) as well, 0.19 left and an ablation KL of 0.09 on plain harmless requests. The shipped
+adapter uses none of the three (the weights default to 0).
 """
 
 from __future__ import annotations
