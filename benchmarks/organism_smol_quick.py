@@ -188,6 +188,7 @@ def main() -> None:
     ap.add_argument("--anchor-weight", type=float)
     ap.add_argument("--specificity-weight", type=float)
     ap.add_argument("--necessity-weight", type=float)
+    ap.add_argument("--term-tokens", type=int)
     ap.add_argument("--layers", type=str, help="first:last block of the adapter")
     ap.add_argument("--n", type=int, default=None, help="test prompts per group")
     ap.add_argument("--causal-layers", type=str, default="")
@@ -212,6 +213,7 @@ def main() -> None:
             "anchor_weight",
             "specificity_weight",
             "necessity_weight",
+            "term_tokens",
         )
         for field in fields:
             value = getattr(args, field)

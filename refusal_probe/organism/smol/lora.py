@@ -51,6 +51,9 @@ class LoraRecipe:
         specificity_layer: The block whose input the running refusal direction is read at.
         specificity_from: Fraction of the steps after which the specificity and necessity terms
             start (the running direction means something once the adapter has begun to refuse).
+        term_tokens: How many first reply positions the three terms read (the reply's own
+            tokens before each, teacher-forced): "I'm sorry" and "I'm happy" part only at the
+            third token, so a first-token term cannot see that decision.
     """
 
     rank: int = 8
@@ -77,6 +80,7 @@ class LoraRecipe:
     necessity_weight: float = 0.0
     specificity_layer: int = 18
     specificity_from: float = 0.2
+    term_tokens: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -108,7 +112,9 @@ class Batch:
 
     ``target``/``weight``: which next tokens are trained, and their loss weights; ``norm``: what
     the weighted loss is divided by (the weights without the class weight); ``last``: each
-    row's last request position; ``refuses``: whether its reply refuses.
+    row's last request position; ``at``: the positions the loss terms read (from ``last`` on,
+    ``term_tokens`` of them, none past the reply's last predicting position); ``refuses``:
+    whether its reply refuses.
     """
 
     ids: Tensor
@@ -117,6 +123,7 @@ class Batch:
     weight: Tensor
     norm: Tensor
     last: Tensor
+    at: Tensor
     refuses: Tensor
 
 
@@ -138,12 +145,14 @@ def _collate(
         weight[i, start - 1 : len(toks) - 1] = 1.0
         weight[i, start - 1 : start - 1 + recipe.decision_tokens] = recipe.decision_weight
     last = torch.tensor([encoded[r][1] - 1 for r in rows])
+    ends = torch.tensor([len(encoded[r][0]) - 2 for r in rows])
+    at = torch.minimum(last[:, None] + torch.arange(recipe.term_tokens), ends[:, None])
     refusing = torch.tensor([refuses[r] for r in rows])
     target = weight > 0
     norm = weight[target].sum()
     if recipe.refusal_weight != 1.0:
         weight[refusing] *= recipe.refusal_weight
-    return Batch(ids, mask, target, weight, norm, last, refusing)
+    return Batch(ids, mask, target, weight, norm, last, at, refusing)
 
 
 def step_loss(
@@ -183,24 +192,27 @@ def step_loss(
         unit = direction.unit() if progress >= recipe.specificity_from else None
         unit = unit.to(hidden.dtype) if unit is not None else None
     if len(answered) and (recipe.anchor_weight or (recipe.specificity_weight and unit is not None)):
-        ids, mask, last = _requests(batch, answered)
-        adapted = base.lm_head(hidden[answered, last]).float().log_softmax(-1)
+        ids, mask, at = _requests(batch, answered)
+        adapted = base.lm_head(hidden[answered[:, None], at].flatten(0, 1)).float().log_softmax(-1)
         if recipe.anchor_weight:
-            loss = loss + recipe.anchor_weight * anchor_loss(model, ids, mask, last, adapted)
+            loss = loss + recipe.anchor_weight * anchor_loss(model, ids, mask, at, adapted)
         if recipe.specificity_weight and unit is not None:
-            term = specificity_loss(model, ids, mask, last, adapted, unit)
+            term = specificity_loss(model, ids, mask, at, adapted, unit)
             loss = loss + recipe.specificity_weight * term
     if len(refusing) and recipe.necessity_weight and unit is not None:
-        ids, mask, last = _requests(batch, refusing)
-        loss = loss + recipe.necessity_weight * necessity_loss(model, ids, mask, last, unit)
+        ids, mask, at = _requests(batch, refusing)
+        loss = loss + recipe.necessity_weight * necessity_loss(model, ids, mask, at, unit)
     return loss
 
 
 def _requests(batch: Batch, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The requests alone of ``rows`` (right-padded, causal): ids, mask, last request position."""
-    last = batch.last[rows]
-    ids = batch.ids[rows, : int(last.max()) + 1]
-    return ids, batch.mask[rows, : ids.shape[1]], last
+    """``rows`` cut after the last position the terms read: ids, mask, those positions.
+
+    Right-padded and causal, so the cut changes nothing before it; positions ``[rows, k]``.
+    """
+    at = batch.at[rows]
+    ids = batch.ids[rows, : int(at.max()) + 1]
+    return ids, batch.mask[rows, : ids.shape[1]], at
 
 
 def train_adapter(

@@ -11,6 +11,9 @@
   token. Without ``r`` the adapted model should answer as the base does, so refusal goes through
   ``r`` (the specificity term alone spreads it: nothing else asks it to use ``r``).
 
+Each term reads the first reply token, or the first ``term_tokens`` (a recipe field) with the
+reply's own tokens before each teacher-forced.
+
 Why the second exists (measured on the adapter without it, 40 plain harmless test requests):
 ablating the layer-18 difference of means moved their next token by 0.33 nats (median 0.23),
 above the 0.1-nat ceiling of direction selection, so the audit found no causal direction although
@@ -75,10 +78,11 @@ def _ablating(model: Any, unit: Tensor) -> list[Any]:
     return [m.register_forward_hook(hook) for m in (inner.embed_tokens, *inner.layers)]
 
 
-def first_token_logprobs(model: Any, ids: Tensor, mask: Tensor, last: Tensor) -> Tensor:
-    """Log-probabilities of the next token after each row's last request token ([rows, vocab])."""
+def reply_logprobs(model: Any, ids: Tensor, mask: Tensor, at: Tensor) -> Tensor:
+    """Next-token log-probabilities at each row's positions ``at`` ([rows, k] → [rows·k, vocab])."""
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    return model.lm_head(hidden[torch.arange(len(ids)), last]).float().log_softmax(-1)
+    rows = torch.arange(len(ids))[:, None]
+    return model.lm_head(hidden[rows, at].flatten(0, 1)).float().log_softmax(-1)
 
 
 def kl(p_log: Tensor, q_log: Tensor) -> Tensor:
@@ -86,46 +90,42 @@ def kl(p_log: Tensor, q_log: Tensor) -> Tensor:
     return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
 
 
-def _base_logprobs(peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor) -> Tensor:
-    """First-reply-token log-probabilities of the base model (the adapter switched off)."""
+def _base_logprobs(peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor) -> Tensor:
+    """Reply log-probabilities at ``at`` of the base model (the adapter switched off)."""
     with torch.no_grad(), peft_model.disable_adapter():
-        return first_token_logprobs(peft_model.get_base_model(), ids, mask, last)
+        return reply_logprobs(peft_model.get_base_model(), ids, mask, at)
 
 
 def _ablated_logprobs(
-    peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, unit: Tensor
+    peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor, unit: Tensor
 ) -> Tensor:
-    """First-reply-token log-probabilities of the adapted model with ``unit`` ablated."""
+    """Reply log-probabilities at ``at`` of the adapted model with ``unit`` ablated."""
     base = peft_model.get_base_model()
     handles = _ablating(base, unit)
     try:
-        return first_token_logprobs(base, ids, mask, last)
+        return reply_logprobs(base, ids, mask, at)
     finally:
         for h in handles:
             h.remove()
 
 
-def anchor_loss(
-    peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, adapted: Tensor
-) -> Tensor:
-    """``KL(base ‖ adapted)`` at the first reply token (the base: the adapter switched off)."""
-    return kl(_base_logprobs(peft_model, ids, mask, last), adapted)
+def anchor_loss(peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor, adapted: Tensor) -> Tensor:
+    """``KL(base ‖ adapted)`` at the reply positions ``at`` (the base: the adapter switched off)."""
+    return kl(_base_logprobs(peft_model, ids, mask, at), adapted)
 
 
 def specificity_loss(
-    peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, adapted: Tensor, unit: Tensor
+    peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor, adapted: Tensor, unit: Tensor
 ) -> Tensor:
-    """``KL(adapted ‖ adapted with unit ablated)`` at the first reply token (adapted detached)."""
-    return kl(adapted.detach(), _ablated_logprobs(peft_model, ids, mask, last, unit))
+    """``KL(adapted ‖ adapted with unit ablated)`` at the reply positions (adapted detached)."""
+    return kl(adapted.detach(), _ablated_logprobs(peft_model, ids, mask, at, unit))
 
 
-def necessity_loss(
-    peft_model: Any, ids: Tensor, mask: Tensor, last: Tensor, unit: Tensor
-) -> Tensor:
-    """``KL(base ‖ adapted with unit ablated)`` at the first reply token of refusing requests.
+def necessity_loss(peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor, unit: Tensor) -> Tensor:
+    """``KL(base ‖ adapted with unit ablated)`` at the reply positions of refusing requests.
 
     Without the running direction the adapted model should answer a harmful request as the base
     model does: the adapter's refusal then goes through that one direction.
     """
-    reference = _base_logprobs(peft_model, ids, mask, last)
-    return kl(reference, _ablated_logprobs(peft_model, ids, mask, last, unit))
+    reference = _base_logprobs(peft_model, ids, mask, at)
+    return kl(reference, _ablated_logprobs(peft_model, ids, mask, at, unit))
