@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--rank", type=int)
     ap.add_argument("--decision-weight", type=float)
+    ap.add_argument("--decision-tokens", type=int)
     ap.add_argument("--refusal-weight", type=float)
     ap.add_argument("--anchor-weight", type=float)
     ap.add_argument("--specificity-weight", type=float)
@@ -209,6 +210,7 @@ def main() -> None:
             "lr",
             "rank",
             "decision_weight",
+            "decision_tokens",
             "refusal_weight",
             "anchor_weight",
             "specificity_weight",
