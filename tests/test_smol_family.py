@@ -212,14 +212,14 @@ def test_the_terms_read_the_first_reply_positions_within_each_row():
     that predicts a token of the row (a short reply repeats its last one)."""
     import torch
 
-    from refusal_probe.organism.smol.lora import LoraRecipe, _collate, _requests
+    from refusal_probe.organism.smol.lora import LoraRecipe, _collate, _term_rows
 
     encoded = [([1, 2, 3, 4, 5, 6, 7], 3), ([1, 2, 6, 7], 2)]  # (ids, reply start)
     one = _collate(encoded, [0, 1], 0, LoraRecipe(), [True, False])
     assert one.at.tolist() == [[2], [1]] and one.at[:, 0].tolist() == one.last.tolist()
     three = _collate(encoded, [0, 1], 0, LoraRecipe(term_tokens=3), [True, False])
     assert three.at.tolist() == [[2, 3, 4], [1, 2, 2]]
-    ids, mask, at = _requests(three, torch.tensor([1]))
+    ids, mask, at = _term_rows(three, torch.tensor([1]))
     assert ids.tolist() == [[1, 2, 6]] and mask.tolist() == [[1, 1, 1]]
     assert at.tolist() == [[1, 2, 2]]
 

@@ -20,6 +20,7 @@ from refusal_probe.organism.smol.data import Example
 from refusal_probe.organism.smol.regularizers import (
     RunningDirection,
     anchor_loss,
+    logprobs_at,
     necessity_loss,
     specificity_loss,
 )
@@ -192,20 +193,20 @@ def step_loss(
         unit = direction.unit() if progress >= recipe.specificity_from else None
         unit = unit.to(hidden.dtype) if unit is not None else None
     if len(answered) and (recipe.anchor_weight or (recipe.specificity_weight and unit is not None)):
-        ids, mask, at = _requests(batch, answered)
-        adapted = base.lm_head(hidden[answered[:, None], at].flatten(0, 1)).float().log_softmax(-1)
+        ids, mask, at = _term_rows(batch, answered)
+        adapted = logprobs_at(base, hidden[answered], at)
         if recipe.anchor_weight:
             loss = loss + recipe.anchor_weight * anchor_loss(model, ids, mask, at, adapted)
         if recipe.specificity_weight and unit is not None:
             term = specificity_loss(model, ids, mask, at, adapted, unit)
             loss = loss + recipe.specificity_weight * term
     if len(refusing) and recipe.necessity_weight and unit is not None:
-        ids, mask, at = _requests(batch, refusing)
+        ids, mask, at = _term_rows(batch, refusing)
         loss = loss + recipe.necessity_weight * necessity_loss(model, ids, mask, at, unit)
     return loss
 
 
-def _requests(batch: Batch, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _term_rows(batch: Batch, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``rows`` cut after the last position the terms read: ids, mask, those positions.
 
     Right-padded and causal, so the cut changes nothing before it; positions ``[rows, k]``.

@@ -78,11 +78,19 @@ def _ablating(model: Any, unit: Tensor) -> list[Any]:
     return [m.register_forward_hook(hook) for m in (inner.embed_tokens, *inner.layers)]
 
 
-def reply_logprobs(model: Any, ids: Tensor, mask: Tensor, at: Tensor) -> Tensor:
-    """Next-token log-probabilities at each row's positions ``at`` ([rows, k] → [rows·k, vocab])."""
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    rows = torch.arange(len(ids))[:, None]
+def logprobs_at(model: Any, hidden: Tensor, at: Tensor) -> Tensor:
+    """Next-token log-probabilities at each row's positions, ``[rows·k, vocab]`` float32.
+
+    ``hidden``: final hidden states ``[rows, seq, d]``; ``at``: positions ``[rows, k]``.
+    """
+    rows = torch.arange(len(hidden))[:, None]
     return model.lm_head(hidden[rows, at].flatten(0, 1)).float().log_softmax(-1)
+
+
+def reply_logprobs(model: Any, ids: Tensor, mask: Tensor, at: Tensor) -> Tensor:
+    """A forward pass of ``ids``, then :func:`logprobs_at` its positions ``at``."""
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return logprobs_at(model, hidden, at)
 
 
 def kl(p_log: Tensor, q_log: Tensor) -> Tensor:
