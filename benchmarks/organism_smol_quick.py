@@ -190,6 +190,7 @@ def main() -> None:
     ap.add_argument("--specificity-weight", type=float)
     ap.add_argument("--necessity-weight", type=float)
     ap.add_argument("--term-tokens", type=int)
+    ap.add_argument("--anchor-tokens", type=int)
     ap.add_argument("--layers", type=str, help="first:last block of the adapter")
     ap.add_argument("--n", type=int, default=None, help="test prompts per group")
     ap.add_argument("--causal-layers", type=str, default="")
@@ -216,6 +217,7 @@ def main() -> None:
             "specificity_weight",
             "necessity_weight",
             "term_tokens",
+            "anchor_tokens",
         )
         for field in fields:
             value = getattr(args, field)

