@@ -191,6 +191,7 @@ def main() -> None:
     ap.add_argument("--necessity-weight", type=float)
     ap.add_argument("--term-tokens", type=int)
     ap.add_argument("--anchor-tokens", type=int)
+    ap.add_argument("--seed", type=int, help="the adapter's init and batch order (data: seed 0)")
     ap.add_argument("--layers", type=str, help="first:last block of the adapter")
     ap.add_argument("--n", type=int, default=None, help="test prompts per group")
     ap.add_argument("--causal-layers", type=str, default="")
@@ -218,6 +219,7 @@ def main() -> None:
             "necessity_weight",
             "term_tokens",
             "anchor_tokens",
+            "seed",
         )
         for field in fields:
             value = getattr(args, field)
