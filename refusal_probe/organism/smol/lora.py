@@ -358,7 +358,7 @@ def train_adapter(
                 opt.step()
                 sched.step()
                 opt.zero_grad()
-                run.append(float(loss))
+                run.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(run[-20:]) / len(run[-20:]):.3f}")
             losses.append(sum(run) / len(run))
