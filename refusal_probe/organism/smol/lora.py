@@ -243,7 +243,7 @@ def step_loss(
         unit = unit.to(hidden.dtype) if unit is not None else None
     k, anchor_k = recipe.term_tokens, recipe.anchor_span
     if len(answered) and (recipe.anchor_weight or (recipe.specificity_weight and unit is not None)):
-        ids, mask, at = _term_rows(batch, answered)
+        at = batch.at[answered]
         adapted = logprobs_at(base, hidden[answered], at).unflatten(0, at.shape)
         if recipe.anchor_weight:
             reference = _reference(batch, answered, anchor_k)
