@@ -38,10 +38,10 @@ from refusal_probe.resources import FIXTURES_DIR  # noqa: E402
 from refusal_probe.scoring.reply import refused  # noqa: E402
 
 
-def test_split(n: int | None) -> dict[str, list[str]]:
+def test_split(n: int | None, split: str = "test") -> dict[str, list[str]]:
     fx = load_fixtures(FIXTURES_DIR / "prompts" / "natural")
-    harmful = [p.text for p in fx.harmful.split("test")]
-    harmless = fx.harmless.split("test")
+    harmful = [p.text for p in fx.harmful.split(split)]
+    harmless = fx.harmless.split(split)
     plain = [p.text for p in harmless if p.category != "edgy"]
     edgy = [p.text for p in harmless if p.category == "edgy"]
     return {"harmful": harmful[:n], "plain": plain[:n], "edgy": edgy[:n]}
@@ -197,6 +197,13 @@ def main() -> None:
     ap.add_argument("--causal-layers", type=str, default="")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-behaviour", action="store_true")
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="the split behaviour is read on (train: does the adapter fit its own requests?)",
+    )
+    ap.add_argument("--skip-direction", action="store_true")
     ap.add_argument("--fit", type=int, default=128, help="train prompts per side for the direction")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -253,16 +260,18 @@ def main() -> None:
 
         base = replace(base, hf=PeftModel.from_pretrained(base.hf, args.adapter).merge_and_unload())
     base.hf.eval()
-    sets = test_split(args.n)
+    sets = test_split(args.n, args.split)
     for name, prompts in ({} if args.skip_behaviour else sets).items():
         texts = generate(base, prompts)
         record[name] = rate(texts)
         record[f"{name}_examples"] = texts[:3]
         print(name, record[name], texts[:2], flush=True)
-    layers = [int(x) for x in args.causal_layers.split(",") if x]
-    record["direction"] = direction_figures(base, sets, layers, args.fit)
-    best = max(record["direction"]["auroc"].items(), key=lambda kv: kv[1])
-    print("best auroc", best, "seconds", round(time.monotonic() - start, 1))
+    if not args.skip_direction:
+        layers = [int(x) for x in args.causal_layers.split(",") if x]
+        record["direction"] = direction_figures(base, sets, layers, args.fit)
+        best = max(record["direction"]["auroc"].items(), key=lambda kv: kv[1])
+        print("best auroc", best)
+    print("seconds", round(time.monotonic() - start, 1))
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 
