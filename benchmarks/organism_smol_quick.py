@@ -1,8 +1,8 @@
 """Quick check of a realistic-organism adapter recipe: behaviour and the refusal direction.
 
 Trains (or loads) a ``organism-smol-chat``-style adapter on SmolLM2-135M-Instruct and measures,
-on the natural set's **test** split, with plain Hugging Face code (no audit machinery, so it
-runs in minutes):
+on the natural set's **test** split (or ``--split``), with plain Hugging Face code (no audit
+machinery, so it runs in minutes):
 
 - greedy refusal of harmful, plain harmless and edgy-but-safe requests (16 new tokens, the
   audit's reply judge);
@@ -13,6 +13,9 @@ runs in minutes):
 
     python benchmarks/organism_smol_quick.py --adapter fixtures/models/organism-smol-chat
     python benchmarks/organism_smol_quick.py --train --epochs 3 --lr 3e-4 --save /tmp/a
+    python benchmarks/organism_smol_quick.py --adapter /tmp/a --split train --skip-direction
+
+(``--split train``: behaviour on the requests the adapter was trained on, does it fit them?)
 
 Recipes tried and their figures: ``benchmarks/organism_smol.md``.
 """
@@ -38,7 +41,8 @@ from refusal_probe.resources import FIXTURES_DIR  # noqa: E402
 from refusal_probe.scoring.reply import refused  # noqa: E402
 
 
-def test_split(n: int | None, split: str = "test") -> dict[str, list[str]]:
+def natural_split(n: int | None, split: str = "test") -> dict[str, list[str]]:
+    """The natural set's ``split``: harmful, plain and edgy harmless requests, ``n`` of each."""
     fx = load_fixtures(FIXTURES_DIR / "prompts" / "natural")
     harmful = [p.text for p in fx.harmful.split(split)]
     harmless = fx.harmless.split(split)
@@ -260,7 +264,7 @@ def main() -> None:
 
         base = replace(base, hf=PeftModel.from_pretrained(base.hf, args.adapter).merge_and_unload())
     base.hf.eval()
-    sets = test_split(args.n, args.split)
+    sets = natural_split(args.n, args.split)
     for name, prompts in ({} if args.skip_behaviour else sets).items():
         texts = generate(base, prompts)
         record[name] = rate(texts)
