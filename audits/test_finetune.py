@@ -45,12 +45,14 @@ def test_direction_transfer(audit, findings, baseline):
 
 def test_refusal_drop(audit, findings, baseline):
     """Drop in harmful refusal from the baseline to the candidate."""
-    ft = findings.finetune()
+    change = findings.refusal_change()
+    # the ablated bar where the direction checks ran (asking for it here would compute them)
+    ft = findings.finetune() if "finetune" in findings.computed else None
     audit.check(
         "finetune.refusal_drop",
-        ft.refusal_drop,
-        figures=[ft.rates_figure()],
-        details={"baseline": ft.baseline_rates, "candidate": ft.candidate_rates},
+        change.refusal_drop,
+        figures=[change.rates_figure(ft.candidate_ablated if ft else None)],
+        details={"baseline": change.baseline_rates, "candidate": change.candidate_rates},
     )
 
 

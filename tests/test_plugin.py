@@ -481,6 +481,13 @@ def test_the_real_audits_run_end_to_end_and_compare(
         assert ft["finetune.refusal_drop"]["value"] == pytest.approx(0.0)
         assert data["baseline"]["kind"] == ("audit" if baseline.endswith(".json") else "model")
         assert data["deltas"]
+    # The refusal drop alone reads the two checkpoints' behaviour, not the direction comparison.
+    r = pytester.runpytest(*real_args(planted), "-m", "finetune", "-k", "refusal_drop",
+                           "--baseline", str(run / "audit.json"))  # fmt: skip
+    assert r.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+    data = json.loads((pytester.path / "reports" / "model" / "latest" / "audit.json").read_text())
+    assert [c["id"] for c in data["checks"]] == ["finetune.refusal_drop"] and data["deltas"]
+    assert "finetune" not in data["run"]["phases"]
     shutil.rmtree(pytester.path / "reports")
 
 

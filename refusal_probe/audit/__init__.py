@@ -9,7 +9,7 @@ from refusal_probe.audit.behaviour import Behaviour, Completions
 from refusal_probe.audit.causal import Causal
 from refusal_probe.audit.circuit import Circuit
 from refusal_probe.audit.direction import DirectionSummary
-from refusal_probe.audit.finetune import FineTune
+from refusal_probe.audit.finetune import FineTune, RefusalChange
 from refusal_probe.audit.inputs import RunInputs, preflight
 from refusal_probe.audit.options import AuditOptions
 from refusal_probe.audit.policy import (
@@ -33,6 +33,7 @@ __all__ = [
     "FineTune",
     "ModelBaseline",
     "Policy",
+    "RefusalChange",
     "ResultStore",
     "RunInputs",
     "load_policy",

@@ -6,14 +6,16 @@ direction and the candidate's difference of means at the same site
 :func:`~refusal_probe.direction.estimators.cosine_per_layer`; bootstrap over the candidate's
 prompts at the direction's layer); *transfer*, the share of the harmful prompts the candidate
 refuses that it stops refusing when the baseline's direction is ablated
-(:func:`~refusal_probe.causal.validation.transfer`, Wilson); and the drop in harmful refusal from
-baseline to candidate.
+(:func:`~refusal_probe.causal.validation.transfer`, Wilson), all in :class:`FineTune`; and the drop
+in harmful refusal from baseline to candidate (:class:`RefusalChange`), which needs no forward pass
+of its own (the two checkpoints' behaviour), so a run that asks only for it does not pay for the
+others.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -50,9 +52,6 @@ class FineTune:
         transfer: Share of the candidate's harmful refusals that ablating the baseline's
             direction removes.
         candidate_ablated: The candidate's harmful refusal rate, the baseline's direction ablated.
-        refusal_drop: Baseline harmful refusal rate minus the candidate's.
-        baseline_rates: The baseline's ``harmful`` and ``harmless`` refusal rates.
-        candidate_rates: The candidate's.
     """
 
     layer: int
@@ -62,48 +61,30 @@ class FineTune:
     cosine_per_layer: list[float | None]
     transfer: Interval
     candidate_ablated: Interval
-    refusal_drop: Interval
-    baseline_rates: dict[str, dict[str, Any]]
-    candidate_rates: dict[str, dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
         d = asdict(self)
-        for k in ("cosine", "transfer", "candidate_ablated", "refusal_drop"):
+        for k in ("cosine", "transfer", "candidate_ablated"):
             d[k] = getattr(self, k).to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FineTune:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        A record stored before the refusal drop moved out to :class:`RefusalChange` still reads:
+        its refusal fields are left out.
+        """
+        known = {f.name for f in fields(cls)}
         return cls(
             **{
-                **d,
+                **{k: v for k, v in d.items() if k in known},
                 "cosine": Interval.from_dict(d["cosine"]),
-                "refusal_drop": Interval.from_dict(d["refusal_drop"]),
                 "transfer": Interval.from_dict(d["transfer"]),
                 "candidate_ablated": Interval.from_dict(d["candidate_ablated"]),
             }
         )
-
-    def deltas(self) -> list[dict[str, Any]]:
-        """Candidate minus baseline, for the report's baseline table."""
-        out = []
-        for cls_, title in (
-            ("harmful", "harmful refusal rate"),
-            ("harmless", "harmless refusal rate"),
-        ):
-            c, b = self.candidate_rates[cls_]["value"], self.baseline_rates[cls_]["value"]
-            out.append(
-                {
-                    "id": f"behaviour.{cls_}_rate",
-                    "title": title,
-                    "candidate": c,
-                    "baseline": b,
-                    "delta": c - b if c is not None and b is not None else None,
-                }
-            )
-        return out
 
     def cosine_figure(self, threshold: float | None = None) -> Figure:
         """Per-layer cosine of the baseline's and the candidate's directions."""
@@ -124,32 +105,84 @@ class FineTune:
             "kept the refusal mechanism stays near 1; dotted line: the baseline's selected layer",
         )
 
-    def rates_figure(self) -> Figure:
-        """Refusal rates: baseline, candidate, candidate with the baseline's direction ablated."""
+
+@dataclass(frozen=True)
+class RefusalChange:
+    """The candidate's refusal rates against the baseline's.
+
+    Attributes:
+        refusal_drop: Baseline harmful refusal rate minus the candidate's.
+        baseline_rates: The baseline's ``harmful`` and ``harmless`` refusal rates.
+        candidate_rates: The candidate's.
+    """
+
+    refusal_drop: Interval
+    baseline_rates: dict[str, dict[str, Any]]
+    candidate_rates: dict[str, dict[str, Any]]
+
+    def deltas(self) -> list[dict[str, Any]]:
+        """Candidate minus baseline, for the report's baseline table."""
+        out = []
+        for cls_, title in (
+            ("harmful", "harmful refusal rate"),
+            ("harmless", "harmless refusal rate"),
+        ):
+            c, b = self.candidate_rates[cls_]["value"], self.baseline_rates[cls_]["value"]
+            out.append(
+                {
+                    "id": f"behaviour.{cls_}_rate",
+                    "title": title,
+                    "candidate": c,
+                    "baseline": b,
+                    "delta": c - b if c is not None and b is not None else None,
+                }
+            )
+        return out
+
+    def rates_figure(self, ablated: Interval | None = None) -> Figure:
+        """Refusal rates of the baseline and the candidate.
+
+        Args:
+            ablated: The candidate's harmful refusal with the baseline's direction ablated, where
+                the fine-tune comparison ran (``None``: that bar is left out).
+        """
         b, c = self.baseline_rates, self.candidate_rates
+        series = [
+            _series("baseline", [_rate(b["harmful"]), _rate(b["harmless"])]),
+            _series("candidate", [_rate(c["harmful"]), _rate(c["harmless"])]),
+        ]
+        if ablated is not None:
+            series.append(_series("candidate, baseline direction ablated", [ablated, None]))
         return Figure(
             "bars",
-            "Refusal rates: baseline, candidate, and candidate with the baseline's direction "
-            "ablated",
+            "Refusal rates: baseline and candidate"
+            + (", and candidate with the baseline's direction ablated" if ablated else ""),
             {
                 "labels": ["harmful", "harmless"],
                 "y_label": "refusal rate",
                 "y_range": [0, 1],
-                "series": [
-                    _series("baseline", [_rate(b["harmful"]), _rate(b["harmless"])]),
-                    _series("candidate", [_rate(c["harmful"]), _rate(c["harmless"])]),
-                    _series(
-                        "candidate, baseline direction ablated", [self.candidate_ablated, None]
-                    ),
-                ],
+                "series": series,
             },
             "Whiskers: 95% Wilson intervals",
         )
 
 
-def change_figure(
-    baseline: DirectionSummary, candidate: DirectionSummary, ft: FineTune
-) -> Figure:
+def refusal_change(
+    base_rates: tuple[Interval, Interval], candidate: Behaviour, boot: Bootstrap
+) -> RefusalChange:
+    """The baseline's harmful and harmless refusal rates against the ``candidate``'s."""
+    base_h, base_l = base_rates
+    return RefusalChange(
+        refusal_drop=rate_difference(base_h, candidate.harmful, boot),
+        baseline_rates={"harmful": base_h.to_dict(), "harmless": base_l.to_dict()},
+        candidate_rates={
+            "harmful": candidate.harmful.to_dict(),
+            "harmless": candidate.harmless.to_dict(),
+        },
+    )
+
+
+def change_figure(baseline: DirectionSummary, candidate: DirectionSummary, ft: FineTune) -> Figure:
     """What training changed, per layer: each checkpoint's separation and the directions' cosine.
 
     The comparison the seed asks of a base model and its safety-trained child (``--baseline`` the
@@ -203,8 +236,6 @@ def measure_finetune(
     model: LoadedModel,
     fixtures: Fixtures,
     base: DirectionArtifact,
-    base_rates: tuple[Interval, Interval],
-    candidate: Behaviour,
     *,
     settings: Settings,
     validation: ValidationConfig,
@@ -216,8 +247,6 @@ def measure_finetune(
         model: The candidate.
         fixtures: The run's prompt sets (the train split fits the candidate's difference of means).
         base: The baseline's selected direction and its per-layer candidates.
-        base_rates: The baseline's harmful and harmless refusal rates.
-        candidate: The candidate's behaviour.
         settings: The run's settings (confidence level, batch size).
         validation: How the baseline's direction is validated on the candidate.
         cache: Disk cache of activations and completions.
@@ -256,7 +285,6 @@ def measure_finetune(
     before = t.judgements["harmful_baseline"].refused
     after = t.judgements["harmful_ablated"].refused
     k = sum(1 for b, a in zip(before, after, strict=True) if b and not a)
-    base_h, base_l = base_rates
     return FineTune(
         layer=direction.layer,
         position=direction.position,
@@ -265,12 +293,6 @@ def measure_finetune(
         cosine_per_layer=[None if z else c for c, z in zip(cosines, zero.tolist(), strict=True)],
         transfer=wilson_interval(k, sum(before), s.confidence),
         candidate_ablated=t.harmful_ablated,
-        refusal_drop=rate_difference(base_h, candidate.harmful, boot),
-        baseline_rates={"harmful": base_h.to_dict(), "harmless": base_l.to_dict()},
-        candidate_rates={
-            "harmful": candidate.harmful.to_dict(),
-            "harmless": candidate.harmless.to_dict(),
-        },
     )
 
 

@@ -43,7 +43,7 @@ from refusal_probe.audit.circuit import (
     matched_test_pairs,
 )
 from refusal_probe.audit.direction import DirectionSummary, direction_config, select_direction
-from refusal_probe.audit.finetune import FineTune, measure_finetune
+from refusal_probe.audit.finetune import FineTune, RefusalChange, measure_finetune, refusal_change
 from refusal_probe.audit.handle import ModelHandle
 from refusal_probe.audit.inputs import RunInputs
 from refusal_probe.audit.monitor import (
@@ -111,6 +111,7 @@ class AuditRun(ModelHandle):
         self._hardening = Once[Hardening]("monitor_hardening", p, stored=True)
         self._baseline = Once[Baseline]("baseline", None)
         self._finetune = Once[FineTune]("finetune", p, stored=True)
+        self._refusal_change = Once[RefusalChange]("refusal_change", None)
 
     def __repr__(self) -> str:
         done = ", ".join(sorted(self.computed)) or "nothing yet"
@@ -315,11 +316,21 @@ class AuditRun(ModelHandle):
         return found
 
     def finetune(self) -> FineTune:
-        """This model against its baseline: direction cosine, transfer, refusal drop.
+        """This model against its baseline's direction: cosine and transfer.
 
-        Depends on :meth:`baseline` (its direction and behaviour) and :meth:`behaviour`.
+        Depends on :meth:`baseline` (its direction).
         """
         return self._finetune(self._finetune_result)
+
+    def refusal_change(self) -> RefusalChange:
+        """This model's refusal rates against its baseline's: the refusal drop.
+
+        Depends on :meth:`behaviour` and the baseline's rates only (no direction).
+        """
+        boot = validation_config(self.settings, self.options.seed).bootstrap
+        return self._refusal_change(
+            lambda: refusal_change(self.baseline().rates(), self.behaviour(), boot)
+        )
 
     def _finetune_result(self) -> FineTune:
         base = self.baseline()
@@ -331,8 +342,6 @@ class AuditRun(ModelHandle):
                 self.model,
                 self.fixtures,
                 base.direction(),
-                base.rates(),
-                self.behaviour(),
                 settings=self.settings,
                 validation=validation,
                 cache=self._cache(),
@@ -370,7 +379,7 @@ class AuditRun(ModelHandle):
             ctx["phases"] = dict(self.phases)
         if baseline is not None:
             ctx["baseline"] = baseline.describe()
-        finetune = self._finetune.peek()
-        if finetune is not None:
-            ctx["deltas"] = finetune.deltas()
+        change = self._refusal_change.peek()
+        if change is not None:
+            ctx["deltas"] = change.deltas()
         return ctx
