@@ -151,12 +151,13 @@ class RefusalChange:
             _series("baseline", [_rate(b["harmful"]), _rate(b["harmless"])]),
             _series("candidate", [_rate(c["harmful"]), _rate(c["harmless"])]),
         ]
+        title = "Refusal rates: baseline, candidate"
         if ablated is not None:
             series.append(_series("candidate, baseline direction ablated", [ablated, None]))
+            title += ", candidate with the baseline's direction ablated"
         return Figure(
             "bars",
-            "Refusal rates: baseline and candidate"
-            + (", and candidate with the baseline's direction ablated" if ablated else ""),
+            title,
             {
                 "labels": ["harmful", "harmless"],
                 "y_label": "refusal rate",
