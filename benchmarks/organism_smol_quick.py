@@ -193,6 +193,7 @@ def main() -> None:
     ap.add_argument("--anchor-weight", type=float)
     ap.add_argument("--specificity-weight", type=float)
     ap.add_argument("--necessity-weight", type=float)
+    ap.add_argument("--specificity-layer", type=int, help="block whose input r is read at")
     ap.add_argument("--term-tokens", type=int)
     ap.add_argument("--anchor-tokens", type=int)
     ap.add_argument("--seed", type=int, help="the adapter's init and batch order (data: seed 0)")
@@ -228,6 +229,7 @@ def main() -> None:
             "anchor_weight",
             "specificity_weight",
             "necessity_weight",
+            "specificity_layer",
             "term_tokens",
             "anchor_tokens",
             "seed",
