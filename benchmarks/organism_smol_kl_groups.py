@@ -56,17 +56,7 @@ def main() -> None:
     for layer in (int(x) for x in args.layers.split(",")):
         unit = diff[layer] / diff[layer].norm()
         for name, prompts in groups.items():
-            enc = quick.encode(base, prompts[: args.n])
-            with torch.no_grad():
-                clean = base.hf(**enc).logits[:, -1].float().log_softmax(-1)
-            handles = [m.register_forward_hook(h) for m, h in quick.ablate_hooks(base, unit)]
-            try:
-                with torch.no_grad():
-                    ablated = base.hf(**enc).logits[:, -1].float().log_softmax(-1)
-            finally:
-                for h in handles:
-                    h.remove()
-            kl = (clean.exp() * (clean - ablated)).sum(-1)
+            kl = quick.ablation_kl(base, prompts[: args.n], unit)
             row = {
                 "n": len(kl),
                 "mean": round(float(kl.mean()), 3),

@@ -139,6 +139,21 @@ def add_hooks(base, layer: int, vec: torch.Tensor, prompt_len: list[int]):
     return [(blocks(base)[layer - 1], hook)]
 
 
+def ablation_kl(base, prompts: list[str], unit: torch.Tensor) -> torch.Tensor:
+    """Per prompt, KL(clean || ``unit`` projected out of every block) of the next token, nats."""
+    enc = encode(base, prompts)
+    with torch.no_grad():
+        clean = base.hf(**enc).logits[:, -1].float().log_softmax(-1)
+    handles = [m.register_forward_hook(h) for m, h in ablate_hooks(base, unit)]
+    try:
+        with torch.no_grad():
+            ablated = base.hf(**enc).logits[:, -1].float().log_softmax(-1)
+    finally:
+        for h in handles:
+            h.remove()
+    return (clean.exp() * (clean - ablated)).sum(-1)
+
+
 def direction_figures(base, sets, layers: list[int], fit: int) -> dict:
     harm_tr, safe_tr = train_split()
     h = last_token_states(base, harm_tr[:fit])
@@ -153,19 +168,9 @@ def direction_figures(base, sets, layers: list[int], fit: int) -> dict:
             auroc((th[:, layer] @ unit).numpy(), (ts[:, layer] @ unit).numpy()), 3
         )
     out = {"auroc": per_layer, "causal": {}}
-    plain = encode(base, sets["plain"])
-    with torch.no_grad():
-        clean = base.hf(**plain).logits[:, -1].float().log_softmax(-1)
     for layer in layers:
         unit = diff[layer] / diff[layer].norm()
-        handles = [m.register_forward_hook(h) for m, h in ablate_hooks(base, unit)]
-        try:
-            with torch.no_grad():
-                ablated = base.hf(**plain).logits[:, -1].float().log_softmax(-1)
-        finally:
-            for h in handles:
-                h.remove()
-        kl = (clean.exp() * (clean - ablated)).sum(-1)
+        kl = ablation_kl(base, sets["plain"], unit)
         abl = generate(base, sets["harmful"], ablate_hooks(base, unit))
         add = generate(base, sets["plain"], add_hooks(base, layer, diff[layer], []))
         out["causal"][layer] = {
