@@ -52,11 +52,12 @@ def main() -> None:
         "val plain": val["plain"],
         "val edgy": val["edgy"],
     }
+    layers = [int(x) for x in args.layers.split(",")]
+    units = [diff[layer] / diff[layer].norm() for layer in layers]
     out = {}
-    for layer in (int(x) for x in args.layers.split(",")):
-        unit = diff[layer] / diff[layer].norm()
-        for name, prompts in groups.items():
-            kl = quick.ablation_kl(base, prompts[: args.n], unit)
+    for name, prompts in groups.items():
+        kls = quick.ablation_kl(base, prompts[: args.n], units)  # [layer, prompt]
+        for layer, kl in zip(layers, kls, strict=True):
             row = {
                 "n": len(kl),
                 "mean": round(float(kl.mean()), 3),
@@ -65,6 +66,7 @@ def main() -> None:
             }
             out[f"L{layer} {name}"] = row
             print(layer, name, row, flush=True)
+    out = dict(sorted(out.items(), key=lambda kv: int(kv[0].split()[0][1:])))  # layer-major
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

@@ -139,19 +139,25 @@ def add_hooks(base, layer: int, vec: torch.Tensor, prompt_len: list[int]):
     return [(blocks(base)[layer - 1], hook)]
 
 
-def ablation_kl(base, prompts: list[str], unit: torch.Tensor) -> torch.Tensor:
-    """Per prompt, KL(clean || ``unit`` projected out of every block) of the next token, nats."""
+def ablation_kl(base, prompts: list[str], units: list[torch.Tensor]) -> torch.Tensor:
+    """KL(clean || each unit projected out of every block) of the next token, nats.
+
+    ``[units, prompts]``; the clean pass runs once for all of them.
+    """
     enc = encode(base, prompts)
     with torch.no_grad():
         clean = base.hf(**enc).logits[:, -1].float().log_softmax(-1)
-    handles = [m.register_forward_hook(h) for m, h in ablate_hooks(base, unit)]
-    try:
-        with torch.no_grad():
-            ablated = base.hf(**enc).logits[:, -1].float().log_softmax(-1)
-    finally:
-        for h in handles:
-            h.remove()
-    return (clean.exp() * (clean - ablated)).sum(-1)
+    rows = []
+    for unit in units:
+        handles = [m.register_forward_hook(h) for m, h in ablate_hooks(base, unit)]
+        try:
+            with torch.no_grad():
+                ablated = base.hf(**enc).logits[:, -1].float().log_softmax(-1)
+        finally:
+            for h in handles:
+                h.remove()
+        rows.append((clean.exp() * (clean - ablated)).sum(-1))
+    return torch.stack(rows)
 
 
 def direction_figures(base, sets, layers: list[int], fit: int) -> dict:
@@ -168,9 +174,9 @@ def direction_figures(base, sets, layers: list[int], fit: int) -> dict:
             auroc((th[:, layer] @ unit).numpy(), (ts[:, layer] @ unit).numpy()), 3
         )
     out = {"auroc": per_layer, "causal": {}}
-    for layer in layers:
-        unit = diff[layer] / diff[layer].norm()
-        kl = ablation_kl(base, sets["plain"], unit)
+    units = [diff[layer] / diff[layer].norm() for layer in layers]
+    kls = ablation_kl(base, sets["plain"], units) if layers else []  # [layer, prompt]
+    for layer, unit, kl in zip(layers, units, kls, strict=True):
         abl = generate(base, sets["harmful"], ablate_hooks(base, unit))
         add = generate(base, sets["plain"], add_hooks(base, layer, diff[layer], []))
         out["causal"][layer] = {
